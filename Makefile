@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+# Every target (re)creates .venv when it is missing or older than pyproject.toml / constraints.txt.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_OFFLINE := 1
+export DS_ACCELERATOR := cpu
+export DS_BUILD_OPS := 0
+export DS_BUILD_SHM_COMM := 0
+export PYTHONUNBUFFERED := 1
+
+.PHONY: run test lint bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -c constraints.txt torch torchvision
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/lzn shards digits data/digits
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/deepspeed --num_gpus 1 recipes/train.py --recipe digits_joint.yaml
+	$(VENV)/bin/lzn report runs/digits_joint
+
+# pytest exits 5 when it collected nothing: a failure of ours, reported as such.
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lzn_core plugins recipes tests benchmarks
+	$(VENV)/bin/ruff format --check lzn_core plugins recipes tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) benchmarks/solver.py
+	$(PY) benchmarks/digits.py
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

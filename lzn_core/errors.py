@@ -1,0 +1,47 @@
+"""The LZN error hierarchy. Messages say what went wrong and what to do."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LZNError(Exception):
+    """Base class of every error the framework raises on purpose."""
+
+
+class LZNWarning(UserWarning):
+    """Base class of the framework's own warnings (tests turn them into errors)."""
+
+
+class UnknownModalityError(LZNError, KeyError):
+    """A modality name that no loaded plugin registers."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateModalityError(LZNError):
+    """Two plugins (distributions) register the same modality name."""
+
+
+class PluginLoadError(LZNError):
+    """A plugin failed to import or register; chained to the original exception."""
+
+
+class ContractError(LZNError):
+    """A modality plugin breaks the modality contract (shapes, dtypes, config, gradients)."""
+
+
+class RecipeError(LZNError):
+    """A recipe (YAML or compose task models) is invalid; lists every problem with its field path."""
+
+
+class DataError(LZNError):
+    """Missing shards, an empty shard set, or data that cannot be read."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ``"; did you mean X?"`` for the closest choice, or ``""`` when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
