@@ -1,1 +1,61 @@
-"""Latent Zoning Networks core."""
+"""Latent Zoning Networks: one shared Gaussian latent space for every modality.
+
+The public API is imported lazily, so ``import lzn_core`` stays fast (no torch,
+no plugin discovery): each name below is loaded from its module on first use.
+
+    import lzn_core
+    model = lzn_core.load("runs/digits_joint/final")
+    classify = lzn_core.compose("image -> label", model=model)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "compose": "lzn_core.compose",
+    "load": "lzn_core.export",
+    "export_run": "lzn_core.export",
+    "Recipe": "lzn_core.recipe",
+    "load_recipe": "lzn_core.recipe",
+    "LZNModel": "lzn_core.model",
+    "ModalitySpec": "lzn_core.modality",
+    "Encoder": "lzn_core.modality",
+    "Decoder": "lzn_core.modality",
+    "get_modality": "lzn_core.plugins",
+    "list_plugins": "lzn_core.plugins",
+    "PluginInfo": "lzn_core.plugins",
+    "hookimpl": "lzn_core.hookspecs",
+    "LZNError": "lzn_core.errors",
+}
+_SUBMODULES = ("zoning", "alignment", "latent", "data", "shards", "evaluation", "testing", "errors")
+
+__all__ = sorted([*_LAZY, *_SUBMODULES])
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .compose import compose
+    from .errors import LZNError
+    from .export import export_run, load
+    from .hookspecs import hookimpl
+    from .modality import Decoder, Encoder, ModalitySpec
+    from .model import LZNModel
+    from .plugins import PluginInfo, get_modality, list_plugins
+    from .recipe import Recipe, load_recipe
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'lzn_core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
