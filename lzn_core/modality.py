@@ -8,7 +8,7 @@ hand it to ``register`` in their ``lzn_register_modalities`` hook.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -83,6 +83,12 @@ class ModalitySpec:
             (e.g. train a tokenizer from the training shards); returns the completed config.
         version: contract version the plugin was written for.
         description: one line for ``lzn plugins``.
+        example_config: keyword arguments that make a small valid ``config`` (the
+            required fields, small sizes); the conformance kit
+            (:func:`lzn_core.testing.check_modality`) and docs build from it.
+        example_items: ``n -> list[bytes]``: ``n`` raw shard values (as stored under
+            ``shard_keys[0]``) that ``decode_sample`` accepts and that fit
+            ``example_config``; the conformance kit decodes and collates them.
     """
 
     name: str
@@ -96,6 +102,8 @@ class ModalitySpec:
     prepare: Callable[[Any, str], Any] | None = None
     version: str = "1"
     description: str = ""
+    example_config: Mapping[str, Any] = field(default_factory=dict)
+    example_items: Callable[[int], list[bytes]] | None = None
 
     def __post_init__(self) -> None:
         from .errors import ContractError

@@ -1,0 +1,175 @@
+"""Text benchmark: image <-> text through one latent space, on the digits test split.
+
+    python benchmarks/text.py --train                   # train recipes/digits_text.yaml, then measure
+    python benchmarks/text.py --model runs/digits_text/final
+
+Metrics (class level: a caption counts when the digit it names is the image's class; chance 10%):
+
+* ``retrieval_r1``: image -> text retrieval. Test-image latents (alpha 0, the test batch as the
+  zoning context) flow through the text anchors of the test captions (reverse flow, nearest
+  anchor, ``TextDecoder.retrieve``); ``retrieval_r1_bank`` does the same over the model's bank of
+  distinct training captions.
+* ``caption_to_image``: latents of the test captions (zoned among themselves) -> image decoder;
+  an SVC fitted on the real training-split pixels judges the class of each generated image.
+* ``caption_generation``: test-image latents -> text decoder (greedy); the digit named in the
+  generated caption (word or numeral) against the label.
+
+Writes ``benchmarks/results/text.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_TOKEN = re.compile(r"[a-z]+|\d")
+
+
+def named_digit(caption: str) -> int:
+    """The digit a caption names (word or numeral); -1 when it names none or several."""
+    found = {WORDS.index(t) if t in WORDS else int(t) for t in _TOKEN.findall(caption.lower())
+             if t in WORDS or t.isdigit()}
+    return found.pop() if len(found) == 1 else -1
+
+
+def prepare_and_train(recipe_name: str, overrides: list[str]) -> Path:
+    """Run the modalities' ``prepare`` (text tokenizer from the shards), then ``recipes/train.py``."""
+    import yaml
+
+    from lzn_core.recipe import load_recipe
+
+    recipe = load_recipe(recipe_name, overrides)
+    for entry in recipe.modalities.values():
+        from lzn_core.plugins import get_modality
+
+        spec = get_modality(entry.plugin)
+        if spec.prepare is not None:
+            entry.config = spec.prepare(entry.config, recipe.data.train)
+    run_dir = Path(recipe.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepared = run_dir / "prepared_recipe.yaml"
+    prepared.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import train  # recipes/train.py
+
+    train.main(["--recipe", str(prepared)])
+    return run_dir / "final"
+
+
+def test_split(model: Any, pattern: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images (n, C, H, W), labels (n,) and captions of the test shards, in shard order."""
+    from lzn_core.data import loader
+    from lzn_core.evalmodel import find_modality
+
+    img, lab, txt = (find_modality(model, p) for p in ("image", "label", "text"))
+    ld = loader(pattern, {img: model.specs[img], lab: model.specs[lab], txt: model.specs[txt]}, batch_size=512,
+                shuffle=False, drop_last=False, infinite=False)
+    batches = list(ld)
+    return (torch.cat([b[img] for b in batches]), torch.cat([b[lab] for b in batches]),
+            [c for b in batches for c in b[txt]])
+
+
+def image_latents(model: Any, name: str, batch: Any, alpha: float, seed: int) -> torch.Tensor:
+    """Latents of a whole batch zoned together: (n, q)."""
+    anchors = model.encode(name, batch)
+    noise = torch.randn(anchors.shape, generator=torch.Generator().manual_seed(seed))
+    return model.latents(anchors, alpha=alpha, noise=noise)
+
+
+def fit_judge(model: Any, pattern: str) -> Any:
+    """SVC on the raw pixels of the real training-split digits (independent of the model)."""
+    from sklearn.svm import SVC
+
+    x, y, _ = test_split(model, pattern)
+    return SVC(gamma="scale").fit(x.flatten(1).numpy(), y.numpy())
+
+
+@torch.no_grad()
+def measure(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """All metrics of the module docstring on the test split."""
+    from lzn_core.evalmodel import find_modality, label_flow_predict
+
+    img, lab, txt = (find_modality(model, p) for p in ("image", "label", "text"))
+    x, y, captions = test_split(model, args.test)
+    assert all(named_digit(c) == int(k) for c, k in zip(captions, y)), "test captions must name their digit"
+    dec = model.decoders[txt]
+    out: dict[str, Any] = {"n_test": len(captions)}
+
+    z_img = image_latents(model, img, x, args.alpha, args.seed)
+    ret = dec.retrieve(z_img, model.encode(txt, captions), captions, steps=args.steps)
+    out["retrieval_r1"] = _acc([named_digit(c) for c in ret], y)
+    bank = list(model.configs[txt].retrieval_bank)
+    if bank:
+        ret_bank = dec.retrieve(z_img, model.encode(txt, bank), bank, steps=args.steps)
+        out["retrieval_r1_bank"] = _acc([named_digit(c) for c in ret_bank], y)
+        out["bank_size"] = len(bank)
+
+    gen = dec.sample(z_img, max_len=model.configs[txt].context_length)
+    out["caption_generation"] = _acc([named_digit(c) for c in gen], y)
+    out["examples"] = [{"label": int(k), "generated": g, "retrieved": r} for k, g, r in
+                       list(zip(y.tolist(), gen, ret))[:10]]
+
+    z_txt = image_latents(model, txt, captions, args.gen_alpha, args.seed + 1)
+    cond_name = model.generate_condition(img)
+    cond = None
+    if cond_name is not None:  # the image decoder wants e.g. a one-hot: read it from z (label flow)
+        pred, _ = model.decoders[cond_name].sample(z_txt)
+        cond = model.condition(cond_name, pred)
+    samples = model.decoders[img].sample(z_txt, cond, generator=torch.Generator().manual_seed(args.seed))
+    judge = fit_judge(model, args.train_shards)
+    judged = judge.predict(samples.float().flatten(1).numpy())
+    out["caption_to_image"] = _acc(judged.tolist(), y)
+    out["judge_accuracy_on_real_test"] = _acc(judge.predict(x.flatten(1).numpy()).tolist(), y)
+    pred, _ = label_flow_predict(model, x, alpha=args.alpha, batch_size=len(y), seed=args.seed)
+    out["label_flow_accuracy"] = _acc(pred.tolist(), y)
+    text_pred, _ = model.decoders[lab].sample(z_txt)
+    out["text_to_label"] = _acc(text_pred.tolist(), y)
+    return out
+
+
+def _acc(pred: list[int], y: torch.Tensor) -> float:
+    return round(float((torch.tensor(pred) == y).float().mean()), 4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="exported model dir (default: the trained run's final/)")
+    p.add_argument("--train", action="store_true", help="train the recipe first (recipes/train.py)")
+    p.add_argument("--recipe", default="digits_text.yaml")
+    p.add_argument("--test", default="data/digits/test-*.tar")
+    p.add_argument("--train-shards", default="data/digits/train-*.tar", help="shards the SVC judge is fitted on")
+    p.add_argument("--alpha", type=float, default=0.0, help="noise scale of the image latents (0: zone centre)")
+    p.add_argument("--gen-alpha", type=float, default=1.0, help="noise scale of the caption latents")
+    p.add_argument("--steps", type=int, default=100, help="reverse-flow steps of retrieval")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text.json"))
+    p.add_argument("overrides", nargs="*", help="recipe key=value overrides (with --train)")
+    args = p.parse_args(argv)
+    import lzn_core
+
+    t0 = time.time()
+    model_dir = prepare_and_train(args.recipe, args.overrides) if args.train else Path(
+        args.model or "runs/digits_text/final")
+    t_train = time.time() - t0
+    model = lzn_core.load(model_dir)
+    t1 = time.time()
+    results = {"model": str(model_dir), **measure(model, args), "train_seconds": round(t_train, 1) if args.train
+               else None, "eval_seconds": round(time.time() - t1, 1), "alpha": args.alpha,
+               "gen_alpha": args.gen_alpha, "torch_threads": torch.get_num_threads()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "examples"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

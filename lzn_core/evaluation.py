@@ -1,0 +1,254 @@
+"""Metrics: accuracy, calibration, OOD AUROC, FID/KID, linear probe.
+
+Model-free functions on tensors live here; the functions that run an
+:class:`~lzn_core.model.LZNModel` (label-flow classification with the α x
+inference-batch sweep, reconstruction error, class consistency, sample quality)
+are in :mod:`lzn_core.evalmodel`, and ``lzn eval`` (``cli_eval``) in
+:mod:`lzn_core.evalcli`; both are re-exported here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "accuracy",
+    "expected_calibration_error",
+    "reliability_diagram",
+    "auroc",
+    "frechet_distance",
+    "kernel_inception_distance",
+    "linear_probe",
+    "cli_eval",
+    "cli_eval_args",
+]
+
+
+def _as_1d(x: Any, what: str) -> torch.Tensor:
+    import torch
+
+    t = torch.as_tensor(x)
+    if t.dim() != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {tuple(t.shape)}")
+    return t
+
+
+def accuracy(pred: Any, target: Any) -> float:
+    """Fraction of ``pred (n,)`` equal to ``target (n,)``."""
+    p, t = _as_1d(pred, "pred"), _as_1d(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target differ in length: {p.shape[0]} vs {t.shape[0]}")
+    if p.numel() == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return float((p == t).float().mean())
+
+
+def expected_calibration_error(confidence: Any, correct: Any, *, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error with equal-width confidence bins.
+
+    ECE = Σ_b (n_b / n) · |acc_b − conf_b| over bins b of (0, 1].
+
+    Args:
+        confidence: (n,) predicted probability of the predicted class, in [0, 1].
+        correct: (n,) bool/0-1, whether the prediction was right.
+        bins: number of equal-width bins.
+
+    Returns:
+        ``{"ece", "bins": [{"lo", "hi", "count", "confidence", "accuracy"}, ...]}``
+        (empty bins are listed with count 0 and ``None`` means).
+    """
+    import torch
+
+    c = _as_1d(confidence, "confidence").double()
+    k = _as_1d(correct, "correct").double()
+    if c.shape != k.shape:
+        raise ValueError(f"confidence and correct differ in length: {c.shape[0]} vs {k.shape[0]}")
+    if c.numel() == 0:
+        raise ValueError("expected_calibration_error of an empty set is undefined")
+    if bool(((c < 0) | (c > 1) | c.isnan()).any()):
+        raise ValueError("confidence must lie in [0, 1]")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    idx = torch.clamp((c * bins).ceil().long() - 1, 0, bins - 1)  # bin b = (b/bins, (b+1)/bins]
+    ece, table = 0.0, []
+    for b in range(bins):
+        m = idx == b
+        n = int(m.sum())
+        conf = float(c[m].mean()) if n else None
+        acc = float(k[m].mean()) if n else None
+        if n:
+            ece += n / c.numel() * abs(acc - conf)  # type: ignore[operator]
+        table.append({"lo": b / bins, "hi": (b + 1) / bins, "count": n, "confidence": conf, "accuracy": acc})
+    return {"ece": ece, "bins": table}
+
+
+def reliability_diagram(ece: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
+    """Write a reliability diagram (accuracy vs confidence per bin) of an ECE result as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    full = [b for b in ece["bins"] if b["count"]]
+    width = ece["bins"][0]["hi"] - ece["bins"][0]["lo"]
+    ax.bar([b["lo"] for b in full], [b["accuracy"] for b in full], width=width, align="edge",
+           edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+           title=title or f"ECE = {ece['ece']:.3f}")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def auroc(positive: Any, negative: Any) -> float:
+    """Area under the ROC curve of a score separating ``positive`` from ``negative``.
+
+    Equals P(s_pos > s_neg) + ½ P(s_pos = s_neg) (Mann-Whitney U with ties),
+    computed from average ranks.
+
+    Args:
+        positive: (n,) scores of in-distribution inputs (should be high).
+        negative: (m,) scores of out-of-distribution inputs.
+    """
+    import torch
+
+    p = _as_1d(positive, "positive").double()
+    n = _as_1d(negative, "negative").double()
+    if p.numel() == 0 or n.numel() == 0:
+        raise ValueError("auroc needs at least one positive and one negative score")
+    s = torch.cat([p, n])
+    if bool(s.isnan().any()):
+        raise ValueError("auroc: scores contain NaN")
+    order = torch.argsort(s)
+    ranks = torch.empty_like(s)
+    ranks[order] = torch.arange(1, s.numel() + 1, dtype=s.dtype)
+    uniq, inverse = torch.unique(s, return_inverse=True)  # average the ranks of ties
+    sums = torch.zeros(uniq.numel(), dtype=s.dtype).index_add_(0, inverse, ranks)
+    counts = torch.zeros(uniq.numel(), dtype=s.dtype).index_add_(0, inverse, torch.ones_like(s))
+    ranks = (sums / counts)[inverse]
+    u = ranks[: p.numel()].sum() - p.numel() * (p.numel() + 1) / 2
+    return float(u / (p.numel() * n.numel()))
+
+
+def _check_feats(a: Any, b: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"{what}: expected features (n, d) and (m, d), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError(f"{what}: needs at least 2 samples per set, got {a.shape[0]} and {b.shape[0]}")
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError(f"{what}: features contain NaN or inf")
+    return a, b
+
+
+def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
+    """Symmetric PSD square root via eigh (negative round-off eigenvalues clamped to 0)."""
+    import torch
+
+    vals, vecs = torch.linalg.eigh((s + s.T) / 2)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def frechet_distance(feats_a: Any, feats_b: Any) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (FID when the features are Inception's).
+
+    d² = ‖μ_a − μ_b‖² + tr Σ_a + tr Σ_b − 2 tr (Σ_a^½ Σ_b Σ_a^½)^½, in float64.
+    tr (Σ_a Σ_b)^½ is computed from the eigenvalues of the symmetric PSD product
+    Σ_a^½ Σ_b Σ_a^½ (no scipy, no complex round-off).
+
+    Args:
+        feats_a: (n, d) features; feats_b: (m, d) features.
+    """
+    import torch
+
+    a, b = _check_feats(feats_a, feats_b, "frechet_distance")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    root = _psd_sqrt(cov_a)
+    cross = torch.linalg.eigvalsh(root @ cov_b @ root).clamp_min(0).sqrt().sum()
+    d2 = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    return float(d2.clamp_min(0))
+
+
+def kernel_inception_distance(
+    feats_a: Any, feats_b: Any, *, subsets: int = 50, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Kernel distance (KID): unbiased MMD² with the kernel k(x, y) = (xᵀy / d + 1)³.
+
+    Averaged over ``subsets`` random subsets of ``min(subset_size, n, m)`` rows of each set.
+
+    Args:
+        feats_a: (n, d); feats_b: (m, d).
+
+    Returns:
+        (mean, std) of the subset estimates.
+    """
+    import torch
+
+    a, b = _check_feats(feats_a, feats_b, "kernel_inception_distance")
+    if subsets < 1:
+        raise ValueError(f"subsets must be >= 1, got {subsets}")
+    m = min(subset_size, a.shape[0], b.shape[0])
+    d = a.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    est = []
+    for _ in range(subsets):
+        x = a[torch.randperm(a.shape[0], generator=gen)[:m]]
+        y = b[torch.randperm(b.shape[0], generator=gen)[:m]]
+        kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+        off = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        est.append(off - 2 * kxy.mean())
+    t = torch.stack(est)
+    return float(t.mean()), float(t.std()) if subsets > 1 else 0.0
+
+
+def linear_probe(
+    train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, c: float = 1.0, max_iter: int = 2000
+) -> float:
+    """Test accuracy of a logistic-regression probe on frozen, standardised features.
+
+    Args:
+        train_x: (n, d) features; train_y: (n,) labels; test_x: (m, d); test_y: (m,).
+        c: inverse L2 strength (sklearn's ``C``).
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xs = [np.asarray(t.detach().cpu() if hasattr(t, "detach") else t, dtype=np.float64) for t in (train_x, test_x)]
+    ys = [np.asarray(t.detach().cpu() if hasattr(t, "detach") else t).astype(np.int64) for t in (train_y, test_y)]
+    for x, y, name in ((xs[0], ys[0], "train"), (xs[1], ys[1], "test")):
+        if x.ndim != 2 or y.shape != (x.shape[0],):
+            raise ValueError(f"linear_probe: {name} features must be (n, d) with labels (n,), got {x.shape}, {y.shape}")
+    if xs[0].shape[1] != xs[1].shape[1]:
+        raise ValueError(f"linear_probe: train and test feature sizes differ: {xs[0].shape[1]} vs {xs[1].shape[1]}")
+    if len(np.unique(ys[0])) < 2:
+        raise ValueError("linear_probe: the training labels hold a single class")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    probe.fit(xs[0], ys[0])
+    return float((probe.predict(xs[1]) == ys[1]).mean())
+
+
+def __getattr__(name: str) -> Any:  # re-exports, imported on first use
+    import importlib
+
+    if name in ("cli_eval", "cli_eval_args"):
+        return getattr(importlib.import_module("lzn_core.evalcli"), name)
+    if not name.startswith("_"):
+        mod = importlib.import_module("lzn_core.evalmodel")
+        if name in getattr(mod, "__all__", ()):
+            return getattr(mod, name)
+    raise AttributeError(f"module 'lzn_core.evaluation' has no attribute {name!r}")

@@ -1,0 +1,410 @@
+"""The recipe schema: modalities + tasks + data + optimisation, one model for YAML and ``compose``.
+
+A recipe is YAML validated by :class:`Recipe` (pydantic v2, ``extra="forbid"`` at
+every level). Each ``modalities.<m>.config`` is validated by the plugin's own
+config model (``get_modality(entry.plugin).config``); after validation it holds
+that model's instance. Every problem is reported at once, one line each, with
+its field path and a did-you-mean suggestion (:class:`~lzn_core.errors.RecipeError`).
+
+    recipe = load_recipe("digits_joint.yaml", ["train.batch_size=64"])
+    recipe.latent.dim, recipe.modalities["image"].config.nf, recipe.tasks[0].kind
+
+``recipe.model_dump(mode="json")`` is the resolved recipe (what ``lzn export``
+writes); ``Recipe.model_validate`` reads it back to an equal recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError, did_you_mean
+from .recipe_checks import (
+    apply_override,
+    condition_problems,
+    recipe_error,
+    reference_problems,
+    resolve_plugin_configs,
+    translate_errors,
+)
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+"""The repository's shipped recipes (``recipes/*.yaml``); bare names resolve here after the cwd."""
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class LatentConfig(BaseModel):
+    """The shared latent space and its zoning flow (PAPER §1.2).
+
+    Attributes:
+        dim: q, the latent dimension.
+        solver: ODE solver of the forward (data -> latent) flow: "euler" or "dpm" (DPM-Solver++ 3M).
+        steps: solver steps of the forward flow.
+        g: start time of the forward flow (τ = g; paper 1e-4 for Euler, 1e-3 for DPM).
+        alpha: α, scale of the noise mixed into the anchors at τ = g during training.
+        bank_size: M, training anchors kept per modality without a fixed bank (inference context).
+        chunk: rows of x per chunk of the attention-form solver (None: no chunking).
+    """
+
+    model_config = _STRICT
+
+    dim: int = Field(default=64, gt=0)
+    solver: Literal["euler", "dpm"] = "euler"
+    steps: int = Field(default=20, gt=0)
+    g: float = Field(default=1e-4, gt=0.0, lt=1.0)
+    alpha: float = Field(default=1.0, ge=0.0)
+    bank_size: int = Field(default=512, gt=0)
+    chunk: int | None = Field(default=None, gt=0)
+
+
+class ModalityEntry(BaseModel):
+    """One modality of the recipe: the plugin that provides it and the plugin's config.
+
+    Attributes:
+        plugin: the registered modality name of the plugin ("image", "label", "text", ...).
+        config: a mapping validated by the plugin's config model; after :class:`Recipe`
+            validation, that model's instance.
+    """
+
+    model_config = _STRICT
+
+    plugin: str = Field(min_length=1)
+    config: Any = Field(default_factory=dict)
+
+    @field_validator("config")
+    @classmethod
+    def _mapping(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, (dict, BaseModel)):
+            raise ValueError(f"must be a mapping of the plugin's settings, got {type(value).__name__}")
+        return value
+
+
+class GenerateTask(BaseModel):
+    """Decoder loss of ``target`` on its own latents (paper case 1), optionally conditioned.
+
+    Attributes:
+        target: modality whose decoder is trained on the latents of its encoder's anchors.
+        weight: coefficient of this loss term.
+        condition: modality whose ``condition(batch)`` vector conditions the decoder
+            (case 3: the label one-hot on the image decoder).
+    """
+
+    model_config = _STRICT
+
+    kind: Literal["generate"] = "generate"
+    target: str
+    weight: float = Field(default=1.0, ge=0.0)
+    condition: str | None = None
+
+
+class AlignTask(BaseModel):
+    """Latent alignment Align(target, source) (PAPER §1.3).
+
+    The source's latents (from its encoder and anchors, noise scale ``alpha``) are run
+    through the reverse flow over the target's anchors; the loss wants the paired anchor.
+    ``source == target`` is case 2: two augmented views of one modality, the pair of a
+    row is the same sample.
+
+    Attributes:
+        source: modality whose latents are flowed (image in case 3).
+        target: modality whose anchors define the zones (label in case 3).
+        weight: coefficient of this loss term.
+        loss: "log" (−mean log max_t P, Eq. 5) or "prob" (−mean max_t P, Eq. 2).
+        class_weights: weight the target's anchors by their share of the global batch
+            (label alignment during training).
+        steps: Euler steps of the reverse flow.
+        cutoff: the max over time runs over steps ≥ ⌊cutoff·steps⌋.
+        alpha: α, noise scale of the source latents.
+    """
+
+    model_config = _STRICT
+
+    kind: Literal["align"] = "align"
+    source: str
+    target: str
+    weight: float = Field(default=1.0, ge=0.0)
+    loss: Literal["log", "prob"] = "log"
+    class_weights: bool = False
+    steps: int = Field(default=20, gt=0)
+    cutoff: float = Field(default=0.2, ge=0.0, lt=1.0)
+    alpha: float = Field(default=1.0, ge=0.0)
+
+
+Task = Annotated[GenerateTask | AlignTask, Field(discriminator="kind")]
+"""A recipe task: :class:`GenerateTask` or :class:`AlignTask`, told apart by ``kind``."""
+
+
+class DataConfig(BaseModel):
+    """Webdataset shards (brace or glob patterns, relative to the cwd).
+
+    Attributes:
+        train: pattern of the training shards.
+        eval: pattern of the evaluation shards (None: no periodic evaluation data).
+        num_workers: loader worker processes per rank.
+    """
+
+    model_config = _STRICT
+
+    train: str = Field(min_length=1)
+    eval: str | None = None
+    num_workers: int = Field(default=0, ge=0)
+
+
+class TrainConfig(BaseModel):
+    """Optimisation (PAPER §4): Adam, per-module lr, linear warm-up, clipping, EMA, freezing.
+
+    Attributes:
+        batch_size: global batch (split across ranks).
+        iterations: optimiser steps.
+        lr: learning rates keyed by ``default``, ``<mod>``, ``<mod>.encoder`` or ``<mod>.decoder``
+            (the most specific key wins).
+        warmup: iterations of linear warm-up from lr/5000 to lr.
+        grad_clip: global gradient-norm clip (None: off).
+        ema: EMA decay d, with warm-up min(d, (1+k)/(10+k)) (None: no EMA).
+        freeze: module -> iteration from which it is frozen (case 3: image.decoder at 60k).
+        log_every, eval_every, sample_every, ckpt_every: periods in iterations (0: never).
+        keep_checkpoints: checkpoints kept on disk (older ones are removed).
+    """
+
+    model_config = _STRICT
+
+    batch_size: int = Field(gt=0)
+    iterations: int = Field(gt=0)
+    lr: dict[str, Annotated[float, Field(gt=0.0)]] = Field(default_factory=lambda: {"default": 1e-3})
+    warmup: int = Field(default=0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    ema: float | None = Field(default=0.999, ge=0.0, lt=1.0)
+    freeze: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    log_every: int = Field(default=10, gt=0)
+    eval_every: int = Field(default=500, ge=0)
+    sample_every: int = Field(default=500, ge=0)
+    ckpt_every: int = Field(default=500, ge=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+
+    def lr_for(self, modality: str, part: str) -> float:
+        """Learning rate of ``<modality>.<part>`` (part "encoder" | "decoder"): most specific key wins.
+
+        Raises:
+            KeyError: when neither the module, its modality nor ``default`` has a rate.
+        """
+        for key in (f"{modality}.{part}", modality, "default"):
+            if key in self.lr:
+                return self.lr[key]
+        raise KeyError(f"train.lr has no rate for {modality}.{part} and no 'default'")
+
+
+class EvalConfig(BaseModel):
+    """Periodic and final evaluation.
+
+    Attributes:
+        batch_size: test batch (latents depend on the batch: the minibatch approximation).
+        alpha: α of the test latents (0: the zone centre, best for classification).
+        steps: Euler steps of the label flow.
+        samples_per_class: class-conditional samples per class in the sample grid.
+    """
+
+    model_config = _STRICT
+
+    batch_size: int = Field(default=300, gt=0)
+    alpha: float = Field(default=0.0, ge=0.0)
+    steps: int = Field(default=100, gt=0)
+    samples_per_class: int = Field(default=10, ge=0)
+
+
+class Recipe(BaseModel):
+    """A whole recipe; see ``recipes/digits_joint.yaml`` for an annotated example.
+
+    After validation ``modalities[m].config`` is the plugin's config instance,
+    ``output_dir`` is filled (``runs/<name>``) and ``deepspeed`` is the DeepSpeed
+    config dict (a path is read: relative to the recipe file when loaded with
+    :func:`load_recipe`, else to the cwd, then ``recipes/``) or None.
+    """
+
+    model_config = _STRICT
+
+    name: str = Field(default="recipe", min_length=1)
+    output_dir: str | None = None
+    seed: int = 0
+    latent: LatentConfig = Field(default_factory=lambda: LatentConfig())
+    modalities: dict[str, ModalityEntry] = Field(min_length=1)
+    tasks: list[Task] = Field(min_length=1)
+    data: DataConfig
+    train: TrainConfig
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig())
+    deepspeed: str | dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Recipe:
+        raw = {
+            "modalities": {k: {"plugin": e.plugin, "config": e.config} for k, e in self.modalities.items()},
+            "tasks": [t.model_dump() for t in self.tasks],
+            "train": {"lr": dict(self.train.lr), "freeze": dict(self.train.freeze)},
+        }
+        configs, problems = resolve_plugin_configs(raw["modalities"])
+        problems += reference_problems(raw) + condition_problems(configs, raw["tasks"])
+        ds, ds_problem = _read_deepspeed(self.deepspeed, None)
+        problems += [ds_problem] if ds_problem else []
+        if problems:
+            raise recipe_error(None, problems)
+        for key, config in configs.items():
+            self.modalities[key].config = config
+        self.deepspeed = ds
+        self.output_dir = self.output_dir or f"runs/{self.name}"
+        return self
+
+    def summary(self) -> str:
+        """One line: modalities, task count, iterations."""
+        mods = ", ".join(self.modalities)
+        return f"modalities: {mods}; tasks: {len(self.tasks)}; iterations: {self.train.iterations}"
+
+
+def _read_deepspeed(value: Any, base: Path | None) -> tuple[Any, str | None]:
+    """A ``deepspeed`` path -> (its JSON dict, None), or (value, problem line); dicts pass through."""
+    if not isinstance(value, str):
+        return value, None
+    path = Path(value)
+    candidates = [path] if path.is_absolute() else [c / path for c in ([base] if base else []) + [Path.cwd()]]
+    candidates += [] if path.is_absolute() else [RECIPES_DIR / path]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        tried = ", ".join(str(c) for c in candidates)
+        return value, f"deepspeed: file {value!r} not found (looked at {tried})"
+    try:
+        data = json.loads(found.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return value, f"deepspeed: cannot read {found} as JSON: {exc}"
+    if not isinstance(data, dict):
+        return value, f"deepspeed: {found} must hold a JSON object, got {type(data).__name__}"
+    return data, None
+
+
+def _available_recipes() -> list[str]:
+    names = {p.name for d in (Path.cwd(), RECIPES_DIR) for ext in ("*.yaml", "*.yml") for p in d.glob(ext)}
+    return sorted(names)
+
+
+def resolve_recipe_path(name: str | Path) -> Path:
+    """Find a recipe file: ``name`` as a path (relative to the cwd), then in the repo's ``recipes/``.
+
+    A missing ``.yaml`` suffix is added. Raises :class:`RecipeError` listing the
+    recipes available in the cwd and in ``recipes/`` when nothing matches.
+    """
+    path = Path(name)
+    variants = [path] if path.suffix in (".yaml", ".yml") else [path, path.with_name(path.name + ".yaml")]
+    for base in (Path.cwd(), RECIPES_DIR):
+        for variant in variants:
+            candidate = variant if variant.is_absolute() else base / variant
+            if candidate.is_file():
+                return candidate
+    available = _available_recipes()
+    hint = did_you_mean(path.name, available) or did_you_mean(path.name + ".yaml", available)
+    raise RecipeError(
+        f"recipe {str(name)!r} not found in the current directory ({Path.cwd()}) or in {RECIPES_DIR}{hint}\n"
+        f"  available: {', '.join(available) or '(none)'}"
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"recipe {path}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"recipe {path}: the top level must be a mapping of keys, got {type(data).__name__}"
+        )
+    return data
+
+
+def load_recipe(path_or_name: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, override and validate a recipe.
+
+    Args:
+        path_or_name: a YAML path or a bare name (resolved by :func:`resolve_recipe_path`).
+        overrides: ``key=value`` strings with dotted keys (``train.batch_size=64``,
+            ``tasks.1.steps=10``); values are parsed as YAML scalars.
+
+    Returns:
+        The validated :class:`Recipe` (``name`` defaults to the file stem).
+
+    Raises:
+        RecipeError: every problem of the file and the overrides, one per line.
+    """
+    path = resolve_recipe_path(path_or_name)
+    data = _read_yaml(path)
+    problems = [p for item in overrides if (p := apply_override(data, item, Recipe))]
+    data.setdefault("name", path.stem)
+    if isinstance(data.get("deepspeed"), str):
+        resolved, problem = _read_deepspeed(data["deepspeed"], path.parent)
+        data["deepspeed"] = None if problem else resolved
+        problems += [problem] if problem else []
+    return validate_recipe(data, path, problems)
+
+
+def validate_recipe(
+    data: dict[str, Any], source: Path | str | None = None, problems: Sequence[str] = ()
+) -> Recipe:
+    """Validate a recipe mapping, reporting every problem together (``compose`` uses it too).
+
+    Args:
+        data: the recipe as plain data (parsed YAML, ``Recipe.model_dump(mode="json")``).
+        source: where it came from, named in the error message.
+        problems: problem lines found earlier (overrides), reported with the rest.
+
+    Raises:
+        RecipeError: one line per problem (``.problems`` holds the list).
+    """
+    found = list(problems)
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        found += translate_errors(exc, Recipe)
+        configs, config_problems = resolve_plugin_configs(data.get("modalities"))
+        found += config_problems + reference_problems(data) + condition_problems(configs, data.get("tasks"))
+    except RecipeError as exc:
+        found += getattr(exc, "problems", [str(exc)])
+    if found or recipe is None:
+        raise recipe_error(source, _unique(found))
+    return recipe
+
+
+def _unique(lines: list[str]) -> list[str]:
+    return list(dict.fromkeys(lines))
+
+
+def cli_validate_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lzn validate RECIPE [key=value ...]``."""
+    parser.add_argument("recipe", help="recipe file or bare name (cwd first, then recipes/)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.iterations=10"
+    )
+
+
+def cli_validate(args: argparse.Namespace) -> int:
+    """Validate a recipe: print ``ok: PATH (summary)`` and return 0, or every problem and return 1."""
+    import sys
+
+    try:
+        path = resolve_recipe_path(args.recipe)
+        recipe = load_recipe(path, args.overrides)
+    except RecipeError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"ok: {path} ({recipe.summary()})")
+    return 0

@@ -1,0 +1,527 @@
+"""Converters to webdataset shards (``lzn shards digits|cifar10|folder|captions``).
+
+Layout of an output directory ``OUT/``::
+
+    OUT/train-000000.tar  OUT/train-000001.tar  ...  OUT/test-000000.tar
+    OUT/sizes.json   {"train-000000.tar": 1000, ...}   samples per shard
+    OUT/meta.json    {"version", "source", "classes", "splits", "seed", "shard_size"}
+
+Each sample is ``__key__`` plus ``png`` (uint8 PNG bytes), ``cls`` (ASCII int; not in
+``captions`` shards) and ``txt`` (UTF-8 caption). Shards are deterministic (fixed
+member order, mtime 0, uid/gid 0, no user names), so two runs give identical bytes,
+and atomic: each file is written under a temporary name in ``OUT/`` and renamed with
+``os.replace`` only when complete.
+
+``cifar10`` reads the official python-pickle tarball. Pickle can run code, so the
+batches are read with an unpickler that only accepts numpy arrays and builtins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import pickle
+import re
+import sys
+import tarfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError, LZNWarning
+
+FORMAT_VERSION = 1
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_DIGIT_TEMPLATES = (
+    "a handwritten {word}",
+    "the digit {num}, written by hand",
+    "a scanned image of the number {word}",
+    "a small blurry {num}",
+    "the number {word} ({num}) in handwriting",
+    "an 8x8 picture of a handwritten {word}",
+)
+_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_log = logging.getLogger(__name__)
+
+Sample = tuple[str, dict[str, bytes]]
+"""``(key, {ext: bytes})``: one shard sample; the key has no dots."""
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _png(array: Any) -> bytes:
+    """Encode a uint8 array ``(H, W)`` or ``(H, W, 3)`` (or a PIL image) as PNG bytes."""
+    from PIL import Image
+
+    img = array if isinstance(array, Image.Image) else Image.fromarray(array)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_shard(path: Path, samples: Sequence[Sample]) -> None:
+    """Write one tar atomically: temp file in the same directory, then ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, fields in samples:
+                for ext in sorted(fields):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime, info.mode = len(fields[ext]), 0, 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    tar.addfile(info, io.BytesIO(fields[ext]))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_split(
+    out: str | Path,
+    split: str,
+    samples: Iterable[Sample],
+    *,
+    total: int | None = None,
+    shard_size: int = 1000,
+    progress: bool | None = None,
+) -> dict[str, int]:
+    """Write ``samples`` as ``OUT/{split}-{index:06d}.tar`` shards of ``shard_size`` samples.
+
+    Stale shards of the same split from an earlier run (higher indices) are removed, and
+    ``OUT/sizes.json`` is updated (other splits' entries are kept).
+
+    Returns:
+        ``{shard file name: sample count}`` for this split.
+    """
+    from tqdm import tqdm
+
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", split):
+        raise ValueError(f"split name must be letters, digits or '_', got {split!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, int] = {}
+    bar = tqdm(
+        total=total,
+        desc=f"{out.name}/{split}",
+        unit="img",
+        file=sys.stderr,
+        disable=(not sys.stderr.isatty()) if progress is None else not progress,
+    )
+    buf: list[Sample] = []
+
+    def flush() -> None:
+        name = f"{split}-{len(sizes):06d}.tar"
+        _write_shard(out / name, buf)
+        sizes[name] = len(buf)
+        buf.clear()
+
+    with bar:
+        for sample in samples:
+            buf.append(sample)
+            bar.update(1)
+            if len(buf) == shard_size:
+                flush()
+        if buf:
+            flush()
+    for stale in out.glob(f"{split}-*.tar"):
+        if re.fullmatch(rf"{split}-\d{{6}}\.tar", stale.name) and stale.name not in sizes:
+            _log.info("removing stale shard %s", stale)
+            stale.unlink()
+    all_sizes = _read_json(out / "sizes.json")
+    all_sizes = {k: v for k, v in all_sizes.items() if not re.fullmatch(rf"{split}-\d{{6}}\.tar", k)}
+    _write_json(out / "sizes.json", {**all_sizes, **sizes})
+    return sizes
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}); delete it and convert again") from exc
+
+
+def _write_meta(
+    out: Path, *, source: str, classes: Sequence[str] | None, splits: dict[str, int], **extra: Any
+) -> dict[str, Any]:
+    meta = _read_json(out / "meta.json")
+    meta.update(
+        {
+            "version": FORMAT_VERSION,
+            "source": source,
+            "classes": list(classes) if classes else None,
+            "splits": {**meta.get("splits", {}), **splits},
+            **extra,
+        }
+    )
+    _write_json(out / "meta.json", meta)
+    return meta
+
+
+def _sample(key: str, png: bytes, caption: str, cls: int | None = None) -> Sample:
+    fields = {"png": png, "txt": caption.encode("utf-8")}
+    if cls is not None:
+        fields["cls"] = str(int(cls)).encode("ascii")
+    return key, fields
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def digit_caption(label: int, choice: int) -> str:
+    """Caption ``choice`` (any int, taken modulo the template count) for digit ``label``."""
+    template = _DIGIT_TEMPLATES[choice % len(_DIGIT_TEMPLATES)]
+    return template.format(word=DIGIT_NAMES[label], num=label)
+
+
+def write_digits(
+    out: str | Path,
+    *,
+    test_size: int = 300,
+    seed: int = 0,
+    shard_size: int = 1000,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """scikit-learn's bundled 8×8 digits (1797 images, no download) -> ``train``/``test`` shards.
+
+    Pixels 0..16 become uint8 ``round(x * 255 / 16)`` (grayscale PNG, 8×8). The split is
+    stratified by class (``train_test_split(..., stratify=y, random_state=seed)``), each
+    split kept in the original order; every image gets one caption from a set of templates
+    naming the digit as a word and/or a numeral, chosen by a ``seed``-ed generator.
+
+    Returns:
+        the written ``meta.json`` content.
+    """
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = np.rint(data.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)  # (1797, 8, 8)
+    labels = data.target.astype(int)
+    if not 0 < test_size < len(labels):
+        raise ValueError(f"--test-size must be between 1 and {len(labels) - 1}, got {test_size}")
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed
+    )
+    choices = np.random.default_rng(seed).integers(0, len(_DIGIT_TEMPLATES), size=len(labels))
+    splits = {}
+    for split, idx in (("train", np.sort(idx_train)), ("test", np.sort(idx_test))):
+        gen = (
+            _sample(f"digits{i:05d}", _png(images[i]), digit_caption(labels[i], choices[i]), labels[i])
+            for i in idx
+        )
+        splits[split] = sum(
+            write_split(out, split, gen, total=len(idx), shard_size=shard_size, progress=progress).values()
+        )
+    return _write_meta(
+        Path(out),
+        source="sklearn.datasets.load_digits",
+        classes=DIGIT_NAMES,
+        splits=splits,
+        seed=seed,
+        shard_size=shard_size,
+    )
+
+
+# ----------------------------------------------------------------------------- cifar10
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR batches (dicts, lists, bytes, numpy arrays) and nothing else."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("copy_reg", "_reconstructor"),
+        ("copyreg", "_reconstructor"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (not a CIFAR-10 batch)")
+        return super().find_class(module, name)
+
+
+def _cifar_member(tar: tarfile.TarFile, source: Path, name: str) -> dict[Any, Any]:
+    try:
+        fh = tar.extractfile(f"cifar-10-batches-py/{name}")
+    except KeyError:
+        raise DataError(f"{source}: no cifar-10-batches-py/{name}; is this cifar-10-python.tar.gz?") from None
+    assert fh is not None
+    try:
+        return dict(_NumpyOnlyUnpickler(fh, encoding="bytes").load())
+    except Exception as exc:
+        raise DataError(f"{source}: cannot read cifar-10-batches-py/{name}: {exc}") from exc
+
+
+def _cifar_samples(batch: dict[Any, Any], names: Sequence[str], prefix: str) -> tuple[int, Iterator[Sample]]:
+    import numpy as np
+
+    data = np.asarray(batch[b"data"], dtype=np.uint8)  # (N, 3072), channel-major (R then G then B)
+    labels = [int(v) for v in batch[b"labels"]]
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"CIFAR batch {prefix}: data {data.shape} / {len(labels)} labels, expected (N, 3072)")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
+    gen = (
+        _sample(f"{prefix}_{i:05d}", _png(np.ascontiguousarray(images[i])), f"a photo of a {names[y]}", y)
+        for i, y in enumerate(labels)
+    )
+    return len(labels), gen
+
+
+def write_cifar10(
+    tarball: str | Path, out: str | Path, *, shard_size: int = 5000, progress: bool | None = None
+) -> dict[str, Any]:
+    """The official ``cifar-10-python.tar.gz`` -> ``train`` (data_batch_1..5) / ``test`` shards.
+
+    Images ``(32, 32, 3)`` RGB PNG, ``cls`` the label, caption ``"a photo of a {class}"``.
+
+    Returns:
+        the written ``meta.json`` content.
+    """
+    import itertools
+
+    source = Path(tarball)
+    if not source.is_file():
+        raise FileNotFoundError(f"CIFAR-10 tarball not found: {source}")
+    try:
+        tar = tarfile.open(source, "r:*")
+    except tarfile.TarError as exc:
+        raise DataError(f"{source} is not a tar archive ({exc})") from exc
+    with tar:
+        names = [n.decode() for n in _cifar_member(tar, source, "batches.meta")[b"label_names"]]
+        splits = {}
+        for split, members in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+            parts = [_cifar_samples(_cifar_member(tar, source, m), names, m) for m in members]
+            total = sum(n for n, _ in parts)
+            gen = itertools.chain.from_iterable(g for _, g in parts)
+            splits[split] = sum(
+                write_split(out, split, gen, total=total, shard_size=shard_size, progress=progress).values()
+            )
+    return _write_meta(
+        Path(out), source=f"cifar10:{source.name}", classes=names, splits=splits, shard_size=shard_size
+    )
+
+
+# ----------------------------------------------------------------------------- folder / captions
+
+
+def _load_image(path: Path) -> bytes:
+    """Read any PIL-readable image and re-encode it as PNG (mode L kept, everything else RGB)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        return _png(img if img.mode == "L" else img.convert("RGB"))
+
+
+def _warn_skipped(what: str, skipped: list[str]) -> None:
+    if skipped:
+        shown = "; ".join(skipped[:10]) + ("; ..." if len(skipped) > 10 else "")
+        warnings.warn(f"skipped {len(skipped)} {what}: {shown}", LZNWarning, stacklevel=3)
+
+
+def _folder_samples(
+    files: Sequence[tuple[Path, int]], classes: Sequence[str], skipped: list[str]
+) -> Iterator[Sample]:
+    for i, (path, cls) in enumerate(files):
+        try:
+            png = _load_image(path)
+        except Exception as exc:  # PIL raises many types for corrupt files
+            _log.warning("skipping corrupt image %s: %s", path, exc)
+            skipped.append(f"{path} ({type(exc).__name__})")
+            continue
+        yield _sample(f"img{i:07d}", png, f"a photo of a {classes[cls]}", cls)
+
+
+def write_folder(
+    root: str | Path,
+    out: str | Path,
+    *,
+    split: str = "train",
+    shard_size: int = 1000,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """An ImageFolder tree ``ROOT/<class>/<image>`` -> ``{split}`` shards.
+
+    Class index = position of the class folder name in sorted order (names saved in
+    ``meta.json``; converting a second split into the same ``OUT`` must give the same
+    classes). Images are re-encoded as PNG; unreadable files are skipped, counted and
+    reported in one ``LZNWarning``.
+
+    Returns:
+        the written ``meta.json`` content.
+    """
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders (expected ROOT/<class>/<image files>)")
+    old = _read_json(out / "meta.json").get("classes")
+    if old is not None and list(old) != classes:
+        raise DataError(f"classes of {root} {classes} differ from {out / 'meta.json'} {old}; use another OUT")
+    files = [
+        (p, c)
+        for c, name in enumerate(classes)
+        for p in sorted((root / name).rglob("*"))
+        if p.is_file() and p.suffix.lower() in _IMAGE_EXTS
+    ]
+    if not files:
+        raise DataError(f"no image files ({', '.join(sorted(_IMAGE_EXTS))}) under {root}/<class>/")
+    skipped: list[str] = []
+    n = sum(
+        write_split(
+            out,
+            split,
+            _folder_samples(files, classes, skipped),
+            total=len(files),
+            shard_size=shard_size,
+            progress=progress,
+        ).values()
+    )
+    _warn_skipped("unreadable images", skipped)
+    if n == 0:
+        raise DataError(f"every image under {root} failed to load")
+    return _write_meta(
+        out,
+        source=f"folder:{root}",
+        classes=classes,
+        splits={split: n},
+        shard_size=shard_size,
+        skipped={**_read_json(out / "meta.json").get("skipped", {}), split: len(skipped)},
+    )
+
+
+def _caption_record(line: str, base: Path) -> tuple[Path, str]:
+    """Parse one JSONL line ``{"image": path, "caption": text}``; ValueError says what is wrong."""
+    rec = json.loads(line)
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    image, caption = rec.get("image"), rec.get("caption")
+    if not isinstance(image, str) or not image:
+        raise ValueError('"image" must be a non-empty string path')
+    if not isinstance(caption, str):
+        raise ValueError('"caption" must be a string')
+    path = Path(image)
+    return (path if path.is_absolute() else base / path), caption
+
+
+def _caption_samples(lines: Sequence[str], base: Path, skipped: list[str]) -> Iterator[Sample]:
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            path, caption = _caption_record(line, base)
+            png = _load_image(path)
+        except Exception as exc:
+            _log.warning("skipping line %d: %s", lineno, exc)
+            skipped.append(f"line {lineno}: {type(exc).__name__}: {exc}")
+            continue
+        yield _sample(f"cap{lineno:08d}", png, caption)
+
+
+def write_captions(
+    jsonl: str | Path,
+    out: str | Path,
+    *,
+    split: str = "train",
+    shard_size: int = 1000,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """JSONL lines ``{"image": path, "caption": text}`` -> ``{split}`` shards of ``png`` + ``txt``.
+
+    Relative image paths are relative to the JSONL file's directory. Bad lines (invalid
+    JSON, missing fields, unreadable image) are skipped and reported with line numbers.
+
+    Returns:
+        the written ``meta.json`` content.
+    """
+    jsonl, out = Path(jsonl), Path(out)
+    if not jsonl.is_file():
+        raise FileNotFoundError(f"captions file not found: {jsonl}")
+    lines = jsonl.read_text(encoding="utf-8").splitlines()
+    skipped: list[str] = []
+    total = sum(1 for ln in lines if ln.strip())
+    n = sum(
+        write_split(
+            out,
+            split,
+            _caption_samples(lines, jsonl.parent, skipped),
+            total=total,
+            shard_size=shard_size,
+            progress=progress,
+        ).values()
+    )
+    _warn_skipped(f"bad lines of {jsonl}", skipped)
+    if n == 0:
+        raise DataError(f"{jsonl}: no usable lines ({len(skipped)} bad, {total} non-empty)")
+    return _write_meta(
+        out, source=f"captions:{jsonl}", classes=None, splits={split: n}, shard_size=shard_size
+    )
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def cli_shards_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lzn shards {digits,cifar10,folder,captions}``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    p = sub.add_parser("digits", parents=[common], help="scikit-learn's bundled 8x8 digits (no download)")
+    p.add_argument("out", help="output directory, e.g. data/digits")
+    p.add_argument("--test-size", type=int, default=300, help="test images (stratified; default 300)")
+    p.add_argument("--seed", type=int, default=0, help="split and caption seed (default 0)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p = sub.add_parser("cifar10", parents=[common], help="the official cifar-10-python.tar.gz")
+    p.add_argument("tarball", help="path to cifar-10-python.tar.gz")
+    p.add_argument("out", help="output directory, e.g. data/cifar10")
+    p.add_argument("--shard-size", type=int, default=5000, help="samples per shard (default 5000)")
+    for name, arg, help_ in (
+        ("folder", "root", "image folder ROOT/<class>/<image>"),
+        ("captions", "jsonl", 'JSONL file of {"image": path, "caption": text}'),
+    ):
+        p = sub.add_parser(name, parents=[common], help=help_)
+        p.add_argument(arg, help=help_)
+        p.add_argument("out", help="output directory")
+        p.add_argument("--split", default="train", help="split name of the shards (default train)")
+        p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+
+
+def cli_shards(args: argparse.Namespace) -> int:
+    """Run ``lzn shards``: convert, then print one summary line per split."""
+    progress = None if not args.no_progress else False
+    kw = {"shard_size": args.shard_size, "progress": progress}
+    if args.source == "digits":
+        meta = write_digits(args.out, test_size=args.test_size, seed=args.seed, **kw)
+    elif args.source == "cifar10":
+        meta = write_cifar10(args.tarball, args.out, **kw)
+    elif args.source == "folder":
+        meta = write_folder(args.root, args.out, split=args.split, **kw)
+    else:
+        meta = write_captions(args.jsonl, args.out, split=args.split, **kw)
+    for split, n in meta["splits"].items():
+        print(f"{args.out}: {split} {n} samples ({Path(args.out) / (split + '-*.tar')})")
+    return 0

@@ -1,0 +1,180 @@
+"""Rectified-flow image decoder conditioned on the LZN latent (PAPER.md §1.4, case 1 and 3).
+
+Time convention of this module (the rectified-flow one): t = 0 is noise, t = 1 is data;
+x_t = t·x + (1 − t)·ε, and the U-Net v(x_t, t, z, c) predicts x − ε. The time embedding
+e(t) is concatenated with z: (B, q) and an optional condition c: (B, cond_dim) (case 3's
+one-hot) and mapped by Linear(|e| + q + cond_dim -> 4nf), SiLU, Linear(4nf -> 4nf) to the
+``temb`` every ResNet block reads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ImageConfig
+from .io import to_config_channels
+from .sampling import SolveStats, dopri5, euler
+from .unet import DownPath, UpPath, timestep_embedding
+
+
+class ImageDecoder(nn.Module):
+    """Rectified-flow U-Net decoder: ``loss`` for training, ``sample``/``invert``/``reconstruct``.
+
+    Args:
+        config: an :class:`ImageConfig`.
+        latent_dim: q.
+    """
+
+    kind = "generative"
+
+    def __init__(self, config: ImageConfig, latent_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.latent_dim = latent_dim
+        nf = config.nf
+        if config.time_embedding == "fourier":
+            self.register_buffer("fourier_w", torch.randn(nf) * config.fourier_scale)
+            emb_dim = 2 * nf
+        else:
+            emb_dim = nf
+        self.emb_dim = emb_dim
+        self.temb = nn.Sequential(nn.Linear(emb_dim + latent_dim + config.cond_dim, 4 * nf), nn.SiLU(),
+                                  nn.Linear(4 * nf, 4 * nf))
+        self.down = DownPath(config, temb_dim=4 * nf)
+        self.up = UpPath(config, self.down, temb_dim=4 * nf)
+        self.last_stats = SolveStats()
+
+    # ----------------------------------------------------------------- network
+    def _time_features(self, t: torch.Tensor) -> torch.Tensor:
+        if self.config.time_embedding == "fourier":
+            proj = t.float()[:, None] * self.fourier_w[None] * 2 * torch.pi
+            return torch.cat([torch.sin(proj), torch.cos(proj)], dim=1)
+        return timestep_embedding(t * 999.0, self.emb_dim)
+
+    def _check_inputs(self, z: torch.Tensor, b: int, cond: torch.Tensor | None) -> torch.Tensor | None:
+        if z.ndim != 2 or z.shape != (b, self.latent_dim):
+            raise ValueError(f"z must be (B, q) = ({b}, {self.latent_dim}), got {tuple(z.shape)}")
+        d = self.config.cond_dim
+        if d == 0:
+            if cond is not None:
+                raise ValueError("this image decoder has cond_dim = 0 but a condition was given; set cond_dim")
+            return None
+        if cond is None:
+            raise ValueError(f"this image decoder needs cond (B, {d}) (cond_dim = {d})")
+        if cond.shape != (b, d):
+            raise ValueError(f"cond must be (B, cond_dim) = ({b}, {d}), got {tuple(cond.shape)}")
+        return cond.to(z.dtype)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """The predicted x − ε. x: (B, C, H, W), t: (B,) in [0, 1], z: (B, q), cond: (B, cond_dim) -> (B, C, H, W)."""
+        cond = self._check_inputs(z, x.shape[0], cond)
+        if not self.config.use_latent:  # the RF baseline: same network, no latent information
+            z = torch.zeros_like(z)
+        parts = [self._time_features(t).to(z.dtype), z] + ([cond] if cond is not None else [])
+        temb = self.temb(torch.cat(parts, dim=1))
+        hs, h = self.down(x, temb)
+        return self.up(h, hs, temb)
+
+    forward = velocity
+
+    # ---------------------------------------------------------------- training
+    def loss(
+        self,
+        z: torch.Tensor,
+        images: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        rows: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Rectified-flow loss: mean over pixels and batch of ‖v(x_t, t, z, c) − (x − ε)‖².
+
+        t ~ U[rf_t_min, 1] and ε ~ N(0, I) are drawn from ``generator`` (global RNG when None),
+        t first, then ε. With ``rows = (start, total)`` they are drawn for ``total`` rows and rows
+        [start, start + B) are used, so a rank holding rows [start, start + B) of a global batch sees
+        the same randomness as a single process over the whole batch.
+
+        Args:
+            z: latents (B, q).
+            images: (B, C, H, W) in [-1, 1].
+            cond: optional (B, cond_dim).
+        """
+        x = to_config_channels(images, self.config.channels, self.config.resolution).to(z.dtype)
+        b = x.shape[0]
+        start, total = rows if rows is not None else (0, b)
+        if not (0 <= start and start + b <= total):
+            raise ValueError(f"rows=(start, total)={rows} does not contain a batch of {b} rows")
+        dev = generator.device if generator is not None else x.device
+        t_min = self.config.rf_t_min
+        t = torch.rand(total, generator=generator, device=dev, dtype=x.dtype) * (1 - t_min) + t_min
+        noise = torch.randn((total, *x.shape[1:]), generator=generator, device=dev, dtype=x.dtype)
+        t, noise = t[start : start + b].to(x.device), noise[start : start + b].to(x.device)
+        tb = t.view(-1, 1, 1, 1)
+        xt = tb * x + (1 - tb) * noise
+        pred = self.velocity(xt, t, z, cond)
+        return F.mse_loss(pred, x - noise)
+
+    # --------------------------------------------------------------- inference
+    def _solve(self, x: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None, t0: float, t1: float,
+               steps: int | None, method: str | None, rtol: float | None, atol: float | None) -> torch.Tensor:
+        cfg = self.config
+        method = method or cfg.sample_method
+
+        def f(xx: torch.Tensor, t: float) -> torch.Tensor:
+            return self.velocity(xx, xx.new_full((xx.shape[0],), t), z, cond)
+
+        with torch.no_grad():
+            if method == "euler":
+                out, self.last_stats = euler(f, x, t0, t1, steps or cfg.sample_steps)
+            elif method == "rk45":
+                out, self.last_stats = dopri5(f, x, t0, t1, rtol=rtol or cfg.rtol, atol=atol or cfg.atol)
+            else:
+                raise ValueError(f"unknown sampling method {method!r}; choose 'euler' or 'rk45'")
+        return out
+
+    def sample(
+        self,
+        z: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        *,
+        steps: int | None = None,
+        method: str | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+    ) -> torch.Tensor:
+        """Generate images (B, C, H, W) in [-1, 1] from latents z: (B, q), integrating t: rf_t_min -> 1.
+
+        Args:
+            z: latents (B, q).
+            cond: optional (B, cond_dim).
+            steps: Euler steps (default ``config.sample_steps``); ignored by "rk45".
+            method: "euler" or "rk45" (adaptive Dormand–Prince; default ``config.sample_method``).
+            noise: the starting ε (B, C, H, W); drawn from ``generator`` when None.
+            rtol, atol: RK45 tolerances (default from the config, paper 1e-5).
+        """
+        cfg = self.config
+        shape = (z.shape[0], cfg.channels, cfg.resolution, cfg.resolution)
+        if noise is None:
+            dev = generator.device if generator is not None else z.device
+            noise = torch.randn(shape, generator=generator, device=dev, dtype=z.dtype).to(z.device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
+        x = self._solve(noise.to(z.dtype), z, cond, cfg.rf_t_min, 1.0, steps, method, rtol, atol)
+        return x.clamp(-1.0, 1.0)
+
+    def invert(self, images: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None, *,
+               steps: int | None = None, method: str | None = None) -> torch.Tensor:
+        """Run the ODE backwards (t: 1 -> rf_t_min): images (B, C, H, W) -> noise (B, C, H, W)."""
+        x = to_config_channels(images, self.config.channels, self.config.resolution).to(z.dtype)
+        return self._solve(x, z, cond, 1.0, self.config.rf_t_min, steps, method, None, None)
+
+    def reconstruct(self, images: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None, *,
+                    steps: int | None = None, method: str | None = None) -> torch.Tensor:
+        """invert then sample with the same z: (B, C, H, W) -> (B, C, H, W) in [-1, 1] (the recon metric)."""
+        noise = self.invert(images, z, cond, steps=steps, method=method)
+        return self.sample(z, cond, steps=steps, method=method, noise=noise)

@@ -1,0 +1,72 @@
+"""The ``lzn_register_modalities`` hook of the image modality (entry point ``image``).
+
+Importing this module imports neither torch nor the networks: the builders import
+them on first use, so ``lzn plugins`` stays fast.
+"""
+
+from __future__ import annotations
+
+import io as _io
+from collections.abc import Callable
+from typing import Any
+
+from lzn_core.hookspecs import hookimpl
+from lzn_core.modality import ModalitySpec
+
+from .config import ImageConfig
+from .io import collate, decode_sample
+
+
+def build_encoder(config: ImageConfig, latent_dim: int) -> Any:
+    """``ModalitySpec.build_encoder``: an :class:`lzn_image.encoder.ImageEncoder` (images -> (B, q))."""
+    from .encoder import ImageEncoder
+
+    return ImageEncoder(config, latent_dim)
+
+
+def build_decoder(config: ImageConfig, latent_dim: int) -> Any:
+    """``ModalitySpec.build_decoder``: an :class:`lzn_image.decoder.ImageDecoder` (rectified flow)."""
+    from .decoder import ImageDecoder
+
+    return ImageDecoder(config, latent_dim)
+
+
+def _augment(batch: Any, config: ImageConfig) -> Any:
+    from .augment import augment
+
+    return augment(batch, config)
+
+
+def example_items(n: int) -> list[bytes]:
+    """``n`` small 8×8 grayscale PNGs (a diagonal stripe pattern per index) for the conformance kit."""
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        img = Image.new("L", (8, 8))
+        img.putdata([255 if (x + y + i) % 4 == 0 else (16 * i) % 256 for y in range(8) for x in range(8)])
+        buf = _io.BytesIO()
+        img.save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+SPEC = ModalitySpec(
+    name="image",
+    config=ImageConfig,
+    build_encoder=build_encoder,
+    build_decoder=build_decoder,
+    shard_keys=("png", "jpg", "jpeg"),
+    decode_sample=decode_sample,
+    collate=collate,
+    augment=_augment,
+    description="images: U-Net encoder + latent blocks, rectified-flow U-Net decoder",
+    example_config={"preset": "tiny"},
+    example_items=example_items,
+)
+
+
+@hookimpl
+def lzn_register_modalities(register: Callable[[ModalitySpec], None]) -> None:
+    """Register the ``image`` modality."""
+    register(SPEC)

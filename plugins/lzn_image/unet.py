@@ -1,0 +1,208 @@
+"""U-Net building blocks shared by the image encoder and the rectified-flow decoder.
+
+An NCSN++-style U-Net (BigGAN ResNet blocks, GroupNorm, SiLU, skip connections,
+self-attention at configured resolutions, skip sums rescaled by 1/√2), written
+from the architecture description of Song et al. / Liu et al. (rectified flow):
+
+* down path: conv3x3(C → nf); per level ``num_res_blocks`` ResNet blocks (+ attention),
+  then a down-sampling ResNet block (all levels but the last);
+* middle: ResNet, attention, ResNet;
+* up path (decoder only): per level ``num_res_blocks + 1`` ResNet blocks reading the
+  concatenated skip, attention, then an up-sampling ResNet block; GroupNorm, SiLU,
+  conv3x3(→ C).
+
+Every ResNet block optionally receives ``temb: (B, 4nf)``. Feature maps: ``(B, ch, s, s)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ImageConfig
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with min(channels // 4, 32) groups (NCSN++)."""
+    return nn.GroupNorm(min(channels // 4, 32), channels, eps=1e-6)
+
+
+def _small(module: nn.Conv2d | nn.Linear, scale: float = 0.1) -> nn.Module:
+    """Shrink a residual branch's last layer at init (default init × scale, zero bias); not exactly
+    zero, so gradients reach z and the earlier layers from the first step."""
+    with torch.no_grad():
+        module.weight.mul_(scale)
+        if module.bias is not None:
+            module.bias.zero_()
+    return module
+
+
+class ResBlock(nn.Module):
+    """BigGAN-style ResNet block: GN, act, (resample), conv, +Dense(temb), GN, act, dropout, conv.
+
+    Args:
+        in_ch: input channels.
+        out_ch: output channels (default ``in_ch``).
+        temb_dim: size of the time/condition embedding, or None for a block without it (encoder).
+        dropout: dropout probability before the second conv.
+        resample: "up" (nearest ×2), "down" (average pool /2) or None.
+        skip_rescale: divide the residual sum by √2.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int | None = None,
+        *,
+        temb_dim: int | None = None,
+        dropout: float = 0.0,
+        resample: str | None = None,
+        skip_rescale: bool = True,
+    ) -> None:
+        super().__init__()
+        out_ch = out_ch or in_ch
+        self.resample = resample
+        self.skip_rescale = skip_rescale
+        self.norm0 = group_norm(in_ch)
+        self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.dense = nn.Linear(temb_dim, out_ch) if temb_dim else None
+        self.norm1 = group_norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv1 = _small(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        needs_skip = in_ch != out_ch or resample is not None
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if needs_skip else None
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resample == "up":
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if self.resample == "down":
+            return F.avg_pool2d(x, 2)
+        return x
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, in_ch, s, s), temb: (B, temb_dim) or None -> (B, out_ch, s', s')."""
+        h = F.silu(self.norm0(x))
+        h = self.conv0(self._resample(h))
+        x = self._resample(x)
+        if self.dense is not None and temb is not None:
+            h = h + self.dense(F.silu(temb))[:, :, None, None]
+        h = self.conv1(self.dropout(F.silu(self.norm1(h))))
+        if self.skip is not None:
+            x = self.skip(x)
+        out = x + h
+        return out / _SQRT2 if self.skip_rescale else out
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the s·s positions of a (B, ch, s, s) map, residual."""
+
+    def __init__(self, channels: int, *, skip_rescale: bool = True) -> None:
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = _small(nn.Linear(channels, channels))
+        self.skip_rescale = skip_rescale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, ch, s, s) -> (B, ch, s, s)."""
+        b, c, hh, ww = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, s·s, ch)
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = self.out(h).transpose(1, 2).reshape(b, c, hh, ww)
+        out = x + h
+        return out / _SQRT2 if self.skip_rescale else out
+
+
+class DownPath(nn.Module):
+    """conv_in, the down levels and the middle of the U-Net.
+
+    ``forward(x, temb) -> (hs, h)``: ``hs`` are the skip feature maps (conv_in output,
+    every ResNet(+attention) block, every down-sampling block) and ``h`` the middle output.
+    """
+
+    def __init__(self, cfg: ImageConfig, temb_dim: int | None) -> None:
+        super().__init__()
+        block = dict(temb_dim=temb_dim, dropout=cfg.dropout, skip_rescale=cfg.skip_rescale)
+        self.conv_in = nn.Conv2d(cfg.channels, cfg.nf, 3, padding=1)
+        self.layers = nn.ModuleList()  # (ResBlock, AttnBlock | None) per skip, in order
+        self.skip_channels = [cfg.nf]
+        self.skip_sides = [cfg.resolution]
+        ch = cfg.nf
+        for level, (mult, side) in enumerate(zip(cfg.ch_mult, cfg.sides, strict=True)):
+            for _ in range(cfg.num_res_blocks):
+                attn = AttnBlock(cfg.nf * mult, skip_rescale=cfg.skip_rescale) if side in cfg.attn_resolutions else None
+                self.layers.append(nn.ModuleList([ResBlock(ch, cfg.nf * mult, **block), attn]))
+                ch = cfg.nf * mult
+                self.skip_channels.append(ch)
+                self.skip_sides.append(side)
+            if level != len(cfg.ch_mult) - 1:
+                self.layers.append(nn.ModuleList([ResBlock(ch, resample="down", **block), None]))
+                self.skip_channels.append(ch)
+                self.skip_sides.append(side // 2)
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, **block), AttnBlock(ch, skip_rescale=cfg.skip_rescale), ResBlock(ch, **block)]
+        )
+        self.out_channels = ch
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """x: (B, C, H, W), temb: (B, 4nf) or None -> (skips, middle (B, ch, s_min, s_min))."""
+        hs = [self.conv_in(x)]
+        for res, attn in self.layers:
+            h = res(hs[-1], temb)
+            hs.append(attn(h) if attn is not None else h)
+        h = self.mid[0](hs[-1], temb)
+        h = self.mid[2](self.mid[1](h), temb)
+        return hs, h
+
+
+class UpPath(nn.Module):
+    """The decoder half: reads the middle output and the skips of :class:`DownPath`, returns (B, C, H, W)."""
+
+    def __init__(self, cfg: ImageConfig, down: DownPath, temb_dim: int) -> None:
+        super().__init__()
+        block = dict(temb_dim=temb_dim, dropout=cfg.dropout, skip_rescale=cfg.skip_rescale)
+        skips = list(down.skip_channels)
+        ch = down.out_channels
+        self.levels = nn.ModuleList()
+        for level in reversed(range(len(cfg.ch_mult))):
+            out_ch = cfg.nf * cfg.ch_mult[level]
+            blocks = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResBlock(ch + skips.pop(), out_ch, **block))
+                ch = out_ch
+            side = cfg.sides[level]
+            attn = AttnBlock(ch, skip_rescale=cfg.skip_rescale) if side in cfg.attn_resolutions else None
+            up = ResBlock(ch, resample="up", **block) if level != 0 else None
+            self.levels.append(nn.ModuleList([blocks, attn, up]))
+        assert not skips, "U-Net skip bookkeeping is inconsistent"
+        self.norm_out = group_norm(ch)
+        self.conv_out = _small(nn.Conv2d(ch, cfg.channels, 3, padding=1))
+
+    def forward(self, h: torch.Tensor, hs: list[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
+        """h: middle (B, ch, s, s); hs: skips (consumed from the end); temb: (B, 4nf) -> (B, C, H, W)."""
+        hs = list(hs)
+        for blocks, attn, up in self.levels:
+            for res in blocks:
+                h = res(torch.cat([h, hs.pop()], dim=1), temb)
+            if attn is not None:
+                h = attn(h)
+            if up is not None:
+                h = up(h, temb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t: (B,) -> (B, dim) (sin half, cos half)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb

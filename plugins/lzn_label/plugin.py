@@ -1,0 +1,46 @@
+"""The ``lzn_register_modalities`` hook of the label modality (entry point ``label``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lzn_core
+from lzn_core.modality import ModalitySpec
+
+from .config import LabelConfig, decode_label
+
+
+def _build_encoder(config: LabelConfig, latent_dim: int) -> Any:
+    from .model import build_encoder
+
+    return build_encoder(config, latent_dim)
+
+
+def _build_decoder(config: LabelConfig, latent_dim: int) -> Any:
+    from .model import build_decoder
+
+    return build_decoder(config, latent_dim)
+
+
+def _example_items(n: int) -> list[bytes]:
+    return [str(i % 3).encode() for i in range(n)]
+
+
+SPEC = ModalitySpec(
+    name="label",
+    config=LabelConfig,
+    build_encoder=_build_encoder,
+    build_decoder=_build_decoder,
+    shard_keys=("cls",),
+    decode_sample=decode_label,
+    description="class labels: learnable (C, q) anchors, label-flow classifier",
+    example_config={"num_classes": 3},
+    example_items=_example_items,
+)
+
+
+@lzn_core.hookimpl
+def lzn_register_modalities(register: Callable[[ModalitySpec], None]) -> None:
+    """Register the ``label`` modality."""
+    register(SPEC)

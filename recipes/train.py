@@ -1,0 +1,307 @@
+"""Train a Latent Zoning Network from a recipe. One script, top to bottom (nanoGPT-style).
+
+    deepspeed recipes/train.py --recipe cifar_joint.yaml                        # GPUs
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 recipes/train.py --recipe digits_joint.yaml   # CPU, gloo
+    python recipes/train.py --recipe digits_joint.yaml train.iterations=200    # one process
+    python recipes/train.py --recipe digits_joint.yaml --resume                 # continue from ckpt/latest
+
+A step, for the global batch k split across ranks (rank r holds rows [r·b, (r+1)·b)):
+  * every modality a task needs is encoded to anchors a: (b, q) and all-gathered *with
+    gradients* to A: (B, q); each rank computes the latents of its own rows against all B
+    anchors, z = IFM(a_i, α ε_i) (PAPER §1.2), with ε for the *global* batch drawn from a
+    (seed, k)-seeded generator and sliced, so W processes compute what one process would;
+  * ``generate`` T: the decoder loss of T on z_T (optionally conditioned, e.g. one-hot labels);
+  * ``align`` S -> T: z_S flows back through T's anchors (reverse flow, PAPER §1.3); the loss
+    wants the paired anchor (max over late steps of P(a_k | s_t)); T's anchors are its bank
+    (label classes, with class weights of the global batch) or T's anchors of the same rows
+    (a second augmented view when S == T).
+Total loss = Σ weight · term; the engine (lzn_core.engine) does the clipped Adam step, EMA,
+freezing, non-finite skipping and atomic checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a Latent Zoning Network recipe (DeepSpeed or one process).")
+    p.add_argument("--recipe", required=True, help="recipe YAML path or bare name (cwd, then recipes/)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, help="'latest' or a checkpoint dir")
+    p.add_argument("--output", default=None, help="run directory (default: the recipe's output_dir)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides (train.batch_size=64)")
+    return p.parse_args(argv)
+
+
+def seeded(seed: int, step: int, salt: int) -> torch.Generator:
+    """A CPU generator for (seed, step, purpose): the same on every rank and after a resume."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + salt) % (2**63 - 1))
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------- one step's losses
+def task_losses(model, recipe, batch: dict[str, Any], step: int, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """Loss term per task for this rank's rows of global batch ``step`` (means over own rows)."""
+    from lzn_core import zoning
+    from lzn_core.alignment import alignment_loss, class_weights, gather_anchors
+
+    b = len(next(iter(batch.values())))
+    total, start = b * world, rank * b
+    device = next(model.parameters()).device
+    own = torch.arange(start, start + b, device=device)
+    anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (own rows (b, q), all rows (B, q))
+    noise: dict[str, torch.Tensor] = {}  # name -> ε of own rows (b, q), drawn for the global batch
+
+    def encoded(name: str, view: Any = None, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        key = key or name
+        if key not in anchors:
+            a = model.encode(name, batch[name] if view is None else view)
+            anchors[key] = (a, gather_anchors(a))
+        return anchors[key]
+
+    def latents(name: str, alpha: float) -> torch.Tensor:  # z of own rows: (b, q)
+        _, a_all = encoded(name)
+        if name not in noise:
+            gen = seeded(recipe.seed, step, model.names.index(name))
+            noise[name] = torch.randn((total, model.latent_dim), generator=gen)[start : start + b].to(device)
+        return model.latents(a_all, alpha=alpha, noise=noise[name].to(a_all.dtype), index=own)
+
+    losses: dict[str, torch.Tensor] = {}
+    for i, task in enumerate(recipe.tasks):
+        if task.kind == "generate":
+            z = latents(task.target, recipe.latent.alpha)
+            cond = model.condition(task.condition, batch[task.condition]) if task.condition else None
+            dec = model.decoders[task.target]
+            key = f"gen_{task.target}"
+            losses[f"{key}_{i}" if key in losses else key] = dec.loss(
+                z, batch[task.target], cond, generator=seeded(recipe.seed, step, 100 + i), rows=(start, total)
+            )
+            continue
+        src, tgt = task.source, task.target
+        z = latents(src, task.alpha)
+        weights = None
+        if model.has_fixed_bank(tgt):  # case 3: the target's anchors are its classes
+            bank, targets = model.bank(tgt), batch[tgt].to(device)
+            if task.class_weights:
+                weights = class_weights(targets, bank.shape[0])
+        elif src == tgt:  # case 2: a second augmented view of the same rows
+            view = model.specs[tgt].augment(batch[tgt], model.configs[tgt])
+            _, bank = encoded(tgt, view, key=f"{tgt}/view")
+            targets = own
+        else:  # paired modalities (image <-> text): row i's pair is row i
+            _, bank = encoded(tgt)
+            targets = own
+        out = zoning.assign(z, bank, steps=task.steps, weights=weights, targets=targets, chunk=recipe.latent.chunk)
+        key = f"align_{src}_{tgt}"
+        losses[f"{key}_{i}" if key in losses else key] = alignment_loss(
+            out.target_probs, cutoff=task.cutoff, kind=task.loss
+        )
+    return losses
+
+
+def fault_injection(step: int, rank: int) -> float:
+    """``LZN_FAULT_NAN=STEP[:RANK]`` (tests only): the loss of that step (on that rank) becomes NaN."""
+    spec = os.environ.get("LZN_FAULT_NAN", "")
+    if not spec:
+        return 1.0
+    at, _, on = spec.partition(":")
+    return float("nan") if int(at) == step and (not on or int(on) == rank) else 1.0
+
+
+# --------------------------------------------------------------------------- evaluation (rank 0, EMA weights)
+def eval_images(recipe, specs) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """All images and labels of ``data.eval`` (None when the recipe has no image+label pair)."""
+    from lzn_core.data import loader
+
+    img, lab = find_modality_pair(recipe)
+    if recipe.data.eval is None or img is None or lab is None:
+        return None
+    ld = loader(recipe.data.eval, {img: specs[img], lab: specs[lab]}, batch_size=256, shuffle=False,
+                drop_last=False, infinite=False)
+    batches = list(ld)
+    return torch.cat([b[img] for b in batches]), torch.cat([b[lab] for b in batches])
+
+
+def find_modality_pair(recipe) -> tuple[str | None, str | None]:
+    by_plugin = {e.plugin: n for n, e in reversed(list(recipe.modalities.items()))}
+    return by_plugin.get("image"), by_plugin.get("label")
+
+
+@torch.no_grad()
+def evaluate(model, recipe, data, run_dir: Path, step: int) -> dict[str, Any]:
+    """Label-flow test accuracy (no CE head) and a class-conditional sample grid."""
+    from lzn_core.evalmodel import class_samples, label_flow_predict, unconditional_samples
+
+    model.eval()
+    out: dict[str, Any] = {}
+    img, lab = find_modality_pair(recipe)
+    if data is not None:
+        x, y = data
+        pred, _ = label_flow_predict(model, x, alpha=recipe.eval.alpha, batch_size=recipe.eval.batch_size,
+                                     steps=recipe.eval.steps, seed=recipe.seed)
+        out["accuracy"] = float((pred == y).float().mean())
+    if img is not None and model.decoders[img].kind == "generative" and recipe.eval.samples_per_class > 0:
+        from lzn_image.io import save_grid
+
+        spc = recipe.eval.samples_per_class
+        if lab is not None:
+            classes = torch.arange(model.configs[lab].num_classes).repeat_interleave(spc)
+            samples = class_samples(model, classes, seed=recipe.seed)
+            out["class_consistency"] = class_consistency(samples, classes)
+        else:
+            samples = unconditional_samples(model, 10 * spc, seed=recipe.seed)
+        out["grid"] = str(save_grid(samples, run_dir / "samples" / f"step-{step:06d}.png", nrow=spc))
+    model.train()
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def class_consistency(samples: torch.Tensor, classes: torch.Tensor) -> float | None:
+    """Share of class-k samples an SVM fitted on real 8x8 digits calls k (digits recipes only)."""
+    if tuple(samples.shape[1:]) != (1, 8, 8) or int(classes.max()) != 9:
+        return None
+    from sklearn.svm import SVC
+
+    from lzn_core.features import real_digits
+
+    x, y = real_digits()
+    svc = SVC(gamma="scale").fit(x.flatten(1).numpy(), y.numpy())
+    return float((svc.predict(samples.float().cpu().flatten(1).numpy()) == classes.numpy()).mean())
+
+
+# --------------------------------------------------------------------------- the run
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    from tqdm import tqdm
+
+    from lzn_core.data import loader
+    from lzn_core.engine import Engine, setup_distributed
+    from lzn_core.export import fill_banks, write_model
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import load_recipe
+
+    t0 = time.time()
+    recipe = load_recipe(args.recipe, args.overrides)
+    rank, world, _ = setup_distributed()
+    run_dir = Path(args.output or recipe.output_dir)
+    torch.manual_seed(recipe.seed)  # the same initial weights on every rank
+    model = LZNModel(recipe)
+    engine = Engine(model, recipe, run_dir / "ckpt", world_size=world)
+    model, device, tr = engine.model, engine.device, recipe.train
+    data = loader(recipe.data.train, model.specs, batch_size=tr.batch_size // world, rank=rank,
+                  world_size=world, seed=recipe.seed, num_workers=recipe.data.num_workers)
+    start = 0
+    if args.resume:
+        client = engine.load(args.resume)
+        data.load_state(client["loader"])
+        start = int(client["step"])
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_recipe(recipe, run_dir / "recipe.yaml")
+        eval_model = LZNModel(recipe).to(device)
+        eval_data = eval_images(recipe, model.specs)
+    log = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
+    bar = tqdm(total=tr.iterations, initial=start, disable=rank != 0, dynamic_ncols=True, desc=recipe.name)
+    batches, results, t_last = iter(data), {}, time.time()
+
+    for step in range(start, tr.iterations):
+        batch = to_device(next(batches), device)
+        losses = task_losses(model, recipe, batch, step, rank, world)
+        weights = {t: task.weight for t, task in zip(losses, recipe.tasks)}
+        total = sum(weights[k] * v for k, v in losses.items()) * fault_injection(step, rank)
+        engine.step(total)
+        it = step + 1
+        if it % tr.log_every == 0 or it == tr.iterations:
+            terms = torch.stack([total.detach(), *[v.detach() for v in losses.values()]])
+            if world > 1:
+                torch.distributed.all_reduce(terms)
+                terms /= world
+            row = {"step": it, "loss": terms[0].item(), **{k: terms[j + 1].item() for j, k in enumerate(losses)},
+                   "skipped": engine.skipped, "lr": engine.lrs(), "it_s": tr.log_every / (time.time() - t_last),
+                   "time": time.time() - t0}
+            t_last = time.time()
+            if rank == 0:
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in losses or k == "loss"}
+                                | {"skip": engine.skipped})
+        bar.update(1)
+        if tr.ckpt_every and (it % tr.ckpt_every == 0 or it == tr.iterations):
+            engine.save(it, {"step": it, "loader": data.state().model_dump()})
+        if rank == 0 and ((tr.eval_every and it % tr.eval_every == 0) or it == tr.iterations):
+            eval_model.load_weights(engine.ema_state_dict())
+            results = evaluate(eval_model, recipe, eval_data, run_dir, it)
+            log.write(json.dumps({"step": it, **{f"eval/{k}": v for k, v in results.items()}}) + "\n")
+            log.flush()
+            if "accuracy" in results:
+                bar.write(f"step {it}: test accuracy {results['accuracy']:.4f}")
+    bar.close()
+
+    if rank == 0:
+        eval_model.load_weights(engine.ema_state_dict())
+        fill_banks(eval_model, recipe, seed=recipe.seed)
+        final = write_model(eval_model, run_dir / "final")
+        plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        log.close()
+        print_summary(recipe, results, run_dir, final, time.time() - t0, engine.skipped)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return 0
+
+
+def write_recipe(recipe, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+
+
+def plot_losses(metrics: Path, out: Path) -> None:
+    """Loss terms against the step, from ``metrics.jsonl`` (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in [k for k in rows[-1] if k == "loss" or k.startswith(("gen_", "align_"))]:
+        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] == r[key]]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def print_summary(recipe, results: dict[str, Any], run_dir: Path, final: Path, wall: float, skipped: int) -> None:
+    lines = [f"run {recipe.name}: {recipe.train.iterations} iterations in {wall / 60:.1f} min "
+             f"({skipped} skipped steps)"]
+    if "accuracy" in results:
+        lines.append(f"test accuracy (label flow, alpha={recipe.eval.alpha}): {results['accuracy']:.4f}")
+    if "class_consistency" in results:
+        lines.append(f"class consistency of the samples (SVM on real digits): {results['class_consistency']:.4f}")
+    if "grid" in results:
+        lines.append(f"class-conditional sample grid: {results['grid']}")
+    lines += [f"run dir: {run_dir}", f"exported model: {final}  (lzn_core.load({str(final)!r}))"]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""Evaluation metrics: checked against scipy / scikit-learn references and closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lzn_core import evaluation as ev
+from lzn_core import features as fe
+from lzn_core.errors import LZNError
+
+# ---------------------------------------------------------------- accuracy, ECE, AUROC
+
+
+def test_accuracy_and_errors() -> None:
+    assert ev.accuracy(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 4])) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="differ in length"):
+        ev.accuracy(torch.tensor([1, 2]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="must be 1-D"):
+        ev.accuracy(torch.zeros(2, 2), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="empty"):
+        ev.accuracy(torch.tensor([]), torch.tensor([]))
+
+
+def test_ece_hand_computed() -> None:
+    conf = torch.tensor([0.95, 0.95, 0.95, 0.95, 0.55, 0.55])
+    correct = torch.tensor([1, 1, 1, 0, 1, 0])
+    out = ev.expected_calibration_error(conf, correct, bins=10)
+    # bin (0.9, 1]: acc 0.75 vs conf 0.95 (4/6); bin (0.5, 0.6]: acc 0.5 vs conf 0.55 (2/6)
+    assert out["ece"] == pytest.approx(4 / 6 * 0.2 + 2 / 6 * 0.05)
+    assert sum(b["count"] for b in out["bins"]) == 6
+    assert out["bins"][9]["accuracy"] == pytest.approx(0.75)
+    assert out["bins"][0]["confidence"] is None
+    # perfectly calibrated in expectation: confidence 1 and always right
+    assert ev.expected_calibration_error(torch.ones(5), torch.ones(5))["ece"] == 0.0
+
+
+def test_ece_errors(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
+        ev.expected_calibration_error(torch.tensor([1.5]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="differ in length"):
+        ev.expected_calibration_error(torch.tensor([0.5, 0.4]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="bins must be"):
+        ev.expected_calibration_error(torch.tensor([0.5]), torch.tensor([1]), bins=0)
+    out = ev.expected_calibration_error(torch.rand(50), torch.rand(50) > 0.5)
+    png = ev.reliability_diagram(out, tmp_path / "r.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_auroc_matches_sklearn_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randint(0, 5, (40,), generator=g).double()
+    neg = torch.randint(0, 4, (30,), generator=g).double()  # many ties
+    ref = roc_auc_score(np.r_[np.ones(40), np.zeros(30)], np.r_[pos.numpy(), neg.numpy()])
+    assert ev.auroc(pos, neg) == pytest.approx(ref, abs=1e-12)
+    assert ev.auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert ev.auroc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
+    with pytest.raises(ValueError, match="at least one positive"):
+        ev.auroc(torch.tensor([]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        ev.auroc(torch.tensor([float("nan")]), torch.tensor([1.0]))
+
+
+# ---------------------------------------------------------------- FID / KID
+
+
+def _scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def test_frechet_distance_against_scipy_and_closed_form() -> None:
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(300, 6, generator=g, dtype=torch.float64) * 2 + 1
+    assert ev.frechet_distance(a, b) == pytest.approx(_scipy_fid(a.numpy(), b.numpy()), rel=1e-8)
+    assert ev.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    # diagonal Gaussians (population moments): Σ (√s1 − √s2)² + ‖Δμ‖²
+    x = torch.tensor([[-1.0, -2.0], [1.0, 2.0], [-1.0, 2.0], [1.0, -2.0]], dtype=torch.float64)  # cov diag(4/3, 16/3)
+    y = 3 * x + torch.tensor([1.0, 0.0], dtype=torch.float64)
+    want = 1.0 + (4 / 3) * (1 - 3) ** 2 + (16 / 3) * (1 - 3) ** 2
+    assert ev.frechet_distance(x, y) == pytest.approx(want, rel=1e-10)
+
+
+def test_frechet_distance_rank_deficient_is_finite() -> None:
+    a = torch.randn(10, 64, dtype=torch.float64)  # fewer samples than dimensions: singular covariances
+    d = ev.frechet_distance(a, a + 0.1)
+    assert np.isfinite(d) and d == pytest.approx(0.64, abs=1e-4)  # only the mean shift (64 * 0.01) remains
+
+
+def test_feature_errors() -> None:
+    with pytest.raises(ValueError, match=r"expected features \(n, d\)"):
+        ev.frechet_distance(torch.randn(5, 3), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        ev.frechet_distance(torch.randn(1, 3), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ev.kernel_inception_distance(torch.full((3, 2), float("nan")), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="subsets must be"):
+        ev.kernel_inception_distance(torch.randn(3, 2), torch.randn(3, 2), subsets=0)
+
+
+def _naive_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+
+    def k(u: np.ndarray, v: np.ndarray) -> float:
+        return (u @ v / d + 1) ** 3
+
+    m = len(x)
+    sxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    syy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    sxy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return sxx + syy - 2 * sxy
+
+
+def test_kid_matches_naive_unbiased_mmd() -> None:
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(12, 4, generator=g), torch.randn(12, 4, generator=g) + 0.5
+    mean, std = ev.kernel_inception_distance(a, b, subsets=1, subset_size=12)
+    assert mean == pytest.approx(_naive_mmd2(a.double().numpy(), b.double().numpy()), rel=1e-9)
+    assert std == 0.0
+    same, _ = ev.kernel_inception_distance(torch.randn(500, 4, generator=g), torch.randn(500, 4, generator=g),
+                                           subsets=5, subset_size=200)
+    shifted, _ = ev.kernel_inception_distance(torch.randn(500, 4, generator=g), torch.randn(500, 4, generator=g) + 1,
+                                              subsets=5, subset_size=200)
+    assert abs(same) < 0.05 < shifted  # unbiased: ≈ 0 for one distribution, clearly > 0 for two
+
+
+# ---------------------------------------------------------------- linear probe
+
+
+def test_linear_probe_separable_vs_noise() -> None:
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(200) % 4
+    centres = torch.randn(4, 8, generator=g) * 4
+    x = centres[y] + torch.randn(200, 8, generator=g)
+    assert ev.linear_probe(x[:150], y[:150], x[150:], y[150:]) > 0.95
+    noise = torch.randn(200, 8, generator=g)
+    assert ev.linear_probe(noise[:150], y[:150], noise[150:], y[150:]) < 0.5
+
+
+def test_linear_probe_errors() -> None:
+    with pytest.raises(ValueError, match="single class"):
+        ev.linear_probe(torch.randn(4, 2), torch.zeros(4), torch.randn(2, 2), torch.zeros(2))
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        ev.linear_probe(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), torch.randn(2, 3), torch.zeros(2))
+    with pytest.raises(ValueError, match="train features must be"):
+        ev.linear_probe(torch.randn(4, 2), torch.tensor([0, 1, 0]), torch.randn(2, 2), torch.zeros(2))
+
+
+# ---------------------------------------------------------------- feature extractors
+
+
+def test_digit_features_fit_cache_and_separation(tmp_path) -> None:
+    x, y = fe.real_digits()
+    assert x.shape == (1797, 1, 8, 8) and float(x.min()) == -1.0 and float(x.max()) == 1.0
+    f1 = fe.digit_features(x[:1400], y[:1400], seed=0, cache_dir=tmp_path)
+    assert f1 is fe.digit_features(x[:1400], y[:1400], seed=0)  # in-process cache
+    assert f1.train_accuracy > 0.98
+    assert ev.accuracy(f1.predict(x[1400:]), y[1400:]) > 0.9
+    fe._CACHE.clear()
+    f2 = fe.digit_features(x[:1400], y[:1400], seed=0, cache_dir=tmp_path)  # from disk
+    assert f2 is not f1 and torch.equal(f1(x[1400:1450]), f2(x[1400:1450]))
+    feats_real, feats_test = f1(x[:700]), f1(x[1400:])
+    assert feats_real.shape == (700, 64)
+    noise = torch.rand(397, 1, 8, 8) * 2 - 1
+    assert ev.frechet_distance(feats_real, feats_test) < 0.2 * ev.frechet_distance(feats_real, f1(noise))
+
+
+def test_digit_features_errors() -> None:
+    x, y = fe.real_digits()
+    with pytest.raises(ValueError, match=r"labels must have shape \(20,\)"):
+        fe.DigitFeatures.fit(x[:20], y[:10], epochs=1)
+    f = fe.DigitFeatures.fit(x[:20], y[:20], epochs=1)
+    with pytest.raises(ValueError, match=r"fitted on images of shape \(1, 8, 8\)"):
+        f(torch.zeros(2, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, C, H, W\)"):
+        f(torch.zeros(2, 64))
+
+
+def test_inception_features_local_weights_only(tmp_path) -> None:
+    from torchvision.models import inception_v3
+
+    with pytest.raises(LZNError, match="nothing is downloaded"):
+        fe.InceptionFeatures(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(LZNError, match="not an inception_v3 state dict"):
+        fe.InceptionFeatures(bad)
+    torch.manual_seed(0)
+    good = tmp_path / "inception.pt"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), good)
+    ext = fe.InceptionFeatures(good)
+    out = ext(torch.rand(2, 1, 8, 8) * 2 - 1)
+    assert out.shape == (2, 2048) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        ext(torch.zeros(1, 2, 8, 8))
+
+
+# ---------------------------------------------------------------- model-based metrics (tiny random model)
+
+from lzn_core import evalmodel as em  # noqa: E402
+
+
+def _tiny_model(cond: bool = True, **image: object):
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import Recipe
+
+    torch.manual_seed(0)
+    gen_task: dict = {"kind": "generate", "target": "image"}
+    if cond:
+        gen_task["condition"] = "label"
+    recipe = Recipe.model_validate(
+        {
+            "latent": {"dim": 8, "solver": "euler", "steps": 10},
+            "modalities": {
+                "image": {"plugin": "image", "config": {"preset": "tiny", "cond_dim": 10 if cond else 0,
+                                                         "sample_steps": 4, **image}},
+                "label": {"plugin": "label", "config": {"num_classes": 10}},
+            },
+            "tasks": [gen_task, {"kind": "align", "source": "image", "target": "label"}],
+            "data": {"train": "unused-*.tar"},
+            "train": {"batch_size": 8, "iterations": 1},
+        }
+    )
+    return LZNModel(recipe).eval()
+
+
+class _OracleEncoder(torch.nn.Module):
+    """Reads the class from the image's mean pixel and returns that class's label anchor."""
+
+    def __init__(self, label_encoder: torch.nn.Module, scramble: bool = False) -> None:
+        super().__init__()
+        self.lab = label_encoder
+        self.scramble = scramble
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        k = ((images.mean(dim=(1, 2, 3)) + 1) * 5).round().long().clamp(0, 9)
+        a = self.lab.bank()[k]
+        return torch.randn(a.shape, generator=torch.Generator().manual_seed(1)) * 3 if self.scramble else a
+
+
+def _class_images(per_class: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.arange(10).repeat_interleave(per_class)
+    return (y.float() / 5 - 1).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone(), y
+
+
+def test_batches_cover_everything_in_full_batches() -> None:
+    g = torch.Generator().manual_seed(0)
+    batches = em._batches(10, 4, g)
+    kept = torch.cat([rows[-k:] for rows, k in batches])
+    assert sorted(kept.tolist()) == list(range(10))
+    assert all(len(rows) == 4 for rows, _ in batches)
+    assert [len(r) for r, _ in em._batches(3, 8, g)] == [3]
+    with pytest.raises(ValueError, match="batch size must be >= 1"):
+        em._batches(3, 0, g)
+
+
+def test_label_flow_accuracy_with_an_oracle_encoder() -> None:
+    model = _tiny_model()
+    with torch.no_grad():
+        model.encoders["label"].anchors.mul_(3.0)  # well separated class anchors
+    model.encoders["image"] = _OracleEncoder(model.encoders["label"])
+    x, y = _class_images()
+    rows = em.alpha_batch_sweep(model, x, y, alphas=(0.0,), batch_sizes=(100,))
+    assert rows == [{"alpha": 0.0, "batch_size": 100, "accuracy": pytest.approx(1.0, abs=0.03)}]
+    pred, conf = em.label_flow_predict(model, x, alpha=0.0, batch_size=100)
+    assert conf.shape == (100,) and float(conf.min()) >= 0 and float(conf.max()) <= 1 + 1e-6
+    model.encoders["image"] = _OracleEncoder(model.encoders["label"], scramble=True)
+    assert em.alpha_batch_sweep(model, x, y, alphas=(0.0,), batch_sizes=(100,))[0]["accuracy"] < 0.4
+
+
+def test_label_flow_predict_deterministic_and_errors() -> None:
+    model = _tiny_model()
+    x = torch.rand(12, 1, 8, 8) * 2 - 1
+    p1, c1 = em.label_flow_predict(model, x, alpha=1.0, batch_size=5, seed=3, steps=10)
+    p2, c2 = em.label_flow_predict(model, x, alpha=1.0, batch_size=5, seed=3, steps=10)
+    assert torch.equal(p1, p2) and torch.equal(c1, c2) and p1.shape == (12,)
+    with pytest.raises(ValueError, match="non-empty"):
+        em.label_flow_predict(model, torch.zeros(0, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"labels must have shape \(12,\)"):
+        em.alpha_batch_sweep(model, x, torch.zeros(3, dtype=torch.long))
+    model_no_label = _tiny_model(cond=False)
+    del model_no_label.recipe.modalities["label"]
+    with pytest.raises(LZNError, match="no 'label' modality"):
+        em.label_flow_predict(model_no_label, x)
+
+
+def test_reconstruction_error_value_and_draws(monkeypatch) -> None:
+    model = _tiny_model()
+    x, y = _class_images(2)
+    dec = model.decoders["image"]
+    calls = []
+
+    def fake(images, z, cond, **kw):
+        calls.append((z.clone(), cond))
+        return images + 0.1
+
+    monkeypatch.setattr(dec, "reconstruct", fake)
+    err = em.reconstruction_error(model, x, y, draws=3)
+    assert err == pytest.approx(0.1 * 8, rel=1e-5)  # ‖0.1·1‖₂ over 64 pixels
+    assert len(calls) == 3 and not torch.equal(calls[0][0], calls[1][0])  # fresh ε per draw
+    assert torch.equal(calls[0][1], torch.nn.functional.one_hot(y, 10).float())  # true-label one-hot
+    with pytest.raises(ValueError, match="pass the labels"):
+        em.reconstruction_error(model, x, None, draws=1)
+    with pytest.raises(ValueError, match="draws must be"):
+        em.reconstruction_error(model, x, y, draws=0)
+
+
+def test_reconstruction_error_real_decoder_runs() -> None:
+    model = _tiny_model(cond=False)
+    x = torch.rand(6, 1, 8, 8) * 2 - 1
+    err = em.reconstruction_error(model, x, draws=2, steps=3)
+    assert np.isfinite(err) and 0 < err < 2 * 8  # bounded by the [-1, 1] range
+
+
+def test_samples_shapes_and_conditioning() -> None:
+    model = _tiny_model()
+    imgs = em.class_samples(model, torch.tensor([0, 3, 3]), steps=2, seed=1)
+    assert imgs.shape == (3, 1, 8, 8) and float(imgs.abs().max()) <= 1
+    assert torch.equal(imgs, em.class_samples(model, torch.tensor([0, 3, 3]), steps=2, seed=1))
+    assert em.unconditional_samples(model, 4, steps=2).shape == (4, 1, 8, 8)
+    assert em.unconditional_samples(_tiny_model(cond=False), 2, steps=2).shape == (2, 1, 8, 8)
+
+
+def test_ood_confidences_modes_and_errors() -> None:
+    model = _tiny_model()
+    x = torch.rand(10, 1, 8, 8) * 2 - 1
+    for mode in ("mixed", "separate"):
+        c_in, c_out = em.ood_confidences(model, x, "inverted", mode=mode, batch_size=8)
+        assert c_in.shape == c_out.shape == (10,)
+    assert torch.equal(em.ood_inputs(x, "inverted"), -x)
+    noise = em.ood_inputs(x, "noise")
+    assert noise.shape == x.shape and float(noise.abs().max()) <= 1
+    with pytest.raises(ValueError, match="unknown OOD kind"):
+        em.ood_inputs(x, "blur")
+    with pytest.raises(ValueError, match="unknown OOD mode"):
+        em.ood_confidences(model, x, "noise", mode="both")
+
+
+def test_probe_features_kinds() -> None:
+    model = _tiny_model()
+    x = torch.rand(10, 1, 8, 8) * 2 - 1
+    shapes = {k: em.probe_features(model, x, k, batch_size=4).shape for k in ("backbone", "anchor", "latent")}
+    assert shapes["anchor"] == shapes["latent"] == (10, 8) and shapes["backbone"][0] == 10
+    a0 = em.probe_features(model, x, "latent0", seed=0)
+    assert torch.allclose(a0, em.probe_features(model, x, "latent0", seed=5))  # α = 0: no noise
+    assert not torch.allclose(em.probe_features(model, x, "latent", seed=0), em.probe_features(model, x, "latent", seed=5))
+    with pytest.raises(ValueError, match="unknown probe feature"):
+        em.probe_features(model, x, "head")
+
+
+def test_rf_baseline_decoder_ignores_the_latent_and_is_scored_once(monkeypatch) -> None:
+    model = _tiny_model(cond=False, use_latent=False)
+    dec = model.decoders["image"]
+    x, t = torch.rand(3, 1, 8, 8), torch.full((3,), 0.5)
+    with torch.no_grad():
+        assert torch.equal(dec.velocity(x, t, torch.randn(3, 8)), dec.velocity(x, t, torch.randn(3, 8)))
+    lzn = _tiny_model(cond=False)
+    with torch.no_grad():
+        assert not torch.equal(lzn.decoders["image"].velocity(x, t, torch.randn(3, 8)),
+                               lzn.decoders["image"].velocity(x, t, torch.randn(3, 8)))
+    calls = []
+    monkeypatch.setattr(dec, "reconstruct", lambda images, z, cond, **kw: calls.append(1) or images)
+    assert em.reconstruction_error(model, x, draws=5) == 0.0 and len(calls) == 1
+
+
+# ---------------------------------------------------------------- lzn eval
+
+
+@pytest.fixture(scope="module")
+def digits_shards(tmp_path_factory):
+    from lzn_core.shards import write_digits
+
+    out = tmp_path_factory.mktemp("digits")
+    write_digits(out, progress=False)
+    return out
+
+
+def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys) -> None:
+    import json
+
+    from lzn_core.cli import main
+    from lzn_core.export import write_model
+
+    model = _tiny_model()
+    model.recipe.data.train = str(digits_shards / "train-*.tar")
+    model.recipe.data.eval = str(digits_shards / "test-*.tar")
+    run = tmp_path / "run"
+    write_model(model, run / "final")
+    out = tmp_path / "eval"
+    argv = ["eval", str(run), "--json", "--out", str(out), "--alphas", "0,1", "--batch-sizes", "50",
+            "--samples", "80", "--per-class", "2", "--limit", "100", "--steps", "2", "--recon", "8", "--draws", "2"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_test"] == 100 and len(res["sweep"]) == 2
+    assert {r["batch_size"] for r in res["sweep"]} == {50}
+    assert 0 <= res["accuracy"] <= 1 and 0 <= res["ece"] <= 1
+    assert set(res["ood_auroc"]) == {"noise_mixed", "noise_separate", "inverted_mixed", "inverted_separate"}
+    assert res["judge_test_accuracy"] > 0.9  # the independent SVC on real pixels works
+    assert res["fid_features"] == "digit-classifier" and res["fid"] > res["fid_real_test_vs_train"]
+    assert res["recon_error"] > 0
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == res["accuracy"]
+    assert (out / "reliability.png").exists() and (out / "samples.png").exists()
+    assert main(["eval", str(run / "final"), "--alphas", "0", "--batch-sizes", "100", "--samples", "0",
+                 "--per-class", "0", "--limit", "100"]) == 0
+    table = capsys.readouterr().out
+    assert "accuracy (α=0.0, batch 100)" in table and "OOD AUROC noise_mixed" in table
+
+
+def test_cli_eval_errors(tmp_path, capsys) -> None:
+    from lzn_core.cli import main
+    from lzn_core.evalcli import resolve_model_dir
+
+    assert main(["eval", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="run `lzn export"):
+        resolve_model_dir(tmp_path)
+    assert main(["eval", str(tmp_path), "--alphas", "a,b"]) == 1
+    assert "--alphas: expected comma-separated numbers" in capsys.readouterr().err

@@ -1,0 +1,335 @@
+"""The image modality (plugins/lzn_image): config, encoder, rectified-flow decoder, sampling, I/O."""
+
+from __future__ import annotations
+
+import io
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from lzn_image.config import ImageConfig
+from lzn_image.io import collate, decode_sample, save_grid
+from lzn_image.augment import augment
+from lzn_image.decoder import ImageDecoder
+from lzn_image.encoder import ImageEncoder
+from lzn_image.sampling import dopri5, euler
+
+Q = 8
+
+
+def _tiny(**kw: object) -> ImageConfig:
+    return ImageConfig(preset="tiny", **kw)
+
+
+def _images(b: int = 4, c: int = 1, side: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, c, side, side, generator=g) * 2 - 1
+
+
+def _png(arr: list[int], mode: str, size: tuple[int, int], fmt: str = "PNG") -> bytes:
+    img = Image.new(mode, size)
+    img.putdata(arr)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder() -> ImageDecoder:
+    """An untrained tiny decoder whose velocity field is clearly nonlinear in x but smooth in t.
+
+    The residual branches' last layers start shrunk (×0.1); they are scaled ×3 here so the ODE is
+    not nearly constant, and the time features are low-frequency Fourier ones (the positional
+    embedding of 999·t of an untrained net oscillates in t and would need hundreds of RK45 steps).
+    """
+    from lzn_image.unet import AttnBlock, ResBlock
+
+    torch.manual_seed(0)
+    dec = ImageDecoder(_tiny(time_embedding="fourier", fourier_scale=1.0), Q).eval()
+    with torch.no_grad():
+        for m in dec.modules():
+            if isinstance(m, ResBlock):
+                m.conv1.weight.mul_(3)
+            elif isinstance(m, AttnBlock):
+                m.out.weight.mul_(3)
+        dec.up.conv_out.weight.mul_(3)
+    return dec
+
+
+# ------------------------------------------------------------------ plugin / contract
+def test_conformance_kit_passes() -> None:
+    from lzn_core.testing import check_modality
+
+    rep = check_modality("image", latent_dim=Q)
+    assert rep.decoder_kind == "generative"
+    assert any("decoder.loss" in c for c in rep.checks)
+
+
+def test_registered_through_entry_point_and_plugin_import_is_light() -> None:
+    import lzn_image.plugin
+    from lzn_core import get_modality
+
+    assert get_modality("image") is lzn_image.plugin.SPEC
+    code = "import sys, lzn_image.plugin; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- config
+def test_preset_fills_fields_and_explicit_values_win() -> None:
+    cfg = ImageConfig(preset="cifar", dropout=0.0)
+    assert (cfg.nf, cfg.ch_mult, cfg.num_res_blocks, cfg.attn_resolutions) == (128, (1, 2, 2, 2), 4, (16,))
+    assert cfg.dropout == 0.0 and cfg.latent_channels == 20 and cfg.latent_hidden == 200
+    assert ImageConfig().resolution == 8  # no preset: digits-sized defaults
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"widht": 3}, "Extra inputs are not permitted"),
+        ({"preset": "imagenet"}, "preset"),
+        ({"resolution": 10, "ch_mult": (1, 2, 2)}, "divisible by 2**(len(ch_mult)-1) = 4"),
+        ({"attn_resolutions": (3,)}, "attn_resolutions [3] are not among the U-Net resolutions [8, 4]"),
+        ({"latent_resolutions": (2,)}, "latent_resolutions [2] must be a non-empty subset"),
+        ({"nf": 18}, "nf must be a multiple of 4"),
+        ({"ch_mult": ()}, "ch_mult must be a non-empty tuple"),
+        ({"channels": 2}, "channels"),
+    ],
+)
+def test_config_rejects_bad_values(kw: dict, msg: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        ImageConfig(**kw)
+    assert msg in str(err.value)
+
+
+def test_cifar_parameter_counts_match_the_paper() -> None:
+    cfg = ImageConfig(preset="cifar")
+    with torch.device("meta"):
+        enc, dec = ImageEncoder(cfg, 200), ImageDecoder(cfg, 200)
+        dec_cond = ImageDecoder(ImageConfig(preset="cifar", cond_dim=10), 200)
+    n_enc = sum(p.numel() for p in enc.parameters())
+    n_dec = sum(p.numel() for p in dec.parameters())
+    assert abs(n_enc / 49_790_260 - 1) < 0.05, n_enc
+    assert abs(n_dec / 61_906_819 - 1) < 0.05, n_dec
+    # the conditioning adds exactly cond_dim × 4nf weights (paper: 10 × 512 = 5,120)
+    assert sum(p.numel() for p in dec_cond.parameters()) - n_dec == 5120
+
+
+# -------------------------------------------------------------------------- encoder
+def test_encoder_shapes_channels_and_errors() -> None:
+    torch.manual_seed(0)
+    enc = ImageEncoder(_tiny(), Q)
+    a = enc(_images(3))
+    assert a.shape == (3, Q) and a.dtype == torch.float32
+    assert enc(_images(3, c=3)).shape == (3, Q)  # RGB batch into a grayscale model: luma
+    rgb = ImageEncoder(ImageConfig(preset="tiny", channels=3), Q)
+    assert rgb(_images(2, c=1)).shape == (2, Q)  # gray batch into an RGB model: repeated
+    with pytest.raises(ValueError, match="config expects 8×8"):
+        enc(_images(2, side=16))
+    with pytest.raises(ValueError, match=r"must be \(B, C, H, W\)"):
+        enc(torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="2 channels, expected 1 or 3"):
+        enc(torch.zeros(1, 2, 8, 8))
+
+
+def test_encoder_latent_blocks_sum_over_every_feature_map() -> None:
+    cfg = _tiny()
+    enc = ImageEncoder(cfg, Q)
+    # conv_in, 1 block at 8, down block, 1 block at 4, middle
+    assert len(enc.latent_blocks) == 5
+    only4 = ImageEncoder(ImageConfig(preset="tiny", latent_resolutions=(4,)), Q)
+    assert len(only4.latent_blocks) == 3
+
+
+def test_encoder_gradient_flows_from_a_solver_loss() -> None:
+    zoning = pytest.importorskip("lzn_core.zoning")
+    torch.manual_seed(0)
+    enc = ImageEncoder(_tiny(), Q)
+    x = _images(6)
+    view1, view2 = enc(x), enc(augment(x, _tiny(), generator=torch.Generator().manual_seed(1)))
+    z = zoning.latents(view1, steps=5, g=1e-3)
+    out = zoning.assign(z, view2, steps=5, targets=torch.arange(6))
+    loss = -torch.log(out.target_probs[1:].amax(dim=0).clamp_min(1e-12)).mean()
+    loss.backward()
+    grads = [p.grad for p in enc.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+# -------------------------------------------------------------------------- decoder
+def test_decoder_loss_decreases_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    enc, dec = ImageEncoder(_tiny(), Q), ImageDecoder(_tiny(), Q)
+    x = _images(8)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=2e-3)
+    losses = []
+    for _ in range(30):
+        loss = dec.loss(enc(x), x, generator=torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+
+
+def test_loss_rows_split_equals_the_whole_batch(tiny_decoder: ImageDecoder) -> None:
+    x, z = _images(6), torch.randn(6, Q)
+    whole = tiny_decoder.loss(z, x, generator=torch.Generator().manual_seed(3))
+    halves = [
+        tiny_decoder.loss(z[s : s + 3], x[s : s + 3], generator=torch.Generator().manual_seed(3), rows=(s, 6))
+        for s in (0, 3)
+    ]
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole, rtol=1e-5, atol=1e-7)
+    other = tiny_decoder.loss(z, x, generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(other, whole)
+    with pytest.raises(ValueError, match="does not contain a batch of 3 rows"):
+        tiny_decoder.loss(z[:3], x[:3], rows=(4, 6))
+
+
+def test_decoder_conditioning_and_input_errors(tiny_decoder: ImageDecoder) -> None:
+    x, z = _images(2), torch.randn(2, Q)
+    with pytest.raises(ValueError, match=r"z must be \(B, q\) = \(2, 8\), got \(2, 5\)"):
+        tiny_decoder.loss(torch.randn(2, 5), x)
+    with pytest.raises(ValueError, match="cond_dim = 0 but a condition was given"):
+        tiny_decoder.loss(z, x, torch.zeros(2, 3))
+    cond_dec = ImageDecoder(_tiny(cond_dim=3), Q)
+    with pytest.raises(ValueError, match=r"needs cond \(B, 3\)"):
+        cond_dec.loss(z, x)
+    with pytest.raises(ValueError, match=r"cond must be \(B, cond_dim\) = \(2, 3\), got \(2, 4\)"):
+        cond_dec.loss(z, x, torch.zeros(2, 4))
+    onehot = torch.eye(3)[[0, 2]]
+    assert cond_dec.loss(z, x, onehot).dim() == 0
+    assert cond_dec.sample(z, onehot, steps=2).shape == (2, 1, 8, 8)
+
+
+def test_fourier_time_embedding_builds_and_trains() -> None:
+    dec = ImageDecoder(_tiny(time_embedding="fourier"), Q)
+    loss = dec.loss(torch.randn(2, Q), _images(2))
+    loss.backward()
+    assert dec.temb[0].in_features == 2 * 16 + Q
+
+
+# ------------------------------------------------------------------------- sampling
+def test_sample_shapes_range_and_determinism(tiny_decoder: ImageDecoder) -> None:
+    z = torch.randn(3, Q)
+    a = tiny_decoder.sample(z, steps=4, generator=torch.Generator().manual_seed(1))
+    b = tiny_decoder.sample(z, steps=4, generator=torch.Generator().manual_seed(1))
+    c = tiny_decoder.sample(z, steps=4, generator=torch.Generator().manual_seed(2))
+    assert a.shape == (3, 1, 8, 8) and float(a.abs().max()) <= 1.0
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert tiny_decoder.last_stats.nfe == 4
+    with pytest.raises(ValueError, match=r"noise must be \(3, 1, 8, 8\)"):
+        tiny_decoder.sample(z, noise=torch.zeros(3, 1, 4, 4))
+    with pytest.raises(ValueError, match="unknown sampling method 'heun'; choose 'euler' or 'rk45'"):
+        tiny_decoder.sample(z, method="heun")
+
+
+def test_dopri5_solves_a_linear_ode_to_tolerance() -> None:
+    x0 = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    rate = torch.tensor([[-1.0, 2.0]], dtype=torch.float64)
+    x1, stats = dopri5(lambda x, t: rate * x, x0, 0.0, 1.0, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(x1, x0 * torch.exp(rate), rtol=1e-6, atol=1e-8)
+    assert stats.accepted >= 3 and stats.nfe == 2 + 6 * (stats.accepted + stats.rejected)
+    back, _ = dopri5(lambda x, t: rate * x, x1, 1.0, 0.0, rtol=1e-8, atol=1e-8)  # backwards in time
+    torch.testing.assert_close(back, x0, rtol=1e-6, atol=1e-8)
+    # time-dependent field: dx/dt = 2t x  ->  x(1) = e·x0
+    x1t, _ = dopri5(lambda x, t: 2 * t * x, x0, 0.0, 1.0, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(x1t, x0 * math.e, rtol=1e-6, atol=1e-8)
+    with pytest.raises(RuntimeError, match="RK45 needed more than 3 steps"):
+        dopri5(lambda x, t: rate * x, x0, 0.0, 10.0, rtol=1e-10, atol=1e-10, max_steps=3)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        euler(lambda x, t: x, x0, 0.0, 1.0, 0)
+
+
+def test_rk45_agrees_with_many_step_euler(tiny_decoder: ImageDecoder) -> None:
+    z = torch.randn(2, Q, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5)) * 0.5
+    rk = tiny_decoder.sample(z, noise=noise, method="rk45", rtol=1e-5, atol=1e-5)
+    nfe = tiny_decoder.last_stats.nfe
+    err = {n: float((tiny_decoder.sample(z, noise=noise, steps=n) - rk).abs().max()) for n in (25, 100)}
+    # Euler converges (first order) to the RK45 solution: 4× the steps, ~4× smaller gap
+    assert err[100] < 0.4 * err[25] and err[100] < 2e-3, err
+    assert 8 <= nfe < 100, nfe
+
+
+def test_invert_then_sample_reconstructs(tiny_decoder: ImageDecoder) -> None:
+    x, z = _images(2) * 0.8, torch.randn(2, Q, generator=torch.Generator().manual_seed(4))
+    noise = tiny_decoder.invert(x, z, method="rk45")
+    assert noise.shape == x.shape and float((noise - x).abs().max()) > 0.1  # it really moved
+    rec_rk = tiny_decoder.sample(z, noise=noise, method="rk45")
+    assert float((rec_rk - x).abs().max()) < 1e-3
+    err = {n: float((tiny_decoder.reconstruct(x, z, steps=n) - x).abs().max()) for n in (5, 20)}
+    assert err[20] < 0.5 * err[5] and err[20] < 0.01, err
+
+
+# ------------------------------------------------------------------------------ I/O
+def test_decode_sample_gray_rgb_and_other_modes() -> None:
+    gray = decode_sample(_png([0, 255, 51, 204], "L", (2, 2)))
+    assert gray.shape == (1, 2, 2) and gray.dtype == torch.float32
+    torch.testing.assert_close(gray.flatten(), torch.tensor([-1.0, 1.0, -0.6, 0.6]))
+    rgb = decode_sample(_png([(255, 0, 0)] * 4, "RGB", (2, 2)))
+    assert rgb.shape == (3, 2, 2) and torch.equal(rgb[:, 0, 0], torch.tensor([1.0, -1.0, -1.0]))
+    assert decode_sample(_png([(0, 0, 0, 9)] * 4, "RGBA", (2, 2))).shape == (3, 2, 2)
+    jpg = decode_sample(_png([(10, 200, 30)] * 64, "RGB", (8, 8), fmt="JPEG"))
+    assert jpg.shape == (3, 8, 8) and float(jpg.abs().max()) <= 1.0
+
+
+@pytest.mark.parametrize("bad", [b"", b"not an image at all", None])
+def test_decode_sample_rejects_corrupt_bytes(bad: bytes | None) -> None:
+    data = bad if bad is not None else _png([7] * 64, "L", (8, 8))[:40]  # truncated PNG
+    with pytest.raises(ValueError, match="not a valid PNG/JPEG image: "):
+        decode_sample(data)
+    with pytest.raises(ValueError, match="expected bytes, got str"):
+        decode_sample("x.png")  # type: ignore[arg-type]
+
+
+def test_collate_promotes_gray_and_rejects_mixed_sizes() -> None:
+    batch = collate([torch.zeros(1, 4, 4), torch.ones(3, 4, 4)])
+    assert batch.shape == (2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"must share H×W, got sizes \[\(4, 4\), \(8, 8\)\]"):
+        collate([torch.zeros(1, 4, 4), torch.zeros(1, 8, 8)])
+    with pytest.raises(ValueError, match="empty list"):
+        collate([])
+
+
+def test_save_grid_writes_an_upscaled_png(tmp_path) -> None:
+    imgs = _images(5)
+    out = save_grid(imgs, tmp_path / "sub" / "grid.png", nrow=3)
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.mode == "L"
+        # 3 columns × 2 rows of 8 px tiles with 2 px padding, upscaled ×8 (tiles >= 64 px)
+        assert img.size == ((3 * 10 + 2) * 8, (2 * 10 + 2) * 8)
+    rgb = save_grid(_images(2, c=3), tmp_path / "rgb.png", upscale=1)
+    with Image.open(rgb) as img:
+        assert img.mode == "RGB" and img.size == (2 * 10 + 2, 10 + 2)
+    with pytest.raises(ValueError, match=r"non-empty \(B, 1\|3, H, W\)"):
+        save_grid(torch.zeros(2, 2, 8, 8), tmp_path / "bad.png")
+
+
+# -------------------------------------------------------------------------- augment
+def test_augment_small_views_are_random_but_reproducible() -> None:
+    cfg, x = _tiny(), _images(4)
+    a = augment(x, cfg, generator=torch.Generator().manual_seed(0))
+    b = augment(x, cfg, generator=torch.Generator().manual_seed(0))
+    c = augment(x, cfg, generator=torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and float(a.abs().max()) <= 1.0
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x)
+    assert torch.equal(augment(x, _tiny(augment="none")), x)
+    with pytest.raises(ValueError, match=r"augment expects \(B, C, H, W\)"):
+        augment(x[0], cfg)
+
+
+def test_augment_simclr_rgb_32() -> None:
+    cfg = ImageConfig(preset="small32")
+    assert cfg.augment_kind == "simclr"
+    x = _images(3, c=3, side=32)
+    v = augment(x, cfg, generator=torch.Generator().manual_seed(0))
+    assert v.shape == x.shape and bool(torch.isfinite(v).all()) and float(v.abs().max()) <= 1.0
+    assert float((v - x).abs().mean()) > 0.05

@@ -1,0 +1,308 @@
+"""Converters to webdataset shards: round trips, determinism, atomic writes, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lzn_core import shards
+from lzn_core.cli import main
+from lzn_core.errors import DataError, LZNWarning
+
+
+def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
+    """{key: {ext: bytes}} of one shard, checking webdataset naming and deterministic headers."""
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            assert m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == ""
+            key, ext = m.name.split(".", 1)
+            out.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return out
+
+
+def read_dir(out: Path, split: str) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    for p in sorted(out.glob(f"{split}-*.tar")):
+        samples.update(read_tar(p))
+    return samples
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("digits")
+    assert main(["shards", "digits", str(out), "--shard-size", "600", "--no-progress"]) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def test_digits_layout_split_and_meta(digits_dir: Path) -> None:
+    sizes = json.loads((digits_dir / "sizes.json").read_text())
+    assert sizes == {
+        "train-000000.tar": 600,
+        "train-000001.tar": 600,
+        "train-000002.tar": 297,
+        "test-000000.tar": 300,
+    }
+    meta = json.loads((digits_dir / "meta.json").read_text())
+    assert meta["splits"] == {"train": 1497, "test": 300}
+    assert meta["classes"][7] == "seven" and len(meta["classes"]) == 10
+    assert meta["source"] == "sklearn.datasets.load_digits" and meta["seed"] == 0 and meta["version"] == 1
+    train, test = read_dir(digits_dir, "train"), read_dir(digits_dir, "test")
+    assert len(train) == 1497 and len(test) == 300 and not set(train) & set(test)
+    counts = np.bincount([int(s["cls"]) for s in test.values()], minlength=10)
+    assert counts.min() >= 29 and counts.max() <= 31  # stratified: ~30 per class
+    assert not list(digits_dir.glob(".*"))  # no temp files left
+
+
+def test_digits_pixels_labels_and_captions(digits_dir: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    samples = {**read_dir(digits_dir, "train"), **read_dir(digits_dir, "test")}
+    for key in ("digits00000", "digits00007", "digits01796"):
+        i = int(key[len("digits") :])
+        img = pixels(samples[key]["png"])
+        assert img.shape == (8, 8) and img.dtype == np.uint8
+        np.testing.assert_array_equal(img, np.rint(data.images[i] * 255 / 16).astype(np.uint8))
+        assert int(samples[key]["cls"]) == data.target[i]
+    captions = [(int(s["cls"]), s["txt"].decode()) for s in samples.values()]
+    assert len({c for _, c in captions}) > 30  # several templates
+    for label, caption in captions:
+        assert shards.DIGIT_NAMES[label] in caption.split() or str(label) in caption
+    assert any(str(y) in c for y, c in captions) and any(shards.DIGIT_NAMES[y] in c for y, c in captions)
+
+
+def test_digits_is_deterministic(digits_dir: Path, tmp_path: Path) -> None:
+    shards.write_digits(tmp_path, shard_size=600, progress=False)
+    assert digest(tmp_path) == digest(digits_dir)
+
+
+def test_digits_bad_test_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--test-size must be between 1 and 1796"):
+        shards.write_digits(tmp_path, test_size=0)
+
+
+# ----------------------------------------------------------------------------- writer
+
+
+def test_write_split_is_atomic_on_failure(tmp_path: Path) -> None:
+    def samples():
+        for i in range(5):
+            yield shards._sample(f"s{i}", b"png", "caption", i)
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError, match="source broke"):
+        shards.write_split(tmp_path, "train", samples(), shard_size=3, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train-000000.tar"]  # the complete shard only
+    assert len(read_tar(tmp_path / "train-000000.tar")) == 3
+
+
+def test_write_split_removes_stale_shards_and_merges_sizes(tmp_path: Path) -> None:
+    gen = (shards._sample(f"s{i}", b"x", "c", 0) for i in range(5))
+    shards.write_split(tmp_path, "train", gen, shard_size=2, progress=False)
+    shards.write_split(tmp_path, "test", iter([shards._sample("t", b"x", "c", 0)]), progress=False)
+    shards.write_split(tmp_path, "train", iter([shards._sample("a", b"x", "c", 0)]), progress=False)
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["test-000000.tar", "train-000000.tar"]
+    assert json.loads((tmp_path / "sizes.json").read_text()) == {"train-000000.tar": 1, "test-000000.tar": 1}
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"), [({"shard_size": 0}, "shard_size must be >= 1"), ({"split": "a-b"}, "split name must be")]
+)
+def test_write_split_rejects_bad_arguments(tmp_path: Path, kw: dict, msg: str) -> None:
+    args = {"split": "train", **kw}
+    with pytest.raises(ValueError, match=msg):
+        shards.write_split(tmp_path, args.pop("split"), iter([]), **args)
+
+
+# ----------------------------------------------------------------------------- cifar10
+
+
+def make_cifar(
+    path: Path, per_batch: int = 3, extra: dict | None = None
+) -> dict[str, tuple[np.ndarray, list]]:
+    """A tiny tarball in the official cifar-10-python format; returns {member: (data, labels)}."""
+    rng = np.random.default_rng(0)
+    names = [
+        n.encode()
+        for n in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    ]
+    members = {f"data_batch_{i}": per_batch for i in range(1, 6)} | {"test_batch": per_batch + 1}
+    made = {}
+    with tarfile.open(path, "w:gz") as tar:
+
+        def add(name: str, obj: object) -> None:
+            data = obj if isinstance(obj, bytes) else pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add("batches.meta", {b"label_names": names, b"num_cases_per_batch": per_batch})
+        for name, n in members.items():
+            data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+            labels = rng.integers(0, 10, size=n).tolist()
+            made[name] = (data, labels)
+            add(name, {b"data": data, b"labels": labels, b"batch_label": name.encode()})
+        for name, obj in (extra or {}).items():
+            add(name, obj)
+    return made
+
+
+def test_cifar10_round_trip(tmp_path: Path) -> None:
+    made = make_cifar(tmp_path / "cifar-10-python.tar.gz")
+    out = tmp_path / "out"
+    assert (
+        main(["shards", "cifar10", str(tmp_path / "cifar-10-python.tar.gz"), str(out), "--no-progress"]) == 0
+    )
+    train, test = read_dir(out, "train"), read_dir(out, "test")
+    assert len(train) == 15 and len(test) == 4
+    data, labels = made["data_batch_4"]
+    s = train["data_batch_4_00002"]
+    img = pixels(s["png"])
+    assert img.shape == (32, 32, 3)
+    np.testing.assert_array_equal(img, data[2].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert int(s["cls"]) == labels[2]
+    names = json.loads((out / "meta.json").read_text())["classes"]
+    assert s["txt"].decode() == f"a photo of a {names[labels[2]]}" and names[1] == "automobile"
+    assert json.loads((out / "meta.json").read_text())["splits"] == {"train": 15, "test": 4}
+
+
+def test_cifar10_refuses_foreign_pickles(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    tarball = tmp_path / "c.tar.gz"
+    make_cifar(tarball)
+    with tarfile.open(tarball, "r:gz") as tar:  # rebuild with an evil test_batch
+        members = {m.name: tar.extractfile(m).read() for m in tar}
+    members["cifar-10-batches-py/test_batch"] = pickle.dumps(Evil())
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match=r"test_batch: refusing to unpickle (posix|os)\.system"):
+        shards.write_cifar10(tarball, tmp_path / "out", progress=False)
+
+
+def test_cifar10_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 tarball not found"):
+        shards.write_cifar10(tmp_path / "nope.tar.gz", tmp_path / "out")
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(DataError, match="is not a tar archive"):
+        shards.write_cifar10(tmp_path / "junk.tar.gz", tmp_path / "out")
+    with tarfile.open(tmp_path / "empty.tar.gz", "w:gz"):
+        pass
+    with pytest.raises(
+        DataError, match="no cifar-10-batches-py/batches.meta; is this cifar-10-python.tar.gz"
+    ):
+        shards.write_cifar10(tmp_path / "empty.tar.gz", tmp_path / "out")
+    assert main(["shards", "cifar10", str(tmp_path / "nope.tar.gz"), str(tmp_path / "o")]) == 1
+    assert "lzn shards: error: CIFAR-10 tarball not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- folder
+
+
+def make_folder(root: Path) -> None:
+    rng = np.random.default_rng(1)
+    for cls in ("dog", "cat"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    Image.fromarray(np.full((4, 4), 7, np.uint8)).save(root / "cat" / "gray.jpg", quality=100)
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG garbage")
+    (root / "dog" / "notes.txt").write_text("not an image")
+
+
+def test_folder_round_trip_with_corrupt_file(tmp_path: Path) -> None:
+    make_folder(tmp_path / "tree")
+    with pytest.warns(
+        LZNWarning, match=r"skipped 1 unreadable images: .*broken\.png \(UnidentifiedImageError\)"
+    ):
+        meta = shards.write_folder(tmp_path / "tree", tmp_path / "out", progress=False)
+    assert (
+        meta["classes"] == ["cat", "dog"]
+        and meta["splits"] == {"train": 5}
+        and meta["skipped"] == {"train": 1}
+    )
+    samples = list(read_dir(tmp_path / "out", "train").values())
+    assert [int(s["cls"]) for s in samples] == [0, 0, 0, 1, 1]
+    assert [s["txt"].decode() for s in samples][-1] == "a photo of a dog"
+    original = np.asarray(Image.open(tmp_path / "tree" / "dog" / "1.png"))
+    np.testing.assert_array_equal(pixels(samples[-1]["png"]), original)
+    assert pixels(samples[2]["png"]).shape == (4, 4)  # grayscale kept as L
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        shards.write_folder(tmp_path / "missing", tmp_path / "out")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DataError, match="has no class sub-folders"):
+        shards.write_folder(tmp_path / "flat", tmp_path / "out")
+    (tmp_path / "flat" / "a").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        shards.write_folder(tmp_path / "flat", tmp_path / "out")
+    make_folder(tmp_path / "tree")
+    with pytest.warns(LZNWarning):
+        shards.write_folder(tmp_path / "tree", tmp_path / "out", progress=False)
+    (tmp_path / "tree" / "zebra").mkdir()
+    with pytest.raises(DataError, match=r"differ from .*meta\.json"):
+        shards.write_folder(tmp_path / "tree", tmp_path / "out", split="test")
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def test_captions_round_trip_and_bad_lines(tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    absolute = tmp_path / "b.png"
+    Image.fromarray(np.full((2, 2, 3), 200, np.uint8)).save(absolute)
+    lines = [
+        json.dumps({"image": "imgs/a.png", "caption": "a black square"}),
+        "{not json",
+        "",
+        json.dumps({"image": "imgs/a.png"}),
+        json.dumps({"image": str(absolute), "caption": "a grey square ☃"}),
+        json.dumps({"image": "imgs/missing.png", "caption": "x"}),
+    ]
+    (tmp_path / "caps.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.warns(
+        LZNWarning, match=r"skipped 3 bad lines .*line 2: JSONDecodeError.*line 4: .*caption.*line 6"
+    ):
+        meta = shards.write_captions(tmp_path / "caps.jsonl", tmp_path / "out", progress=False)
+    assert meta["splits"] == {"train": 2} and meta["classes"] is None
+    samples = list(read_dir(tmp_path / "out", "train").values())
+    assert [sorted(s) for s in samples] == [["png", "txt"], ["png", "txt"]]
+    assert samples[1]["txt"].decode() == "a grey square ☃" and pixels(samples[1]["png"])[0, 0, 0] == 200
+
+
+def test_captions_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="captions file not found"):
+        shards.write_captions(tmp_path / "none.jsonl", tmp_path / "out")
+    (tmp_path / "bad.jsonl").write_text('["a list"]\n')
+    with pytest.warns(LZNWarning, match="line 1: ValueError: not a JSON object"):
+        with pytest.raises(DataError, match=r"no usable lines \(1 bad, 1 non-empty\)"):
+            shards.write_captions(tmp_path / "bad.jsonl", tmp_path / "out", progress=False)
