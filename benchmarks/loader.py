@@ -39,7 +39,9 @@ def _rgb_shards(out: Path, n: int) -> str:
 
 def _cifar_size_shards(out: Path, n: int = 50_000) -> str:
     png = _png(np.zeros((32, 32, 3), np.uint8))
-    write_split(out, "train", (_sample(f"c{i:06d}", png, "x", 0) for i in range(n)), shard_size=5000, progress=False)
+    write_split(
+        out, "train", (_sample(f"c{i:06d}", png, "x", 0) for i in range(n)), shard_size=5000, progress=False
+    )
     return str(out / "train-*.tar")
 
 
@@ -77,8 +79,9 @@ def main() -> None:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     with tempfile.TemporaryDirectory() as tmp:
+        write_digits(Path(tmp) / "digits", progress=False)
         sets = {
-            "digits_8x8_gray": (write_digits(Path(tmp) / "digits", progress=False), Path(tmp) / "digits")[1],
+            "digits_8x8_gray": Path(tmp) / "digits",
             "rgb_32x32": Path(_rgb_shards(Path(tmp) / "rgb", args.rgb_samples)).parent,
         }
         for name, d in sets.items():
@@ -86,13 +89,17 @@ def main() -> None:
                 _throughput(str(d / "train-*.tar"), args.batch_size, w, args.steps) for w in (0, 2)
             ]
             for r in results[name]:  # type: ignore[union-attr]
-                print(f"{name:16s} workers={r['num_workers']}  {r['samples_per_s']:9.1f} samples/s  "
-                      f"(index {r['index_s']} s, first batch {r['first_batch_s']} s)")
+                print(
+                    f"{name:16s} workers={r['num_workers']}  {r['samples_per_s']:9.1f} samples/s  "
+                    f"(index {r['index_s']} s, first batch {r['first_batch_s']} s)"
+                )
         pattern = _cifar_size_shards(Path(tmp) / "cifar_size")
         t0 = time.perf_counter()
         ld = loader(pattern, {"label": get_modality("label")}, batch_size=128)
         results["index_50k_samples_s"] = round(time.perf_counter() - t0, 3)
-        print(f"indexing {ld.num_samples} samples in {len(ld.shards)} shards: {results['index_50k_samples_s']} s")
+        print(
+            f"indexing {ld.num_samples} samples in {len(ld.shards)} shards: {results['index_50k_samples_s']} s"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -35,7 +35,11 @@ def alignment_loss(target_probs: torch.Tensor, *, cutoff: float = 0.2, kind: str
         ValueError: on a bad shape, cutoff or kind.
     """
     if not isinstance(target_probs, torch.Tensor) or target_probs.dim() != 2:
-        shape = tuple(target_probs.shape) if isinstance(target_probs, torch.Tensor) else type(target_probs).__name__
+        shape = (
+            tuple(target_probs.shape)
+            if isinstance(target_probs, torch.Tensor)
+            else type(target_probs).__name__
+        )
         raise ValueError(f"target_probs must be a 2-D tensor (steps, B), got {shape}")
     steps, batch = target_probs.shape
     if steps < 1 or batch < 1:
@@ -59,7 +63,9 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def class_weights(labels: torch.Tensor, num_classes: int, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def class_weights(
+    labels: torch.Tensor, num_classes: int, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Class shares of the (global) batch, the label flow's training mixture weights.
 
     Counts are summed over ranks (``all_reduce(SUM)``) when ``torch.distributed`` is
@@ -79,7 +85,11 @@ def class_weights(labels: torch.Tensor, num_classes: int, *, dtype: torch.dtype 
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point():
-        desc = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        desc = (
+            f"{labels.dtype} {tuple(labels.shape)}"
+            if isinstance(labels, torch.Tensor)
+            else type(labels).__name__
+        )
         raise ValueError(f"labels must be a 1-D integer tensor (B,), got {desc}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(

@@ -94,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if debug:
             raise
-        known = (LZNError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ValueError)
+        known = (
+            LZNError,
+            FileNotFoundError,
+            IsADirectoryError,
+            NotADirectoryError,
+            PermissionError,
+            ValueError,
+        )
         kind = "error" if isinstance(exc, known) else f"error ({type(exc).__name__})"
         print(f"lzn {command}: {kind}: {exc}", file=sys.stderr)
         if not isinstance(exc, known):

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import tarfile
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -36,15 +35,12 @@ from typing import Any
 import torch.utils.data
 from pydantic import BaseModel, ConfigDict
 
-from .errors import DataError, LZNWarning
+from ._tarindex import CorruptSampleWarning, Shard, check_sizes, index_shard
+from .errors import DataError
 from .modality import ModalitySpec
 
 _log = logging.getLogger(__name__)
 _STATE_VERSION = 1
-
-
-class CorruptSampleWarning(LZNWarning):
-    """A sample was skipped because it could not be decoded (shard, key and reason in the message)."""
 
 
 class LoaderState(BaseModel):
@@ -123,70 +119,6 @@ def expand_pattern(pattern: str) -> list[str]:
     return sorted(set(found))
 
 
-# ----------------------------------------------------------------------------- shard index
-
-
-@dataclass
-class _Shard:
-    """Where each sample's bytes are: ``spans[ext][i] = (offset, size)``, offset -1 if absent."""
-
-    path: str
-    keys: list[str]
-    spans: dict[str, list[tuple[int, int]]]
-
-
-def _index_shard(path: str, exts: set[str]) -> _Shard:
-    keys: list[str] = []
-    spans: dict[str, list[tuple[int, int]]] = {e: [] for e in exts}
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for m in _members(tar, path):
-                base = os.path.basename(m.name)
-                if not m.isfile() or "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                key = os.path.join(os.path.dirname(m.name), stem)
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-                    for lst in spans.values():
-                        lst.append((-1, 0))
-                ext = ext.lower()
-                if ext in spans:
-                    spans[ext][-1] = (m.offset_data, m.size)
-    except tarfile.TarError as exc:
-        raise DataError(f"{path} is not a readable tar shard ({exc})") from exc
-    return _Shard(path, keys, spans)
-
-
-def _members(tar: tarfile.TarFile, path: str) -> Iterator[tarfile.TarInfo]:
-    """The tar's members; a truncated tail is reported and the readable part kept."""
-    try:
-        yield from tar
-    except (tarfile.ReadError, EOFError) as exc:
-        warnings.warn(
-            f"{path}: truncated shard ({exc}); using the samples before the damage",
-            CorruptSampleWarning,
-            stacklevel=4,
-        )
-
-
-def _check_sizes(shards: list[_Shard]) -> None:
-    """Compare sample counts with each directory's ``sizes.json`` (when present)."""
-    by_dir: dict[str, dict[str, Any]] = {}
-    for s in shards:
-        d = os.path.dirname(s.path)
-        if d not in by_dir:
-            f = os.path.join(d, "sizes.json")
-            by_dir[d] = json.loads(Path(f).read_text()) if os.path.isfile(f) else {}
-        want = by_dir[d].get(os.path.basename(s.path))
-        if want is not None and want != len(s.keys):
-            warnings.warn(
-                f"{s.path}: sizes.json says {want} samples, the tar holds {len(s.keys)}",
-                CorruptSampleWarning,
-                stacklevel=3,
-            )
-
-
 # ----------------------------------------------------------------------------- batch plan
 
 
@@ -258,7 +190,7 @@ class _Batches(torch.utils.data.IterableDataset):
 
     def __init__(
         self,
-        shards: list[_Shard],
+        shards: list[Shard],
         modalities: Mapping[str, ModalitySpec],
         plan: _Plan,
         start: tuple[int, int],
@@ -283,7 +215,7 @@ class _Batches(torch.utils.data.IterableDataset):
             for fh in files.values():
                 fh.close()
 
-    def _read(self, shard: _Shard, ext: str, j: int, files: dict[str, Any]) -> bytes:
+    def _read(self, shard: Shard, ext: str, j: int, files: dict[str, Any]) -> bytes:
         off, size = shard.spans[ext][j]
         fh = files.get(shard.path)
         if fh is None:
@@ -294,7 +226,7 @@ class _Batches(torch.utils.data.IterableDataset):
             raise ValueError(f"{ext}: truncated ({len(data)} of {size} bytes)")
         return bytes(data)
 
-    def _decode_one(self, shard: _Shard, j: int, files: dict[str, Any]) -> dict[str, Any]:
+    def _decode_one(self, shard: Shard, j: int, files: dict[str, Any]) -> dict[str, Any]:
         item = {}
         for name, spec in self.modalities.items():
             ext = next((e for e in spec.shard_keys if shard.spans[e][j][0] >= 0), None)
@@ -356,8 +288,8 @@ class ShardLoader:
         self.report_every = report_every
         self.shards = expand_pattern(self.pattern)
         exts = {e.lower() for spec in self.modalities.values() for e in spec.shard_keys}
-        self._index = [_index_shard(p, exts) for p in self.shards]
-        _check_sizes(self._index)
+        self._index = [index_shard(p, exts) for p in self.shards]
+        check_sizes(self._index)
         self.num_samples = sum(len(s.keys) for s in self._index)
         if self.num_samples == 0:
             raise DataError(f"shard set {self.pattern!r} is empty (0 samples in {len(self.shards)} shard(s))")

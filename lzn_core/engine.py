@@ -126,7 +126,9 @@ def deepspeed_config(recipe: Any, world_size: int, base_dir: Path | None = None)
         candidates.append(Path(__file__).resolve().parent.parent / "recipes" / path)
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise LZNError(f"deepspeed config {src!r} not found (looked in {', '.join(map(str, candidates))})")
+            raise LZNError(
+                f"deepspeed config {src!r} not found (looked in {', '.join(map(str, candidates))})"
+            )
         cfg = json.loads(found.read_text())
     batch = int(recipe.train.batch_size)
     if batch % world_size:
@@ -155,7 +157,13 @@ class Engine:
     """
 
     def __init__(
-        self, model: nn.Module, recipe: Any, ckpt_dir: Path, *, world_size: int = 1, base_dir: Path | None = None
+        self,
+        model: nn.Module,
+        recipe: Any,
+        ckpt_dir: Path,
+        *,
+        world_size: int = 1,
+        base_dir: Path | None = None,
     ) -> None:
         import deepspeed
 
@@ -184,7 +192,9 @@ class Engine:
         self.iteration = 0  # optimiser iterations taken or skipped
         self.skipped = 0
         self.ema_updates = 0
-        self.ema: dict[str, torch.Tensor] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.ema: dict[str, torch.Tensor] = {
+            k: v.detach().clone() for k, v in self.model.state_dict().items()
+        }
 
     def _lambda(self, freeze_at: int | None):  # noqa: ANN202 - a closure for LambdaLR
         warmup = self.warmup
@@ -329,5 +339,3 @@ def _rank() -> int:
 def _barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-
-

@@ -170,27 +170,44 @@ def evaluate(
     return res
 
 
-def _classification(model: LZNModel, x: torch.Tensor, y: torch.Tensor, alphas: tuple[float, ...],
-                    batch_sizes: tuple[int, ...], out: Path | None, seed: int) -> dict[str, Any]:
+def _classification(
+    model: LZNModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alphas: tuple[float, ...],
+    batch_sizes: tuple[int, ...],
+    out: Path | None,
+    seed: int,
+) -> dict[str, Any]:
     from . import evalmodel as em
     from .evaluation import accuracy, auroc, expected_calibration_error, reliability_diagram
 
     ecfg = model.recipe.eval
-    pred, conf = em.label_flow_predict(model, x, alpha=ecfg.alpha, batch_size=ecfg.batch_size,
-                                       steps=ecfg.steps, seed=seed)
+    pred, conf = em.label_flow_predict(
+        model, x, alpha=ecfg.alpha, batch_size=ecfg.batch_size, steps=ecfg.steps, seed=seed
+    )
     ece = expected_calibration_error(conf, pred == y)
     if out is not None:
-        reliability_diagram(ece, out / "reliability.png", title=f"label-flow confidence, ECE {ece['ece']:.3f}")
+        reliability_diagram(
+            ece, out / "reliability.png", title=f"label-flow confidence, ECE {ece['ece']:.3f}"
+        )
     ood: dict[str, float] = {}
     for kind in ("noise", "inverted"):
         for mode in ("mixed", "separate"):
-            c_in, c_out = em.ood_confidences(model, x, kind, mode=mode, alpha=ecfg.alpha,
-                                             batch_size=ecfg.batch_size, seed=seed)
+            c_in, c_out = em.ood_confidences(
+                model, x, kind, mode=mode, alpha=ecfg.alpha, batch_size=ecfg.batch_size, seed=seed
+            )
             ood[f"{kind}_{mode}"] = auroc(c_in, c_out)
-    sweep = em.alpha_batch_sweep(model, x, y, alphas=alphas, batch_sizes=batch_sizes, steps=ecfg.steps, seed=seed)
+    sweep = em.alpha_batch_sweep(
+        model, x, y, alphas=alphas, batch_sizes=batch_sizes, steps=ecfg.steps, seed=seed
+    )
     return {
         "accuracy": accuracy(pred, y),
-        "accuracy_setting": {"alpha": ecfg.alpha, "batch_size": min(ecfg.batch_size, len(y)), "steps": ecfg.steps},
+        "accuracy_setting": {
+            "alpha": ecfg.alpha,
+            "batch_size": min(ecfg.batch_size, len(y)),
+            "steps": ecfg.steps,
+        },
         "mean_confidence": float(conf.mean()),
         "ece": ece["ece"],
         "ood_auroc": ood,
@@ -198,9 +215,19 @@ def _classification(model: LZNModel, x: torch.Tensor, y: torch.Tensor, alphas: t
     }
 
 
-def _generation(model: LZNModel, test: dict[str, Any], train: dict[str, Any], img: str, lab: str | None,
-                samples: int, per_class: int, steps: int | None, inception: str | None, out: Path | None,
-                seed: int) -> dict[str, Any]:
+def _generation(
+    model: LZNModel,
+    test: dict[str, Any],
+    train: dict[str, Any],
+    img: str,
+    lab: str | None,
+    samples: int,
+    per_class: int,
+    steps: int | None,
+    inception: str | None,
+    out: Path | None,
+    seed: int,
+) -> dict[str, Any]:
     import torch
 
     from . import evalmodel as em
@@ -216,8 +243,11 @@ def _generation(model: LZNModel, test: dict[str, Any], train: dict[str, Any], im
         res["class_consistency"] = float((torch.as_tensor(judge(imgs)) == classes).float().mean())
         res["judge_test_accuracy"] = float((torch.as_tensor(judge(test[img])) == test[lab]).float().mean())
         if out is not None:
-            _save_grid(imgs.view(-1, per_class, *imgs.shape[1:])[:, :10].flatten(0, 1), out / "samples.png",
-                       min(per_class, 10))
+            _save_grid(
+                imgs.view(-1, per_class, *imgs.shape[1:])[:, :10].flatten(0, 1),
+                out / "samples.png",
+                min(per_class, 10),
+            )
     if samples:
         fake = em.unconditional_samples(model, samples, steps=steps, seed=seed)
         if inception:
@@ -225,11 +255,19 @@ def _generation(model: LZNModel, test: dict[str, Any], train: dict[str, Any], im
         elif lab is not None:
             extractor, name = digit_features(real, train[lab], seed=seed), "digit-classifier"
         else:
-            raise LZNError("FID/KID without labels needs --inception WEIGHTS (a local inception_v3 state dict)")
+            raise LZNError(
+                "FID/KID without labels needs --inception WEIGHTS (a local inception_v3 state dict)"
+            )
         f_real, f_fake, f_test = extractor(real), extractor(fake), extractor(test[img])
         kid, kid_std = kernel_inception_distance(f_real, f_fake, subsets=20, subset_size=min(500, samples))
-        res.update(fid=frechet_distance(f_real, f_fake), kid=kid, kid_std=kid_std, fid_features=name,
-                   fid_real_test_vs_train=frechet_distance(f_real, f_test), fid_samples=samples)
+        res.update(
+            fid=frechet_distance(f_real, f_fake),
+            kid=kid,
+            kid_std=kid_std,
+            fid_features=name,
+            fid_real_test_vs_train=frechet_distance(f_real, f_test),
+            fid_samples=samples,
+        )
     return res
 
 
@@ -275,7 +313,14 @@ def format_table(res: dict[str, Any]) -> str:
         row("ECE", res["ece"])
         for k, v in res["ood_auroc"].items():
             row(f"OOD AUROC {k}", v)
-    for key in ("class_consistency", "judge_test_accuracy", "fid", "kid", "fid_real_test_vs_train", "recon_error"):
+    for key in (
+        "class_consistency",
+        "judge_test_accuracy",
+        "fid",
+        "kid",
+        "fid_real_test_vs_train",
+        "recon_error",
+    ):
         if key in res:
             row(key + (f" ({res['fid_features']})" if key in ("fid", "kid") else ""), res[key])
     if "sweep" in res:

@@ -132,8 +132,13 @@ def alpha_batch_sweep(
     for b in batch_sizes:
         for a in alphas:
             pred, _ = label_flow_predict(model, images, alpha=a, batch_size=b, steps=steps, seed=seed)
-            rows.append({"alpha": float(a), "batch_size": min(int(b), images.shape[0]),
-                         "accuracy": accuracy(pred, labels)})
+            rows.append(
+                {
+                    "alpha": float(a),
+                    "batch_size": min(int(b), images.shape[0]),
+                    "accuracy": accuracy(pred, labels),
+                }
+            )
     return rows
 
 
@@ -215,7 +220,9 @@ def class_samples(
 
 
 @torch.no_grad()
-def unconditional_samples(model: LZNModel, n: int, *, steps: int | None = None, seed: int = 0) -> torch.Tensor:
+def unconditional_samples(
+    model: LZNModel, n: int, *, steps: int | None = None, seed: int = 0
+) -> torch.Tensor:
     """Images from z ~ N(0, I); a label-conditioned decoder gets the label flow's class of z.
 
     Returns:
@@ -267,7 +274,9 @@ def ood_confidences(
     odd = ood_inputs(images, kind, seed=seed)
     n = images.shape[0]
     if mode == "mixed":
-        _, conf = label_flow_predict(model, torch.cat([images, odd]), alpha=alpha, batch_size=batch_size, seed=seed)
+        _, conf = label_flow_predict(
+            model, torch.cat([images, odd]), alpha=alpha, batch_size=batch_size, seed=seed
+        )
         return conf[:n], conf[n:]
     if mode == "separate":
         _, c_in = label_flow_predict(model, images, alpha=alpha, batch_size=batch_size, seed=seed)

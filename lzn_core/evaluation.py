@@ -96,11 +96,23 @@ def reliability_diagram(ece: dict[str, Any], path: str | Path, *, title: str = "
     fig, ax = plt.subplots(figsize=(4, 4))
     full = [b for b in ece["bins"] if b["count"]]
     width = ece["bins"][0]["hi"] - ece["bins"][0]["lo"]
-    ax.bar([b["lo"] for b in full], [b["accuracy"] for b in full], width=width, align="edge",
-           edgecolor="k", alpha=0.7, label="accuracy")
+    ax.bar(
+        [b["lo"] for b in full],
+        [b["accuracy"] for b in full],
+        width=width,
+        align="edge",
+        edgecolor="k",
+        alpha=0.7,
+        label="accuracy",
+    )
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-           title=title or f"ECE = {ece['ece']:.3f}")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence",
+        ylabel="accuracy",
+        title=title or f"ECE = {ece['ece']:.3f}",
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path = Path(path)
@@ -145,7 +157,9 @@ def _check_feats(a: Any, b: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]
 
     a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"{what}: expected features (n, d) and (m, d), got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"{what}: expected features (n, d) and (m, d), got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if min(a.shape[0], b.shape[0]) < 2:
         raise ValueError(f"{what}: needs at least 2 samples per set, got {a.shape[0]} and {b.shape[0]}")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
@@ -228,13 +242,23 @@ def linear_probe(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    xs = [np.asarray(t.detach().cpu() if hasattr(t, "detach") else t, dtype=np.float64) for t in (train_x, test_x)]
-    ys = [np.asarray(t.detach().cpu() if hasattr(t, "detach") else t).astype(np.int64) for t in (train_y, test_y)]
+    xs = [
+        np.asarray(t.detach().cpu() if hasattr(t, "detach") else t, dtype=np.float64)
+        for t in (train_x, test_x)
+    ]
+    ys = [
+        np.asarray(t.detach().cpu() if hasattr(t, "detach") else t).astype(np.int64)
+        for t in (train_y, test_y)
+    ]
     for x, y, name in ((xs[0], ys[0], "train"), (xs[1], ys[1], "test")):
         if x.ndim != 2 or y.shape != (x.shape[0],):
-            raise ValueError(f"linear_probe: {name} features must be (n, d) with labels (n,), got {x.shape}, {y.shape}")
+            raise ValueError(
+                f"linear_probe: {name} features must be (n, d) with labels (n,), got {x.shape}, {y.shape}"
+            )
     if xs[0].shape[1] != xs[1].shape[1]:
-        raise ValueError(f"linear_probe: train and test feature sizes differ: {xs[0].shape[1]} vs {xs[1].shape[1]}")
+        raise ValueError(
+            f"linear_probe: train and test feature sizes differ: {xs[0].shape[1]} vs {xs[1].shape[1]}"
+        )
     if len(np.unique(ys[0])) < 2:
         raise ValueError("linear_probe: the training labels hold a single class")
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))

@@ -38,8 +38,14 @@ def write_model(model: LZNModel, out: str | Path, state: dict[str, torch.Tensor]
     out.mkdir(parents=True, exist_ok=True)
     state = model.state_dict() if state is None else state
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    save_file(tensors, str(out / (WEIGHTS + ".tmp")), metadata={"format": "lzn", "latent_dim": str(model.latent_dim)})
-    (out / (RECIPE + ".tmp")).write_text(yaml.safe_dump(model.recipe.model_dump(mode="json"), sort_keys=False))
+    save_file(
+        tensors,
+        str(out / (WEIGHTS + ".tmp")),
+        metadata={"format": "lzn", "latent_dim": str(model.latent_dim)},
+    )
+    (out / (RECIPE + ".tmp")).write_text(
+        yaml.safe_dump(model.recipe.model_dump(mode="json"), sort_keys=False)
+    )
     os.replace(out / (WEIGHTS + ".tmp"), out / WEIGHTS)
     os.replace(out / (RECIPE + ".tmp"), out / RECIPE)
     return out
@@ -63,10 +69,14 @@ def load(path: str | Path, *, device: str = "cpu") -> LZNModel:
 
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a directory (expected {WEIGHTS} + {RECIPE} from `lzn export`)")
+        raise FileNotFoundError(
+            f"{path} is not a directory (expected {WEIGHTS} + {RECIPE} from `lzn export`)"
+        )
     for name in (WEIGHTS, RECIPE):
         if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name} is missing; export a run with `lzn export RUN_DIR {path}`")
+            raise FileNotFoundError(
+                f"{path / name} is missing; export a run with `lzn export RUN_DIR {path}`"
+            )
     try:
         data = yaml.safe_load((path / RECIPE).read_text())
     except yaml.YAMLError as exc:
@@ -155,8 +165,13 @@ def fill_banks(model: LZNModel, recipe: Any, *, seed: int = 0) -> None:
     if not names:
         return
     size = recipe.latent.bank_size
-    ld = loader(recipe.data.train, {n: model.specs[n] for n in names}, batch_size=min(size, 256), seed=seed + 1,
-                drop_last=False)
+    ld = loader(
+        recipe.data.train,
+        {n: model.specs[n] for n in names},
+        batch_size=min(size, 256),
+        seed=seed + 1,
+        drop_last=False,
+    )
     device = next(model.parameters()).device
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     was_training = model.training

@@ -67,15 +67,19 @@ class DigitFeatures:
     def fit(
         cls, images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, epochs: int = 200
     ) -> DigitFeatures:
-        """Fit the classifier full-batch with Adam (deterministic for a seed).
+        """Fit the classifier (scikit-learn's ``MLPClassifier``, Adam, deterministic for a seed).
 
         Args:
             images: (N, C, H, W) real images in [-1, 1].
             labels: (N,) int64 class indices.
-            seed: torch seed for the initialisation.
-            epochs: full-batch Adam steps.
+            seed: ``random_state`` of the initialisation and batches.
+            epochs: maximum Adam epochs (0: an unfitted network, e.g. to load weights into).
         """
+        import warnings
+
         import torch
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
         from torch import nn
 
         _check_images(images, "DigitFeatures.fit")
@@ -84,24 +88,33 @@ class DigitFeatures:
                 f"DigitFeatures.fit: labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}"
             )
         classes = int(labels.max()) + 1
-        gen = torch.Generator().manual_seed(seed)
+        if classes < 3:
+            raise ValueError(f"DigitFeatures.fit: needs at least 3 classes, got {classes}")
         dim = images[0].numel()
         net = nn.Sequential(
-            nn.Flatten(), nn.Linear(dim, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, classes)
-        )
+            nn.Flatten(),
+            nn.Linear(dim, 128),
+            nn.ReLU(),
+            nn.Linear(128, 64),
+            nn.ReLU(),
+            nn.Linear(64, classes),
+        ).eval()
+        x, y = images.float().flatten(1).numpy(), labels.long().numpy()
+        if epochs > 0:
+            clf = MLPClassifier((128, 64), max_iter=epochs, random_state=seed, alpha=1e-3)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(x, y)
+            if len(clf.classes_) != classes:  # a class absent from the data: keep the output layer full size
+                raise ValueError(
+                    f"DigitFeatures.fit: labels must cover 0..{classes - 1}, got {list(clf.classes_)}"
+                )
+            with torch.no_grad():
+                for layer, w, b in zip(net[1::2], clf.coefs_, clf.intercepts_, strict=True):
+                    layer.weight.copy_(torch.from_numpy(w.T.copy()))
+                    layer.bias.copy_(torch.from_numpy(b.copy()))
         with torch.no_grad():
-            for p in net.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.0 if p.dim() == 1 else (1.0 / p.shape[1]) ** 0.5))
-        opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-4)
-        x, y = images.float(), labels.long()
-        for _ in range(epochs):
-            opt.zero_grad()
-            noisy = x + 0.05 * torch.randn(x.shape, generator=gen)  # light noise: smoother features
-            nn.functional.cross_entropy(net(noisy), y).backward()
-            opt.step()
-        net.eval()
-        with torch.no_grad():
-            acc = float((net(x).argmax(1) == y).float().mean())
+            acc = float((net(images.float()).argmax(1) == labels).float().mean())
         return cls(net, tuple(images.shape[1:]), acc)
 
     def _check(self, images: torch.Tensor) -> None:

@@ -15,7 +15,9 @@ import torch
 __all__ = ["time_grid", "sample_prior"]
 
 
-def time_grid(steps: int, g: float = 1e-4, direction: Literal["forward", "reverse"] = "forward") -> list[float]:
+def time_grid(
+    steps: int, g: float = 1e-4, direction: Literal["forward", "reverse"] = "forward"
+) -> list[float]:
     """The τ grid of a fixed-step solver, as Python floats (steps + 1 points).
 
     Args:

@@ -187,7 +187,9 @@ class LZNModel(nn.Module):
         unexpected = [k for k in state if k not in own]
         if shapes or (strict and (missing or unexpected)):
             lines = [f"shape mismatch {s}" for s in shapes[:5]]
-            lines += [f"missing key {k}" for k in missing[:5]] + [f"unexpected key {k}" for k in unexpected[:5]]
+            lines += [f"missing key {k}" for k in missing[:5]] + [
+                f"unexpected key {k}" for k in unexpected[:5]
+            ]
             raise RecipeError("weights do not match the recipe's model:\n  " + "\n  ".join(lines))
         self.load_state_dict(state, strict=strict)
 

@@ -338,7 +338,8 @@ class PluginRegistry:
         return sorted(m for m in self._specs if len(self._duplicates[m]) == 1)
 
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
+_LOADING = threading.local()
 _REGISTRY: PluginRegistry | None = None
 
 
@@ -347,8 +348,17 @@ def registry() -> PluginRegistry:
     global _REGISTRY
     with _LOCK:
         if _REGISTRY is None:
-            reg = PluginRegistry()
-            reg.load()  # raises in strict mode; then nothing is cached and the next call retries
+            if getattr(_LOADING, "active", False):
+                raise PluginLoadError(
+                    "get_modality()/list_plugins() was called while plugins are being discovered (from a "
+                    "plugin's import or hook); look modalities up later, e.g. inside build_encoder"
+                )
+            _LOADING.active = True
+            try:
+                reg = PluginRegistry()
+                reg.load()  # raises in strict mode; then nothing is cached and the next call retries
+            finally:
+                _LOADING.active = False
             _REGISTRY = reg
         return _REGISTRY
 

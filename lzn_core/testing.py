@@ -5,6 +5,8 @@ A plugin author's whole test can be::
     def test_conformance(lzn_check_modality):
         lzn_check_modality("vector")          # or a ModalitySpec
 
+The fixture ``lzn_plugins`` gives a test a fresh plugin registry.
+
 :func:`check_modality` builds both sides on CPU from ``spec.example_config``,
 decodes ``spec.example_items(n)`` and checks the contract of
 :mod:`lzn_core.modality`; the first violation raises :class:`ContractError`
@@ -14,7 +16,7 @@ import torch (pytest loads it in every session).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -262,3 +264,14 @@ else:
     def lzn_check_modality() -> Callable[..., ConformanceReport]:
         """The conformance kit :func:`lzn_core.testing.check_modality` as a fixture."""
         return check_modality
+
+    @pytest.fixture
+    def lzn_plugins() -> Iterator[Callable[..., None]]:
+        """A fresh plugin registry for one test: discovery runs again on first use and is forgotten
+        afterwards. Yields :func:`lzn_core.plugins.reset_plugins`; call it with a
+        ``PluginRegistry(entry_points, environ={...})`` to install a registry of your own."""
+        from .plugins import reset_plugins
+
+        reset_plugins()
+        yield reset_plugins
+        reset_plugins()

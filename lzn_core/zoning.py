@@ -97,7 +97,8 @@ def _log_weights(weights: torch.Tensor | None, anchors: torch.Tensor) -> torch.T
     if weights.device != anchors.device:
         raise ValueError(f"weights are on {weights.device}, the anchors on {anchors.device}")
     w = weights.to(anchors.dtype)
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not float(w.sum()) > 0:
+    wd = w.detach()
+    if not bool(torch.isfinite(wd).all()) or bool((wd < 0).any()) or not float(wd.sum()) > 0:
         raise ValueError("weights must be finite, non-negative and not all zero")
     w = w / w.sum()
     tiny = torch.finfo(w.dtype).tiny
@@ -140,7 +141,9 @@ def posterior(
     """
     _check_anchors(anchors)
     _check_rows("x", x, anchors)
-    _, _, probs = _posterior.mean(x, anchors, _log_weights(weights, anchors), _check_tau(tau), want_probs=True)
+    _, _, probs = _posterior.mean(
+        x, anchors, _log_weights(weights, anchors), _check_tau(tau), want_probs=True
+    )
     return probs
 
 
@@ -317,8 +320,10 @@ def _lagrange_integrals(nodes: list[float], lo: float, hi: float) -> list[float]
         poly = [1.0]  # coefficients, lowest degree first
         for j, uj in enumerate(nodes):
             if j != i:
-                poly = [(poly[d - 1] if d else 0.0) - uj * (poly[d] if d < len(poly) else 0.0)
-                        for d in range(len(poly) + 1)]
+                poly = [
+                    (poly[d - 1] if d else 0.0) - uj * (poly[d] if d < len(poly) else 0.0)
+                    for d in range(len(poly) + 1)
+                ]
                 poly = [c / (ui - uj) for c in poly]
         out.append(sum(c * (hi ** (d + 1) - lo ** (d + 1)) / (d + 1) for d, c in enumerate(poly)))
     return out

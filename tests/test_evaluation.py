@@ -177,6 +177,10 @@ def test_digit_features_errors() -> None:
     x, y = fe.real_digits()
     with pytest.raises(ValueError, match=r"labels must have shape \(20,\)"):
         fe.DigitFeatures.fit(x[:20], y[:10], epochs=1)
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        fe.DigitFeatures.fit(x[:4], torch.tensor([0, 1, 1, 0]), epochs=1)
+    with pytest.raises(ValueError, match=r"must cover 0..9"):
+        fe.DigitFeatures.fit(x[:4], torch.tensor([0, 1, 2, 9]), epochs=1)
     f = fe.DigitFeatures.fit(x[:20], y[:20], epochs=1)
     with pytest.raises(ValueError, match=r"fitted on images of shape \(1, 8, 8\)"):
         f(torch.zeros(2, 1, 16, 16))

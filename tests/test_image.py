@@ -9,15 +9,14 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
-from pydantic import ValidationError
-
-from lzn_image.config import ImageConfig
-from lzn_image.io import collate, decode_sample, save_grid
 from lzn_image.augment import augment
+from lzn_image.config import ImageConfig
 from lzn_image.decoder import ImageDecoder
 from lzn_image.encoder import ImageEncoder
+from lzn_image.io import collate, decode_sample, save_grid
 from lzn_image.sampling import dopri5, euler
+from PIL import Image
+from pydantic import ValidationError
 
 Q = 8
 
@@ -72,6 +71,7 @@ def test_conformance_kit_passes() -> None:
 
 def test_registered_through_entry_point_and_plugin_import_is_light() -> None:
     import lzn_image.plugin
+
     from lzn_core import get_modality
 
     assert get_modality("image") is lzn_image.plugin.SPEC
@@ -265,6 +265,10 @@ def test_invert_then_sample_reconstructs(tiny_decoder: ImageDecoder) -> None:
     assert noise.shape == x.shape and float((noise - x).abs().max()) > 0.1  # it really moved
     rec_rk = tiny_decoder.sample(z, noise=noise, method="rk45")
     assert float((rec_rk - x).abs().max()) < 1e-3
+    eps = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(6)) * 0.3
+    gen = tiny_decoder.sample(z, noise=eps, method="rk45")
+    assert float(gen.abs().max()) < 1.0  # not clamped, so invert(sample(ε)) must give ε back
+    assert float((tiny_decoder.invert(gen, z, method="rk45") - eps).abs().max()) < 1e-3
     err = {n: float((tiny_decoder.reconstruct(x, z, steps=n) - x).abs().max()) for n in (5, 20)}
     assert err[20] < 0.5 * err[5] and err[20] < 0.01, err
 

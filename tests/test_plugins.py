@@ -48,11 +48,7 @@ def good(*names: str, raise_after: bool = False) -> str:
     return f"NAMES = {list(names)!r}\nRAISE_AFTER = {raise_after}\n" + GOOD
 
 
-@pytest.fixture(autouse=True)
-def _fresh_registry():
-    reset_plugins()
-    yield
-    reset_plugins()
+pytestmark = pytest.mark.usefixtures("lzn_plugins")  # the kit's fixture: a fresh registry per test
 
 
 @pytest.fixture
@@ -84,7 +80,7 @@ def fake_registry(root: Path, **env: str) -> PluginRegistry:
 def test_builtins_come_through_the_entry_point_group():
     eps = {ep.name: ep for ep in discover_entry_points()}
     assert eps["label"].value == "lzn_label.plugin" and eps["label"].dist.name == "lzn"
-    wanted = ["label"] + (["image"] if (ROOT / "plugins/lzn_image/plugin.py").exists() else [])
+    wanted = [n for n in ("image", "label", "text") if (ROOT / f"plugins/lzn_{n}/plugin.py").exists()]
     reg = PluginRegistry(environ={"LZN_PLUGINS": ",".join(wanted), "LZN_STRICT_PLUGINS": "1"})
     infos = {i.name: i for i in reg.list_plugins()}
     for name in wanted:
@@ -92,7 +88,9 @@ def test_builtins_come_through_the_entry_point_group():
         assert infos[name].modalities == (name,)
         assert infos[name].distribution == "lzn" and infos[name].version == lzn_core.__version__
         assert reg.get_modality(name).name == name
-    assert infos["text"].status == "disabled" and "LZN_PLUGINS" in infos["text"].error
+    only_label = PluginRegistry(environ={"LZN_PLUGINS": "label", "LZN_STRICT_PLUGINS": "1"}).list_plugins()
+    assert {i.name: i.status for i in only_label} == {"image": "disabled", "label": "ok", "text": "disabled"}
+    assert {i.error for i in only_label if i.name != "label"} == {"not listed in LZN_PLUGINS"}
 
 
 def test_import_lzn_core_is_lazy():
@@ -113,6 +111,9 @@ def test_module_level_registry_is_loaded_once(monkeypatch):
     assert registry() is first and {i.name for i in lzn_core.list_plugins() if i.status == "ok"} == {"label"}
     reset_plugins()
     assert registry() is not first
+    mine = PluginRegistry([], environ={})
+    reset_plugins(mine)
+    assert registry() is mine and lzn_core.list_plugins() == []
 
 
 # -- failure isolation -------------------------------------------------------------
@@ -249,6 +250,18 @@ def test_entry_point_name_used_by_two_distributions(make_dist):
     with pytest.warns(PluginWarning, match="entry point name 'same' of lzn-.* is already used by lzn-"):
         infos = fake_registry(root).list_plugins()
     assert sorted(i.status for i in infos) == ["failed", "ok"]
+
+
+def test_lookup_during_discovery_fails_the_plugin_not_the_process(make_dist, monkeypatch):
+    src = "import lzn_core\nlzn_core.get_modality('label')\n"
+    make_dist("lzn-eager", "1.0", {"eager": src})
+    monkeypatch.setenv("LZN_PLUGINS", "label,eager")
+    monkeypatch.setenv("LZN_STRICT_PLUGINS", "0")
+    with pytest.warns(PluginWarning, match="'eager'"):
+        infos = {i.name: i for i in lzn_core.list_plugins()}
+    assert infos["eager"].status == "failed"
+    assert "called while plugins are being discovered" in infos["eager"].error
+    assert lzn_core.get_modality("label").name == "label"
 
 
 def test_unknown_modality_lists_available_with_suggestion(monkeypatch):

@@ -26,6 +26,21 @@ from lzn_core.recipe import (
 SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
 
 
+def _needs_resnet_encoder(path: Path) -> pytest.MarkDecorator | tuple[()]:
+    """imagenet_repr needs the image plugin's ``encoder: resnet50`` option (issue 4); strict xfail until then."""
+    if path.stem != "imagenet_repr":
+        return ()
+    from lzn_image.config import ImageConfig
+
+    missing = "encoder" not in ImageConfig.model_fields
+    return pytest.mark.xfail(
+        missing, reason="image plugin lacks `encoder: resnet50`", strict=True, raises=RecipeError
+    )
+
+
+_SHIPPED_PARAMS = [pytest.param(p, id=p.stem, marks=_needs_resnet_encoder(p)) for p in SHIPPED]
+
+
 # ------------------------------------------------------------------ fake plugins (error paths)
 
 
@@ -109,13 +124,14 @@ def _problems(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> 
 # ------------------------------------------------------------------ shipped recipes (real plugins)
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+@pytest.mark.parametrize("path", _SHIPPED_PARAMS)
 def test_shipped_recipe_validates(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.name == path.stem
     assert recipe.output_dir == f"runs/{path.stem}"
     assert isinstance(recipe.deepspeed, dict) and "zero_optimization" in recipe.deepspeed
-    head = path.read_text().splitlines()[:15]
+    lines = path.read_text().splitlines()
+    head = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]  # the header comment
     assert any("Launch:" in line and f"--recipe {path.name}" in line for line in head), (
         "header needs a launch line"
     )

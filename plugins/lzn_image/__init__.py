@@ -21,8 +21,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _LAZY = {"ImageEncoder": ".encoder", "ImageDecoder": ".decoder", "augment": ".augment"}
 
-__all__ = ["PRESETS", "ImageConfig", "ImageDecoder", "ImageEncoder", "augment", "collate", "decode_sample",
-           "save_grid", "to_config_channels"]
+__all__ = [
+    "PRESETS",
+    "ImageConfig",
+    "ImageDecoder",
+    "ImageEncoder",
+    "augment",
+    "collate",
+    "decode_sample",
+    "save_grid",
+    "to_config_channels",
+]
 
 
 def __getattr__(name: str) -> Any:

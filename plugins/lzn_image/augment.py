@@ -21,7 +21,9 @@ def _rand(n: int, lo: float, hi: float, g: torch.Generator | None, dev: torch.de
     return torch.rand(n, generator=g, device=dev) * (hi - lo) + lo
 
 
-def _crop_flip(x: torch.Tensor, scale: tuple[float, float], flip: bool, g: torch.Generator | None) -> torch.Tensor:
+def _crop_flip(
+    x: torch.Tensor, scale: tuple[float, float], flip: bool, g: torch.Generator | None
+) -> torch.Tensor:
     """Per-sample random resized crop (+ horizontal flip) with an affine grid. x: (B, C, H, W)."""
     b, dev = x.shape[0], x.device
     area = _rand(b, *scale, g, dev)
@@ -46,8 +48,9 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1, keepdim=True)
 
 
-def _jitter(x: torch.Tensor, s: tuple[float, float, float, float], p: float, g: torch.Generator | None
-            ) -> torch.Tensor:
+def _jitter(
+    x: torch.Tensor, s: tuple[float, float, float, float], p: float, g: torch.Generator | None
+) -> torch.Tensor:
     """Colour jitter on images in [0, 1]: brightness, contrast, saturation, hue (fixed order)."""
     b, dev = x.shape[0], x.device
     on = (torch.rand(b, generator=g, device=dev) < p).view(b, 1, 1, 1)
@@ -90,8 +93,9 @@ def _blur(x: torch.Tensor, p: float, g: torch.Generator | None) -> torch.Tensor:
     return torch.where(on, y.view(b, c, h, w), x)
 
 
-def augment(images: torch.Tensor, config: ImageConfig, *, generator: torch.Generator | None = None
-            ) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, config: ImageConfig, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One random view of every image: (B, C, H, W) in [-1, 1] -> (B, C, H, W) in [-1, 1].
 
     The kind comes from ``config.augment_kind`` ("simclr", "small" or "none"; see the module doc).

@@ -25,20 +25,48 @@ PresetName = Literal["tiny", "digits", "small32", "cifar"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        resolution=8, channels=1, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
-        dropout=0.0, latent_channels=4, latent_hidden=32,
+        resolution=8,
+        channels=1,
+        nf=16,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        dropout=0.0,
+        latent_channels=4,
+        latent_hidden=32,
     ),
     "digits": dict(
-        resolution=8, channels=1, nf=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(),
-        dropout=0.0, latent_channels=8, latent_hidden=128,
+        resolution=8,
+        channels=1,
+        nf=32,
+        ch_mult=(1, 2),
+        num_res_blocks=2,
+        attn_resolutions=(),
+        dropout=0.0,
+        latent_channels=8,
+        latent_hidden=128,
     ),
     "small32": dict(
-        resolution=32, channels=3, nf=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
-        dropout=0.1, latent_channels=8, latent_hidden=128,
+        resolution=32,
+        channels=3,
+        nf=32,
+        ch_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attn_resolutions=(8,),
+        dropout=0.1,
+        latent_channels=8,
+        latent_hidden=128,
     ),
     "cifar": dict(
-        resolution=32, channels=3, nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
-        dropout=0.15, latent_channels=20, latent_hidden=200,
+        resolution=32,
+        channels=3,
+        nf=128,
+        ch_mult=(1, 2, 2, 2),
+        num_res_blocks=4,
+        attn_resolutions=(16,),
+        dropout=0.15,
+        latent_channels=20,
+        latent_hidden=200,
     ),
 }
 
@@ -123,8 +151,10 @@ class ImageConfig(BaseModel):
             raise ValueError(f"attn_resolutions {bad} are not among the U-Net resolutions {sides}")
         bad = [r for r in self.latent_resolutions or () if r not in sides]
         if bad or self.latent_resolutions == ():
-            raise ValueError(f"latent_resolutions {list(self.latent_resolutions or ())} must be a non-empty "
-                             f"subset of the U-Net resolutions {sides}")
+            raise ValueError(
+                f"latent_resolutions {list(self.latent_resolutions or ())} must be a non-empty "
+                f"subset of the U-Net resolutions {sides}"
+            )
         if self.nf % 4:
             raise ValueError(f"nf must be a multiple of 4 (GroupNorm groups), got {self.nf}")
         return self

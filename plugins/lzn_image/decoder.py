@@ -40,8 +40,9 @@ class ImageDecoder(nn.Module):
         else:
             emb_dim = nf
         self.emb_dim = emb_dim
-        self.temb = nn.Sequential(nn.Linear(emb_dim + latent_dim + config.cond_dim, 4 * nf), nn.SiLU(),
-                                  nn.Linear(4 * nf, 4 * nf))
+        self.temb = nn.Sequential(
+            nn.Linear(emb_dim + latent_dim + config.cond_dim, 4 * nf), nn.SiLU(), nn.Linear(4 * nf, 4 * nf)
+        )
         self.down = DownPath(config, temb_dim=4 * nf)
         self.up = UpPath(config, self.down, temb_dim=4 * nf)
         self.last_stats = SolveStats()
@@ -59,7 +60,9 @@ class ImageDecoder(nn.Module):
         d = self.config.cond_dim
         if d == 0:
             if cond is not None:
-                raise ValueError("this image decoder has cond_dim = 0 but a condition was given; set cond_dim")
+                raise ValueError(
+                    "this image decoder has cond_dim = 0 but a condition was given; set cond_dim"
+                )
             return None
         if cond is None:
             raise ValueError(f"this image decoder needs cond (B, {d}) (cond_dim = {d})")
@@ -67,8 +70,9 @@ class ImageDecoder(nn.Module):
             raise ValueError(f"cond must be (B, cond_dim) = ({b}, {d}), got {tuple(cond.shape)}")
         return cond.to(z.dtype)
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+    def velocity(
+        self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The predicted x − ε. x: (B, C, H, W), t: (B,) in [0, 1], z: (B, q), cond: (B, cond_dim) -> (B, C, H, W)."""
         cond = self._check_inputs(z, x.shape[0], cond)
         if not self.config.use_latent:  # the RF baseline: same network, no latent information
@@ -118,8 +122,18 @@ class ImageDecoder(nn.Module):
         return F.mse_loss(pred, x - noise)
 
     # --------------------------------------------------------------- inference
-    def _solve(self, x: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None, t0: float, t1: float,
-               steps: int | None, method: str | None, rtol: float | None, atol: float | None) -> torch.Tensor:
+    def _solve(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        cond: torch.Tensor | None,
+        t0: float,
+        t1: float,
+        steps: int | None,
+        method: str | None,
+        rtol: float | None,
+        atol: float | None,
+    ) -> torch.Tensor:
         cfg = self.config
         method = method or cfg.sample_method
 
@@ -149,6 +163,8 @@ class ImageDecoder(nn.Module):
     ) -> torch.Tensor:
         """Generate images (B, C, H, W) in [-1, 1] from latents z: (B, q), integrating t: rf_t_min -> 1.
 
+        Runs without autograd, in the module's current mode (call ``.eval()`` to switch dropout off).
+
         Args:
             z: latents (B, q).
             cond: optional (B, cond_dim).
@@ -167,14 +183,28 @@ class ImageDecoder(nn.Module):
         x = self._solve(noise.to(z.dtype), z, cond, cfg.rf_t_min, 1.0, steps, method, rtol, atol)
         return x.clamp(-1.0, 1.0)
 
-    def invert(self, images: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None, *,
-               steps: int | None = None, method: str | None = None) -> torch.Tensor:
+    def invert(
+        self,
+        images: torch.Tensor,
+        z: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        *,
+        steps: int | None = None,
+        method: str | None = None,
+    ) -> torch.Tensor:
         """Run the ODE backwards (t: 1 -> rf_t_min): images (B, C, H, W) -> noise (B, C, H, W)."""
         x = to_config_channels(images, self.config.channels, self.config.resolution).to(z.dtype)
         return self._solve(x, z, cond, 1.0, self.config.rf_t_min, steps, method, None, None)
 
-    def reconstruct(self, images: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None, *,
-                    steps: int | None = None, method: str | None = None) -> torch.Tensor:
+    def reconstruct(
+        self,
+        images: torch.Tensor,
+        z: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        *,
+        steps: int | None = None,
+        method: str | None = None,
+    ) -> torch.Tensor:
         """invert then sample with the same z: (B, C, H, W) -> (B, C, H, W) in [-1, 1] (the recon metric)."""
         noise = self.invert(images, z, cond, steps=steps, method=method)
         return self.sample(z, cond, steps=steps, method=method, noise=noise)

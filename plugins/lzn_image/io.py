@@ -58,7 +58,9 @@ def collate(items: Sequence[torch.Tensor]) -> torch.Tensor:
         raise ValueError("cannot collate an empty list of images")
     sizes = {tuple(x.shape[-2:]) for x in items}
     if len(sizes) > 1:
-        raise ValueError(f"images in one batch must share H×W, got sizes {sorted(sizes)}; resize them in the shards")
+        raise ValueError(
+            f"images in one batch must share H×W, got sizes {sorted(sizes)}; resize them in the shards"
+        )
     c = max(x.shape[0] for x in items)
     return torch.stack([x.expand(c, -1, -1) if x.shape[0] != c else x for x in items])
 
@@ -87,7 +89,12 @@ def to_config_channels(x: torch.Tensor, channels: int, resolution: int) -> torch
 
 
 def save_grid(
-    images: torch.Tensor, path: str | Path, *, nrow: int | None = None, upscale: int | None = None, padding: int = 2
+    images: torch.Tensor,
+    path: str | Path,
+    *,
+    nrow: int | None = None,
+    upscale: int | None = None,
+    padding: int = 2,
 ) -> Path:
     """Write a PNG grid of images (B, C, H, W) in [-1, 1] (values outside are clipped).
 
@@ -107,13 +114,17 @@ def save_grid(
     from PIL import Image
 
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] == 0:
-        raise ValueError(f"save_grid expects a non-empty (B, 1|3, H, W) batch, got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"save_grid expects a non-empty (B, 1|3, H, W) batch, got shape {tuple(images.shape)}"
+        )
     b, c, h, w = images.shape
     nrow = nrow or math.ceil(math.sqrt(b))
     ncol = math.ceil(b / nrow)
     upscale = upscale or max(1, math.ceil(64 / max(h, w)))
     x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    grid = torch.full((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), 255, dtype=torch.uint8)
+    grid = torch.full(
+        (c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), 255, dtype=torch.uint8
+    )
     for i in range(b):
         r, q = divmod(i, nrow)
         top, left = padding + r * (h + padding), padding + q * (w + padding)

@@ -56,8 +56,9 @@ def _error_norm(err: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, rtol: flo
     return float(torch.sqrt(torch.mean((err / scale) ** 2)))
 
 
-def _initial_step(f: Field, x: torch.Tensor, t0: float, k0: torch.Tensor, direction: float, rtol: float,
-                  atol: float) -> float:
+def _initial_step(
+    f: Field, x: torch.Tensor, t0: float, k0: torch.Tensor, direction: float, rtol: float, atol: float
+) -> float:
     """Hairer–Wanner's starting step estimate (one extra evaluation)."""
     scale = atol + rtol * x.abs()
     d0 = float(torch.sqrt(torch.mean((x / scale) ** 2)))
@@ -93,7 +94,9 @@ def dopri5(
     done = 0.0  # |t - t0|
     while done < span * (1 - 1e-12):
         if stats.accepted + stats.rejected >= max_steps:
-            raise RuntimeError(f"RK45 needed more than {max_steps} steps (rtol={rtol}, atol={atol}); loosen the tolerances")
+            raise RuntimeError(
+                f"RK45 needed more than {max_steps} steps (rtol={rtol}, atol={atol}); loosen the tolerances"
+            )
         h = min(h, span - done)
         t = t0 + direction * done
         ks = [k0]
@@ -107,9 +110,9 @@ def dopri5(
         if norm <= 1.0:
             x, k0, done = x_new, ks[6], done + h
             stats.accepted += 1
-            factor = 10.0 if norm == 0 else min(10.0, 0.9 * norm ** -0.2)
+            factor = 10.0 if norm == 0 else min(10.0, 0.9 * norm**-0.2)
         else:
             stats.rejected += 1
-            factor = max(0.2, 0.9 * norm ** -0.2)
+            factor = max(0.2, 0.9 * norm**-0.2)
         h = h * factor
     return x, stats

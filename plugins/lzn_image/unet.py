@@ -136,7 +136,11 @@ class DownPath(nn.Module):
         ch = cfg.nf
         for level, (mult, side) in enumerate(zip(cfg.ch_mult, cfg.sides, strict=True)):
             for _ in range(cfg.num_res_blocks):
-                attn = AttnBlock(cfg.nf * mult, skip_rescale=cfg.skip_rescale) if side in cfg.attn_resolutions else None
+                attn = (
+                    AttnBlock(cfg.nf * mult, skip_rescale=cfg.skip_rescale)
+                    if side in cfg.attn_resolutions
+                    else None
+                )
                 self.layers.append(nn.ModuleList([ResBlock(ch, cfg.nf * mult, **block), attn]))
                 ch = cfg.nf * mult
                 self.skip_channels.append(ch)
@@ -150,7 +154,9 @@ class DownPath(nn.Module):
         )
         self.out_channels = ch
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """x: (B, C, H, W), temb: (B, 4nf) or None -> (skips, middle (B, ch, s_min, s_min))."""
         hs = [self.conv_in(x)]
         for res, attn in self.layers:
@@ -200,7 +206,9 @@ class UpPath(nn.Module):
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of t: (B,) -> (B, dim) (sin half, cos half)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1)
+    )
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     if dim % 2:
