@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import bisect
 import glob
-import json
 import logging
 import os
 import re

@@ -263,3 +263,21 @@ def test_with_the_built_in_plugins(pattern: str) -> None:
     assert torch.allclose(batch["image"][:, 0, 0, 0], expected)
     assert batch["text"] == [f"caption {i}" for i in range(6)]
     assert batch["__key__"][:2] == ["train-000000.tar/s0000", "train-000000.tar/s0001"]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_index_matches_tarfile(tmp_path: Path, fmt: int) -> None:
+    from lzn_core._tarindex import scan_tar
+
+    path = tmp_path / "x.tar"
+    names = ["a.cls", "d" * 90 + "/" + "k" * 60 + ".png", "b.txt", "big.bin"]
+    with tarfile.open(path, "w", format=fmt) as tar:
+        tar.addfile(tarfile.TarInfo("somedir"), None)
+        for i, name in enumerate(names):
+            data = bytes([i]) * (700 if name == "big.bin" else i + 1)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as tar:
+        expected = [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+    assert list(scan_tar(str(path))) == expected and [e[0] for e in expected] == names
