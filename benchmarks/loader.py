@@ -22,7 +22,7 @@ import numpy as np
 
 from lzn_core.data import loader
 from lzn_core.plugins import get_modality
-from lzn_core.shards import _png, _sample, write_digits, write_split
+from lzn_core.shards import make_sample, png_bytes, write_digits, write_split
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
 
@@ -30,7 +30,9 @@ RESULTS = Path(__file__).parent / "results" / "loader.json"
 def _rgb_shards(out: Path, n: int) -> str:
     rng = np.random.default_rng(0)
     gen = (
-        _sample(f"rgb{i:06d}", _png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)), "noise", i % 10)
+        make_sample(
+            f"rgb{i:06d}", png_bytes(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)), "noise", i % 10
+        )
         for i in range(n)
     )
     write_split(out, "train", gen, total=n, shard_size=1000, progress=False)
@@ -38,9 +40,13 @@ def _rgb_shards(out: Path, n: int) -> str:
 
 
 def _cifar_size_shards(out: Path, n: int = 50_000) -> str:
-    png = _png(np.zeros((32, 32, 3), np.uint8))
+    png = png_bytes(np.zeros((32, 32, 3), np.uint8))
     write_split(
-        out, "train", (_sample(f"c{i:06d}", png, "x", 0) for i in range(n)), shard_size=5000, progress=False
+        out,
+        "train",
+        (make_sample(f"c{i:06d}", png, "x", 0) for i in range(n)),
+        shard_size=5000,
+        progress=False,
     )
     return str(out / "train-*.tar")
 
@@ -77,6 +83,7 @@ def main() -> None:
     results: dict[str, object] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
     }
     with tempfile.TemporaryDirectory() as tmp:
         write_digits(Path(tmp) / "digits", progress=False)

@@ -32,37 +32,27 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _TOKEN = re.compile(r"[a-z]+|\d")
+_SIZE = re.compile(r"\d+x\d+")
 
 
 def named_digit(caption: str) -> int:
     """The digit a caption names (word or numeral); -1 when it names none or several."""
-    found = {WORDS.index(t) if t in WORDS else int(t) for t in _TOKEN.findall(caption.lower())
-             if t in WORDS or t.isdigit()}
+    text = _SIZE.sub(" ", caption.lower())  # "an 8x8 picture of ..." names no eight
+    found = {
+        WORDS.index(t) if t in WORDS else int(t) for t in _TOKEN.findall(text) if t in WORDS or t.isdigit()
+    }
     return found.pop() if len(found) == 1 else -1
 
 
-def prepare_and_train(recipe_name: str, overrides: list[str]) -> Path:
-    """Run the modalities' ``prepare`` (text tokenizer from the shards), then ``recipes/train.py``."""
-    import yaml
-
+def train_recipe(recipe_name: str, overrides: list[str]) -> Path:
+    """Run ``recipes/train.py`` (the text plugin's ``prepare`` trains the tokenizer from the shards)."""
     from lzn_core.recipe import load_recipe
 
-    recipe = load_recipe(recipe_name, overrides)
-    for entry in recipe.modalities.values():
-        from lzn_core.plugins import get_modality
-
-        spec = get_modality(entry.plugin)
-        if spec.prepare is not None:
-            entry.config = spec.prepare(entry.config, recipe.data.train)
-    run_dir = Path(recipe.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    prepared = run_dir / "prepared_recipe.yaml"
-    prepared.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     sys.path.insert(0, str(ROOT / "recipes"))
     import train  # recipes/train.py
 
-    train.main(["--recipe", str(prepared)])
-    return run_dir / "final"
+    train.main(["--recipe", recipe_name, *overrides])
+    return Path(load_recipe(recipe_name, overrides).output_dir) / "final"
 
 
 def test_split(model: Any, pattern: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -71,11 +61,20 @@ def test_split(model: Any, pattern: str) -> tuple[torch.Tensor, torch.Tensor, li
     from lzn_core.evalmodel import find_modality
 
     img, lab, txt = (find_modality(model, p) for p in ("image", "label", "text"))
-    ld = loader(pattern, {img: model.specs[img], lab: model.specs[lab], txt: model.specs[txt]}, batch_size=512,
-                shuffle=False, drop_last=False, infinite=False)
+    ld = loader(
+        pattern,
+        {img: model.specs[img], lab: model.specs[lab], txt: model.specs[txt]},
+        batch_size=512,
+        shuffle=False,
+        drop_last=False,
+        infinite=False,
+    )
     batches = list(ld)
-    return (torch.cat([b[img] for b in batches]), torch.cat([b[lab] for b in batches]),
-            [c for b in batches for c in b[txt]])
+    return (
+        torch.cat([b[img] for b in batches]),
+        torch.cat([b[lab] for b in batches]),
+        [c for b in batches for c in b[txt]],
+    )
 
 
 def image_latents(model: Any, name: str, batch: Any, alpha: float, seed: int) -> torch.Tensor:
@@ -100,7 +99,9 @@ def measure(model: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     img, lab, txt = (find_modality(model, p) for p in ("image", "label", "text"))
     x, y, captions = test_split(model, args.test)
-    assert all(named_digit(c) == int(k) for c, k in zip(captions, y)), "test captions must name their digit"
+    assert all(named_digit(c) == int(k) for c, k in zip(captions, y, strict=True)), (
+        "test captions must name their digit"
+    )
     dec = model.decoders[txt]
     out: dict[str, Any] = {"n_test": len(captions)}
 
@@ -115,8 +116,10 @@ def measure(model: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     gen = dec.sample(z_img, max_len=model.configs[txt].context_length)
     out["caption_generation"] = _acc([named_digit(c) for c in gen], y)
-    out["examples"] = [{"label": int(k), "generated": g, "retrieved": r} for k, g, r in
-                       list(zip(y.tolist(), gen, ret))[:10]]
+    out["examples"] = [
+        {"label": int(k), "generated": g, "retrieved": r}
+        for k, g, r in list(zip(y.tolist(), gen, ret, strict=True))[:10]
+    ]
 
     z_txt = image_latents(model, txt, captions, args.gen_alpha, args.seed + 1)
     cond_name = model.generate_condition(img)
@@ -146,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", action="store_true", help="train the recipe first (recipes/train.py)")
     p.add_argument("--recipe", default="digits_text.yaml")
     p.add_argument("--test", default="data/digits/test-*.tar")
-    p.add_argument("--train-shards", default="data/digits/train-*.tar", help="shards the SVC judge is fitted on")
-    p.add_argument("--alpha", type=float, default=0.0, help="noise scale of the image latents (0: zone centre)")
+    p.add_argument(
+        "--train-shards", default="data/digits/train-*.tar", help="shards the SVC judge is fitted on"
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.0, help="noise scale of the image latents (0: zone centre)"
+    )
     p.add_argument("--gen-alpha", type=float, default=1.0, help="noise scale of the caption latents")
     p.add_argument("--steps", type=int, default=100, help="reverse-flow steps of retrieval")
     p.add_argument("--seed", type=int, default=0)
@@ -157,14 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     import lzn_core
 
     t0 = time.time()
-    model_dir = prepare_and_train(args.recipe, args.overrides) if args.train else Path(
-        args.model or "runs/digits_text/final")
+    model_dir = (
+        train_recipe(args.recipe, args.overrides)
+        if args.train
+        else Path(args.model or "runs/digits_text/final")
+    )
     t_train = time.time() - t0
     model = lzn_core.load(model_dir)
     t1 = time.time()
-    results = {"model": str(model_dir), **measure(model, args), "train_seconds": round(t_train, 1) if args.train
-               else None, "eval_seconds": round(time.time() - t1, 1), "alpha": args.alpha,
-               "gen_alpha": args.gen_alpha, "torch_threads": torch.get_num_threads()}
+    results = {
+        "model": str(model_dir),
+        **measure(model, args),
+        "train_seconds": round(t_train, 1) if args.train else None,
+        "eval_seconds": round(time.time() - t1, 1),
+        "alpha": args.alpha,
+        "gen_alpha": args.gen_alpha,
+        "torch_threads": torch.get_num_threads(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "examples"}, indent=2))

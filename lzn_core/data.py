@@ -21,10 +21,8 @@ naming shard and key is issued for the first one and every ``report_every``-th.
 from __future__ import annotations
 
 import bisect
-import glob
 import logging
 import os
-import re
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -34,9 +32,11 @@ from typing import Any
 import torch.utils.data
 from pydantic import BaseModel, ConfigDict
 
-from ._tarindex import CorruptSampleWarning, Shard, check_sizes, index_shard
+from ._tarindex import CorruptSampleWarning, Shard, check_sizes, dir_listing, expand_pattern, index_shard
 from .errors import DataError
 from .modality import ModalitySpec
+
+__all__ = ["CorruptSampleWarning", "LoaderState", "ShardLoader", "expand_pattern", "loader"]
 
 _log = logging.getLogger(__name__)
 _STATE_VERSION = 1
@@ -62,60 +62,6 @@ class LoaderState(BaseModel):
     global_batch_size: int
     num_samples: int
     samples_seen: int = 0
-
-
-# ----------------------------------------------------------------------------- shard discovery
-
-
-def _expand_braces(pattern: str) -> list[str]:
-    """Expand ``{000..049}`` ranges (zero-padded to the first bound's width) and ``{a,b}`` lists."""
-    m = re.search(r"\{([^{}]*)\}", pattern)
-    if m is None:
-        return [pattern]
-    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = int(rng.group(1)), int(rng.group(2))
-        width = len(rng.group(1))
-        if hi < lo:
-            raise DataError(f"shard pattern {pattern!r}: empty range {{{body}}}")
-        parts = [f"{i:0{width}d}" for i in range(lo, hi + 1)]
-    else:
-        parts = body.split(",")
-    return [e for p in parts for e in _expand_braces(head + p + tail)]
-
-
-def _listing(directory: Path) -> str:
-    if not directory.is_dir():
-        return f"directory {str(directory)!r} does not exist"
-    names = sorted(os.listdir(directory))
-    shown = ", ".join(names[:20]) + (f", ... ({len(names)} entries)" if len(names) > 20 else "")
-    return f"{str(directory)!r} contains: {shown or '(nothing)'}"
-
-
-def expand_pattern(pattern: str) -> list[str]:
-    """Shard paths for a glob (``data/digits/train-*.tar``) and/or brace pattern, sorted.
-
-    Raises:
-        DataError: nothing matches, or a brace-listed shard is missing; the message names
-            the pattern and lists the directory.
-    """
-    found, missing = [], []
-    for p in _expand_braces(str(pattern)):
-        if glob.has_magic(p):
-            found.extend(glob.glob(p))
-        elif os.path.isfile(p):
-            found.append(p)
-        else:
-            missing.append(p)
-    directory = Path(os.path.dirname(str(pattern)) or ".")
-    if missing and found:
-        raise DataError(
-            f"{len(missing)} shard(s) of {pattern!r} are missing ({', '.join(missing[:3])}); {_listing(directory)}"
-        )
-    if not found:
-        raise DataError(f"no shards match {pattern!r}; {_listing(directory)}")
-    return sorted(set(found))
 
 
 # ----------------------------------------------------------------------------- batch plan
@@ -291,7 +237,10 @@ class ShardLoader:
         check_sizes(self._index)
         self.num_samples = sum(len(s.keys) for s in self._index)
         if self.num_samples == 0:
-            raise DataError(f"shard set {self.pattern!r} is empty (0 samples in {len(self.shards)} shard(s))")
+            raise DataError(
+                f"shard set {self.pattern!r} is empty (0 samples in {len(self.shards)} shard(s)); "
+                + dir_listing(Path(os.path.dirname(self.pattern) or "."))
+            )
         self._plan = _Plan(num_samples=self.num_samples, **plan_kw)
         if self._plan.steps_per_epoch == 0:
             raise DataError(

@@ -41,6 +41,10 @@ class DataError(LZNError):
     """Missing shards, an empty shard set, or data that cannot be read."""
 
 
+class ComposeError(LZNError):
+    """A task graph that the model cannot run (unknown modality, impossible edge, bad option)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean X?"`` for the closest choice, or ``""`` when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

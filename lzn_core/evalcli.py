@@ -92,6 +92,8 @@ def cli_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="ODE steps of the image decoder")
     parser.add_argument("--inception", help="local inception_v3 weights: FID/KID on Inception features")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many evaluation samples")
+    parser.add_argument("--vote-draws", type=int, default=16, help="ε draws of the zone-vote confidence")
+    parser.add_argument("--vote-alpha", type=float, default=1.0, help="α of the zone-vote confidence")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -121,6 +123,8 @@ def cli_eval(args: argparse.Namespace) -> int:
         inception=args.inception,
         out=Path(args.out) if args.out else None,
         seed=args.seed,
+        vote_alpha=args.vote_alpha,
+        vote_draws=args.vote_draws,
     )
     res.update(model=str(model_dir), data=eval_pattern, seconds=round(time.time() - t0, 1))
     if args.out:
@@ -145,8 +149,14 @@ def evaluate(
     inception: str | None = None,
     out: Path | None = None,
     seed: int = 0,
+    vote_alpha: float = 1.0,
+    vote_draws: int = 16,
+    classify: bool = True,
 ) -> dict[str, Any]:
     """Every metric that applies to ``model``, on test/train tensors ``{modality name: batch}``.
+
+    ``classify=False`` skips the label-flow metrics (e.g. for the RF baseline, whose label
+    anchors are never trained).
 
     Returns:
         a JSON-able dict; keys present depend on the model's modalities.
@@ -158,8 +168,12 @@ def evaluate(
     if img is None:
         raise LZNError(f"lzn eval needs an image modality; this model has {', '.join(model.names)}")
     res: dict[str, Any] = {"n_test": int(test[img].shape[0])}
-    if lab is not None:
-        res.update(_classification(model, test[img], test[lab], alphas, batch_sizes, out, seed))
+    if lab is not None and classify:
+        res.update(
+            _classification(
+                model, test[img], test[lab], alphas, batch_sizes, out, seed, vote_alpha, vote_draws
+            )
+        )
     if getattr(model.decoders[img], "kind", None) == "generative":
         res.update(_generation(model, test, train, img, lab, samples, per_class, steps, inception, out, seed))
         if recon:
@@ -178,6 +192,8 @@ def _classification(
     batch_sizes: tuple[int, ...],
     out: Path | None,
     seed: int,
+    vote_alpha: float = 1.0,
+    vote_draws: int = 16,
 ) -> dict[str, Any]:
     from . import evalmodel as em
     from .evaluation import accuracy, auroc, expected_calibration_error, reliability_diagram
@@ -186,16 +202,29 @@ def _classification(
     pred, conf = em.label_flow_predict(
         model, x, alpha=ecfg.alpha, batch_size=ecfg.batch_size, steps=ecfg.steps, seed=seed
     )
-    ece = expected_calibration_error(conf, pred == y)
+    vpred, vconf = em.zone_vote(
+        model, x, alpha=vote_alpha, draws=vote_draws, batch_size=ecfg.batch_size, steps=ecfg.steps, seed=seed
+    )
+    ece_final = expected_calibration_error(conf, pred == y)
+    ece = expected_calibration_error(vconf, vpred == y)
     if out is not None:
         reliability_diagram(
-            ece, out / "reliability.png", title=f"label-flow confidence, ECE {ece['ece']:.3f}"
+            ece,
+            out / "reliability.png",
+            title=f"zone-vote confidence ({vote_draws} draws, α={vote_alpha}), ECE {ece['ece']:.3f}",
         )
     ood: dict[str, float] = {}
     for kind in ("noise", "inverted"):
         for mode in ("mixed", "separate"):
             c_in, c_out = em.ood_confidences(
-                model, x, kind, mode=mode, alpha=ecfg.alpha, batch_size=ecfg.batch_size, seed=seed
+                model,
+                x,
+                kind,
+                mode=mode,
+                alpha=vote_alpha,
+                draws=vote_draws,
+                batch_size=ecfg.batch_size,
+                seed=seed,
             )
             ood[f"{kind}_{mode}"] = auroc(c_in, c_out)
     sweep = em.alpha_batch_sweep(
@@ -208,7 +237,11 @@ def _classification(
             "batch_size": min(ecfg.batch_size, len(y)),
             "steps": ecfg.steps,
         },
-        "mean_confidence": float(conf.mean()),
+        "mean_confidence_final": float(conf.mean()),
+        "ece_final": ece_final["ece"],
+        "vote_accuracy": accuracy(vpred, y),
+        "vote_setting": {"alpha": vote_alpha, "draws": vote_draws},
+        "mean_confidence": float(vconf.mean()),
         "ece": ece["ece"],
         "ood_auroc": ood,
         "sweep": sweep,
@@ -250,6 +283,7 @@ def _generation(
             )
     if samples:
         fake = em.unconditional_samples(model, samples, steps=steps, seed=seed)
+        extractor: Any
         if inception:
             extractor, name = InceptionFeatures(inception), "inception"
         elif lab is not None:
@@ -309,10 +343,13 @@ def format_table(res: dict[str, Any]) -> str:
     if "accuracy" in res:
         s = res["accuracy_setting"]
         row(f"accuracy (α={s['alpha']}, batch {s['batch_size']})", res["accuracy"])
-        row("mean confidence", res["mean_confidence"])
-        row("ECE", res["ece"])
+        row("ECE, last-step probability", res["ece_final"])
+        v = res["vote_setting"]
+        row(f"accuracy, zone vote (α={v['alpha']}, {v['draws']} draws)", res["vote_accuracy"])
+        row("mean zone-vote confidence", res["mean_confidence"])
+        row("ECE, zone-vote confidence", res["ece"])
         for k, v in res["ood_auroc"].items():
-            row(f"OOD AUROC {k}", v)
+            row(f"OOD AUROC {k} (zone vote)", v)
     for key in (
         "class_consistency",
         "judge_test_accuracy",

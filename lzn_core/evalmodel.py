@@ -15,7 +15,7 @@ Every function is deterministic for a ``seed`` and runs under ``torch.no_grad``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "label_flow_predict",
+    "zone_vote",
     "alpha_batch_sweep",
     "reconstruction_error",
     "class_samples",
@@ -37,8 +38,20 @@ __all__ = [
 ]
 
 
+@overload
+def find_modality(model: LZNModel, plugin: str) -> str: ...
+
+
+@overload
+def find_modality(model: LZNModel, plugin: str, *, required: bool) -> str | None: ...
+
+
 def find_modality(model: LZNModel, plugin: str, *, required: bool = True) -> str | None:
-    """Name of the first modality of ``model`` built by ``plugin`` ("image", "label", ...)."""
+    """Name of the first modality of ``model`` built by ``plugin`` ("image", "label", ...).
+
+    Raises:
+        LZNError: when there is none and ``required`` (else None is returned).
+    """
     for name, entry in model.recipe.modalities.items():
         if entry.plugin == plugin:
             return name
@@ -48,6 +61,11 @@ def find_modality(model: LZNModel, plugin: str, *, required: bool = True) -> str
             f"the metric needs one"
         )
     return None
+
+
+def _dec(model: LZNModel, name: str) -> Any:
+    """The decoder of modality ``name`` (typed loosely: plugins add their own methods)."""
+    return model.decoders[name]
 
 
 def _batches(n: int, b: int, gen: torch.Generator) -> list[tuple[torch.Tensor, int]]:
@@ -101,9 +119,48 @@ def label_flow_predict(
         anchors = model.encode(img, images[rows])
         noise = torch.randn(anchors.shape, generator=gen, dtype=anchors.dtype)
         z = model.latents(anchors, alpha=alpha, noise=noise)
-        p, c = model.decoders[lab].sample(z, steps=steps)
+        p, c = _dec(model, lab).sample(z, steps=steps)
         pred[rows[-k:]], conf[rows[-k:]] = p[-k:].cpu(), c[-k:].float().cpu()
     return pred, conf
+
+
+@torch.no_grad()
+def zone_vote(
+    model: LZNModel,
+    images: torch.Tensor,
+    *,
+    alpha: float = 1.0,
+    draws: int = 16,
+    batch_size: int = 256,
+    steps: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classify by sampling each image's latent zone: the share of ``draws`` latents per class.
+
+    The final-step assignment probability of the label flow is ≈ one-hot (the flow ends on
+    an anchor), so it carries no confidence. Drawing ε ``draws`` times at noise scale α
+    samples the image's latent zone; the label flow sends each draw to a class, and the
+    share of the majority class estimates how much of the zone lies in that class's zone.
+
+    Returns:
+        pred (n,) int64 (majority class, ties to the lower index) and confidence (n,) in [1/draws, 1].
+    """
+    img, lab = find_modality(model, "image"), find_modality(model, "label")
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty (n, C, H, W) tensor, got {tuple(images.shape)}")
+    classes = int(model.bank(lab).shape[0])
+    gen = torch.Generator().manual_seed(seed)
+    votes = torch.zeros(images.shape[0], classes)
+    for rows, k in _batches(images.shape[0], batch_size, gen):
+        anchors = model.encode(img, images[rows])
+        for _ in range(draws):
+            noise = torch.randn(anchors.shape, generator=gen, dtype=anchors.dtype)
+            p, _ = _dec(model, lab).sample(model.latents(anchors, alpha=alpha, noise=noise), steps=steps)
+            votes[rows[-k:], p[-k:].cpu()] += 1
+    conf, pred = votes.max(dim=1)
+    return pred, conf / draws
 
 
 def alpha_batch_sweep(
@@ -177,7 +234,7 @@ def reconstruction_error(
         steps, method: the decoder's ODE solver settings (defaults from its config).
     """
     img = find_modality(model, "image")
-    dec = model.decoders[img]
+    dec = _dec(model, img)
     if not callable(getattr(dec, "reconstruct", None)):
         raise LZNError(f"the {img!r} decoder has no reconstruct(); it cannot be scored for reconstruction")
     if draws < 1:
@@ -210,13 +267,13 @@ def class_samples(
         images (B, C, H, W) in [-1, 1].
     """
     img, lab = find_modality(model, "image"), find_modality(model, "label")
-    enc = model.encoders[lab]
+    enc: Any = model.encoders[lab]
     gen = torch.Generator().manual_seed(seed)
     bank = model.bank(lab)
     noise = torch.randn((classes.shape[0], bank.shape[1]), generator=gen, dtype=bank.dtype)
     z = enc.class_latents(classes, noise=noise)
     cond = _label_condition(model, img, classes)
-    return model.decoders[img].sample(z, cond, steps=steps, generator=gen)
+    return _dec(model, img).sample(z, cond, steps=steps, generator=gen)
 
 
 @torch.no_grad()
@@ -234,9 +291,9 @@ def unconditional_samples(
     cond = None
     cname = model.generate_condition(img)
     if cname is not None:
-        labels, _ = model.decoders[cname].sample(z)
+        labels, _ = _dec(model, cname).sample(z)
         cond = model.condition(cname, labels)
-    return model.decoders[img].sample(z, cond, steps=steps, generator=gen)
+    return _dec(model, img).sample(z, cond, steps=steps, generator=gen)
 
 
 def ood_inputs(images: torch.Tensor, kind: str, *, seed: int = 0) -> torch.Tensor:
@@ -255,7 +312,9 @@ def ood_confidences(
     kind: str,
     *,
     mode: str = "mixed",
-    alpha: float = 0.0,
+    confidence: str = "vote",
+    alpha: float = 1.0,
+    draws: int = 16,
     batch_size: int = 256,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,22 +326,28 @@ def ood_confidences(
             that contains some odd inputs); "separate": each set is zoned on its own. In
             "separate" mode an all-OOD batch still gets latents ≈ N(0, I) (the zoning maps
             any batch there), so confidence can only separate the sets through the decoder.
+        confidence: "vote" (:func:`zone_vote` with ``alpha`` and ``draws``) or "final"
+            (:func:`label_flow_predict`'s last-step probability at ``alpha``).
 
     Returns:
         (confidence of images (n,), confidence of the OOD inputs (n,)).
     """
+    if confidence not in ("vote", "final"):
+        raise ValueError(f"unknown confidence {confidence!r}; choose 'vote' or 'final'")
+    if mode not in ("mixed", "separate"):
+        raise ValueError(f"unknown OOD mode {mode!r}; choose 'mixed' or 'separate'")
     odd = ood_inputs(images, kind, seed=seed)
+
+    def conf(x: torch.Tensor) -> torch.Tensor:
+        if confidence == "vote":
+            return zone_vote(model, x, alpha=alpha, draws=draws, batch_size=batch_size, seed=seed)[1]
+        return label_flow_predict(model, x, alpha=alpha, batch_size=batch_size, seed=seed)[1]
+
     n = images.shape[0]
     if mode == "mixed":
-        _, conf = label_flow_predict(
-            model, torch.cat([images, odd]), alpha=alpha, batch_size=batch_size, seed=seed
-        )
-        return conf[:n], conf[n:]
-    if mode == "separate":
-        _, c_in = label_flow_predict(model, images, alpha=alpha, batch_size=batch_size, seed=seed)
-        _, c_out = label_flow_predict(model, odd, alpha=alpha, batch_size=batch_size, seed=seed)
-        return c_in, c_out
-    raise ValueError(f"unknown OOD mode {mode!r}; choose 'mixed' or 'separate'")
+        both = conf(torch.cat([images, odd]))
+        return both[:n], both[n:]
+    return conf(images), conf(odd)
 
 
 _PROBE_KINDS = ("backbone", "anchor", "latent", "latent0")
@@ -306,7 +371,7 @@ def probe_features(
     if kind not in _PROBE_KINDS:
         raise ValueError(f"unknown probe feature {kind!r}; choose one of {', '.join(_PROBE_KINDS)}")
     img = find_modality(model, "image")
-    enc = model.encoders[img]
+    enc: Any = model.encoders[img]
     gen = torch.Generator().manual_seed(seed)
     out = torch.empty(0)
     parts = []

@@ -266,11 +266,23 @@ def linear_probe(
     return float((probe.predict(xs[1]) == ys[1]).mean())
 
 
-def __getattr__(name: str) -> Any:  # re-exports, imported on first use
+def cli_eval_args(parser: Any) -> None:
+    """Arguments of ``lzn eval`` (see :mod:`lzn_core.evalcli`)."""
+    from .evalcli import cli_eval_args as add
+
+    add(parser)
+
+
+def cli_eval(args: Any) -> int:
+    """Run ``lzn eval RUN_OR_MODEL`` (see :mod:`lzn_core.evalcli`)."""
+    from .evalcli import cli_eval as run
+
+    return run(args)
+
+
+def __getattr__(name: str) -> Any:  # re-exports of lzn_core.evalmodel, imported on first use
     import importlib
 
-    if name in ("cli_eval", "cli_eval_args"):
-        return getattr(importlib.import_module("lzn_core.evalcli"), name)
     if not name.startswith("_"):
         mod = importlib.import_module("lzn_core.evalmodel")
         if name in getattr(mod, "__all__", ()):

@@ -110,7 +110,8 @@ class DigitFeatures:
                     f"DigitFeatures.fit: labels must cover 0..{classes - 1}, got {list(clf.classes_)}"
                 )
             with torch.no_grad():
-                for layer, w, b in zip(net[1::2], clf.coefs_, clf.intercepts_, strict=True):
+                layers: list[Any] = list(net[1::2])
+                for layer, w, b in zip(layers, clf.coefs_, clf.intercepts_, strict=True):
                     layer.weight.copy_(torch.from_numpy(w.T.copy()))
                     layer.bias.copy_(torch.from_numpy(b.copy()))
         with torch.no_grad():

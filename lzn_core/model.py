@@ -56,6 +56,9 @@ class LZNModel(nn.Module):
             cfg = entry.config
             if not isinstance(cfg, spec.config):  # a plain dict when the recipe skipped plugin validation
                 cfg = spec.config.model_validate(cfg if cfg is not None else {})
+            if spec.prepare is not None:  # e.g. train a tokenizer from data.train; idempotent once done
+                cfg = spec.prepare(cfg, recipe.data.train)
+                entry.config = cfg
             enc = spec.build_encoder(cfg, self.latent_dim)
             dec = spec.build_decoder(cfg, self.latent_dim)
             if hasattr(dec, "bind"):

@@ -19,22 +19,18 @@ batches are read with an unpickler that only accepts numpy arrays and builtins.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
-import os
 import pickle
-import re
-import sys
 import tarfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._tarwrite import Sample, make_sample, png_bytes, read_json, write_meta, write_split
 from .errors import DataError, LZNWarning
 
-FORMAT_VERSION = 1
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _DIGIT_TEMPLATES = (
     "a handwritten {word}",
@@ -46,139 +42,6 @@ _DIGIT_TEMPLATES = (
 )
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _log = logging.getLogger(__name__)
-
-Sample = tuple[str, dict[str, bytes]]
-"""``(key, {ext: bytes})``: one shard sample; the key has no dots."""
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def _png(array: Any) -> bytes:
-    """Encode a uint8 array ``(H, W)`` or ``(H, W, 3)`` (or a PIL image) as PNG bytes."""
-    from PIL import Image
-
-    img = array if isinstance(array, Image.Image) else Image.fromarray(array)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_shard(path: Path, samples: Sequence[Sample]) -> None:
-    """Write one tar atomically: temp file in the same directory, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, fields in samples:
-                for ext in sorted(fields):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime, info.mode = len(fields[ext]), 0, 0o644
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    tar.addfile(info, io.BytesIO(fields[ext]))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_split(
-    out: str | Path,
-    split: str,
-    samples: Iterable[Sample],
-    *,
-    total: int | None = None,
-    shard_size: int = 1000,
-    progress: bool | None = None,
-) -> dict[str, int]:
-    """Write ``samples`` as ``OUT/{split}-{index:06d}.tar`` shards of ``shard_size`` samples.
-
-    Stale shards of the same split from an earlier run (higher indices) are removed, and
-    ``OUT/sizes.json`` is updated (other splits' entries are kept).
-
-    Returns:
-        ``{shard file name: sample count}`` for this split.
-    """
-    from tqdm import tqdm
-
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if not re.fullmatch(r"[A-Za-z0-9_]+", split):
-        raise ValueError(f"split name must be letters, digits or '_', got {split!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    sizes: dict[str, int] = {}
-    bar = tqdm(
-        total=total,
-        desc=f"{out.name}/{split}",
-        unit="img",
-        file=sys.stderr,
-        disable=(not sys.stderr.isatty()) if progress is None else not progress,
-    )
-    buf: list[Sample] = []
-
-    def flush() -> None:
-        name = f"{split}-{len(sizes):06d}.tar"
-        _write_shard(out / name, buf)
-        sizes[name] = len(buf)
-        buf.clear()
-
-    with bar:
-        for sample in samples:
-            buf.append(sample)
-            bar.update(1)
-            if len(buf) == shard_size:
-                flush()
-        if buf:
-            flush()
-    for stale in out.glob(f"{split}-*.tar"):
-        if re.fullmatch(rf"{split}-\d{{6}}\.tar", stale.name) and stale.name not in sizes:
-            _log.info("removing stale shard %s", stale)
-            stale.unlink()
-    all_sizes = _read_json(out / "sizes.json")
-    all_sizes = {k: v for k, v in all_sizes.items() if not re.fullmatch(rf"{split}-\d{{6}}\.tar", k)}
-    _write_json(out / "sizes.json", {**all_sizes, **sizes})
-    return sizes
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); delete it and convert again") from exc
-
-
-def _write_meta(
-    out: Path, *, source: str, classes: Sequence[str] | None, splits: dict[str, int], **extra: Any
-) -> dict[str, Any]:
-    meta = _read_json(out / "meta.json")
-    meta.update(
-        {
-            "version": FORMAT_VERSION,
-            "source": source,
-            "classes": list(classes) if classes else None,
-            "splits": {**meta.get("splits", {}), **splits},
-            **extra,
-        }
-    )
-    _write_json(out / "meta.json", meta)
-    return meta
-
-
-def _sample(key: str, png: bytes, caption: str, cls: int | None = None) -> Sample:
-    fields = {"png": png, "txt": caption.encode("utf-8")}
-    if cls is not None:
-        fields["cls"] = str(int(cls)).encode("ascii")
-    return key, fields
-
 
 # ----------------------------------------------------------------------------- digits
 
@@ -223,13 +86,15 @@ def write_digits(
     splits = {}
     for split, idx in (("train", np.sort(idx_train)), ("test", np.sort(idx_test))):
         gen = (
-            _sample(f"digits{i:05d}", _png(images[i]), digit_caption(labels[i], choices[i]), labels[i])
+            make_sample(
+                f"digits{i:05d}", png_bytes(images[i]), digit_caption(labels[i], choices[i]), labels[i]
+            )
             for i in idx
         )
         splits[split] = sum(
             write_split(out, split, gen, total=len(idx), shard_size=shard_size, progress=progress).values()
         )
-    return _write_meta(
+    return write_meta(
         Path(out),
         source="sklearn.datasets.load_digits",
         classes=DIGIT_NAMES,
@@ -284,7 +149,9 @@ def _cifar_samples(batch: dict[Any, Any], names: Sequence[str], prefix: str) -> 
         raise DataError(f"CIFAR batch {prefix}: data {data.shape} / {len(labels)} labels, expected (N, 3072)")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
     gen = (
-        _sample(f"{prefix}_{i:05d}", _png(np.ascontiguousarray(images[i])), f"a photo of a {names[y]}", y)
+        make_sample(
+            f"{prefix}_{i:05d}", png_bytes(np.ascontiguousarray(images[i])), f"a photo of a {names[y]}", y
+        )
         for i, y in enumerate(labels)
     )
     return len(labels), gen
@@ -319,7 +186,7 @@ def write_cifar10(
             splits[split] = sum(
                 write_split(out, split, gen, total=total, shard_size=shard_size, progress=progress).values()
             )
-    return _write_meta(
+    return write_meta(
         Path(out), source=f"cifar10:{source.name}", classes=names, splits=splits, shard_size=shard_size
     )
 
@@ -333,7 +200,7 @@ def _load_image(path: Path) -> bytes:
 
     with Image.open(path) as img:
         img.load()
-        return _png(img if img.mode == "L" else img.convert("RGB"))
+        return png_bytes(img if img.mode == "L" else img.convert("RGB"))
 
 
 def _warn_skipped(what: str, skipped: list[str]) -> None:
@@ -352,7 +219,7 @@ def _folder_samples(
             _log.warning("skipping corrupt image %s: %s", path, exc)
             skipped.append(f"{path} ({type(exc).__name__})")
             continue
-        yield _sample(f"img{i:07d}", png, f"a photo of a {classes[cls]}", cls)
+        yield make_sample(f"img{i:07d}", png, f"a photo of a {classes[cls]}", cls)
 
 
 def write_folder(
@@ -379,7 +246,7 @@ def write_folder(
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root} has no class sub-folders (expected ROOT/<class>/<image files>)")
-    old = _read_json(out / "meta.json").get("classes")
+    old = read_json(out / "meta.json").get("classes")
     if old is not None and list(old) != classes:
         raise DataError(f"classes of {root} {classes} differ from {out / 'meta.json'} {old}; use another OUT")
     files = [
@@ -404,13 +271,13 @@ def write_folder(
     _warn_skipped("unreadable images", skipped)
     if n == 0:
         raise DataError(f"every image under {root} failed to load")
-    return _write_meta(
+    return write_meta(
         out,
         source=f"folder:{root}",
         classes=classes,
         splits={split: n},
         shard_size=shard_size,
-        skipped={**_read_json(out / "meta.json").get("skipped", {}), split: len(skipped)},
+        skipped={**read_json(out / "meta.json").get("skipped", {}), split: len(skipped)},
     )
 
 
@@ -439,7 +306,7 @@ def _caption_samples(lines: Sequence[str], base: Path, skipped: list[str]) -> It
             _log.warning("skipping line %d: %s", lineno, exc)
             skipped.append(f"line {lineno}: {type(exc).__name__}: {exc}")
             continue
-        yield _sample(f"cap{lineno:08d}", png, caption)
+        yield make_sample(f"cap{lineno:08d}", png, caption)
 
 
 def write_captions(
@@ -477,9 +344,7 @@ def write_captions(
     _warn_skipped(f"bad lines of {jsonl}", skipped)
     if n == 0:
         raise DataError(f"{jsonl}: no usable lines ({len(skipped)} bad, {total} non-empty)")
-    return _write_meta(
-        out, source=f"captions:{jsonl}", classes=None, splits={split: n}, shard_size=shard_size
-    )
+    return write_meta(out, source=f"captions:{jsonl}", classes=None, splits={split: n}, shard_size=shard_size)
 
 
 # ----------------------------------------------------------------------------- CLI

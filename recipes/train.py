@@ -112,7 +112,7 @@ def task_losses(model, recipe, batch: dict[str, Any], step: int, rank: int, worl
 
 
 def fault_injection(step: int, rank: int) -> float:
-    """``LZN_FAULT_NAN=STEP[:RANK]`` (tests only): the loss of that step (on that rank) becomes NaN."""
+    """``LZN_FAULT_NAN=STEP[:RANK]`` (tests only): the loss of 0-based step STEP (on RANK) becomes NaN."""
     spec = os.environ.get("LZN_FAULT_NAN", "")
     if not spec:
         return 1.0
@@ -140,19 +140,21 @@ def find_modality_pair(recipe) -> tuple[str | None, str | None]:
 
 
 @torch.no_grad()
-def evaluate(model, recipe, data, run_dir: Path, step: int) -> dict[str, Any]:
+def evaluate(
+    model, recipe, data, run_dir: Path, step: int, *, accuracy: bool = True, samples: bool = True
+) -> dict[str, Any]:
     """Label-flow test accuracy (no CE head) and a class-conditional sample grid."""
     from lzn_core.evalmodel import class_samples, label_flow_predict, unconditional_samples
 
     model.eval()
     out: dict[str, Any] = {}
     img, lab = find_modality_pair(recipe)
-    if data is not None:
+    if accuracy and data is not None:
         x, y = data
         pred, _ = label_flow_predict(model, x, alpha=recipe.eval.alpha, batch_size=recipe.eval.batch_size,
                                      steps=recipe.eval.steps, seed=recipe.seed)
         out["accuracy"] = float((pred == y).float().mean())
-    if img is not None and model.decoders[img].kind == "generative" and recipe.eval.samples_per_class > 0:
+    if samples and img is not None and model.decoders[img].kind == "generative" and recipe.eval.samples_per_class > 0:
         from lzn_image.io import save_grid
 
         spc = recipe.eval.samples_per_class
@@ -240,13 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(1)
         if tr.ckpt_every and (it % tr.ckpt_every == 0 or it == tr.iterations):
             engine.save(it, {"step": it, "loader": data.state().model_dump()})
-        if rank == 0 and ((tr.eval_every and it % tr.eval_every == 0) or it == tr.iterations):
+        if os.environ.get("LZN_FAULT_CRASH") == str(it):  # tests: die after this step, before the next save
+            raise RuntimeError(f"injected crash after step {it} (LZN_FAULT_CRASH)")
+        do_eval = it == tr.iterations or bool(tr.eval_every and it % tr.eval_every == 0)
+        do_samples = it == tr.iterations or bool(tr.sample_every and it % tr.sample_every == 0)
+        if rank == 0 and (do_eval or do_samples):
             eval_model.load_weights(engine.ema_state_dict())
-            results = evaluate(eval_model, recipe, eval_data, run_dir, it)
-            log.write(json.dumps({"step": it, **{f"eval/{k}": v for k, v in results.items()}}) + "\n")
+            new = evaluate(eval_model, recipe, eval_data, run_dir, it, accuracy=do_eval, samples=do_samples)
+            results.update(new)
+            log.write(json.dumps({"step": it, **{f"eval/{k}": v for k, v in new.items()}}) + "\n")
             log.flush()
-            if "accuracy" in results:
-                bar.write(f"step {it}: test accuracy {results['accuracy']:.4f}")
+            if "accuracy" in new:
+                bar.write(f"step {it}: test accuracy {new['accuracy']:.4f}")
     bar.close()
 
     if rank == 0:

@@ -20,14 +20,18 @@ def log_weights(weights: torch.Tensor | None, n: int, like: torch.Tensor) -> tor
     return torch.log(w / w.sum())
 
 
-def probs(x: torch.Tensor, tau: float, anchors: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def probs(
+    x: torch.Tensor, tau: float, anchors: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """P(a_j | x_τ): (B, N) via the (B, N, q) broadcast."""
     diff = x[:, None, :] - (1.0 - tau) * anchors[None, :, :]
     logits = -(diff**2).sum(-1) / (2.0 * tau**2) + log_weights(weights, anchors.shape[0], x)
     return torch.softmax(logits, dim=1)
 
 
-def mean(x: torch.Tensor, tau: float, anchors: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def mean(
+    x: torch.Tensor, tau: float, anchors: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     p = probs(x, tau, anchors, weights)
     return (p[:, :, None] * anchors[None, :, :]).sum(1)
 
@@ -105,7 +109,7 @@ def _last_step_integral(taus, ms, points=101):
         vals.append(v)
     step = us[0] / (points - 1)
     coef = [1.0 if i in (0, points - 1) else (4.0 if i % 2 else 2.0) for i in range(points)]
-    return step / 3.0 * sum(c * v for c, v in zip(coef, vals))
+    return step / 3.0 * sum(c * v for c, v in zip(coef, vals, strict=True))
 
 
 def assign(x, anchors, *, steps, weights=None, targets=None):

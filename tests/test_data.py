@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from lzn_core.data import CorruptSampleWarning, LoaderState, expand_pattern, loader
 from lzn_core.errors import DataError
 from lzn_core.modality import ModalitySpec
-from lzn_core.shards import _png, _sample, write_split
+from lzn_core.shards import make_sample, png_bytes, write_split
 
 N = 37  # samples, in shards of 10: 10 + 10 + 10 + 7
 
@@ -48,7 +48,7 @@ def make_shards(out: Path, n: int = N, shard_size: int = 10, bad: dict[int, dict
     """Shards whose sample i has cls=i and a 2x2 png filled with i; ``bad`` overrides fields."""
     samples = []
     for i in range(n):
-        key, fields = _sample(f"s{i:04d}", _png(np.full((2, 2), i, np.uint8)), f"caption {i}", i)
+        key, fields = make_sample(f"s{i:04d}", png_bytes(np.full((2, 2), i, np.uint8)), f"caption {i}", i)
         fields.update((bad or {}).get(i, {}))
         samples.append((key, {k: v for k, v in fields.items() if v is not None}))
     write_split(out, "train", samples, shard_size=shard_size, progress=False)
@@ -213,7 +213,8 @@ def test_empty_small_and_unreadable_shard_sets(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "empty-000000.tar", "w"):
         pass
     with pytest.raises(
-        DataError, match=r"shard set '.*empty-\*\.tar' is empty \(0 samples in 1 shard\(s\)\)"
+        DataError,
+        match=r"shard set '.*empty-\*\.tar' is empty \(0 samples in 1 shard\(s\)\); .* contains: empty-000000",
     ):
         loader(str(tmp_path / "empty-*.tar"), {"label": LABEL}, batch_size=4)
     small = make_shards(tmp_path / "small", n=5)
@@ -272,7 +273,9 @@ def test_tar_index_matches_tarfile(tmp_path: Path, fmt: int) -> None:
     path = tmp_path / "x.tar"
     names = ["a.cls", "d" * 90 + "/" + "k" * 60 + ".png", "b.txt", "big.bin"]
     with tarfile.open(path, "w", format=fmt) as tar:
-        tar.addfile(tarfile.TarInfo("somedir"), None)
+        folder = tarfile.TarInfo("somedir")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
         for i, name in enumerate(names):
             data = bytes([i]) * (700 if name == "big.bin" else i + 1)
             info = tarfile.TarInfo(name)

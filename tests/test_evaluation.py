@@ -78,12 +78,16 @@ def _scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_frechet_distance_against_scipy_and_closed_form() -> None:
     g = torch.Generator().manual_seed(1)
-    a = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    a = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(
+        6, 6, generator=g, dtype=torch.float64
+    )
     b = torch.randn(300, 6, generator=g, dtype=torch.float64) * 2 + 1
     assert ev.frechet_distance(a, b) == pytest.approx(_scipy_fid(a.numpy(), b.numpy()), rel=1e-8)
     assert ev.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
     # diagonal Gaussians (population moments): Σ (√s1 − √s2)² + ‖Δμ‖²
-    x = torch.tensor([[-1.0, -2.0], [1.0, 2.0], [-1.0, 2.0], [1.0, -2.0]], dtype=torch.float64)  # cov diag(4/3, 16/3)
+    x = torch.tensor(
+        [[-1.0, -2.0], [1.0, 2.0], [-1.0, 2.0], [1.0, -2.0]], dtype=torch.float64
+    )  # cov diag(4/3, 16/3)
     y = 3 * x + torch.tensor([1.0, 0.0], dtype=torch.float64)
     want = 1.0 + (4 / 3) * (1 - 3) ** 2 + (16 / 3) * (1 - 3) ** 2
     assert ev.frechet_distance(x, y) == pytest.approx(want, rel=1e-10)
@@ -125,10 +129,12 @@ def test_kid_matches_naive_unbiased_mmd() -> None:
     mean, std = ev.kernel_inception_distance(a, b, subsets=1, subset_size=12)
     assert mean == pytest.approx(_naive_mmd2(a.double().numpy(), b.double().numpy()), rel=1e-9)
     assert std == 0.0
-    same, _ = ev.kernel_inception_distance(torch.randn(500, 4, generator=g), torch.randn(500, 4, generator=g),
-                                           subsets=5, subset_size=200)
-    shifted, _ = ev.kernel_inception_distance(torch.randn(500, 4, generator=g), torch.randn(500, 4, generator=g) + 1,
-                                              subsets=5, subset_size=200)
+    same, _ = ev.kernel_inception_distance(
+        torch.randn(500, 4, generator=g), torch.randn(500, 4, generator=g), subsets=5, subset_size=200
+    )
+    shifted, _ = ev.kernel_inception_distance(
+        torch.randn(500, 4, generator=g), torch.randn(500, 4, generator=g) + 1, subsets=5, subset_size=200
+    )
     assert abs(same) < 0.05 < shifted  # unbiased: ≈ 0 for one distribution, clearly > 0 for two
 
 
@@ -224,8 +230,10 @@ def _tiny_model(cond: bool = True, **image: object):
         {
             "latent": {"dim": 8, "solver": "euler", "steps": 10},
             "modalities": {
-                "image": {"plugin": "image", "config": {"preset": "tiny", "cond_dim": 10 if cond else 0,
-                                                         "sample_steps": 4, **image}},
+                "image": {
+                    "plugin": "image",
+                    "config": {"preset": "tiny", "cond_dim": 10 if cond else 0, "sample_steps": 4, **image},
+                },
                 "label": {"plugin": "label", "config": {"num_classes": 10}},
             },
             "tasks": [gen_task, {"kind": "align", "source": "image", "target": "label"}],
@@ -346,6 +354,24 @@ def test_ood_confidences_modes_and_errors() -> None:
         em.ood_inputs(x, "blur")
     with pytest.raises(ValueError, match="unknown OOD mode"):
         em.ood_confidences(model, x, "noise", mode="both")
+    with pytest.raises(ValueError, match="unknown confidence"):
+        em.ood_confidences(model, x, "noise", confidence="softmax")
+
+
+def test_zone_vote_confidence() -> None:
+    model = _tiny_model()
+    with torch.no_grad():
+        model.encoders["label"].anchors.mul_(3.0)
+    model.encoders["image"] = _OracleEncoder(model.encoders["label"])
+    x, y = _class_images(4)
+    pred, conf = em.zone_vote(model, x, alpha=0.0, draws=3, batch_size=40)
+    assert torch.equal(conf, torch.ones(40))  # α = 0: every draw is the zone centre
+    assert ev.accuracy(pred, y) > 0.9
+    pred, conf = em.zone_vote(model, x, alpha=1.0, draws=8, batch_size=40)
+    assert float(conf.min()) >= 1 / 8 and float(conf.max()) <= 1 and conf.shape == (40,)
+    assert ((conf * 8) - (conf * 8).round()).abs().max() < 1e-6  # vote shares are multiples of 1/draws
+    with pytest.raises(ValueError, match="draws must be"):
+        em.zone_vote(model, x, draws=0)
 
 
 def test_probe_features_kinds() -> None:
@@ -355,7 +381,9 @@ def test_probe_features_kinds() -> None:
     assert shapes["anchor"] == shapes["latent"] == (10, 8) and shapes["backbone"][0] == 10
     a0 = em.probe_features(model, x, "latent0", seed=0)
     assert torch.allclose(a0, em.probe_features(model, x, "latent0", seed=5))  # α = 0: no noise
-    assert not torch.allclose(em.probe_features(model, x, "latent", seed=0), em.probe_features(model, x, "latent", seed=5))
+    assert not torch.allclose(
+        em.probe_features(model, x, "latent", seed=0), em.probe_features(model, x, "latent", seed=5)
+    )
     with pytest.raises(ValueError, match="unknown probe feature"):
         em.probe_features(model, x, "head")
 
@@ -368,8 +396,10 @@ def test_rf_baseline_decoder_ignores_the_latent_and_is_scored_once(monkeypatch) 
         assert torch.equal(dec.velocity(x, t, torch.randn(3, 8)), dec.velocity(x, t, torch.randn(3, 8)))
     lzn = _tiny_model(cond=False)
     with torch.no_grad():
-        assert not torch.equal(lzn.decoders["image"].velocity(x, t, torch.randn(3, 8)),
-                               lzn.decoders["image"].velocity(x, t, torch.randn(3, 8)))
+        assert not torch.equal(
+            lzn.decoders["image"].velocity(x, t, torch.randn(3, 8)),
+            lzn.decoders["image"].velocity(x, t, torch.randn(3, 8)),
+        )
     calls = []
     monkeypatch.setattr(dec, "reconstruct", lambda images, z, cond, **kw: calls.append(1) or images)
     assert em.reconstruction_error(model, x, draws=5) == 0.0 and len(calls) == 1
@@ -399,8 +429,29 @@ def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys) -> None:
     run = tmp_path / "run"
     write_model(model, run / "final")
     out = tmp_path / "eval"
-    argv = ["eval", str(run), "--json", "--out", str(out), "--alphas", "0,1", "--batch-sizes", "50",
-            "--samples", "80", "--per-class", "2", "--limit", "100", "--steps", "2", "--recon", "8", "--draws", "2"]
+    argv = [
+        "eval",
+        str(run),
+        "--json",
+        "--out",
+        str(out),
+        "--alphas",
+        "0,1",
+        "--batch-sizes",
+        "50",
+        "--samples",
+        "80",
+        "--per-class",
+        "2",
+        "--limit",
+        "100",
+        "--steps",
+        "2",
+        "--recon",
+        "8",
+        "--draws",
+        "2",
+    ]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_test"] == 100 and len(res["sweep"]) == 2
@@ -412,8 +463,25 @@ def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys) -> None:
     assert res["recon_error"] > 0
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == res["accuracy"]
     assert (out / "reliability.png").exists() and (out / "samples.png").exists()
-    assert main(["eval", str(run / "final"), "--alphas", "0", "--batch-sizes", "100", "--samples", "0",
-                 "--per-class", "0", "--limit", "100"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run / "final"),
+                "--alphas",
+                "0",
+                "--batch-sizes",
+                "100",
+                "--samples",
+                "0",
+                "--per-class",
+                "0",
+                "--limit",
+                "100",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "accuracy (α=0.0, batch 100)" in table and "OOD AUROC noise_mixed" in table
 
@@ -428,3 +496,143 @@ def test_cli_eval_errors(tmp_path, capsys) -> None:
         resolve_model_dir(tmp_path)
     assert main(["eval", str(tmp_path), "--alphas", "a,b"]) == 1
     assert "--alphas: expected comma-separated numbers" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- benchmarks/digits.py pieces
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        yield importlib.import_module("digits"), importlib.import_module("_digits_report")
+    finally:
+        sys.path.pop(0)
+
+
+def test_bench_variants_are_valid_recipes(bench, tmp_path) -> None:
+    from lzn_core.recipe import load_recipe
+
+    digits, _ = bench
+    cfg = dict(digits.QUICK)
+    got = {}
+    for name, (base, changes, _) in digits.variants(cfg).items():
+        path = digits.write_variant(name, base, changes, cfg, tmp_path / "data", tmp_path / "runs", tmp_path)
+        got[name] = load_recipe(path)
+    assert got["joint"].train.iterations == cfg["iterations"] and got["joint"].output_dir.endswith(
+        "runs/joint"
+    )
+    assert [t.kind for t in got["align_only"].tasks] == ["align"]
+    assert got["cutoff05"].tasks[1].cutoff == 0.05 and got["joint"].tasks[1].cutoff == 0.2
+    assert got["rf_baseline"].modalities["image"].config.use_latent is False
+    assert got["rf_baseline"].modalities["image"].config == got["joint"].modalities[
+        "image"
+    ].config.model_copy(update={"use_latent": False})  # the same decoder otherwise
+    assert got["cw_on"].tasks[0].class_weights and not got["cw_off"].tasks[0].class_weights
+    assert got["cw_on"].train.batch_size == got["cw_off"].train.batch_size == cfg["small_batch"]
+
+
+def test_bench_ce_baseline_runs(bench, tmp_path) -> None:
+    digits, _ = bench
+    cfg = {**digits.QUICK, "iterations": 2, "batch_size": 8}
+    path = digits.write_variant("joint", "digits_joint", {}, cfg, tmp_path, tmp_path / "runs", tmp_path)
+    x, y = fe.real_digits()
+    out = digits.ce_baseline(path, (x[:50], y[:50]), (x[50:80], y[50:80]))
+    assert 0 <= out["accuracy"] <= 1 and out["seconds"] >= 0
+
+
+def _fake_results(quick: dict, joint_acc: float, align_acc: float) -> dict:
+    sweep = [
+        {"alpha": a, "batch_size": b, "accuracy": 0.9 - 0.1 * a + b / 3000}
+        for a in (0.0, 1.0)
+        for b in (30, 300)
+    ]
+    common = {"n_test": 300, "fid": 5.0, "kid": 0.01, "class_consistency": 0.9, "recon_error": 0.2}
+    joint = {
+        **common,
+        "accuracy": joint_acc,
+        "accuracy_setting": {"alpha": 0.0, "batch_size": 300, "steps": 100},
+        "mean_confidence_final": 1.0,
+        "ece_final": 1 - joint_acc,
+        "vote_accuracy": joint_acc,
+        "vote_setting": {"alpha": 1.0, "draws": 16},
+        "mean_confidence": 0.8,
+        "ece": 0.05,
+        "ood_auroc": {"noise_mixed": 0.9},
+        "sweep": sweep,
+        "fid_real_test_vs_train": 1.0,
+        "judge_test_accuracy": 0.99,
+        "linear_probe": {"backbone": 0.9, "anchor": 0.8, "latent0": 0.7, "latent": 0.5},
+    }
+    return {
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in quick.items()},
+        "joint": joint,
+        "rf_baseline": {**common, "recon_error": 0.5, "fid": 6.0},
+        "align_only": {"accuracy": align_acc},
+        "cutoff05": {"accuracy": joint_acc, "recon_error": 0.21},
+        "cw_on": {"accuracy": 0.8},
+        "cw_off": {"accuracy": 0.7},
+        "ce": {"accuracy": 0.95, "seconds": 3.0},
+        "train_minutes": {"joint": 1.0, "align_only": None},
+        "descriptions": {"joint": "j", "align_only": "a"},
+        "wall_minutes": 2.0,
+        "figures": {},
+    }
+
+
+def test_bench_report_states_failures_honestly(bench, tmp_path) -> None:
+    import json
+
+    digits, report = bench
+    runs = tmp_path / "runs"
+    (runs / "joint").mkdir(parents=True)
+    (runs / "joint" / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "loss": 1 / s, "gen_image": 1 / s}) for s in (1, 2, 3)) + "\n"
+    )
+    out, docs = tmp_path / "results", tmp_path / "docs" / "results.md"
+    (out / "joint").mkdir(parents=True)
+    res = _fake_results(
+        digits.QUICK, joint_acc=0.90, align_acc=0.95
+    )  # joint worse than alignment only: claim 8 fails
+    res["figures"] = {k: str(out / f"{k}.png") for k in ("recon", "samples_joint", "samples_rf_baseline")}
+    report.write_report(res, runs, out, docs)
+    text = docs.read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["8: joint beats alignment only"].endswith("| no |")
+    assert "RF 0.5 -> RF+LZN 0.2 (60% lower)" in rows["6/9: latent cuts reconstruction error"]
+    assert rows["6/9: latent cuts reconstruction error"].endswith("| yes |")
+    assert rows["LZN classifier vs same encoder + CE head"].endswith("| no |")  # CE 95% > LZN 90%
+    assert rows["7: smaller α / larger inference batch help"].endswith("| yes |")
+    assert "![loss curves](../results/digits_losses.png)" in text
+    assert (out / "digits_sweep.png").exists() and (out / "digits_losses.png").exists()
+    assert json.loads((out / "digits.json").read_text())["joint"]["accuracy"] == 0.9
+
+
+def test_evaluate_without_classification_or_image(tmp_path) -> None:
+    from lzn_core.evalcli import evaluate
+
+    model = _tiny_model()
+    x, y = _class_images(2)
+    res = evaluate(
+        model, {"image": x, "label": y}, {"image": x, "label": y}, samples=0, per_class=0, classify=False
+    )
+    assert res == {"n_test": 20}
+    del model.recipe.modalities["image"]
+    with pytest.raises(LZNError, match="needs an image modality"):
+        evaluate(model, {}, {})
+
+
+def test_rf_baseline_recipe_is_digits_joint_without_the_latent() -> None:
+    from lzn_core.recipe import load_recipe
+
+    joint, rf = load_recipe("digits_joint.yaml"), load_recipe("digits_rf_baseline.yaml")
+    assert rf.modalities["image"].config == joint.modalities["image"].config.model_copy(
+        update={"use_latent": False}
+    )
+    assert [t.kind for t in rf.tasks] == ["generate"] and rf.tasks[0] == joint.tasks[0]
+    same = ("latent", "data", "train", "eval", "deepspeed", "seed")
+    assert {k: getattr(rf, k) for k in same} == {k: getattr(joint, k) for k in same}

@@ -26,19 +26,7 @@ from lzn_core.recipe import (
 SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
 
 
-def _needs_resnet_encoder(path: Path) -> pytest.MarkDecorator | tuple[()]:
-    """imagenet_repr needs the image plugin's ``encoder: resnet50`` option (issue 4); strict xfail until then."""
-    if path.stem != "imagenet_repr":
-        return ()
-    from lzn_image.config import ImageConfig
-
-    missing = "encoder" not in ImageConfig.model_fields
-    return pytest.mark.xfail(
-        missing, reason="image plugin lacks `encoder: resnet50`", strict=True, raises=RecipeError
-    )
-
-
-_SHIPPED_PARAMS = [pytest.param(p, id=p.stem, marks=_needs_resnet_encoder(p)) for p in SHIPPED]
+_SHIPPED_PARAMS = [pytest.param(p, id=p.stem) for p in SHIPPED]
 
 
 # ------------------------------------------------------------------ fake plugins (error paths)

@@ -97,6 +97,15 @@ def test_digits_is_deterministic(digits_dir: Path, tmp_path: Path) -> None:
     assert digest(tmp_path) == digest(digits_dir)
 
 
+def test_digits_shards_read_by_webdataset(digits_dir: Path) -> None:
+    import webdataset as wds
+
+    url = str(digits_dir / "test-000000.tar")
+    samples = list(wds.WebDataset(url, shardshuffle=False, empty_check=False))
+    assert len(samples) == 300 and {"__key__", "png", "cls", "txt"} <= set(samples[0])
+    assert samples[0]["__key__"].startswith("digits") and int(samples[0]["cls"]) in range(10)
+
+
 def test_digits_bad_test_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--test-size must be between 1 and 1796"):
         shards.write_digits(tmp_path, test_size=0)
@@ -108,7 +117,7 @@ def test_digits_bad_test_size(tmp_path: Path) -> None:
 def test_write_split_is_atomic_on_failure(tmp_path: Path) -> None:
     def samples():
         for i in range(5):
-            yield shards._sample(f"s{i}", b"png", "caption", i)
+            yield shards.make_sample(f"s{i}", b"png", "caption", i)
         raise RuntimeError("source broke")
 
     with pytest.raises(RuntimeError, match="source broke"):
@@ -118,10 +127,10 @@ def test_write_split_is_atomic_on_failure(tmp_path: Path) -> None:
 
 
 def test_write_split_removes_stale_shards_and_merges_sizes(tmp_path: Path) -> None:
-    gen = (shards._sample(f"s{i}", b"x", "c", 0) for i in range(5))
+    gen = (shards.make_sample(f"s{i}", b"x", "c", 0) for i in range(5))
     shards.write_split(tmp_path, "train", gen, shard_size=2, progress=False)
-    shards.write_split(tmp_path, "test", iter([shards._sample("t", b"x", "c", 0)]), progress=False)
-    shards.write_split(tmp_path, "train", iter([shards._sample("a", b"x", "c", 0)]), progress=False)
+    shards.write_split(tmp_path, "test", iter([shards.make_sample("t", b"x", "c", 0)]), progress=False)
+    shards.write_split(tmp_path, "train", iter([shards.make_sample("a", b"x", "c", 0)]), progress=False)
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["test-000000.tar", "train-000000.tar"]
     assert json.loads((tmp_path / "sizes.json").read_text()) == {"train-000000.tar": 1, "test-000000.tar": 1}
 

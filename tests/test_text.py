@@ -7,7 +7,6 @@ import tarfile
 
 import pytest
 import torch
-
 from lzn_text.config import TextConfig
 from lzn_text.decoder import TextDecoder
 from lzn_text.encoder import TextEncoder
@@ -21,7 +20,9 @@ CORPUS = (
     + [f"a small picture of the number {n}" for n in NAMES]
 )
 Q = 8
-TINY = dict(width=32, layers=1, heads=2, decoder_width=32, decoder_layers=1, decoder_heads=2, context_length=16)
+TINY = dict(
+    width=32, layers=1, heads=2, decoder_width=32, decoder_layers=1, decoder_heads=2, context_length=16
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +81,9 @@ def test_tokenizer_errors(proto: bytes) -> None:
     import sentencepiece as spm
 
     out = io.BytesIO()  # default special ids (unk=0, bos=1, eos=2, no pad)
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=out, vocab_size=40,
-                                   hard_vocab_limit=False, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_writer=out, vocab_size=40, hard_vocab_limit=False, minloglevel=2
+    )
     with pytest.raises(ValueError, match="special ids"):
         load_processor(out.getvalue())
 
@@ -122,8 +124,14 @@ def test_encoder_ignores_padding_length(config: TextConfig) -> None:
     torch.manual_seed(0)
     enc = TextEncoder(config, Q).eval()
     longer = TextEncoder(config.model_copy(update={"context_length": 24}), Q).eval()
-    longer.load_state_dict({**enc.state_dict(), "tower.positional_embedding": torch.cat(
-        [enc.tower.positional_embedding.detach(), torch.zeros(8, config.width)])})
+    longer.load_state_dict(
+        {
+            **enc.state_dict(),
+            "tower.positional_embedding": torch.cat(
+                [enc.tower.positional_embedding.detach(), torch.zeros(8, config.width)]
+            ),
+        }
+    )
     torch.testing.assert_close(enc(CORPUS[:3]), longer(CORPUS[:3]), atol=1e-5, rtol=1e-5)
 
 
@@ -246,7 +254,9 @@ def test_retrieval_with_bound_encoder_and_config_bank(config: TextConfig) -> Non
     with pytest.raises(ValueError, match="bind"):
         dec.retrieve(torch.zeros(1, Q))
     dec.bind(enc)
-    assert "_encoder" not in dict(dec.named_children()) and not any(k.startswith("_enc") for k in dec.state_dict())
+    assert "_encoder" not in dict(dec.named_children()) and not any(
+        k.startswith("_enc") for k in dec.state_dict()
+    )
     with torch.no_grad():
         anchors = enc(CORPUS[:5]) * 5  # spread the random anchors a little
     enc.tower.text_projection.data.mul_(5)
@@ -258,7 +268,7 @@ def test_retrieval_with_bound_encoder_and_config_bank(config: TextConfig) -> Non
 
 # ---------------------------------------------------------------- plugin
 def test_decode_sample_and_collate() -> None:
-    assert decode_sample(" a handwritten seven\n".encode()) == "a handwritten seven"
+    assert decode_sample(b" a handwritten seven\n") == "a handwritten seven"
     assert decode_sample("une écriture".encode()) == "une écriture"
     with pytest.raises(ValueError, match="not valid utf-8"):
         decode_sample(b"\xff\xfe\x00bad")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+import reference as ref
 import torch
 
 from lzn_core import _posterior, zoning
 from lzn_core.alignment import alignment_loss
 from lzn_core.latent import sample_prior, time_grid
-
-import reference as ref
 
 F64 = torch.float64
 
@@ -84,7 +83,11 @@ def _pipeline(module, anchors0, anchors1, noise, weights, *, g, kind, chunk=None
     else:
         z = ref.latents_euler(anchors0, noise, g=g, steps=10)
         final, probs, tp = ref.assign(z, anchors1, steps=10, weights=weights, targets=targets)
-    loss = alignment_loss(tp, kind=kind) + 0.1 * (final**2).mean() + (probs * torch.arange(probs.shape[1])).mean()
+    loss = (
+        alignment_loss(tp, kind=kind)
+        + 0.1 * (final**2).mean()
+        + (probs * torch.arange(probs.shape[1])).mean()
+    )
     return loss, z
 
 
@@ -140,7 +143,11 @@ def test_float32_small_g():
     res = []
     for module, dtype in ((zoning, torch.float32), (ref, F64)):
         a, e = a0.to(dtype).requires_grad_(True), noise.to(dtype).requires_grad_(True)
-        z = module.latents_euler(a, e, g=1e-4, steps=10) if module is ref else zoning.latents(a, e, g=1e-4, steps=10)
+        z = (
+            module.latents_euler(a, e, g=1e-4, steps=10)
+            if module is ref
+            else zoning.latents(a, e, g=1e-4, steps=10)
+        )
         res.append([z.detach(), *torch.autograd.grad((z * c.to(dtype)).sum(), (a, e))])
     z64 = res[1][0]
     for dtype in (torch.float32, F64):
@@ -326,14 +333,20 @@ def test_bad_arguments():
         (lambda: zoning.latents(anchors, steps=0), "steps must be a positive int"),
         (lambda: zoning.latents(anchors, solver="rk4"), "unknown solver 'rk4'; choose one of euler, dpm"),
         (lambda: zoning.latents(anchors, chunk=0), "chunk must be a positive int"),
-        (lambda: zoning.latents(anchors, weights=w[:3]), "weights must be a 1-D tensor with one entry per anchor"),
+        (
+            lambda: zoning.latents(anchors, weights=w[:3]),
+            "weights must be a 1-D tensor with one entry per anchor",
+        ),
         (lambda: zoning.latents(anchors, weights=-w), "weights must be finite, non-negative"),
         (lambda: zoning.latents(anchors, weights=0 * w), "not all zero"),
         (lambda: zoning.latents(anchors, index=torch.tensor([0.5])), "index must be a 1-D integer tensor"),
         (lambda: zoning.latents(anchors, index=torch.tensor([12])), r"index must be in \[0, 12\)"),
         (lambda: zoning.assign(noise[:, :2], anchors), r"x must be \(B, q\)"),
         (lambda: zoning.assign(noise, anchors, targets=torch.arange(3)), "targets must have 12 entries"),
-        (lambda: zoning.assign(noise, anchors, targets=torch.full((12,), -1)), r"targets must be in \[0, 12\)"),
+        (
+            lambda: zoning.assign(noise, anchors, targets=torch.full((12,), -1)),
+            r"targets must be in \[0, 12\)",
+        ),
         (lambda: zoning.assign(noise, anchors, steps=2.5), "steps must be a positive int"),
         (lambda: zoning.posterior(noise, 0.0, anchors), r"tau must be in \(0, 1\]"),
         (lambda: zoning.velocity(noise, 1.5, anchors), r"tau must be in \(0, 1\]"),
@@ -341,3 +354,30 @@ def test_bad_arguments():
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+# ----------------------------------------------------------------------------- the benchmark, tiny
+
+
+def test_solver_benchmark_quick(tmp_path):
+    """benchmarks/solver.py --quick: both formulations give the same loss; JSON, table and plot are written."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "solver.py"
+    spec = importlib.util.spec_from_file_location("bench_solver", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--inprocess", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "solver.json").read_text())
+    by = {(r["impl"], r["n"]): r for r in results["train"]}
+    for n in results["config"]["naive_sizes"]:
+        ours, naive = by["ours", n], by["naive", n]
+        assert abs(ours["loss"] - naive["loss"]) <= 1e-3 * abs(naive["loss"])
+        assert abs(ours["grad_norm_a0"] - naive["grad_norm_a0"]) <= 1e-3 * naive["grad_norm_a0"]
+        assert ours["time_s"] > 0 and ours["peak_bytes"] >= 0
+    assert results["inference"]["time_s"] > 0
+    assert [r["steps"] for r in results["round_trip"]["rows"]] == [5, 20]
+    assert "| N | ours time |" in (tmp_path / "solver.md").read_text()
+    assert (tmp_path / "solver.png").stat().st_size > 1000

@@ -1,7 +1,7 @@
 """The image modality of LZN: U-Net encoder -> anchors, rectified-flow U-Net decoder.
 
 Registered through the ``lzn`` entry point ``image = "lzn_image.plugin"``. Public names:
-:class:`ImageConfig`, :class:`ImageEncoder`, :class:`ImageDecoder`, :func:`augment`,
+:class:`ImageConfig`, :class:`ImageEncoder`, :class:`ResNetEncoder`, :class:`ImageDecoder`, :func:`augment`,
 :func:`decode_sample`, :func:`collate`, :func:`save_grid`. The torch modules are imported
 on first use, so ``import lzn_image`` stays light.
 """
@@ -18,14 +18,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from .augment import augment
     from .decoder import ImageDecoder
     from .encoder import ImageEncoder
+    from .resnet import ResNetEncoder
 
-_LAZY = {"ImageEncoder": ".encoder", "ImageDecoder": ".decoder", "augment": ".augment"}
+_LAZY = {
+    "ImageEncoder": ".encoder",
+    "ResNetEncoder": ".resnet",
+    "ImageDecoder": ".decoder",
+    "augment": ".augment",
+}
 
 __all__ = [
     "PRESETS",
     "ImageConfig",
     "ImageDecoder",
     "ImageEncoder",
+    "ResNetEncoder",
     "augment",
     "collate",
     "decode_sample",

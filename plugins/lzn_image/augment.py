@@ -2,7 +2,9 @@
 
 ``simclr`` (SimCLR v2 style, for >= 32 px): random resized crop (scale 0.08–1, aspect 3/4–4/3),
 horizontal flip, colour jitter (0.8, 0.8, 0.8, 0.2) with p = 0.8 (RGB; brightness/contrast only
-for grayscale), grayscale p = 0.2 (RGB), Gaussian blur with p = 0.5 (σ in [0.1, 2]).
+for grayscale), grayscale p = 0.2 (RGB), Gaussian blur on every view (σ in [0.1, 2], kernel
+≈ 10% of the side: 23 at 224 px), as PAPER.md §4 case 2. Jitter order is fixed (brightness,
+contrast, saturation, hue); torchvision shuffles it.
 ``small`` (tiny images such as the 8×8 digits): crop scale 0.7–1 with shifts of up to ~1 px
 per 8 px, no flip, brightness/contrast jitter 0.3 with p = 0.8, no blur.
 """
@@ -77,11 +79,16 @@ def _hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)
 
 
+def blur_kernel_size(side: int) -> int:
+    """Odd Gaussian-blur kernel ≈ 10% of the image side, at least 3 (SimCLR: 23 at 224 px)."""
+    return max(3, (int(0.1 * side) // 2) * 2 + 1)
+
+
 def _blur(x: torch.Tensor, p: float, g: torch.Generator | None) -> torch.Tensor:
     """Gaussian blur with per-sample σ ~ U[0.1, 2] (kernel ≈ 10% of the side, odd), applied with prob p."""
     b, c, h, w = x.shape
     dev = x.device
-    k = max(3, (int(0.1 * h) // 2) * 2 + 1)
+    k = blur_kernel_size(h)
     sigma = _rand(b, 0.1, 2.0, g, dev)
     on = (torch.rand(b, generator=g, device=dev) < p).view(b, 1, 1, 1)
     r = torch.arange(k, device=dev, dtype=x.dtype) - k // 2
@@ -116,5 +123,5 @@ def augment(
         if x.shape[1] == 3:
             gray = (torch.rand(x.shape[0], generator=generator, device=x.device) < 0.2).view(-1, 1, 1, 1)
             x = torch.where(gray, _gray(x).expand_as(x), x)
-        x = _blur(x, 0.5, generator)
+        x = _blur(x, 1.0, generator)  # case 2 blurs every view
     return (x * 2 - 1).clamp(-1, 1).to(images.dtype)

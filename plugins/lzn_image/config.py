@@ -13,6 +13,11 @@ Presets:
 * ``cifar``: the paper's CIFAR-10 NCSN++ size (nf 128, ch_mult (1, 2, 2, 2), 4 res blocks,
   attention at 16, dropout 0.15, latent blocks 20 channels / 200 hidden): ~61.9M decoder
   and ~49.8M encoder parameters at q = 200.
+
+Encoders: ``encoder: unet`` (the default, cases 1/3) or ``resnet50`` / ``resnet18``
+(case 2: ResNet with GroupNorm + projection head, :mod:`lzn_image.resnet`; the U-Net size
+fields then only shape the decoder). ``decoder: false`` builds no rectified-flow decoder
+(a representation-only recipe with no ``generate`` task for this modality).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PresetName = Literal["tiny", "digits", "small32", "cifar"]
+EncoderName = Literal["unet", "resnet50", "resnet18"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -100,6 +106,11 @@ class ImageConfig(BaseModel):
             baseline with the same network (recipes/digits_rf_baseline.yaml).
         augment: view augmentation for two-view alignment; "auto" picks "simclr" at
             resolution >= 32 and "small" (small shifts and crops, no flip) below.
+        encoder: "unet" (U-Net down path + latent blocks) or "resnet50" / "resnet18"
+            (GroupNorm ResNet + projection head, paper case 2).
+        proj_hidden: hidden width of the ResNet encoders' projection head (paper: 2048).
+        checkpoint: recompute the ResNet stages in backward (gradient checkpointing).
+        decoder: False builds no decoder (its ``loss``/``sample`` raise ``ContractError``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -126,6 +137,10 @@ class ImageConfig(BaseModel):
     atol: float = Field(1e-5, gt=0.0)
     augment: Literal["auto", "simclr", "small", "none"] = "auto"
     use_latent: bool = True
+    encoder: EncoderName = "unet"
+    proj_hidden: int = Field(2048, ge=1)
+    checkpoint: bool = False
+    decoder: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -157,6 +172,11 @@ class ImageConfig(BaseModel):
             )
         if self.nf % 4:
             raise ValueError(f"nf must be a multiple of 4 (GroupNorm groups), got {self.nf}")
+        if self.encoder == "unet" and self.checkpoint:
+            raise ValueError(
+                "checkpoint: true applies to the ResNet encoders only; set encoder: resnet50 "
+                "(or resnet18) or remove it"
+            )
         return self
 
     @property

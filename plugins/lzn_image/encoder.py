@@ -45,6 +45,11 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, config: ImageConfig, latent_dim: int) -> None:
         super().__init__()
+        if config.encoder != "unet":
+            raise ValueError(
+                f"ImageEncoder is the U-Net encoder; config.encoder is {config.encoder!r} "
+                "(use lzn_image.resnet.ResNetEncoder, or the plugin's build_encoder)"
+            )
         self.config = config
         self.latent_dim = latent_dim
         self.down = DownPath(config, temb_dim=None)

@@ -18,14 +18,27 @@ from .io import collate, decode_sample
 
 
 def build_encoder(config: ImageConfig, latent_dim: int) -> Any:
-    """``ModalitySpec.build_encoder``: an :class:`lzn_image.encoder.ImageEncoder` (images -> (B, q))."""
-    from .encoder import ImageEncoder
+    """``ModalitySpec.build_encoder``: images -> (B, q) anchors, chosen by ``config.encoder``.
 
-    return ImageEncoder(config, latent_dim)
+    "unet": :class:`lzn_image.encoder.ImageEncoder`; "resnet50" / "resnet18":
+    :class:`lzn_image.resnet.ResNetEncoder` (GroupNorm ResNet + projection head, case 2).
+    """
+    if config.encoder == "unet":
+        from .encoder import ImageEncoder
+
+        return ImageEncoder(config, latent_dim)
+    from .resnet import ResNetEncoder
+
+    return ResNetEncoder(config, latent_dim)
 
 
 def build_decoder(config: ImageConfig, latent_dim: int) -> Any:
-    """``ModalitySpec.build_decoder``: an :class:`lzn_image.decoder.ImageDecoder` (rectified flow)."""
+    """``ModalitySpec.build_decoder``: an :class:`lzn_image.decoder.ImageDecoder` (rectified flow),
+    or a parameter-free :class:`lzn_image.absent.AbsentDecoder` when ``config.decoder`` is False."""
+    if not config.decoder:
+        from .absent import AbsentDecoder
+
+        return AbsentDecoder()
     from .decoder import ImageDecoder
 
     return ImageDecoder(config, latent_dim)

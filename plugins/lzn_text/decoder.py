@@ -42,7 +42,13 @@ class TextDecoder(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, w)
         self.positional_embedding = nn.Parameter(torch.randn(k + length, w) * 0.01)
         layer = nn.TransformerEncoderLayer(
-            w, config.decoder_heads, 4 * w, config.dropout, activation="gelu", batch_first=True, norm_first=True
+            w,
+            config.decoder_heads,
+            4 * w,
+            config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.blocks = nn.TransformerEncoder(layer, config.decoder_layers, enable_nested_tensor=False)
         self.ln_final = nn.LayerNorm(w)
@@ -104,7 +110,9 @@ class TextDecoder(nn.Module):
         if len(texts) != b:
             raise ValueError(f"text decoder: {b} latents but {len(texts)} captions")
         if rows is not None and not (0 <= rows[0] and rows[0] + b <= rows[1]):
-            raise ValueError(f"text decoder: rows=(start, total)={tuple(rows)} does not contain a batch of {b}")
+            raise ValueError(
+                f"text decoder: rows=(start, total)={tuple(rows)} does not contain a batch of {b}"
+            )
         targets = self.tokenizer.encode(texts, self.config.context_length).to(z.device)
         inputs = torch.cat([torch.full_like(targets[:, :1], BOS_ID), targets[:, :-1]], dim=1)
         logits = self._logits(self._prefix(z, cond), inputs).float()
@@ -197,7 +205,9 @@ class TextDecoder(nn.Module):
                 raise ValueError("text decoder: retrieval without bank_anchors needs bind(encoder) first")
             bank_anchors = self._encoder[0](texts)
         if bank_anchors.shape[0] != len(texts):
-            raise ValueError(f"text decoder: {bank_anchors.shape[0]} bank anchors but {len(texts)} bank texts")
+            raise ValueError(
+                f"text decoder: {bank_anchors.shape[0]} bank anchors but {len(texts)} bank texts"
+            )
         from lzn_core import zoning
 
         bank_anchors = bank_anchors.to(z.dtype)

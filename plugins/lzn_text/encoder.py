@@ -31,7 +31,9 @@ def _load_pretrained(tower: nn.Module, path: str) -> None:
     """Load local open_clip text-tower weights (safetensors or ``weights_only`` torch file)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"text encoder: pretrained weights {path!r} not found (nothing is downloaded)")
+        raise FileNotFoundError(
+            f"text encoder: pretrained weights {path!r} not found (nothing is downloaded)"
+        )
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -16,6 +16,7 @@ from lzn_core.modality import ModalitySpec
 
 from .config import TextConfig
 
+
 def decode_sample(data: bytes) -> str:
     """One caption from the raw bytes of a ``txt`` shard entry.
 
@@ -42,8 +43,14 @@ def collate(items: Sequence[str]) -> list[str]:
 
 
 _WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_TEMPLATES = ("a handwritten {word}", "the digit {num}, written by hand", "a small picture of the number {word}")
-EXAMPLE_CAPTIONS: tuple[str, ...] = tuple(t.format(word=w, num=i) for t in _TEMPLATES for i, w in enumerate(_WORDS))
+_TEMPLATES = (
+    "a handwritten {word}",
+    "the digit {num}, written by hand",
+    "a small picture of the number {word}",
+)
+EXAMPLE_CAPTIONS: tuple[str, ...] = tuple(
+    t.format(word=w, num=i) for t in _TEMPLATES for i, w in enumerate(_WORDS)
+)
 """The corpus of the bundled example tokenizer (``example_tokenizer.model``)."""
 
 EXAMPLE_TOKENIZER = Path(__file__).with_name("example_tokenizer.model")

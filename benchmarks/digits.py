@@ -1,0 +1,336 @@
+"""The embedded digits benchmark: the paper's small-scale claims, measured on CPU.
+
+    python benchmarks/digits.py            # full: ~30-40 min on 2 cores (called by `make bench`);
+                                           # every variant trains with digits_joint's own budget
+    python benchmarks/digits.py --quick    # tiny settings, a smoke run of the whole pipeline
+    python benchmarks/digits.py --reuse    # re-evaluate finished runs, rewrite the report only
+
+Trains recipe variants with ``recipes/train.py`` (one subprocess each, sequentially),
+evaluates them with :mod:`lzn_core.evaluation`, and writes
+``benchmarks/results/digits.json``, PNG figures next to it and ``docs/results.md``.
+
+Runs (all on the digits shards, same budget unless noted):
+
+* ``joint``: digits_joint (RF generation + label alignment, class weights, cutoff 0.2);
+* ``align_only``: the same without the generation loss (claim 8);
+* ``cutoff05``: joint with cutoff 0.05 instead of 0.2 (claim 10; 5 vs 20 of 100 steps);
+* ``rf_baseline``: digits_rf_baseline, the same decoder without the latent (claim 6);
+* ``cw_on`` / ``cw_off``: alignment only at batch 32 with / without class weights (claim 11);
+* ``ce``: the same image encoder + a linear head trained with cross-entropy (in process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+FULL = dict(
+    iterations=None,  # None: the recipe's own (digits_joint, as `make run` trains it)
+    batch_size=None,
+    small_batch=16,
+    draws=10,
+    samples=1000,
+    per_class=20,
+    recon_images=256,
+    recon_steps=10,
+    alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2),
+    batch_sizes=(10, 30, 100, 300),
+)
+QUICK = dict(
+    iterations=4,
+    batch_size=32,
+    small_batch=16,
+    draws=1,
+    samples=100,
+    per_class=2,
+    recon_images=16,
+    recon_steps=4,
+    alphas=(0.0, 1.0),
+    batch_sizes=(30, 300),
+)
+
+
+def variants(cfg: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any], str]]:
+    """name -> (base recipe, {dotted key: value} changes, description)."""
+    align = {
+        "kind": "align",
+        "source": "image",
+        "target": "label",
+        "weight": 1.0,
+        "loss": "prob",
+        "class_weights": True,
+        "steps": 50,
+        "cutoff": 0.2,
+        "alpha": 1.0,
+    }
+    gen = {"kind": "generate", "target": "image", "weight": 1.0, "condition": "label"}
+    no_gen = {"tasks": [align], "modalities.image.config.cond_dim": 0, "eval.samples_per_class": 0}
+    small = {**no_gen, "train.batch_size": cfg["small_batch"]}
+    return {
+        "joint": ("digits_joint", {}, "RF generation + label alignment (digits_joint)"),
+        "align_only": ("digits_joint", no_gen, "label alignment only, no generation loss"),
+        "cutoff05": ("digits_joint", {"tasks.1.cutoff": 0.05}, "joint, cutoff 0.05 (paper: u = 5 of 100)"),
+        "rf_baseline": (
+            "digits_joint",
+            {"tasks": [gen], "modalities.image.config.use_latent": False},
+            "same decoder, no latent (use_latent: false; recipes/digits_rf_baseline.yaml)",
+        ),
+        "cw_on": ("digits_joint", small, f"alignment only, batch {cfg['small_batch']}, class weights on"),
+        "cw_off": (
+            "digits_joint",
+            {**small, "tasks": [{**align, "class_weights": False}]},
+            f"alignment only, batch {cfg['small_batch']}, class weights off",
+        ),
+    }
+
+
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d[int(k)] if isinstance(d, list) else d[k]
+    if isinstance(d, list):
+        d[int(keys[-1])] = value
+    else:
+        d[keys[-1]] = value
+
+
+def write_variant(
+    name: str, base: str, changes: dict[str, Any], cfg: dict[str, Any], data: Path, runs: Path, out: Path
+) -> Path:
+    """Write the recipe YAML of a variant (base recipe + changes + benchmark budget) and return its path."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "recipes" / f"{base}.yaml").read_text())
+    raw.update(name=name, output_dir=str(runs / name))
+    raw["data"].update(train=str(data / "train-*.tar"), eval=str(data / "test-*.tar"))
+    for key in ("iterations", "batch_size"):
+        if cfg[key] is not None:
+            raw["train"][key] = cfg[key]
+    its = raw["train"]["iterations"]
+    raw["train"].update(eval_every=0, sample_every=0, ckpt_every=0, log_every=max(1, min(10, its // 2)))
+    raw["eval"]["samples_per_class"] = 10
+    if isinstance(raw.get("deepspeed"), str):
+        raw["deepspeed"] = str((ROOT / "recipes" / raw["deepspeed"]).resolve())
+    for key, value in changes.items():
+        _set(raw, key, value)
+    path = out / "recipes" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"# generated by benchmarks/digits.py from recipes/{base}.yaml\n"
+        + yaml.safe_dump(raw, sort_keys=False)
+    )
+    return path
+
+
+def train(name: str, recipe: Path, runs: Path, logs: Path, reuse: bool) -> float | None:
+    """Train one variant in a subprocess; returns its wall time (None when reused)."""
+    digest = hashlib.sha1(recipe.read_bytes()).hexdigest()
+    stamp = runs / name / "bench-recipe.sha1"
+    if reuse and stamp.exists() and stamp.read_text() == digest and (runs / name / "final").exists():
+        print(f"[bench] {name}: reusing {runs / name}", flush=True)
+        return None
+    logs.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(runs / name, ignore_errors=True)  # metrics.jsonl is appended to: start clean
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # 2 threads on a shared box thrash
+        "DS_ACCELERATOR": "cpu",
+        "DS_BUILD_OPS": "0",
+        "PYTHONUNBUFFERED": "1",
+        "TQDM_DISABLE": "1",
+    }
+    print(f"[bench] training {name} ...", flush=True)
+    t0 = time.time()
+    with open(logs / f"{name}.log", "w") as log:
+        rc = subprocess.call(
+            [sys.executable, str(ROOT / "recipes" / "train.py"), "--recipe", str(recipe)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    if rc != 0:
+        raise SystemExit(f"[bench] training {name} failed (exit {rc}); see {logs / f'{name}.log'}")
+    stamp.write_text(digest)
+    wall = time.time() - t0
+    print(f"[bench] {name}: {wall / 60:.1f} min", flush=True)
+    return wall
+
+
+def ce_baseline(
+    recipe_path: Path, train_xy: tuple[Any, Any], test_xy: tuple[Any, Any], *, seed: int = 0
+) -> dict[str, float]:
+    """The image encoder of a recipe + Linear(q -> classes), trained with cross-entropy.
+
+    Same architecture, batch, iterations, encoder learning rate and warm-up as the recipe;
+    Adam, gradient clip 1.0, no EMA. Returns test accuracy and wall time.
+    """
+    import torch
+
+    from lzn_core.plugins import get_modality
+    from lzn_core.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    spec = get_modality("image")
+    torch.manual_seed(seed)
+    q, tr = recipe.latent.dim, recipe.train
+    net = torch.nn.Sequential(
+        spec.build_encoder(recipe.modalities["image"].config, q), torch.nn.Linear(q, 10)
+    )
+    opt = torch.optim.Adam(net.parameters(), lr=tr.lr_for("image", "encoder"))
+    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(1, tr.warmup)))
+    (x, y), gen, t0 = train_xy, torch.Generator().manual_seed(seed), time.time()
+    for _ in range(tr.iterations):
+        idx = torch.randint(0, x.shape[0], (tr.batch_size,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        warm.step()
+    net.eval()
+    with torch.no_grad():
+        acc = float((net(test_xy[0]).argmax(1) == test_xy[1]).float().mean())
+    return {"accuracy": acc, "seconds": time.time() - t0}
+
+
+def evaluate_runs(cfg: dict[str, Any], runs: Path, data: Path, out: Path) -> dict[str, Any]:
+    """All metrics of the trained variants (see the module docstring)."""
+
+    from lzn_core import evalmodel as em
+    from lzn_core.evalcli import evaluate, load_split
+    from lzn_core.evaluation import linear_probe
+    from lzn_core.export import load
+
+    models = {name: load(runs / name / "final") for name in variants(cfg)}
+    joint = models["joint"]
+    test = load_split(joint, str(data / "test-*.tar"))
+    train_ = load_split(joint, str(data / "train-*.tar"))
+    x, y = test["image"], test["label"]
+    res: dict[str, Any] = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
+    res["settings"].update(iterations=joint.recipe.train.iterations, batch_size=joint.recipe.train.batch_size)
+    res["joint"] = evaluate(
+        joint,
+        test,
+        train_,
+        alphas=cfg["alphas"],
+        batch_sizes=cfg["batch_sizes"],
+        samples=cfg["samples"],
+        per_class=cfg["per_class"],
+        out=out / "joint",
+    )
+    res["rf_baseline"] = evaluate(
+        models["rf_baseline"],
+        test,
+        train_,
+        samples=cfg["samples"],
+        per_class=cfg["per_class"],
+        out=out / "rf_baseline",
+        classify=False,
+    )
+    ecfg = joint.recipe.eval
+    for name in ("align_only", "cutoff05", "cw_on", "cw_off"):
+        pred, _ = em.label_flow_predict(
+            models[name], x, alpha=ecfg.alpha, batch_size=ecfg.batch_size, steps=ecfg.steps
+        )
+        res[name] = {"accuracy": float((pred == y).float().mean())}
+    xr, yr = x[: cfg["recon_images"]], y[: cfg["recon_images"]]
+    for name in ("joint", "rf_baseline", "cutoff05"):
+        res[name]["recon_error"] = em.reconstruction_error(
+            models[name], xr, yr, draws=cfg["draws"], steps=cfg["recon_steps"]
+        )
+    probe = {}
+    for kind in ("backbone", "anchor", "latent0", "latent"):
+        f_tr, f_te = (em.probe_features(joint, t["image"], kind) for t in (train_, test))
+        probe[kind] = linear_probe(f_tr, train_["label"], f_te, y)
+    res["joint"]["linear_probe"] = probe
+    res["figures"] = _figures(models, x, y, cfg, out)
+    res["_tensors"] = {"x": x, "y": y}
+    return res
+
+
+def _figures(models: dict[str, Any], x: Any, y: Any, cfg: dict[str, Any], out: Path) -> dict[str, str]:
+    import torch
+    from _digits_report import recon_rows_png, sample_grid_png
+
+    from lzn_core import evalmodel as em
+
+    sub, ysub = x[:256], y[:256]  # zone the shown images within a test batch, like the metric
+    idx = torch.tensor([int((ysub == k).nonzero()[0]) for k in range(10) if bool((ysub == k).any())])
+    recs = {}
+    for name in ("joint", "rf_baseline"):
+        m = models[name]
+        anchors = m.encode("image", sub)
+        z = m.latents(anchors, noise=torch.randn(anchors.shape, generator=torch.Generator().manual_seed(0)))
+        with torch.no_grad():
+            recs[name] = m.decoders["image"].reconstruct(
+                sub[idx], z[idx], m.condition("label", ysub[idx]), steps=cfg["recon_steps"]
+            )
+    figs = {"recon": str(recon_rows_png(sub[idx], recs, out / "digits_recon.png"))}
+    n = 10 if cfg["per_class"] >= 10 else cfg["per_class"]
+    for name in ("joint", "rf_baseline"):
+        imgs = em.class_samples(models[name], torch.arange(10).repeat_interleave(n), seed=1)
+        figs[f"samples_{name}"] = str(sample_grid_png(imgs, n, out / f"digits_samples_{name}.png"))
+    return figs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny settings (minutes): checks the pipeline only")
+    p.add_argument("--reuse", action="store_true", help="skip training a variant whose run is up to date")
+    p.add_argument("--iterations", type=int, help="training iterations of every variant")
+    p.add_argument(
+        "--data", default=str(ROOT / "data" / "digits"), help="digits shards (written when missing)"
+    )
+    p.add_argument("--runs", default=None, help="run directories (default runs/bench[-quick])")
+    p.add_argument("--out", default=None, help="results (default benchmarks/results[/quick])")
+    p.add_argument("--docs", default=None, help="markdown report (default docs/results.md; not in --quick)")
+    args = p.parse_args(argv)
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.iterations:
+        cfg["iterations"] = args.iterations
+    runs = Path(args.runs or ROOT / ("runs/bench-quick" if args.quick else "runs/bench"))
+    out = Path(args.out or ROOT / "benchmarks" / "results" / ("quick" if args.quick else ""))
+    docs = Path(args.docs) if args.docs else (None if args.quick else ROOT / "docs" / "results.md")
+    data = Path(args.data)
+    t0 = time.time()
+    if not list(data.glob("train-*.tar")):
+        from lzn_core.shards import write_digits
+
+        write_digits(data, progress=False)
+    walls = {}
+    for name, (base, changes, _) in variants(cfg).items():
+        recipe = write_variant(name, base, changes, cfg, data, runs, out)
+        walls[name] = train(name, recipe, runs, out / "logs", args.reuse)
+    res = evaluate_runs(cfg, runs, data, out)
+    from lzn_core.evalcli import load_split
+    from lzn_core.export import load
+
+    joint = load(runs / "joint" / "final")
+    tr, te = load_split(joint, str(data / "train-*.tar")), load_split(joint, str(data / "test-*.tar"))
+    res["ce"] = ce_baseline(
+        out / "recipes" / "joint.yaml", (tr["image"], tr["label"]), (te["image"], te["label"])
+    )
+    res.pop("_tensors")
+    res["train_minutes"] = {k: (round(v / 60, 2) if v else None) for k, v in walls.items()}
+    res["descriptions"] = {k: v[2] for k, v in variants(cfg).items()}
+    res["wall_minutes"] = round((time.time() - t0) / 60, 1)
+    from _digits_report import write_report
+
+    write_report(res, runs, out, docs)
+    print(f"[bench] done in {res['wall_minutes']} min: {out / 'digits.json'}" + (f", {docs}" if docs else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

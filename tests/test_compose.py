@@ -1,0 +1,394 @@
+"""compose(): task graphs on a tiny random model (shapes, determinism, conditioning, errors)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lzn_core
+from lzn_core.compose import (
+    Chain,
+    Classify,
+    Decode,
+    Edge,
+    FanOut,
+    Generate,
+    Prediction,
+    Represent,
+    compose,
+    parse_graph,
+    possible_edges,
+)
+from lzn_core.errors import ComposeError, LZNError
+from lzn_core.recipe import AlignTask, GenerateTask
+
+Q = 8
+
+
+def tiny_model(cond: bool = True, tasks: list | None = None, text: bool = False, bank: bool = True):
+    """image (tiny preset, 8x8x1) + label (10 classes) [+ text], q = 8, random weights, eval mode."""
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import Recipe
+
+    torch.manual_seed(0)
+    gen_task: dict = {"kind": "generate", "target": "image"}
+    if cond:
+        gen_task["condition"] = "label"
+    mods: dict = {
+        "image": {
+            "plugin": "image",
+            "config": {"preset": "tiny", "cond_dim": 10 if cond else 0, "sample_steps": 3},
+        },
+        "label": {"plugin": "label", "config": {"num_classes": 10}},
+    }
+    if text:
+        from lzn_text.plugin import EXAMPLE_CAPTIONS, EXAMPLE_CONFIG
+
+        mods["text"] = {
+            "plugin": "text",
+            "config": {**EXAMPLE_CONFIG, "retrieval_bank": list(EXAMPLE_CAPTIONS)},
+        }
+    recipe = Recipe.model_validate(
+        {
+            "latent": {"dim": Q, "solver": "euler", "steps": 10},
+            "modalities": mods,
+            "tasks": tasks
+            if tasks is not None
+            else [gen_task, {"kind": "align", "source": "image", "target": "label"}],
+            "data": {"train": "unused-*.tar"},
+            "train": {"batch_size": 8, "iterations": 1},
+        }
+    )
+    model = LZNModel(recipe).eval()
+    if bank:
+        with torch.no_grad():
+            for name in model.names:
+                if name == "image":
+                    model.set_bank("image", model.encode("image", images(32, seed=99)))
+                elif name == "text":
+                    model.set_bank(
+                        "text", model.encode("text", ["a handwritten one", "the digit 2, written by hand"])
+                    )
+    return model
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def test_parse_graph_forms() -> None:
+    assert parse_graph("image -> label") == [Edge("image", "label")]
+    assert parse_graph(" text->image -> label ") == [Edge("text", "image"), Edge("image", "label")]
+    assert parse_graph(["image -> label", Edge("image", "latent")]) == [
+        Edge("image", "label"),
+        Edge("image", "latent"),
+    ]
+    assert parse_graph(AlignTask(source="image", target="label")) == [Edge("image", "label")]
+    assert parse_graph(GenerateTask(target="image")) == [Edge("latent", "image")]
+    assert parse_graph(GenerateTask(target="image", condition="label")) == [Edge("label", "image")]
+    assert parse_graph({"kind": "align", "source": "text", "target": "image"}) == [Edge("text", "image")]
+    assert str(Edge("image", "label")) == "image -> label"
+
+
+@pytest.mark.parametrize(
+    ("graph", "message"),
+    [
+        ("image", "expected 'source -> target'"),
+        ("image -> ", "expected 'source -> target'"),
+        ("-> label", "expected 'source -> target'"),
+        ([], "empty task graph"),
+        (42, "cannot compose a int"),
+        ({"kind": "train", "target": "image"}, "invalid task"),
+        ({"kind": "align", "source": "image"}, "invalid task"),
+    ],
+)
+def test_parse_graph_errors(graph, message: str) -> None:
+    with pytest.raises(ComposeError, match=message):
+        parse_graph(graph)
+
+
+# ----------------------------------------------------------------------------- planning and errors
+
+
+def test_possible_edges_of_the_joint_model(model) -> None:
+    assert set(possible_edges(model)) == {
+        "image -> image",
+        "image -> label",
+        "image -> latent",
+        "label -> image",
+        "label -> latent",
+        "latent -> image",
+        "latent -> label",
+    }
+    kinds = {e: type(compose(e, model=model)) for e in possible_edges(model)}
+    assert kinds["image -> label"] is Classify and kinds["latent -> label"] is Classify
+    assert kinds["image -> latent"] is Represent and kinds["latent -> image"] is Generate
+    assert kinds["label -> image"] is Decode and kinds["image -> image"] is Decode
+
+
+@pytest.mark.parametrize(
+    ("graph", "message"),
+    [
+        ("audio -> label", "modality 'audio' is not in this model"),
+        ("imgae -> label", "did you mean 'image'"),
+        ("latent -> latent", "does nothing"),
+        ("label -> label", "zonal: 'label -> label' is the identity"),
+        ("image -> text", "'text' is not in this model"),
+    ],
+)
+def test_impossible_edges_list_what_is_possible(model, graph: str, message: str) -> None:
+    with pytest.raises(ComposeError, match=message) as info:
+        compose(graph, model=model)
+    assert "possible edges: image -> image, image -> label" in str(info.value)
+    assert isinstance(info.value, LZNError)
+
+
+def test_untrained_decoder_is_not_a_possible_target() -> None:
+    align_only = tiny_model(cond=False, tasks=[{"kind": "align", "source": "image", "target": "label"}])
+    assert "latent -> image" not in possible_edges(align_only)
+    assert "image -> label" in possible_edges(align_only)
+    with pytest.raises(ComposeError, match="decoder is not trained by this model's recipe"):
+        compose("latent -> image", model=align_only)
+
+
+def test_bad_options_and_shapes_of_multi_edge_graphs(model) -> None:
+    with pytest.raises(ComposeError, match=r"unknown option\(s\) alpah .*options: alpha"):
+        compose("image -> label", model=model, alpah=0.0)
+    with pytest.raises(ComposeError, match="apply to single-edge graphs"):
+        compose("label -> image -> label", model=model, alpha=0.0)
+    with pytest.raises(ComposeError, match="neither a chain"):
+        compose(["image -> label", "label -> image", "latent -> label"], model=model)
+    with pytest.raises(ComposeError, match="unknown representation what='pixels'"):
+        compose("image -> latent", model=model)(images(2), what="pixels")
+    with pytest.raises(ComposeError, match="batch_size must be >= 1"):
+        compose("image -> label", model=model)(images(2), batch_size=0)
+    with pytest.raises(ComposeError, match="empty"):
+        compose("image -> label", model=model)(images(0))
+    with pytest.raises(ValueError, match="class indices must be in"):
+        compose("label -> image", model=model)(torch.tensor([12]))
+
+
+def test_module_is_callable_as_the_function(model) -> None:
+    import lzn_core.compose as module
+
+    assert callable(module)
+    graph = lzn_core.compose("image -> label", model=model)
+    assert isinstance(graph, Classify) and "image -> label" in repr(graph) and "alpha=0.0" in repr(graph)
+    assert graph.__call__.__doc__ and Classify.__doc__ and "nearest anchor" in Classify.__doc__
+
+
+# ----------------------------------------------------------------------------- representation
+
+
+def test_represent_latent_anchor_backbone(model) -> None:
+    rep = compose("image -> latent", model=model)
+    x = images(5)
+    assert rep(x).shape == (5, Q)
+    assert torch.allclose(rep(x, what="anchor"), model.encode("image", x))
+    feats = rep(x, what="backbone")
+    assert feats.shape[0] == 5 and feats.dim() == 2 and torch.isfinite(feats).all()
+    # α = 0 is deterministic; α = 1 depends on the seed only
+    assert torch.equal(rep(x), rep(x))
+    a, b, c = rep(x, alpha=1.0, seed=3), rep(x, alpha=1.0, seed=3), rep(x, alpha=1.0, seed=4)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    # a single (C, H, W) image is a batch of one
+    assert rep(x[0]).shape == (1, Q)
+
+
+def test_request_is_zoned_with_the_bank(model) -> None:
+    """Latent of one image zoned with the bank == row of the bank+image forward flow."""
+    from lzn_core import zoning
+
+    x = images(1, seed=5)
+    bank = model.bank("image")
+    every = torch.cat([bank, model.encode("image", x)])
+    with torch.no_grad():
+        want = zoning.latents(every, torch.zeros(1, Q), alpha=0.0, g=1e-4, steps=10, index=torch.tensor([32]))
+    got = compose("image -> latent", model=model)(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    # bank_size limits the context; bank_size=0 zones the request alone
+    assert not torch.allclose(compose("image -> latent", model=model, bank_size=4)(x), want, atol=1e-3)
+    alone = compose("image -> latent", model=model, bank_size=0)(x)
+    assert torch.allclose(alone, torch.zeros(1, Q), atol=1e-3)  # one anchor alone: its zone is all of R^q
+
+
+def test_missing_bank_says_how_to_fix() -> None:
+    no_bank = tiny_model(bank=False)
+    with pytest.raises(ComposeError, match="no anchor bank yet.*bank_size=0"):
+        compose("image -> label", model=no_bank)(images(2))
+    assert compose("image -> label", model=no_bank, bank_size=0)(images(3)).labels.shape == (3,)
+    with pytest.raises(ComposeError, match="bank_size must be >= 0"):
+        compose("image -> label", model=no_bank, bank_size=-1)(images(3))
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def test_classify_shapes_and_determinism(model) -> None:
+    clf = compose("image -> label", model=model)
+    out = clf(images(6))
+    assert isinstance(out, Prediction) and out.labels.shape == (6,) and out.labels.dtype == torch.int64
+    assert out.confidence.shape == (6,) and ((out.confidence >= 0) & (out.confidence <= 1 + 1e-6)).all()
+    assert int(out.labels.min()) >= 0 and int(out.labels.max()) < 10
+    a, b = clf(images(6), alpha=1.0, seed=1, steps=20), clf(images(6), alpha=1.0, seed=1, steps=20)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.confidence, b.confidence)
+    z = torch.randn(4, Q, generator=torch.Generator().manual_seed(0))
+    lat = compose("latent -> label", model=model)(z)
+    assert torch.equal(lat.labels, model.decoders["label"].sample(z)[0])
+
+
+def test_class_zone_latents_decode_to_their_class(model) -> None:
+    """label -> latent -> label is the identity (zones are disjoint), at α = 0 and α = 1."""
+    classes = torch.arange(10).repeat(3)
+    chain = compose(["label -> latent", "latent -> label"], model=model)
+    assert isinstance(chain, Chain) and chain.edge == "label -> latent -> label"
+    assert torch.equal(chain(classes, seed=0), classes)
+    rep = compose("label -> latent", model=model, alpha=1.0)
+    z = rep(classes, seed=0)
+    assert torch.equal(compose("latent -> label", model=model)(z).labels, classes)
+
+
+class _Oracle(torch.nn.Module):
+    """A 'trained' image encoder: the class is written in the mean pixel; anchor = label anchor of
+    that class + a small image-dependent offset (distinct anchors within a class)."""
+
+    def __init__(self, label_encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.lab = label_encoder
+        self.proj = torch.randn(64, Q, generator=torch.Generator().manual_seed(7)) * 0.05
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = ((x.mean(dim=(1, 2, 3)) + 1) * 5).round().long().clamp(0, 9)
+        return self.lab.bank()[k] + x.flatten(1) @ self.proj
+
+
+def _class_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = (y.float() / 5 - 1).view(-1, 1, 1, 1) + 0.08 * torch.randn(n, 1, 8, 8, generator=g)
+    return x - x.mean(dim=(1, 2, 3), keepdim=True) + (y.float() / 5 - 1).view(-1, 1, 1, 1), y
+
+
+def test_one_image_vs_batch_consistency() -> None:
+    """Classifying an image alone (zoned with the bank) agrees with classifying it in a batch."""
+    m = tiny_model()
+    with torch.no_grad():
+        m.encoders["label"].anchors.mul_(3.0)
+    m.encoders["image"] = _Oracle(m.encoders["label"])
+    train, _ = _class_images(200, seed=1)
+    with torch.no_grad():
+        m.set_bank("image", m.encode("image", train))
+    x, y = _class_images(40, seed=2)
+    clf = compose("image -> label", model=m)
+    batch = clf(x).labels
+    single = torch.cat([clf(x[i]).labels for i in range(len(x))])
+    assert (single == batch).float().mean() >= 0.95
+    assert (batch == y).float().mean() >= 0.9
+    # without the bank a lone image has no context: its latent is the zone of a single anchor
+    lone = torch.cat([clf(x[i], bank_size=0).labels for i in range(len(x))])
+    assert (lone == y).float().mean() <= 0.3
+    # ... while the paper's minibatch evaluation (a large inference batch, no bank) works
+    assert (clf(x, bank_size=0, batch_size=40).labels == y).float().mean() >= 0.9
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def test_generate_from_prior_is_seeded_and_conditioned_by_the_label_flow(model) -> None:
+    gen = compose("latent -> image", model=model)
+    a, b, c = gen(3, seed=1), gen(3, seed=1), gen(3, seed=2)
+    assert a.shape == (3, 1, 8, 8) and torch.equal(a, b) and not torch.equal(a, c)
+    assert float(a.abs().max()) <= 1.0
+    z = torch.randn(3, Q, generator=torch.Generator().manual_seed(5))
+    labels = model.decoders["label"].sample(z)[0]
+    derived = gen(z, seed=0)
+    assert torch.equal(derived, gen(z, condition=labels, seed=0))
+    assert not torch.equal(derived, gen(z, condition=(labels + 1) % 10, seed=0))
+    with pytest.raises(ComposeError, match=r"z must be \(B, 8\)"):
+        gen(torch.randn(2, 3))
+    with pytest.raises(ComposeError, match="number of samples must be >= 1"):
+        gen(0)
+
+
+def test_unconditioned_decoder_rejects_a_condition() -> None:
+    m = tiny_model(cond=False)
+    gen = compose("latent -> image", model=m)
+    assert gen(2, seed=0).shape == (2, 1, 8, 8)
+    with pytest.raises(ComposeError, match="takes no condition"):
+        gen(2, condition=torch.tensor([1, 2]))
+
+
+def test_label_to_image_uses_class_zone_and_one_hot(model) -> None:
+    dec = compose("label -> image", model=model)
+    classes = torch.tensor([3, 7])
+    out = dec(classes, seed=0)
+    assert out.shape == (2, 1, 8, 8) and torch.equal(out, dec([3, 7], seed=0))
+    assert torch.equal(out, dec(classes, condition=classes, seed=0))
+    assert not torch.equal(out, dec(classes, condition=torch.tensor([4, 1]), seed=0))
+    assert dec.options["alpha"] is None and "alpha=None" in repr(dec)  # α = 1 for generation
+    assert not torch.equal(dec(classes, seed=0), dec(classes, seed=1))
+
+
+def test_reconstruction(model) -> None:
+    rec = compose("image -> image", model=model)
+    x = images(2)
+    assert rec(x, seed=0).shape == (2, 1, 8, 8) and torch.equal(rec(x, seed=0), rec(x, seed=0))
+    inv = rec(x, mode="invert", steps=4)
+    assert inv.shape == (2, 1, 8, 8) and torch.isfinite(inv).all()
+    with pytest.raises(ComposeError, match="unknown mode 'pixels'"):
+        rec(x, mode="pixels")
+    with pytest.raises(ComposeError, match="mode='invert' needs 'X -> X'"):
+        compose("label -> image", model=model)([1], mode="invert")
+
+
+def test_fan_out_and_chain(model) -> None:
+    fan = compose(["image -> label", "image -> latent"], model=model)
+    assert isinstance(fan, FanOut)
+    out = fan(images(3), seed=0)
+    assert set(out) == {"image -> label", "image -> latent"} and out["image -> latent"].shape == (3, Q)
+    chain = compose("label -> image -> label", model=model)
+    assert chain(torch.tensor([1, 2]), seed=0).shape == (2,)
+    assert "label -> image -> label" in repr(chain)
+
+
+def test_training_mode_is_restored() -> None:
+    m = tiny_model()
+    m.train()
+    compose("image -> label", model=m)(images(2))
+    assert m.training and m.decoders["image"].training
+
+
+# ----------------------------------------------------------------------------- text edges
+
+
+def test_text_edges() -> None:
+    m = tiny_model(
+        cond=False,
+        text=True,
+        tasks=[
+            {"kind": "generate", "target": "image"},
+            {"kind": "generate", "target": "text"},
+            {"kind": "align", "source": "image", "target": "label"},
+            {"kind": "align", "source": "text", "target": "image"},
+        ],
+    )
+    edges = set(possible_edges(m))
+    assert {"text -> image", "image -> text", "text -> label", "text -> latent", "latent -> text"} <= edges
+    caps = ["a handwritten one", "the digit 2, written by hand"]
+    assert compose("text -> image", model=m)(caps, seed=0).shape == (2, 1, 8, 8)
+    out = compose("image -> text", model=m)(images(2), seed=0, max_len=4)
+    assert isinstance(out, list) and len(out) == 2 and all(isinstance(s, str) for s in out)
+    found = compose("image -> text", model=m)(images(2), method="retrieve", steps=10)
+    from lzn_text.plugin import EXAMPLE_CAPTIONS
+
+    assert all(s in EXAMPLE_CAPTIONS for s in found)
+    assert compose("text -> label", model=m)("a handwritten one").labels.shape == (1,)
+    assert compose("text -> latent", model=m)(caps).shape == (2, Q)

@@ -1,0 +1,105 @@
+"""Two CPU processes (gloo, DeepSpeed engine) give the loss and gradients of one process.
+
+The same global batch of 8 digits-shaped images is split over 2 ranks (4 rows each). Each
+rank encodes its rows, all-gathers the anchors with gradients, computes its rows' latents
+against all 8 anchors (noise drawn for the global batch and sliced), the label alignment with
+class weights of the global batch (all-reduced) and the rectified-flow decoder loss; DeepSpeed
+averages the gradients. Tolerance (float32; the summation order differs and the flow's
+τ = 1e-4 start scales logits by 1/τ²): loss terms within 1e-5 relative; the whole gradient
+within 5e-4 relative L2 (measured 5.7e-5), every entry within 1e-3·max|grad| (measured 6.6e-5),
+and each tensor whose gradient is not ~0 within 1e-3 of its own max-abs value. (Gradients that
+are analytically ~0, e.g. a common shift of all image anchors, are rounding noise ~1e-5.)
+
+This file is also the worker: ``python tests/test_distributed.py RANK WORLD PORT OUT``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERRIDES = ["modalities.image.config.preset=tiny", "latent.dim=8", "train.batch_size=8", "train.warmup=0",
+             "tasks.1.steps=10"]
+STEP = 3
+
+
+def _global_batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"image": torch.rand((8, 1, 8, 8), generator=g) * 2 - 1,
+            "label": torch.tensor([0, 1, 1, 2, 3, 3, 3, 9])}
+
+
+def _worker(rank: int, world: int, port: int, out: Path) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    import importlib.util
+
+    from lzn_core.engine import Engine, setup_distributed
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import load_recipe
+
+    spec = importlib.util.spec_from_file_location("lzn_train_script", ROOT / "recipes" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    setup_distributed()
+    recipe = load_recipe("digits_joint.yaml", OVERRIDES)
+    torch.manual_seed(0)
+    engine = Engine(LZNModel(recipe), recipe, out / f"ckpt{world}", world_size=world)
+    b = 8 // world
+    batch = {k: v[rank * b : (rank + 1) * b] for k, v in _global_batch().items()}
+    losses = train.task_losses(engine.model, recipe, batch, STEP, rank, world)
+    total = sum(t.weight * v for t, v in zip(recipe.tasks, losses.values()))
+    engine.ds.backward(total)  # all-reduces (averages) the gradients over ranks
+    terms = torch.stack([total.detach(), *[v.detach() for v in losses.values()]])
+    torch.distributed.all_reduce(terms)
+    grads = {n: p.grad.detach().clone() for n, p in engine.model.named_parameters() if p.grad is not None}
+    if rank == 0:
+        torch.save({"terms": terms / world, "names": list(losses), "grads": grads}, out / f"world{world}.pt")
+    torch.distributed.barrier()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"}
+    procs = []
+    for world in (1, 2):
+        port = _free_port()
+        for rank in range(world):
+            cmd = [sys.executable, __file__, str(rank), str(world), str(port), str(tmp_path)]
+            procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out[-3000:]
+    one, two = (torch.load(tmp_path / f"world{w}.pt", weights_only=True) for w in (1, 2))
+    assert one["names"] == two["names"] == ["gen_image", "align_image_label"]
+    torch.testing.assert_close(two["terms"], one["terms"], rtol=1e-5, atol=1e-7)
+    assert one["grads"].keys() == two["grads"].keys()
+    assert any(k.startswith("encoders.image") for k in one["grads"])  # through the gathered anchors
+    assert one["grads"]["encoders.label.anchors"].abs().max() > 0  # through the class-weighted label flow
+    g1 = torch.cat([g.flatten() for g in one["grads"].values()])
+    g2 = torch.cat([two["grads"][k].flatten() for k in one["grads"]])
+    rel_l2 = float((g2 - g1).norm() / g1.norm())
+    top = float(g1.abs().max())
+    worst = max(float((two["grads"][k] - g).abs().max()) for k, g in one["grads"].items()) / top
+    print(f"2 vs 1 process: gradient rel. L2 difference {rel_l2:.1e}, max abs difference {worst:.1e} x max|grad|")
+    assert rel_l2 < 5e-4 and worst < 1e-3
+    for k, g in one["grads"].items():  # tensors with a real gradient agree on their own scale too
+        if g.abs().max() > 1e-2 * top:
+            torch.testing.assert_close(two["grads"][k], g, rtol=0, atol=1e-3 * float(g.abs().max()), msg=k)
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))

@@ -1,0 +1,152 @@
+"""Portable weights: LZNModel -> safetensors + recipe.yaml -> lzn_core.load (CPU, no DeepSpeed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lzn_core.errors import LZNError, RecipeError
+
+TINY = ["modalities.image.config.preset=tiny", "latent.dim=8"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import load_recipe
+
+    torch.manual_seed(0)
+    m = LZNModel(load_recipe("digits_joint.yaml", TINY))
+    m.set_bank("image", torch.randn(16, 8))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory) -> Path:
+    from lzn_core.export import write_model
+
+    return write_model(model, tmp_path_factory.mktemp("export") / "m")
+
+
+def _outputs(m) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x, noise = torch.rand((6, 1, 8, 8), generator=g) * 2 - 1, torch.randn((6, 8), generator=g)
+    with torch.no_grad():
+        a = m.encode("image", x)
+        z = m.latents(a, noise=noise)
+        labels, conf = m.decoders["label"].sample(z, steps=10)
+        img = m.decoders["image"].sample(z[:2], m.condition("label", labels[:2]), steps=2,
+                                         noise=torch.zeros(2, 1, 8, 8))
+    return [a, z, labels, conf, img, m.bank("image"), m.bank("label")]
+
+
+def test_round_trip_same_outputs(model, exported: Path) -> None:
+    import lzn_core
+
+    assert {p.name for p in exported.iterdir()} == {"model.safetensors", "recipe.yaml"}
+    loaded = lzn_core.load(exported)
+    assert isinstance(loaded, lzn_core.LZNModel) and not loaded.training
+    assert loaded.names == model.names and loaded.latent_dim == 8
+    assert loaded.recipe.model_dump(mode="json") == model.recipe.model_dump(mode="json")
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    for a, b in zip(_outputs(model), _outputs(loaded)):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_model_container_api(model) -> None:
+    assert model.generate_condition("image") == "label" and model.generate_condition("label") is None
+    assert model.has_fixed_bank("label") and not model.has_fixed_bank("image")
+    assert model.bank("label").shape == (10, 8)
+    assert model.condition("label", torch.tensor([2])).argmax().item() == 2
+    assert model.encode("label", torch.tensor([1, 3])).shape == (2, 8)
+    z = model.latents(model.bank("label"), alpha=0.0, index=torch.tensor([4]))  # class 4's zone centre
+    assert z.shape == (1, 8)
+
+
+def test_model_container_errors(model) -> None:
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import load_recipe
+
+    with pytest.raises(LZNError, match="unknown modality 'imgae' in this model; did you mean 'image'"):
+        model.encode("imgae", torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"bank of 'image' must have shape \(M, 8\), got \(4, 3\)"):
+        model.set_bank("image", torch.zeros(4, 3))
+    with pytest.raises(LZNError, match="cannot condition a decoder"):
+        model.condition("image", torch.zeros(1, 1, 8, 8))
+    fresh = LZNModel(load_recipe("digits_joint.yaml", TINY))
+    with pytest.raises(LZNError, match="modality 'image' has no anchor bank yet"):
+        fresh.bank("image")
+
+
+def test_load_errors(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from lzn_core.export import load
+
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        load(tmp_path / "nowhere")
+    for missing in ("model.safetensors", "recipe.yaml"):
+        d = tmp_path / f"no-{missing}"
+        shutil.copytree(exported, d)
+        (d / missing).unlink()
+        with pytest.raises(FileNotFoundError, match=f"{missing} is missing; export a run with `lzn export"):
+            load(d)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(exported, corrupt)
+    data = (corrupt / "model.safetensors").read_bytes()
+    (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(LZNError, match="is not a readable safetensors file"):
+        load(corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x80\x04K\x01.")  # a pickle is never unpickled
+    with pytest.raises(LZNError, match="is not a readable safetensors file"):
+        load(corrupt)
+    bad_yaml = tmp_path / "bad-yaml"
+    shutil.copytree(exported, bad_yaml)
+    (bad_yaml / "recipe.yaml").write_text("latent: [unclosed\n")
+    with pytest.raises(LZNError, match="is not valid YAML"):
+        load(bad_yaml)
+    (bad_yaml / "recipe.yaml").write_text("- a list\n")
+    with pytest.raises(LZNError, match="must hold a recipe mapping, got list"):
+        load(bad_yaml)
+
+
+def test_load_rejects_weights_of_another_recipe(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from lzn_core.export import load
+
+    other = tmp_path / "other"
+    shutil.copytree(exported, other)
+    recipe = yaml.safe_load((other / "recipe.yaml").read_text())
+    recipe["latent"]["dim"] = 16
+    (other / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(RecipeError, match=r"weights do not match the recipe's model:\n  shape mismatch"):
+        load(other)
+
+
+def test_cli_export(exported: Path, tmp_path: Path, capsys) -> None:
+    from lzn_core.cli import main
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    for name in ("model.safetensors", "recipe.yaml"):
+        (run / "final" / name).write_bytes((exported / name).read_bytes())
+    assert main(["export", str(run), str(tmp_path / "out")]) == 0
+    assert "exported" in capsys.readouterr().out
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (exported / "model.safetensors").read_bytes()
+    assert main(["export", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 1
+    assert "has no final/ and no recipe.yaml" in capsys.readouterr().err
+
+
+def test_import_lzn_core_stays_light() -> None:
+    """``import lzn_core`` and resolving ``lzn_core.load`` / ``export_run`` import no torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, lzn_core; lzn_core.load; lzn_core.export_run; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr

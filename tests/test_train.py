@@ -1,0 +1,265 @@
+"""recipes/train.py end to end on tiny shards: one process, in this pytest process (CPU, gloo).
+
+Covers: a smoke run of every shipped recipe (size overrides), exact kill-and-resume, atomic
+checkpoints (a crash mid-write leaves the previous one usable), the non-finite skip, the
+engine's lr/freeze schedule and param groups, and export of a run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Size overrides per recipe: tiny networks, batch 8, 2 iterations, cheap evaluation.
+_COMMON = ["train.batch_size=8", "train.iterations=2", "train.log_every=1", "train.ckpt_every=0",
+           "train.eval_every=0", "train.sample_every=0", "latent.bank_size=8", "data.num_workers=0",
+           "eval.batch_size=16", "eval.steps=4", "eval.samples_per_class=1"]
+_IMG8 = ["modalities.image.config.preset=tiny", "modalities.image.config.sample_steps=2", "latent.dim=8"]
+_IMG32 = ["modalities.image.config.preset=small32", "modalities.image.config.sample_steps=2",
+          "modalities.image.config.sample_method=euler", "latent.dim=8", "deepspeed=ds/cpu.json"]
+SMOKE = {
+    "digits_joint": _IMG8,
+    "digits_rf_baseline": _IMG8,
+    "digits_text": _IMG8 + ["modalities.text.config.width=16", "modalities.text.config.decoder_width=16",
+                            "modalities.text.config.layers=1", "modalities.text.config.decoder_layers=1",
+                            "modalities.text.config.retrieval_bank_size=8", "modalities.text.config.vocab_size=64"],
+    "cifar_gen": _IMG32,
+    "cifar_joint": _IMG32,
+    "imagenet_repr": ["modalities.image.config.resolution=32", "modalities.image.config.encoder=resnet18",
+                      "modalities.image.config.proj_hidden=32", "latent.dim=8", "latent.chunk=null",
+                      "deepspeed=ds/cpu.json"],
+}
+DIGITS = _COMMON + _IMG8
+
+
+@pytest.fixture(scope="module")
+def train():
+    """recipes/train.py as a module; the process group it starts is torn down afterwards."""
+    spec = importlib.util.spec_from_file_location("lzn_train_script", ROOT / "recipes" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    yield mod
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    try:  # let a later DeepSpeed user start its own group
+        import deepspeed.comm.comm as ds_comm
+
+        ds_comm.cdb = None
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _synthetic(out: Path, n: int, side: int, channels: int) -> None:
+    import numpy as np
+
+    from lzn_core._tarwrite import make_sample, png_bytes, write_split
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n), ("test", n // 2)):
+        shape = (side, side) if channels == 1 else (side, side, channels)
+        samples = (
+            make_sample(f"s{i:05d}", png_bytes(rng.integers(0, 256, shape, dtype=np.uint8)),
+                        f"a picture of class {i % 10}", i % 10)
+            for i in range(count)
+        )
+        write_split(out, split, samples, total=count, shard_size=max(1, count // 2), progress=False)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cwd with data/digits (the real digits) and data/cifar10, data/imagenet (synthetic 32x32 RGB)."""
+    from lzn_core.shards import write_digits
+
+    root = tmp_path_factory.mktemp("train")
+    write_digits(root / "data" / "digits", test_size=50, progress=False)
+    _synthetic(root / "data" / "cifar10", 24, 32, 3)
+    _synthetic(root / "data" / "imagenet", 24, 32, 3)
+    for name in ("val-000000.tar",):  # imagenet_repr's eval split is called val
+        src = root / "data" / "imagenet" / "test-000000.tar"
+        (root / "data" / "imagenet" / name).write_bytes(src.read_bytes())
+    return root
+
+
+def _run(train, workdir: Path, monkeypatch: pytest.MonkeyPatch, out: str, recipe: str = "digits_joint",
+         extra: list[str] = (), resume: str | None = None) -> Path:
+    monkeypatch.chdir(workdir)
+    args = ["--recipe", recipe, "--output", out, *(["--resume", resume] if resume else []), *DIGITS, *extra]
+    assert train.main(args) == 0
+    return workdir / out
+
+
+def _states(run: Path, step: int) -> dict[str, torch.Tensor]:
+    path = run / "ckpt" / f"step-{step}" / "mp_rank_00_model_states.pt"
+    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("recipe", sorted(SMOKE))
+def test_smoke_every_recipe(train, workdir: Path, monkeypatch: pytest.MonkeyPatch, recipe: str, capsys) -> None:
+    assert (ROOT / "recipes" / f"{recipe}.yaml").is_file()
+    monkeypatch.chdir(workdir)
+    out = f"runs/smoke_{recipe}"
+    assert train.main(["--recipe", recipe, "--output", out, *_COMMON, *SMOKE[recipe]]) == 0
+    run = workdir / out
+    rows = [r for r in _metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert (run / "final" / "model.safetensors").is_file() and (run / "recipe.yaml").is_file()
+    assert (run / "loss.png").is_file()
+    printed = capsys.readouterr().out
+    assert f"run {recipe}: 2 iterations" in printed and "run dir:" in printed
+    if recipe in ("digits_joint", "cifar_joint"):
+        assert "test accuracy (label flow" in printed and "class-conditional sample grid:" in printed
+        grid = printed.split("class-conditional sample grid: ")[1].split()[0]
+        assert Path(grid).is_file()
+    from lzn_core.export import load
+
+    model = load(run / "final")
+    import yaml
+
+    assert set(model.names) == set(yaml.safe_load((run / "recipe.yaml").read_text())["modalities"])
+
+
+def test_resume_after_crash_equals_uninterrupted(train, workdir, monkeypatch) -> None:
+    extra = ["train.iterations=4", "train.ckpt_every=2"]
+    straight = _run(train, workdir, monkeypatch, "runs/straight", extra=extra)
+    monkeypatch.setenv("LZN_FAULT_CRASH", "3")
+    with pytest.raises(RuntimeError, match="injected crash after step 3"):
+        _run(train, workdir, monkeypatch, "runs/crashed", extra=extra)
+    monkeypatch.delenv("LZN_FAULT_CRASH")
+    crashed = workdir / "runs/crashed"
+    assert (crashed / "ckpt" / "latest").read_text() == "step-2"
+    _run(train, workdir, monkeypatch, "runs/crashed", extra=extra, resume="latest")
+    a, b = _states(straight, 4), _states(crashed, 4)
+    assert a.keys() == b.keys()
+    for k in a:  # same data, same noise, same optimiser state: bit-for-bit on one process
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    # EMA (exported final) too
+    from safetensors.torch import load_file
+
+    ea, eb = load_file(straight / "final" / "model.safetensors"), load_file(crashed / "final" / "model.safetensors")
+    for k in ea:
+        if not k.startswith("banks."):
+            torch.testing.assert_close(eb[k], ea[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_crash_mid_checkpoint_keeps_previous_usable(train, workdir, monkeypatch) -> None:
+    import lzn_core.engine as engine_mod
+
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(src).endswith("tmp-4"):
+            raise OSError("disk full (injected)")
+        return real_replace(src, dst)
+
+    extra = ["train.iterations=4", "train.ckpt_every=2"]
+    monkeypatch.setattr(engine_mod.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="injected"):
+        _run(train, workdir, monkeypatch, "runs/atomic", extra=extra)
+    monkeypatch.setattr(engine_mod.os, "replace", real_replace)
+    ckpt = workdir / "runs/atomic/ckpt"
+    assert (ckpt / "tmp-4").is_dir()  # the half-written one, under its temporary name
+    assert (ckpt / "latest").read_text() == "step-2"
+    assert engine_mod.resolve_checkpoint(ckpt, "latest") == (ckpt, "step-2")
+    assert [p.name for p in engine_mod.list_checkpoints(ckpt)] == ["step-2"]
+    _run(train, workdir, monkeypatch, "runs/atomic", extra=extra, resume="latest")
+    assert (ckpt / "latest").read_text() == "step-4"
+    assert not (ckpt / "tmp-4").exists()  # leftovers are pruned by the next save
+
+
+def test_nonfinite_loss_skips_the_step(train, workdir, monkeypatch) -> None:
+    monkeypatch.setenv("LZN_FAULT_NAN", "0")
+    run = _run(train, workdir, monkeypatch, "runs/nan", extra=["train.ckpt_every=2"])
+    rows = [r for r in _metrics(run) if "loss" in r]
+    assert rows[0]["skipped"] == 1 and rows[-1]["skipped"] == 1
+    assert rows[0]["loss"] != rows[0]["loss"]  # the NaN is logged
+    assert rows[-1]["loss"] == rows[-1]["loss"]
+    assert all(torch.isfinite(v).all() for v in _states(run, 2).values() if v.is_floating_point())
+
+
+def test_resume_errors(train, workdir, monkeypatch) -> None:
+    from lzn_core.errors import LZNError
+
+    with pytest.raises(LZNError, match="no checkpoint to resume from"):
+        _run(train, workdir, monkeypatch, "runs/none", resume="latest")
+    with pytest.raises(LZNError, match=r"checkpoint 'step-99' not found \(checkpoints under .*: none\)"):
+        _run(train, workdir, monkeypatch, "runs/none", resume="step-99")
+
+
+def test_export_run_from_checkpoint_and_final(train, workdir, monkeypatch, tmp_path) -> None:
+    import shutil
+
+    from lzn_core.export import export_run, load
+
+    run = _run(train, workdir, monkeypatch, "runs/export", extra=["train.ckpt_every=2"])
+    from_final = load(export_run(run, tmp_path / "a"))
+    shutil.rmtree(run / "final")
+    from_ckpt = load(export_run(run, tmp_path / "b"))  # EMA weights of ckpt/latest
+    sa, sb = from_final.state_dict(), from_ckpt.state_dict()
+    for k in sb:
+        torch.testing.assert_close(sb[k], sa[k], msg=k)
+    with pytest.raises(FileNotFoundError, match="has no final/ and no recipe.yaml"):
+        export_run(tmp_path / "empty", tmp_path / "c")
+
+
+# ----------------------------------------------------------------------------- engine pieces (no run)
+def test_lr_factor_warmup_and_freeze() -> None:
+    from lzn_core.engine import lr_factor
+
+    assert lr_factor(0, 100, None) == pytest.approx(1 / 5000)
+    assert lr_factor(50, 100, None) == pytest.approx(1 / 5000 + (1 - 1 / 5000) * 0.5)
+    assert lr_factor(100, 100, None) == 1.0 and lr_factor(7, 0, None) == 1.0
+    assert lr_factor(60, 100, 60) == 0.0 and lr_factor(59, 0, 60) == 1.0
+
+
+def test_param_groups_follow_lr_keys() -> None:
+    from lzn_core.engine import param_groups
+    from lzn_core.errors import LZNError
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import load_recipe
+
+    model = LZNModel(load_recipe("digits_joint.yaml", _IMG8))
+    lr = {"default": 1.0, "image.decoder": 2.0, "label": 3.0}
+    groups = {g["name"]: g for g in param_groups(model, lr, {"image.decoder": 60})}
+    assert {k: g["lr"] for k, g in groups.items()} == {"image.encoder": 1.0, "image.decoder": 2.0,
+                                                       "label.encoder": 3.0}
+    assert groups["image.decoder"]["freeze_at"] == 60 and groups["image.encoder"]["freeze_at"] is None
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+    with pytest.raises(LZNError, match="train.lr has no entry for 'image.decoder' and no 'default'"):
+        param_groups(model, {"image.encoder": 1.0, "label": 1.0}, {})
+
+
+def test_deepspeed_config_errors(tmp_path) -> None:
+    from lzn_core.engine import deepspeed_config
+    from lzn_core.errors import LZNError
+    from lzn_core.recipe import load_recipe
+
+    recipe = load_recipe("digits_joint.yaml", ["train.batch_size=10"])
+    cfg = deepspeed_config(recipe, 2)
+    assert cfg["train_batch_size"] == 10 and cfg["train_micro_batch_size_per_gpu"] == 5
+    assert cfg["gradient_clipping"] == 1.0 and "optimizer" in cfg  # its params feed torch Adam
+    with pytest.raises(LZNError, match="train.batch_size=10 is not divisible by the world size 3"):
+        deepspeed_config(recipe, 3)
+    recipe.deepspeed = "nope.json"
+    with pytest.raises(LZNError, match="deepspeed config 'nope.json' not found"):
+        deepspeed_config(recipe, 1, tmp_path)
+
+
+def test_train_help_runs_without_deepspeed_import() -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(ROOT / "recipes" / "train.py"), "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "--resume" in out.stdout and "key=value" in out.stdout
