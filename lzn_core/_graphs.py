@@ -70,6 +70,9 @@ class Graph:
         """The edge as a string, ``"image -> label"``."""
         return f"{self.source} -> {self.target}"
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError  # each edge kind defines its own signature
+
     def _opts(self, given: dict[str, Any]) -> dict[str, Any]:
         return {k: (given[k] if given.get(k) is not None else v) for k, v in self.options.items()}
 
@@ -161,7 +164,7 @@ class Classify(Graph):
         o = self._opts(locals())
         gen = make_generator(seed, generator)
         batch = as_batch(batch, model_device(self.model))
-        dec = self.model.decoders[self.target]
+        dec: Any = self.model.decoders[self.target]
         parts = []
         with inference_mode(self.model):
             for rows in chunks(len(batch), o["batch_size"], o["progress"], self.edge):
@@ -221,7 +224,7 @@ class Generate(Graph):
                 raise ComposeError(f"number of samples must be >= 1, got {n_or_z}")
             z = torch.randn((int(n_or_z), self.model.latent_dim), generator=gen).to(dev)
         cond_all = None if condition is None else as_batch(condition, dev)
-        dec = self.model.decoders[self.target]
+        dec: Any = self.model.decoders[self.target]
         parts = []
         with inference_mode(self.model):
             for rows in chunks(z.shape[0], o["batch_size"], o["progress"], self.edge):
@@ -272,7 +275,7 @@ class Decode(Graph):
         alpha = o["alpha"] if o["alpha"] is not None else (0.0 if self.source == self.target else 1.0)
         if o["mode"] not in ("latent", "invert"):
             raise ComposeError(f"unknown mode {o['mode']!r}; choose 'latent' or 'invert'")
-        dec = self.model.decoders[self.target]
+        dec: Any = self.model.decoders[self.target]
         if o["mode"] == "invert" and (
             self.source != self.target or not callable(getattr(dec, "reconstruct", None))
         ):

@@ -190,7 +190,7 @@ def backbone(model: LZNModel, name: str, batch: Any) -> torch.Tensor:
     Uses ``encoder.features(batch)`` when defined; otherwise the output of the encoder's ``down``
     path (a U-Net down path returning ``(skips, middle)``), caught with a forward hook.
     """
-    enc = model.encoders[name]
+    enc: Any = model.encoders[name]
     if callable(getattr(enc, "features", None)):
         out = enc.features(batch)
     elif isinstance(getattr(enc, "down", None), torch.nn.Module):
@@ -227,6 +227,7 @@ def decoder_condition(
     if given is None and cname == source:
         given = batch
     if given is None:
-        out = model.decoders[cname].sample(z)
+        zonal: Any = model.decoders[cname]
+        out = zonal.sample(z)
         given = out[0] if isinstance(out, tuple) else out
     return model.condition(cname, as_batch(given, z.device))

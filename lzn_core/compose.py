@@ -37,6 +37,8 @@ the bank started at the item's own anchor (PAPER §1.4: Euler, 100 steps, α = 1
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -294,7 +296,7 @@ def compose(graph: Any, *, model: LZNModel, **options: Any) -> Graph | Chain | F
     )
 
 
-class _CallableModule(__import__("types").ModuleType):
+class _CallableModule(types.ModuleType):
     """``import lzn_core.compose`` binds the *module* to ``lzn_core.compose``; making the module
     callable keeps ``lzn_core.compose("image -> label", model=m)`` working either way."""
 
@@ -302,4 +304,4 @@ class _CallableModule(__import__("types").ModuleType):
         return compose(graph, model=model, **options)
 
 
-__import__("sys").modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__class__ = _CallableModule

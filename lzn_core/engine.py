@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def setup_distributed() -> tuple[int, int, int]:
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     cpu = not torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR") == "cpu"
     if cpu:
-        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None  # type: ignore[attr-defined]
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", verbose=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -212,7 +213,9 @@ class Engine:
         self.iteration += 1
         if bad.item() > 0:
             self.skipped += 1
-            self.scheduler.step()  # keep the lr schedule on the iteration count
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()  # keep the lr schedule on the iteration count
             return False
         self.ds.backward(loss)
         for g in self.optimizer.param_groups:  # frozen modules: no update, no share of the clipping norm

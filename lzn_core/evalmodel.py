@@ -373,7 +373,6 @@ def probe_features(
     img = find_modality(model, "image")
     enc: Any = model.encoders[img]
     gen = torch.Generator().manual_seed(seed)
-    out = torch.empty(0)
     parts = []
     for rows in torch.arange(images.shape[0]).split(batch_size):
         x = images[rows]

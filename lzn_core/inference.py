@@ -248,12 +248,13 @@ def cli_sample(args: argparse.Namespace) -> int:
     target = _file_modality(model, args.target)
     opts = dict(batch_size=args.batch_size, progress=True)
     if args.label is None:
-        out = compose(f"latent -> {target}", model=model, **opts)(args.num, steps=args.steps, seed=args.seed)
+        gen: Any = compose(f"latent -> {target}", model=model, **opts)
+        out = gen(args.num, steps=args.steps, seed=args.seed)
         nrow = None
     else:
         label = _zonal_modality(model, None)
         classes = torch.tensor(args.label, dtype=torch.int64).repeat_interleave(args.num)
-        graph = compose(f"{label} -> {target}", model=model, alpha=args.alpha, **opts)
+        graph: Any = compose(f"{label} -> {target}", model=model, alpha=args.alpha, **opts)
         out, nrow = graph(classes, steps=args.steps, seed=args.seed), args.num
     _write_output(out, args.output, "sample", nrow=nrow)
     return 0
@@ -287,7 +288,7 @@ def cli_classify(args: argparse.Namespace) -> int:
 
     src, dst = _file_modality(model, args.source), _zonal_modality(model, args.target)
     files, batch = read_inputs(model, src, args.inputs)
-    graph = compose(
+    graph: Any = compose(
         f"{src} -> {dst}",
         model=model,
         alpha=args.alpha,
@@ -347,7 +348,7 @@ def cli_embed(args: argparse.Namespace) -> int:
 
     src = _file_modality(model, args.source)
     files, batch = read_inputs(model, src, args.inputs)
-    graph = compose(
+    graph: Any = compose(
         f"{src} -> latent",
         model=model,
         what=args.what,
@@ -405,7 +406,7 @@ def cli_reconstruct(args: argparse.Namespace) -> int:
 
     src = _file_modality(model, args.source)
     files, batch = read_inputs(model, src, args.inputs)
-    graph = compose(
+    graph: Any = compose(
         f"{src} -> {src}",
         model=model,
         alpha=args.alpha,

@@ -136,7 +136,8 @@ class LZNModel(nn.Module):
             anchors: (M, q).
         """
         if self.has_fixed_bank(name):
-            return self.encoders[name].bank()
+            enc: Any = self.encoders[name]
+            return enc.bank()
         stored = getattr(self.banks, name, None)
         if stored is None:
             raise LZNError(
@@ -157,16 +158,18 @@ class LZNModel(nn.Module):
     def condition(self, name: str, batch: Any) -> torch.Tensor:
         """Conditioning vector from modality ``name`` (e.g. one-hot labels), (B, d)."""
         self._check(name)
-        enc = self.encoders[name]
+        enc: Any = self.encoders[name]
         if not callable(getattr(enc, "condition", None)):
             raise LZNError(f"modality {name!r} cannot condition a decoder (its encoder has no condition())")
         return enc.condition(batch)
 
     def generate_condition(self, target: str) -> str | None:
         """Name of the modality conditioning ``target``'s decoder in the recipe's generate tasks."""
+        from .recipe import GenerateTask
+
         self._check(target)
         for task in self.recipe.tasks:
-            if getattr(task, "kind", None) == "generate" and task.target == target:
+            if isinstance(task, GenerateTask) and task.target == target:
                 return task.condition
         return None
 
@@ -177,11 +180,15 @@ class LZNModel(nn.Module):
             RecipeError: when keys or shapes do not match this model (lists the first problems).
         """
         state = dict(state)
+        shapes = []
         for key in [k for k in state if k.startswith("banks.")]:
-            self.set_bank(key.split(".", 1)[1], state[key])
-        missing, unexpected = [], []
+            name, bank = key.split(".", 1)[1], state[key]
+            if name in self.encoders and bank.dim() == 2 and bank.shape[1] == self.latent_dim:
+                self.set_bank(name, bank)
+            else:
+                shapes.append(f"{key}: {tuple(bank.shape)} in file, (M, {self.latent_dim}) in model")
         own = self.state_dict()
-        shapes = [
+        shapes += [
             f"{k}: {tuple(v.shape)} in file, {tuple(own[k].shape)} in model"
             for k, v in state.items()
             if k in own and tuple(own[k].shape) != tuple(v.shape)

@@ -33,11 +33,15 @@ import torch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train a Latent Zoning Network recipe (DeepSpeed or one process).")
+    p = argparse.ArgumentParser(
+        description="Train a Latent Zoning Network recipe (DeepSpeed or one process)."
+    )
     p.add_argument("--recipe", required=True, help="recipe YAML path or bare name (cwd, then recipes/)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, help="'latest' or a checkpoint dir")
     p.add_argument("--output", default=None, help="run directory (default: the recipe's output_dir)")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    p.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher"
+    )
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides (train.batch_size=64)")
     return p.parse_args(argv)
 
@@ -52,7 +56,9 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- one step's losses
-def task_losses(model, recipe, batch: dict[str, Any], step: int, rank: int, world: int) -> dict[str, torch.Tensor]:
+def task_losses(
+    model, recipe, batch: dict[str, Any], step: int, rank: int, world: int
+) -> dict[str, torch.Tensor]:
     """Loss term per task for this rank's rows of global batch ``step`` (means over own rows)."""
     from lzn_core import zoning
     from lzn_core.alignment import alignment_loss, class_weights, gather_anchors
@@ -103,7 +109,9 @@ def task_losses(model, recipe, batch: dict[str, Any], step: int, rank: int, worl
         else:  # paired modalities (image <-> text): row i's pair is row i
             _, bank = encoded(tgt)
             targets = own
-        out = zoning.assign(z, bank, steps=task.steps, weights=weights, targets=targets, chunk=recipe.latent.chunk)
+        out = zoning.assign(
+            z, bank, steps=task.steps, weights=weights, targets=targets, chunk=recipe.latent.chunk
+        )
         key = f"align_{src}_{tgt}"
         losses[f"{key}_{i}" if key in losses else key] = alignment_loss(
             out.target_probs, cutoff=task.cutoff, kind=task.loss
@@ -128,8 +136,14 @@ def eval_images(recipe, specs) -> tuple[torch.Tensor, torch.Tensor] | None:
     img, lab = find_modality_pair(recipe)
     if recipe.data.eval is None or img is None or lab is None:
         return None
-    ld = loader(recipe.data.eval, {img: specs[img], lab: specs[lab]}, batch_size=256, shuffle=False,
-                drop_last=False, infinite=False)
+    ld = loader(
+        recipe.data.eval,
+        {img: specs[img], lab: specs[lab]},
+        batch_size=256,
+        shuffle=False,
+        drop_last=False,
+        infinite=False,
+    )
     batches = list(ld)
     return torch.cat([b[img] for b in batches]), torch.cat([b[lab] for b in batches])
 
@@ -151,10 +165,21 @@ def evaluate(
     img, lab = find_modality_pair(recipe)
     if accuracy and data is not None:
         x, y = data
-        pred, _ = label_flow_predict(model, x, alpha=recipe.eval.alpha, batch_size=recipe.eval.batch_size,
-                                     steps=recipe.eval.steps, seed=recipe.seed)
+        pred, _ = label_flow_predict(
+            model,
+            x,
+            alpha=recipe.eval.alpha,
+            batch_size=recipe.eval.batch_size,
+            steps=recipe.eval.steps,
+            seed=recipe.seed,
+        )
         out["accuracy"] = float((pred == y).float().mean())
-    if samples and img is not None and model.decoders[img].kind == "generative" and recipe.eval.samples_per_class > 0:
+    if (
+        samples
+        and img is not None
+        and model.decoders[img].kind == "generative"
+        and recipe.eval.samples_per_class > 0
+    ):
         from lzn_image.io import save_grid
 
         spc = recipe.eval.samples_per_class
@@ -202,8 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     model = LZNModel(recipe)
     engine = Engine(model, recipe, run_dir / "ckpt", world_size=world)
     model, device, tr = engine.model, engine.device, recipe.train
-    data = loader(recipe.data.train, model.specs, batch_size=tr.batch_size // world, rank=rank,
-                  world_size=world, seed=recipe.seed, num_workers=recipe.data.num_workers)
+    data = loader(
+        recipe.data.train,
+        model.specs,
+        batch_size=tr.batch_size // world,
+        rank=rank,
+        world_size=world,
+        seed=recipe.seed,
+        num_workers=recipe.data.num_workers,
+    )
     start = 0
     if args.resume:
         client = engine.load(args.resume)
@@ -221,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(start, tr.iterations):
         batch = to_device(next(batches), device)
         losses = task_losses(model, recipe, batch, step, rank, world)
-        weights = {t: task.weight for t, task in zip(losses, recipe.tasks)}
+        weights = {t: task.weight for t, task in zip(losses, recipe.tasks, strict=True)}
         total = sum(weights[k] * v for k, v in losses.items()) * fault_injection(step, rank)
         engine.step(total)
         it = step + 1
@@ -230,15 +262,23 @@ def main(argv: list[str] | None = None) -> int:
             if world > 1:
                 torch.distributed.all_reduce(terms)
                 terms /= world
-            row = {"step": it, "loss": terms[0].item(), **{k: terms[j + 1].item() for j, k in enumerate(losses)},
-                   "skipped": engine.skipped, "lr": engine.lrs(), "it_s": tr.log_every / (time.time() - t_last),
-                   "time": time.time() - t0}
+            row = {
+                "step": it,
+                "loss": terms[0].item(),
+                **{k: terms[j + 1].item() for j, k in enumerate(losses)},
+                "skipped": engine.skipped,
+                "lr": engine.lrs(),
+                "it_s": tr.log_every / (time.time() - t_last),
+                "time": time.time() - t0,
+            }
             t_last = time.time()
             if rank == 0:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in losses or k == "loss"}
-                                | {"skip": engine.skipped})
+                bar.set_postfix(
+                    {k: f"{v:.4g}" for k, v in row.items() if k in losses or k == "loss"}
+                    | {"skip": engine.skipped}
+                )
         bar.update(1)
         if tr.ckpt_every and (it % tr.ckpt_every == 0 or it == tr.iterations):
             engine.save(it, {"step": it, "loader": data.state().model_dump()})
@@ -297,13 +337,19 @@ def plot_losses(metrics: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def print_summary(recipe, results: dict[str, Any], run_dir: Path, final: Path, wall: float, skipped: int) -> None:
-    lines = [f"run {recipe.name}: {recipe.train.iterations} iterations in {wall / 60:.1f} min "
-             f"({skipped} skipped steps)"]
+def print_summary(
+    recipe, results: dict[str, Any], run_dir: Path, final: Path, wall: float, skipped: int
+) -> None:
+    lines = [
+        f"run {recipe.name}: {recipe.train.iterations} iterations in {wall / 60:.1f} min "
+        f"({skipped} skipped steps)"
+    ]
     if "accuracy" in results:
         lines.append(f"test accuracy (label flow, alpha={recipe.eval.alpha}): {results['accuracy']:.4f}")
     if "class_consistency" in results:
-        lines.append(f"class consistency of the samples (SVM on real digits): {results['class_consistency']:.4f}")
+        lines.append(
+            f"class consistency of the samples (SVM on real digits): {results['class_consistency']:.4f}"
+        )
     if "grid" in results:
         lines.append(f"class-conditional sample grid: {results['grid']}")
     lines += [f"run dir: {run_dir}", f"exported model: {final}  (lzn_core.load({str(final)!r}))"]

@@ -392,3 +392,40 @@ def test_text_edges() -> None:
     assert all(s in EXAMPLE_CAPTIONS for s in found)
     assert compose("text -> label", model=m)("a handwritten one").labels.shape == (1,)
     assert compose("text -> latent", model=m)(caps).shape == (2, Q)
+
+
+def test_alpha_and_inference_batch_are_levers() -> None:
+    """PAPER §1.6: without a bank, accuracy grows with the inference batch and as α -> 0."""
+    m = tiny_model()
+    with torch.no_grad():
+        m.encoders["label"].anchors.mul_(3.0)
+    m.encoders["image"] = _Oracle(m.encoders["label"])
+    x, y = _class_images(80, seed=3)
+    clf = compose("image -> label", model=m, bank_size=0)
+
+    def acc(**kw) -> float:
+        return float((clf(x, seed=0, **kw).labels == y).float().mean())
+
+    small, large = acc(batch_size=4, alpha=0.0), acc(batch_size=80, alpha=0.0)
+    assert large >= 0.85 and large > small + 0.2
+    assert acc(batch_size=80, alpha=1.0) < large - 0.1
+
+
+class _PlainEncoder(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :Q]
+
+
+class _FeatureEncoder(_PlainEncoder):
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) * 2
+
+
+def test_backbone_prefers_features_and_explains_when_missing() -> None:
+    m = tiny_model()
+    x = images(3)
+    m.encoders["image"] = _FeatureEncoder()
+    assert torch.equal(compose("image -> latent", model=m, what="backbone")(x), x.flatten(1) * 2)
+    m.encoders["image"] = _PlainEncoder()
+    with pytest.raises(ComposeError, match="exposes no backbone features: define features"):
+        compose("image -> latent", model=m, what="backbone")(x)

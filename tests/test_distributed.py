@@ -25,20 +25,32 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-OVERRIDES = ["modalities.image.config.preset=tiny", "latent.dim=8", "train.batch_size=8", "train.warmup=0",
-             "tasks.1.steps=10"]
+OVERRIDES = [
+    "modalities.image.config.preset=tiny",
+    "latent.dim=8",
+    "train.batch_size=8",
+    "train.warmup=0",
+    "tasks.1.steps=10",
+]
 STEP = 3
 
 
 def _global_batch() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return {"image": torch.rand((8, 1, 8, 8), generator=g) * 2 - 1,
-            "label": torch.tensor([0, 1, 1, 2, 3, 3, 3, 9])}
+    return {
+        "image": torch.rand((8, 1, 8, 8), generator=g) * 2 - 1,
+        "label": torch.tensor([0, 1, 1, 2, 3, 3, 3, 9]),
+    }
 
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     import importlib.util
 
     from lzn_core.engine import Engine, setup_distributed
@@ -55,7 +67,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     b = 8 // world
     batch = {k: v[rank * b : (rank + 1) * b] for k, v in _global_batch().items()}
     losses = train.task_losses(engine.model, recipe, batch, STEP, rank, world)
-    total = sum(t.weight * v for t, v in zip(recipe.tasks, losses.values()))
+    total = sum(t.weight * v for t, v in zip(recipe.tasks, losses.values(), strict=True))
     engine.ds.backward(total)  # all-reduces (averages) the gradients over ranks
     terms = torch.stack([total.detach(), *[v.detach() for v in losses.values()]])
     torch.distributed.all_reduce(terms)
@@ -79,8 +91,11 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
         port = _free_port()
         for rank in range(world):
             cmd = [sys.executable, __file__, str(rank), str(world), str(port), str(tmp_path)]
-            procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True))
+            procs.append(
+                subprocess.Popen(
+                    cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+            )
     for p in procs:
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out[-3000:]
@@ -95,11 +110,14 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
     rel_l2 = float((g2 - g1).norm() / g1.norm())
     top = float(g1.abs().max())
     worst = max(float((two["grads"][k] - g).abs().max()) for k, g in one["grads"].items()) / top
-    print(f"2 vs 1 process: gradient rel. L2 difference {rel_l2:.1e}, max abs difference {worst:.1e} x max|grad|")
+    print(
+        f"2 vs 1 process: gradient rel. L2 difference {rel_l2:.1e}, max abs difference {worst:.1e} x max|grad|"
+    )
     assert rel_l2 < 5e-4 and worst < 1e-3
     for k, g in one["grads"].items():  # tensors with a real gradient agree on their own scale too
         if g.abs().max() > 1e-2 * top:
             torch.testing.assert_close(two["grads"][k], g, rtol=0, atol=1e-3 * float(g.abs().max()), msg=k)
+
 
 if __name__ == "__main__":
     _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))

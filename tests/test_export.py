@@ -37,8 +37,9 @@ def _outputs(m) -> list[torch.Tensor]:
         a = m.encode("image", x)
         z = m.latents(a, noise=noise)
         labels, conf = m.decoders["label"].sample(z, steps=10)
-        img = m.decoders["image"].sample(z[:2], m.condition("label", labels[:2]), steps=2,
-                                         noise=torch.zeros(2, 1, 8, 8))
+        img = m.decoders["image"].sample(
+            z[:2], m.condition("label", labels[:2]), steps=2, noise=torch.zeros(2, 1, 8, 8)
+        )
     return [a, z, labels, conf, img, m.bank("image"), m.bank("label")]
 
 
@@ -51,7 +52,7 @@ def test_round_trip_same_outputs(model, exported: Path) -> None:
     assert loaded.names == model.names and loaded.latent_dim == 8
     assert loaded.recipe.model_dump(mode="json") == model.recipe.model_dump(mode="json")
     assert loaded.state_dict().keys() == model.state_dict().keys()
-    for a, b in zip(_outputs(model), _outputs(loaded)):
+    for a, b in zip(_outputs(model), _outputs(loaded), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
@@ -137,7 +138,9 @@ def test_cli_export(exported: Path, tmp_path: Path, capsys) -> None:
         (run / "final" / name).write_bytes((exported / name).read_bytes())
     assert main(["export", str(run), str(tmp_path / "out")]) == 0
     assert "exported" in capsys.readouterr().out
-    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (exported / "model.safetensors").read_bytes()
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (
+        exported / "model.safetensors"
+    ).read_bytes()
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 1
     assert "has no final/ and no recipe.yaml" in capsys.readouterr().err
 

@@ -19,23 +19,49 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 # Size overrides per recipe: tiny networks, batch 8, 2 iterations, cheap evaluation.
-_COMMON = ["train.batch_size=8", "train.iterations=2", "train.log_every=1", "train.ckpt_every=0",
-           "train.eval_every=0", "train.sample_every=0", "latent.bank_size=8", "data.num_workers=0",
-           "eval.batch_size=16", "eval.steps=4", "eval.samples_per_class=1"]
+_COMMON = [
+    "train.batch_size=8",
+    "train.iterations=2",
+    "train.log_every=1",
+    "train.ckpt_every=0",
+    "train.eval_every=0",
+    "train.sample_every=0",
+    "latent.bank_size=8",
+    "data.num_workers=0",
+    "eval.batch_size=16",
+    "eval.steps=4",
+    "eval.samples_per_class=1",
+]
 _IMG8 = ["modalities.image.config.preset=tiny", "modalities.image.config.sample_steps=2", "latent.dim=8"]
-_IMG32 = ["modalities.image.config.preset=small32", "modalities.image.config.sample_steps=2",
-          "modalities.image.config.sample_method=euler", "latent.dim=8", "deepspeed=ds/cpu.json"]
+_IMG32 = [
+    "modalities.image.config.preset=small32",
+    "modalities.image.config.sample_steps=2",
+    "modalities.image.config.sample_method=euler",
+    "latent.dim=8",
+    "deepspeed=ds/cpu.json",
+]
 SMOKE = {
     "digits_joint": _IMG8,
     "digits_rf_baseline": _IMG8,
-    "digits_text": _IMG8 + ["modalities.text.config.width=16", "modalities.text.config.decoder_width=16",
-                            "modalities.text.config.layers=1", "modalities.text.config.decoder_layers=1",
-                            "modalities.text.config.retrieval_bank_size=8", "modalities.text.config.vocab_size=64"],
+    "digits_text": _IMG8
+    + [
+        "modalities.text.config.width=16",
+        "modalities.text.config.decoder_width=16",
+        "modalities.text.config.layers=1",
+        "modalities.text.config.decoder_layers=1",
+        "modalities.text.config.retrieval_bank_size=8",
+        "modalities.text.config.vocab_size=64",
+    ],
     "cifar_gen": _IMG32,
     "cifar_joint": _IMG32,
-    "imagenet_repr": ["modalities.image.config.resolution=32", "modalities.image.config.encoder=resnet18",
-                      "modalities.image.config.proj_hidden=32", "latent.dim=8", "latent.chunk=null",
-                      "deepspeed=ds/cpu.json"],
+    "imagenet_repr": [
+        "modalities.image.config.resolution=32",
+        "modalities.image.config.encoder=resnet18",
+        "modalities.image.config.proj_hidden=32",
+        "latent.dim=8",
+        "latent.chunk=null",
+        "deepspeed=ds/cpu.json",
+    ],
 }
 DIGITS = _COMMON + _IMG8
 
@@ -66,8 +92,12 @@ def _synthetic(out: Path, n: int, side: int, channels: int) -> None:
     for split, count in (("train", n), ("test", n // 2)):
         shape = (side, side) if channels == 1 else (side, side, channels)
         samples = (
-            make_sample(f"s{i:05d}", png_bytes(rng.integers(0, 256, shape, dtype=np.uint8)),
-                        f"a picture of class {i % 10}", i % 10)
+            make_sample(
+                f"s{i:05d}",
+                png_bytes(rng.integers(0, 256, shape, dtype=np.uint8)),
+                f"a picture of class {i % 10}",
+                i % 10,
+            )
             for i in range(count)
         )
         write_split(out, split, samples, total=count, shard_size=max(1, count // 2), progress=False)
@@ -88,8 +118,15 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _run(train, workdir: Path, monkeypatch: pytest.MonkeyPatch, out: str, recipe: str = "digits_joint",
-         extra: list[str] = (), resume: str | None = None) -> Path:
+def _run(
+    train,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    out: str,
+    recipe: str = "digits_joint",
+    extra: list[str] = (),
+    resume: str | None = None,
+) -> Path:
     monkeypatch.chdir(workdir)
     args = ["--recipe", recipe, "--output", out, *(["--resume", resume] if resume else []), *DIGITS, *extra]
     assert train.main(args) == 0
@@ -106,7 +143,9 @@ def _metrics(run: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("recipe", sorted(SMOKE))
-def test_smoke_every_recipe(train, workdir: Path, monkeypatch: pytest.MonkeyPatch, recipe: str, capsys) -> None:
+def test_smoke_every_recipe(
+    train, workdir: Path, monkeypatch: pytest.MonkeyPatch, recipe: str, capsys
+) -> None:
     assert (ROOT / "recipes" / f"{recipe}.yaml").is_file()
     monkeypatch.chdir(workdir)
     out = f"runs/smoke_{recipe}"
@@ -148,7 +187,10 @@ def test_resume_after_crash_equals_uninterrupted(train, workdir, monkeypatch) ->
     # EMA (exported final) too
     from safetensors.torch import load_file
 
-    ea, eb = load_file(straight / "final" / "model.safetensors"), load_file(crashed / "final" / "model.safetensors")
+    ea, eb = (
+        load_file(straight / "final" / "model.safetensors"),
+        load_file(crashed / "final" / "model.safetensors"),
+    )
     for k in ea:
         if not k.startswith("banks."):
             torch.testing.assert_close(eb[k], ea[k], rtol=0, atol=1e-6, msg=k)
@@ -233,8 +275,11 @@ def test_param_groups_follow_lr_keys() -> None:
     model = LZNModel(load_recipe("digits_joint.yaml", _IMG8))
     lr = {"default": 1.0, "image.decoder": 2.0, "label": 3.0}
     groups = {g["name"]: g for g in param_groups(model, lr, {"image.decoder": 60})}
-    assert {k: g["lr"] for k, g in groups.items()} == {"image.encoder": 1.0, "image.decoder": 2.0,
-                                                       "label.encoder": 3.0}
+    assert {k: g["lr"] for k, g in groups.items()} == {
+        "image.encoder": 1.0,
+        "image.decoder": 2.0,
+        "label.encoder": 3.0,
+    }
     assert groups["image.decoder"]["freeze_at"] == 60 and groups["image.encoder"]["freeze_at"] is None
     assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
     with pytest.raises(LZNError, match="train.lr has no entry for 'image.decoder' and no 'default'"):
@@ -260,6 +305,10 @@ def test_deepspeed_config_errors(tmp_path) -> None:
 def test_train_help_runs_without_deepspeed_import() -> None:
     import subprocess
 
-    out = subprocess.run([sys.executable, str(ROOT / "recipes" / "train.py"), "--help"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "--resume" in out.stdout and "key=value" in out.stdout
