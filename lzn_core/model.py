@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
 class LZNModel(nn.Module):
     """Encoders and decoders of a recipe's modalities over one latent space of dimension q.
 
+    A plugin's ``prepare(config, data.train)`` (e.g. the text tokenizer) runs before its
+    modules are built; the prepared config replaces ``recipe.modalities[name].config``.
+
     Attributes:
         recipe: the resolved ``Recipe`` the model was built from.
         latent_dim: q.

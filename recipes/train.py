@@ -1,7 +1,7 @@
 """Train a Latent Zoning Network from a recipe. One script, top to bottom (nanoGPT-style).
 
     deepspeed recipes/train.py --recipe cifar_joint.yaml                        # GPUs
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 recipes/train.py --recipe digits_joint.yaml   # CPU, gloo
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 recipes/train.py --recipe digits_joint.yaml  # CPU
     python recipes/train.py --recipe digits_joint.yaml train.iterations=200    # one process
     python recipes/train.py --recipe digits_joint.yaml --resume                 # continue from ckpt/latest
 
@@ -210,7 +210,6 @@ def class_consistency(samples: torch.Tensor, classes: torch.Tensor) -> float | N
 # --------------------------------------------------------------------------- the run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
     from tqdm import tqdm
 
     from lzn_core.data import loader

@@ -339,3 +339,34 @@ def test_registered_and_conformant() -> None:
     assert get_modality("text") is SPEC
     report = check_modality("text", latent_dim=Q)
     assert report.decoder_kind == "generative" and len(report.checks) >= 5
+
+
+def test_model_export_and_load_need_neither_shards_nor_cache(tmp_path, monkeypatch) -> None:
+    """digits_text.yaml with tiny sizes: prepare trains the tokenizer in LZNModel; the exported
+    model rebuilds from model.safetensors + recipe.yaml after the shards and cache are gone."""
+    import shutil
+
+    from lzn_core.export import load, write_model
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import load_recipe
+
+    monkeypatch.setenv("LZN_CACHE_DIR", str(tmp_path / "cache"))
+    _shard(tmp_path / "train-000000.tar", [c.encode() for c in CORPUS])
+    tiny = ["latent.dim=8", "modalities.image.config.preset=tiny", f"data.train={tmp_path}/train-*.tar"]
+    tiny += [f"modalities.text.config.{k}={v}" for k, v in TINY.items()]
+    torch.manual_seed(0)
+    model = LZNModel(load_recipe("digits_text.yaml", tiny)).eval()
+    cfg = model.configs["text"]
+    assert cfg.tokenizer_bytes > 0 and cfg.retrieval_bank == sorted(CORPUS)
+    with torch.no_grad():
+        before = model.encode("text", CORPUS[:3])
+    out = write_model(model, tmp_path / "final")
+    shutil.rmtree(tmp_path / "cache")
+    (tmp_path / "train-000000.tar").unlink()
+    loaded = load(out)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode("text", CORPUS[:3]), before)
+    assert (
+        loaded.decoders["text"].tokenizer.decode(loaded.encoders["text"].tokens(CORPUS[:2]).tolist())
+        == CORPUS[:2]
+    )
