@@ -78,7 +78,8 @@ class ModalitySpec:
         decode_sample: raw shard bytes -> one item (runs in loader workers); raises
             ``ValueError`` with a clear message on corrupt input.
         collate: list of items -> batch (default: ``torch.stack`` / ``torch.tensor`` / list).
-        augment: optional ``(batch, config) -> batch`` random view (case 2's SimCLR views).
+        augment: optional ``(batch, config, *, generator=None) -> batch`` random view (case 2's
+            SimCLR views); randomness from ``generator`` so a resumed run sees the same views.
         prepare: optional ``(config, train_pattern) -> config`` run once before building
             (e.g. train a tokenizer from the training shards); returns the completed config.
         version: contract version the plugin was written for.

@@ -77,12 +77,16 @@ def task_losses(
             anchors[key] = (a, gather_anchors(a))
         return anchors[key]
 
-    def latents(name: str, alpha: float) -> torch.Tensor:  # z of own rows: (b, q)
-        _, a_all = encoded(name)
+    def latents(name: str, alpha: float, view: Any = None, key: str | None = None) -> torch.Tensor:
+        _, a_all = encoded(name, view, key)  # z of own rows: (b, q)
         if name not in noise:
             gen = seeded(recipe.seed, step, model.names.index(name))
             noise[name] = torch.randn((total, model.latent_dim), generator=gen)[start : start + b].to(device)
         return model.latents(a_all, alpha=alpha, noise=noise[name].to(a_all.dtype), index=own)
+
+    def view(name: str, k: int) -> Any:  # augmented view k of own rows; seeded by (seed, step, rank, k)
+        gen = seeded(recipe.seed, step, 1000 + 10 * rank + k)
+        return model.specs[name].augment(batch[name], model.configs[name], generator=gen)
 
     losses: dict[str, torch.Tensor] = {}
     for i, task in enumerate(recipe.tasks):
@@ -96,15 +100,17 @@ def task_losses(
             )
             continue
         src, tgt = task.source, task.target
-        z = latents(src, task.alpha)
+        if src == tgt:  # case 2: both sides are augmented views of the same rows (PAPER §4)
+            z = latents(src, task.alpha, view(src, 1), key=f"{src}/view1")
+        else:
+            z = latents(src, task.alpha)
         weights = None
         if model.has_fixed_bank(tgt):  # case 3: the target's anchors are its classes
             bank, targets = model.bank(tgt), batch[tgt].to(device)
             if task.class_weights:
                 weights = class_weights(targets, bank.shape[0])
         elif src == tgt:  # case 2: a second augmented view of the same rows
-            view = model.specs[tgt].augment(batch[tgt], model.configs[tgt])
-            _, bank = encoded(tgt, view, key=f"{tgt}/view")
+            _, bank = encoded(tgt, view(tgt, 2), key=f"{tgt}/view2")
             targets = own
         else:  # paired modalities (image <-> text): row i's pair is row i
             _, bank = encoded(tgt)

@@ -44,10 +44,10 @@ def build_decoder(config: ImageConfig, latent_dim: int) -> Any:
     return ImageDecoder(config, latent_dim)
 
 
-def _augment(batch: Any, config: ImageConfig) -> Any:
+def _augment(batch: Any, config: ImageConfig, *, generator: Any = None) -> Any:
     from .augment import augment
 
-    return augment(batch, config)
+    return augment(batch, config, generator=generator)
 
 
 def example_items(n: int) -> list[bytes]:
