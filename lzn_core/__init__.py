@@ -34,7 +34,30 @@ _LAZY: dict[str, str] = {
 }
 _SUBMODULES = ("zoning", "alignment", "latent", "data", "shards", "evaluation", "testing", "errors")
 
-__all__ = sorted([*_LAZY, *_SUBMODULES])
+__all__ = [
+    "Decoder",
+    "Encoder",
+    "LZNError",
+    "LZNModel",
+    "ModalitySpec",
+    "PluginInfo",
+    "Recipe",
+    "alignment",
+    "compose",
+    "data",
+    "errors",
+    "evaluation",
+    "export_run",
+    "get_modality",
+    "hookimpl",
+    "latent",
+    "list_plugins",
+    "load",
+    "load_recipe",
+    "shards",
+    "testing",
+    "zoning",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .compose import compose
