@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny settings (minutes): checks the pipeline only")
     p.add_argument("--reuse", action="store_true", help="skip training a variant whose run is up to date")
     p.add_argument("--iterations", type=int, help="training iterations of every variant")
+    p.add_argument("--report-only", action="store_true", help="rewrite the markdown from digits.json only")
     p.add_argument(
         "--data", default=str(ROOT / "data" / "digits"), help="digits shards (written when missing)"
     )
@@ -303,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or ROOT / "benchmarks" / "results" / ("quick" if args.quick else ""))
     docs = Path(args.docs) if args.docs else (None if args.quick else ROOT / "docs" / "results.md")
     data = Path(args.data)
+    if args.report_only:
+        from _digits_report import rewrite_docs
+
+        rewrite_docs(out, docs or ROOT / "docs" / "results.md")
+        return 0
     t0 = time.time()
     if not list(data.glob("train-*.tar")):
         from lzn_core.shards import write_digits
