@@ -149,7 +149,29 @@ def _export_checkpoint(run_dir: Path, out: Path) -> Path:
     ema = (ckpt.get("engine") or {}).get("ema") or {}
     state.update({k: v for k, v in ema.items() if k in state})
     model.load_weights(state)
+    _fill_banks_if_possible(model, recipe)
     return write_model(model, out)
+
+
+def _fill_banks_if_possible(model: LZNModel, recipe: Any) -> None:
+    """A checkpoint has no anchor bank yet (training fills it at the end): fill it from ``data.train``.
+
+    Without the training shards the export still succeeds; compose then zones each request batch
+    alone (``bank_size=0``), and a warning says so.
+    """
+    import warnings
+
+    from .errors import DataError, LZNWarning
+
+    try:
+        fill_banks(model, recipe, seed=recipe.seed)
+    except DataError as exc:
+        warnings.warn(
+            f"exported without an anchor bank ({exc.__class__.__name__}: training data not found); "
+            "small requests will be zoned without the bank",
+            LZNWarning,
+            stacklevel=3,
+        )
 
 
 def fill_banks(model: LZNModel, recipe: Any, *, seed: int = 0) -> None:

@@ -250,10 +250,23 @@ def test_export_run_from_checkpoint_and_final(train, workdir, monkeypatch, tmp_p
     shutil.rmtree(run / "final")
     from_ckpt = load(export_run(run, tmp_path / "b"))  # EMA weights of ckpt/latest
     sa, sb = from_final.state_dict(), from_ckpt.state_dict()
+    assert from_ckpt.bank("image").shape[0] > 0  # the checkpoint export fills the anchor bank too
+    assert set(sa) == set(sb)
     for k in sb:
         torch.testing.assert_close(sb[k], sa[k], msg=k)
     with pytest.raises(FileNotFoundError, match="has no final/ and no recipe.yaml"):
         export_run(tmp_path / "empty", tmp_path / "c")
+
+    import lzn_core.export
+    from lzn_core.errors import DataError, LZNWarning
+
+    def no_data(*args, **kwargs):
+        raise DataError("no shards match 'data/train-*.tar'")
+
+    monkeypatch.setattr(lzn_core.export, "fill_banks", no_data)
+    with pytest.warns(LZNWarning, match="exported without an anchor bank"):
+        export_run(run, tmp_path / "d")  # still exports: the weights do not need the data
+    assert (tmp_path / "d" / "model.safetensors").is_file()
 
 
 # ----------------------------------------------------------------------------- engine pieces (no run)
