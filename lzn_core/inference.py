@@ -137,6 +137,20 @@ def read_inputs(model: LZNModel, name: str, paths: list[str]) -> tuple[list[Path
     return files, spec.collate(items)
 
 
+def _graph_over_inputs(
+    args: argparse.Namespace, model: LZNModel, src: str, edge: str, **options: Any
+) -> tuple:
+    """Read the input files of modality ``src`` and compose ``edge`` with the options every file
+    command shares (``--batch-size``, ``--bank-size``, a progress bar). Returns (files, batch, graph)."""
+    from .compose import compose  # after the model check: bad paths fail before torch loads
+
+    files, batch = read_inputs(model, src, args.inputs)
+    graph: Any = compose(
+        edge, model=model, batch_size=args.batch_size, bank_size=args.bank_size, progress=True, **options
+    )
+    return files, batch, graph
+
+
 def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int | None = None) -> Path:
     """Write images (B, C, H, W) in [-1, 1] (C = 1 or 3) as one PNG grid; small images are upscaled
     so each tile is at least 64 px."""
@@ -284,18 +298,9 @@ def cli_classify_args(parser: argparse.ArgumentParser) -> None:
 def cli_classify(args: argparse.Namespace) -> int:
     """``lzn classify``: image -> label through the label flow; a table or JSON lines on stdout."""
     model = load_model(args.model, device=args.device)
-    from .compose import compose  # after the model check: bad paths fail before torch loads
-
     src, dst = _file_modality(model, args.source), _zonal_modality(model, args.target)
-    files, batch = read_inputs(model, src, args.inputs)
-    graph: Any = compose(
-        f"{src} -> {dst}",
-        model=model,
-        alpha=args.alpha,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        bank_size=args.bank_size,
-        progress=True,
+    files, batch, graph = _graph_over_inputs(
+        args, model, src, f"{src} -> {dst}", alpha=args.alpha, steps=args.steps
     )
     pred = graph(batch, seed=args.seed)
     rows = [
@@ -344,18 +349,9 @@ def cli_embed(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     model = load_model(args.model, device=args.device)
-    from .compose import compose  # after the model check: bad paths fail before torch loads
-
     src = _file_modality(model, args.source)
-    files, batch = read_inputs(model, src, args.inputs)
-    graph: Any = compose(
-        f"{src} -> latent",
-        model=model,
-        what=args.what,
-        alpha=args.alpha,
-        batch_size=args.batch_size,
-        bank_size=args.bank_size,
-        progress=True,
+    files, batch, graph = _graph_over_inputs(
+        args, model, src, f"{src} -> latent", what=args.what, alpha=args.alpha
     )
     feats = graph(batch, seed=args.seed).float().cpu().contiguous()
     out = Path(args.output)
@@ -402,18 +398,9 @@ def cli_reconstruct(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     import torch
 
-    from .compose import compose  # after the model check: bad paths fail before torch loads
-
     src = _file_modality(model, args.source)
-    files, batch = read_inputs(model, src, args.inputs)
-    graph: Any = compose(
-        f"{src} -> {src}",
-        model=model,
-        alpha=args.alpha,
-        mode=args.mode,
-        batch_size=args.batch_size,
-        bank_size=args.bank_size,
-        progress=True,
+    files, batch, graph = _graph_over_inputs(
+        args, model, src, f"{src} -> {src}", alpha=args.alpha, mode=args.mode
     )
     rec = graph(batch, steps=args.steps, seed=args.seed)
     nrow = None
