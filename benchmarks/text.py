@@ -9,10 +9,15 @@ Metrics (class level: a caption counts when the digit it names is the image's cl
   zoning context) flow through the text anchors of the test captions (reverse flow, nearest
   anchor, ``TextDecoder.retrieve``); ``retrieval_r1_bank`` does the same over the model's bank of
   distinct training captions.
-* ``caption_to_image``: latents of the test captions (zoned among themselves) -> image decoder;
-  an SVC fitted on the real training-split pixels judges the class of each generated image.
-* ``caption_generation``: test-image latents -> text decoder (greedy); the digit named in the
+The other metrics go through the graphs a user calls (``lzn_core.compose``), whose latents are
+zoned with the model's stored anchor bank; a decoder trained with a label condition gets the
+class the label flow reads from z (PAPER §1.4, case 3):
+
+* ``caption_generation``: ``"image -> text"`` (alpha 0, greedy); the digit named in the
   generated caption (word or numeral) against the label.
+* ``caption_to_image``: ``"text -> image"`` (alpha ``--gen-alpha``); an SVC fitted on the real
+  training-split pixels judges the class of each generated image.
+* ``label_flow_accuracy`` / ``text_to_label``: ``"image -> label"`` / ``"text -> label"``.
 
 Writes ``benchmarks/results/text.json``.
 """
@@ -95,7 +100,8 @@ def fit_judge(model: Any, pattern: str) -> Any:
 @torch.no_grad()
 def measure(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     """All metrics of the module docstring on the test split."""
-    from lzn_core.evalmodel import find_modality, label_flow_predict
+    from lzn_core import compose
+    from lzn_core.evalmodel import find_modality
 
     img, lab, txt = (find_modality(model, p) for p in ("image", "label", "text"))
     x, y, captions = test_split(model, args.test)
@@ -114,27 +120,21 @@ def measure(model: Any, args: argparse.Namespace) -> dict[str, Any]:
         out["retrieval_r1_bank"] = _acc([named_digit(c) for c in ret_bank], y)
         out["bank_size"] = len(bank)
 
-    gen = dec.sample(z_img, max_len=model.configs[txt].context_length)
+    seed = {"seed": args.seed}
+    gen = compose("image -> text", model=model)(x, alpha=args.alpha, **seed)
     out["caption_generation"] = _acc([named_digit(c) for c in gen], y)
     out["examples"] = [
         {"label": int(k), "generated": g, "retrieved": r}
         for k, g, r in list(zip(y.tolist(), gen, ret, strict=True))[:10]
     ]
-
-    z_txt = image_latents(model, txt, captions, args.gen_alpha, args.seed + 1)
-    cond_name = model.generate_condition(img)
-    cond = None
-    if cond_name is not None:  # the image decoder wants e.g. a one-hot: read it from z (label flow)
-        pred, _ = model.decoders[cond_name].sample(z_txt)
-        cond = model.condition(cond_name, pred)
-    samples = model.decoders[img].sample(z_txt, cond, generator=torch.Generator().manual_seed(args.seed))
+    samples = compose("text -> image", model=model)(captions, alpha=args.gen_alpha, **seed)
     judge = fit_judge(model, args.train_shards)
     judged = judge.predict(samples.float().flatten(1).numpy())
     out["caption_to_image"] = _acc(judged.tolist(), y)
     out["judge_accuracy_on_real_test"] = _acc(judge.predict(x.flatten(1).numpy()).tolist(), y)
-    pred, _ = label_flow_predict(model, x, alpha=args.alpha, batch_size=len(y), seed=args.seed)
+    pred = compose("image -> label", model=model)(x, alpha=args.alpha, **seed).labels
     out["label_flow_accuracy"] = _acc(pred.tolist(), y)
-    text_pred, _ = model.decoders[lab].sample(z_txt)
+    text_pred = compose("text -> label", model=model)(captions, alpha=args.alpha, **seed).labels
     out["text_to_label"] = _acc(text_pred.tolist(), y)
     return out
 

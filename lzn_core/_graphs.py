@@ -239,9 +239,14 @@ class Decode(Graph):
 
     ``label -> image``: class-zone latents (α = 1) with the one-hot conditioning when the model
     was trained with it; ``text -> image``, ``image -> text``: the source's latents zoned with its
-    bank; ``X -> X``: reconstruction (α = 0, the zone centre, by default). ``mode="invert"``
-    (X -> X only) is the paper's reconstruction metric: invert the decoder's ODE to noise
-    conditioned on z, then regenerate from it (``decoder.reconstruct``).
+    bank. When the target's decoder is conditioned on a third modality (``text -> image`` with a
+    label-conditioned image decoder), z keeps the requested α (a sample from the caption's zone)
+    but the condition is read at the zone centre (α = 0), where the label flow classifies best
+    (PAPER §1.6): it is the source item's class, not that of a random point of its zone.
+
+    ``X -> X``: reconstruction (α = 0, the zone centre, by default). ``mode="invert"`` (X -> X
+    only) is the paper's reconstruction metric: invert the decoder's ODE to noise conditioned on
+    z, then regenerate from it (``decoder.reconstruct``).
     """
 
     DEFAULTS: ClassVar[dict[str, Any]] = dict(
@@ -299,9 +304,24 @@ class Decode(Graph):
                     gen=gen,
                 )
                 given = None if cond_all is None else cond_all[rows]
-                cond = decoder_condition(self.model, self.target, self.source, x, z, given)
+                z_read = z
+                if given is None and alpha != 0.0 and self._reads_condition():
+                    z_read = zone_latents(  # the source item's class is read at its zone centre
+                        self.model,
+                        self.source,
+                        x,
+                        alpha=0.0,
+                        latent_steps=o["latent_steps"],
+                        bank_size=o["bank_size"],
+                        gen=gen,
+                    )
+                cond = decoder_condition(self.model, self.target, self.source, x, z_read, given)
                 if o["mode"] == "invert":
                     parts.append(dec.reconstruct(x, z, cond, steps=o["steps"], **sample_kw))
                 else:
                     parts.append(sample_with(dec, z, cond, gen, steps=o["steps"], **sample_kw))
         return concat(parts)
+
+    def _reads_condition(self) -> bool:
+        """True when the target's decoder is conditioned on a modality read from z (not the source)."""
+        return self.model.generate_condition(self.target) not in (None, self.source)

@@ -394,6 +394,43 @@ def test_text_edges() -> None:
     assert compose("text -> latent", model=m)(caps).shape == (2, Q)
 
 
+def test_third_modality_condition_is_read_at_the_zone_centre(monkeypatch) -> None:
+    """text -> image with a label-conditioned image decoder: z is sampled in the caption's zone
+    (α = 1), the one-hot is the label flow of the caption's zone centre (α = 0)."""
+    m = tiny_model(
+        text=True,
+        tasks=[
+            {"kind": "generate", "target": "image", "condition": "label"},
+            {"kind": "generate", "target": "text"},
+            {"kind": "align", "source": "image", "target": "label"},
+            {"kind": "align", "source": "text", "target": "label"},
+        ],
+    )
+    caps = ["a handwritten one", "the digit 2, written by hand", "a handwritten one"]
+    centre = compose("text -> latent", model=m)(caps, alpha=0.0)
+    seen: dict[str, torch.Tensor] = {}
+    label_sample, image_sample = m.decoders["label"].sample, m.decoders["image"].sample
+
+    def spy_label(z, *a, **k):
+        seen["label"] = z.clone()
+        return label_sample(z, *a, **k)
+
+    def spy_image(z, *a, **k):
+        seen["image"] = z.clone()
+        return image_sample(z, *a, **k)
+
+    monkeypatch.setattr(m.decoders["label"], "sample", spy_label)
+    monkeypatch.setattr(m.decoders["image"], "sample", spy_image)
+    compose("text -> image", model=m)(caps, alpha=1.0, seed=0)
+    torch.testing.assert_close(seen["label"], centre)
+    assert not torch.allclose(seen["image"], centre)  # the decoder's z is a sample of the zone
+    compose("text -> image", model=m)(caps, alpha=0.0, seed=0)
+    torch.testing.assert_close(seen["label"], seen["image"])  # at α = 0 they are one z
+    seen.clear()
+    compose("text -> image", model=m)(caps, alpha=1.0, seed=0, condition=torch.tensor([1, 2, 1]))
+    assert "label" not in seen  # a given condition is used as is
+
+
 def test_alpha_and_inference_batch_are_levers() -> None:
     """PAPER §1.6: without a bank, accuracy grows with the inference batch and as α -> 0."""
     m = tiny_model()

@@ -170,6 +170,43 @@ def test_smoke_every_recipe(
     assert set(model.names) == set(yaml.safe_load((run / "recipe.yaml").read_text())["modalities"])
 
 
+def test_text_benchmark_measures_a_trained_run(train, workdir, monkeypatch, tmp_path) -> None:
+    """benchmarks/text.py on a 2-iteration digits_text run: every metric is a rate in [0, 1], the
+    JSON is written, and the digit a caption names is read the way the metrics need."""
+    monkeypatch.chdir(workdir)
+    run = workdir / "runs" / "smoke_digits_text"
+    if not (run / "final" / "model.safetensors").is_file():
+        assert (
+            train.main(["--recipe", "digits_text", "--output", str(run), *_COMMON, *SMOKE["digits_text"]])
+            == 0
+        )
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import text as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert [
+        bench.named_digit(c)
+        for c in (
+            "an 8x8 picture of a handwritten one",
+            "the number one (1) in handwriting",
+            "a small blurry 7",
+            "digits 3 and 4",
+            "a picture",
+        )
+    ] == [1, 1, 7, -1, -1]
+    out = tmp_path / "text.json"
+    assert bench.main(["--model", str(run / "final"), "--out", str(out), "--steps", "4"]) == 0
+    got = json.loads(out.read_text())
+    rates = ("retrieval_r1", "caption_generation", "caption_to_image", "label_flow_accuracy", "text_to_label")
+    assert all(0.0 <= got[k] <= 1.0 for k in rates), got
+    assert got["n_test"] == 50 and len(got["examples"]) == 10
+    assert all(
+        isinstance(e["generated"], str) and bench.named_digit(e["retrieved"]) in range(10)
+        for e in got["examples"]
+    )
+
+
 def test_resume_after_crash_equals_uninterrupted(train, workdir, monkeypatch) -> None:
     extra = ["train.iterations=4", "train.ckpt_every=2"]
     straight = _run(train, workdir, monkeypatch, "runs/straight", extra=extra)
