@@ -19,7 +19,8 @@ class the label flow reads from z (PAPER §1.4, case 3):
   training-split pixels judges the class of each generated image.
 * ``label_flow_accuracy`` / ``text_to_label``: ``"image -> label"`` / ``"text -> label"``.
 
-Writes ``benchmarks/results/text.json``.
+Writes ``benchmarks/results/text.json`` and ``text.png`` (one test caption per digit -> images
+drawn from its zone).
 """
 
 from __future__ import annotations
@@ -139,6 +140,22 @@ def measure(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+@torch.no_grad()
+def caption_grid(model: Any, args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """One row per digit: a test caption of that digit -> ``per_row`` images drawn from its zone."""
+    from lzn_image.io import save_grid
+
+    from lzn_core import compose
+
+    _, y, captions = test_split(model, args.test)
+    rows = [captions[int((y == k).nonzero()[0])] for k in range(10) if (y == k).any()]
+    per = args.per_row
+    images = compose("text -> image", model=model)(
+        [c for c in rows for _ in range(per)], alpha=args.gen_alpha, seed=args.seed
+    )
+    return {"grid": str(save_grid(images, path, nrow=per)), "grid_captions": rows}
+
+
 def _acc(pred: list[int], y: torch.Tensor) -> float:
     return round(float((torch.tensor(pred) == y).float().mean()), 4)
 
@@ -158,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gen-alpha", type=float, default=1.0, help="noise scale of the caption latents")
     p.add_argument("--steps", type=int, default=100, help="reverse-flow steps of retrieval")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-row", type=int, default=8, help="images per caption in the caption -> image grid")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text.json"))
     p.add_argument("overrides", nargs="*", help="recipe key=value overrides (with --train)")
     args = p.parse_args(argv)
@@ -175,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "model": str(model_dir),
         **measure(model, args),
+        **caption_grid(model, args, Path(args.out).with_suffix(".png")),
         "train_seconds": round(t_train, 1) if args.train else None,
         "eval_seconds": round(time.time() - t1, 1),
         "alpha": args.alpha,

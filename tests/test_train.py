@@ -201,6 +201,7 @@ def test_text_benchmark_measures_a_trained_run(train, workdir, monkeypatch, tmp_
     rates = ("retrieval_r1", "caption_generation", "caption_to_image", "label_flow_accuracy", "text_to_label")
     assert all(0.0 <= got[k] <= 1.0 for k in rates), got
     assert got["n_test"] == 50 and len(got["examples"]) == 10
+    assert Path(got["grid"]).is_file() and len(got["grid_captions"]) == 10
     assert all(
         isinstance(e["generated"], str) and bench.named_digit(e["retrieved"]) in range(10)
         for e in got["examples"]
