@@ -142,8 +142,11 @@ def measure(model: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 @torch.no_grad()
 def caption_grid(model: Any, args: argparse.Namespace, path: Path) -> dict[str, Any]:
-    """One row per digit: a test caption of that digit -> ``per_row`` images drawn from its zone."""
-    from lzn_image.io import save_grid
+    """One row per digit: a test caption of that digit (left) -> ``per_row`` images from its zone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     from lzn_core import compose
 
@@ -153,7 +156,26 @@ def caption_grid(model: Any, args: argparse.Namespace, path: Path) -> dict[str, 
     images = compose("text -> image", model=model)(
         [c for c in rows for _ in range(per)], alpha=args.gen_alpha, seed=args.seed
     )
-    return {"grid": str(save_grid(images, path, nrow=per)), "grid_captions": rows}
+    images = images.float().clamp(-1, 1).add(1).div(2).squeeze(1).reshape(len(rows), per, *images.shape[-2:])
+    fig, axes = plt.subplots(
+        len(rows),
+        per + 1,
+        figsize=(0.8 * per + 3.2, 0.8 * len(rows)),
+        gridspec_kw={"width_ratios": [4] + [1] * per},
+        squeeze=False,
+    )
+    for i, caption in enumerate(rows):
+        axes[i, 0].text(1.0, 0.5, f'"{caption}"', ha="right", va="center", fontsize=9)
+        for j in range(per + 1):
+            axes[i, j].axis("off")
+            if j:
+                axes[i, j].imshow(images[i, j - 1].numpy(), cmap="gray", vmin=0, vmax=1)
+    fig.suptitle(f"text -> image: caption zone (alpha {args.gen_alpha}) -> image decoder", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {"grid": str(path), "grid_captions": rows}
 
 
 def _acc(pred: list[int], y: torch.Tensor) -> float:
