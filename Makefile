@@ -42,6 +42,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py
 	$(PY) benchmarks/digits.py
+	$(VENV)/bin/lzn shards digits data/digits
+	$(PY) benchmarks/text.py --train
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

@@ -202,6 +202,8 @@ def test_text_benchmark_measures_a_trained_run(train, workdir, monkeypatch, tmp_
     assert all(0.0 <= got[k] <= 1.0 for k in rates), got
     assert got["n_test"] == 50 and len(got["examples"]) == 10
     assert Path(got["grid"]).is_file() and len(got["grid_captions"]) == 10
+    page = out.with_suffix(".md").read_text()
+    assert "| `caption_to_image` |" in page and "![caption -> image](text.png)" in page
     assert all(
         isinstance(e["generated"], str) and bench.named_digit(e["retrieved"]) in range(10)
         for e in got["examples"]
