@@ -11,6 +11,9 @@
 * :func:`probe_features`: backbone / anchor / latent / latent α = 0 features (claim 12).
 
 Every function is deterministic for a ``seed`` and runs under ``torch.no_grad``.
+Classification and sampling run through :func:`lzn_core.compose` (one implementation of each
+task); what this module adds is the paper's evaluation protocol: inference batches of exactly
+``batch_size`` images zoned by themselves (no stored bank), seeded draws, and the metrics.
 """
 
 from __future__ import annotations
@@ -86,6 +89,21 @@ def _batches(n: int, b: int, gen: torch.Generator) -> list[tuple[torch.Tensor, i
     return out
 
 
+def _classifier(model: LZNModel, images: torch.Tensor) -> Any:
+    """``compose("image -> label")`` of ``model``: the one classification path (lzn_core._graphs)."""
+    from .compose import compose
+
+    img, lab = find_modality(model, "image"), find_modality(model, "label")
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty (n, C, H, W) tensor, got {tuple(images.shape)}")
+    return compose(f"{img} -> {lab}", model=model)
+
+
+def _alone(rows: torch.Tensor) -> dict[str, int]:
+    """Options zoning one inference batch by itself (no stored bank), as the paper evaluates."""
+    return {"bank_size": 0, "batch_size": len(rows)}
+
+
 @torch.no_grad()
 def label_flow_predict(
     model: LZNModel,
@@ -103,24 +121,19 @@ def label_flow_predict(
         images: (n, C, H, W) in [-1, 1].
         alpha: noise scale α of the image latents (0: zone centres).
         batch_size: inference batch b; latents of a batch depend on its other images.
-        steps: label-flow Euler steps (default: the label config's, 100).
+        steps: label-flow Euler steps (default 100, as compose's classification).
         seed: seeds the batch permutation and ε.
 
     Returns:
         pred (n,) int64 and confidence (n,) = P(predicted anchor | x) at the last flow step.
     """
-    img, lab = find_modality(model, "image"), find_modality(model, "label")
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty (n, C, H, W) tensor, got {tuple(images.shape)}")
+    classify = _classifier(model, images)
     gen = torch.Generator().manual_seed(seed)
     pred = torch.empty(images.shape[0], dtype=torch.int64)
     conf = torch.empty(images.shape[0])
     for rows, k in _batches(images.shape[0], batch_size, gen):
-        anchors = model.encode(img, images[rows])
-        noise = torch.randn(anchors.shape, generator=gen, dtype=anchors.dtype)
-        z = model.latents(anchors, alpha=alpha, noise=noise)
-        p, c = _dec(model, lab).sample(z, steps=steps)
-        pred[rows[-k:]], conf[rows[-k:]] = p[-k:].cpu(), c[-k:].float().cpu()
+        out = classify(images[rows], alpha=alpha, steps=steps, **_alone(rows), generator=gen)
+        pred[rows[-k:]], conf[rows[-k:]] = out.labels[-k:].cpu(), out.confidence[-k:].cpu()
     return pred, conf
 
 
@@ -145,20 +158,16 @@ def zone_vote(
     Returns:
         pred (n,) int64 (majority class, ties to the lower index) and confidence (n,) in [1/draws, 1].
     """
-    img, lab = find_modality(model, "image"), find_modality(model, "label")
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty (n, C, H, W) tensor, got {tuple(images.shape)}")
-    classes = int(model.bank(lab).shape[0])
+    classify = _classifier(model, images)
+    classes = int(model.bank(find_modality(model, "label")).shape[0])
     gen = torch.Generator().manual_seed(seed)
     votes = torch.zeros(images.shape[0], classes)
     for rows, k in _batches(images.shape[0], batch_size, gen):
-        anchors = model.encode(img, images[rows])
         for _ in range(draws):
-            noise = torch.randn(anchors.shape, generator=gen, dtype=anchors.dtype)
-            p, _ = _dec(model, lab).sample(model.latents(anchors, alpha=alpha, noise=noise), steps=steps)
-            votes[rows[-k:], p[-k:].cpu()] += 1
+            labels = classify(images[rows], alpha=alpha, steps=steps, **_alone(rows), generator=gen).labels
+            votes[rows[-k:], labels[-k:].cpu()] += 1
     conf, pred = votes.max(dim=1)
     return pred, conf / draws
 
@@ -266,14 +275,11 @@ def class_samples(
     Returns:
         images (B, C, H, W) in [-1, 1].
     """
+    from .compose import compose
+
     img, lab = find_modality(model, "image"), find_modality(model, "label")
-    enc: Any = model.encoders[lab]
     gen = torch.Generator().manual_seed(seed)
-    bank = model.bank(lab)
-    noise = torch.randn((classes.shape[0], bank.shape[1]), generator=gen, dtype=bank.dtype)
-    z = enc.class_latents(classes, noise=noise)
-    cond = _label_condition(model, img, classes)
-    return _dec(model, img).sample(z, cond, steps=steps, generator=gen)
+    return compose(f"{lab} -> {img}", model=model)(classes, alpha=1.0, steps=steps, generator=gen)
 
 
 @torch.no_grad()
@@ -285,15 +291,10 @@ def unconditional_samples(
     Returns:
         images (n, C, H, W) in [-1, 1].
     """
-    img = find_modality(model, "image")
+    from .compose import compose
+
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn((n, model.latent_dim), generator=gen)
-    cond = None
-    cname = model.generate_condition(img)
-    if cname is not None:
-        labels, _ = _dec(model, cname).sample(z)
-        cond = model.condition(cname, labels)
-    return _dec(model, img).sample(z, cond, steps=steps, generator=gen)
+    return compose(f"latent -> {find_modality(model, 'image')}", model=model)(n, steps=steps, generator=gen)
 
 
 def ood_inputs(images: torch.Tensor, kind: str, *, seed: int = 0) -> torch.Tensor:
