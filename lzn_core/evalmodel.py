@@ -279,7 +279,8 @@ def class_samples(
 
     img, lab = find_modality(model, "image"), find_modality(model, "label")
     gen = torch.Generator().manual_seed(seed)
-    return compose(f"{lab} -> {img}", model=model)(classes, alpha=1.0, steps=steps, generator=gen)
+    draw: Any = compose(f"{lab} -> {img}", model=model)  # one edge: a Decode graph
+    return draw(classes, alpha=1.0, steps=steps, generator=gen)
 
 
 @torch.no_grad()
@@ -294,7 +295,8 @@ def unconditional_samples(
     from .compose import compose
 
     gen = torch.Generator().manual_seed(seed)
-    return compose(f"latent -> {find_modality(model, 'image')}", model=model)(n, steps=steps, generator=gen)
+    draw: Any = compose(f"latent -> {find_modality(model, 'image')}", model=model)  # a Generate graph
+    return draw(n, steps=steps, generator=gen)
 
 
 def ood_inputs(images: torch.Tensor, kind: str, *, seed: int = 0) -> torch.Tensor:
