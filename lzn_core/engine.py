@@ -7,7 +7,7 @@ reader does not need to see there:
   runs as plain ``python`` and starts ``torch.distributed`` (gloo on CPU, nccl on GPU).
 * ``Engine(model, recipe)`` builds per-module parameter groups from ``train.lr``
   (keys ``default | <mod> | <mod>.encoder | <mod>.decoder``), a linear warm-up from
-  lr/5000 (PAPER §4), a freeze schedule (lr 0 and zero gradients from iteration k),
+  lr/5000 (PAPER §4), a freeze schedule (lr 0 and no gradients from iteration k),
   gradient clipping, and ``deepspeed.initialize`` around them (fp32, torch Adam).
 * ``Engine.step(loss)`` skips the step on every rank when the loss is non-finite on any.
 * An EMA of every parameter with warm-up decay ``min(d, (1+k)/(10+k))`` kept outside
@@ -182,6 +182,8 @@ class Engine:
             eps=float(opt_params.get("eps", 1e-8)),
             weight_decay=float(opt_params.get("weight_decay", 0.0)),
         )
+        # the modules' own parameters (ZeRO replaces each group's list by its flat partition)
+        self.freezes = [(g["freeze_at"], list(g["params"])) for g in groups if g["freeze_at"] is not None]
         lambdas = [self._lambda(g["freeze_at"]) for g in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -207,6 +209,7 @@ class Engine:
 
     def step(self, loss: torch.Tensor) -> bool:
         """Backward + clipped optimiser step + EMA; ``False`` (skipped on all ranks) for a non-finite loss."""
+        self._freeze_due()
         bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
@@ -218,14 +221,22 @@ class Engine:
                 self.scheduler.step()  # keep the lr schedule on the iteration count
             return False
         self.ds.backward(loss)
-        for g in self.optimizer.param_groups:  # frozen modules: no update, no share of the clipping norm
-            if g["lr"] == 0.0:
-                for p in g["params"]:
-                    if p.grad is not None:
-                        p.grad.zero_()
         self.ds.step()
         self._update_ema()
         return True
+
+    def _freeze_due(self) -> None:
+        """Modules whose ``train.freeze`` iteration has come stop requiring gradients.
+
+        Their lr is 0 from then on (the schedule), and with no gradient they also take no
+        share of the clipping norm; under ZeRO the gradients live in DeepSpeed's partitioned
+        buffers, so zeroing ``p.grad`` after backward would not reach them. Gradients still
+        flow *through* a frozen module (a frozen decoder keeps training the encoder via z).
+        """
+        for freeze_at, params in self.freezes:
+            if self.iteration >= freeze_at:
+                for p in params:
+                    p.requires_grad_(False)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -319,6 +319,52 @@ def test_lr_factor_warmup_and_freeze() -> None:
     assert lr_factor(60, 100, 60) == 0.0 and lr_factor(59, 0, 60) == 1.0
 
 
+@pytest.mark.parametrize("stage", [0, 1])
+def test_frozen_module_is_kept_out_of_the_update_and_the_clipping_norm(train, tmp_path, stage) -> None:
+    """train.freeze {image.decoder: 1}: from iteration 1 the decoder neither changes nor adds to
+    the gradient norm (ZeRO-1 included, whose gradients live in DeepSpeed's buffers), while
+    gradients still flow through it to the encoder."""
+    from lzn_core.engine import Engine, setup_distributed
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import load_recipe
+
+    ds = f"deepspeed={{zero_optimization: {{stage: {stage}}}}}"
+    recipe = load_recipe("digits_joint.yaml", [*_IMG8, "train.batch_size=4", "train.grad_clip=1.0", ds])
+    recipe.train.freeze = {"image.decoder": 1}
+    setup_distributed()
+    torch.manual_seed(0)
+    engine = Engine(LZNModel(recipe), recipe, tmp_path / "ckpt")
+    model = engine.model
+    params = dict(model.named_parameters())
+    decoder = [n for n in params if n.startswith("decoders.image.")]
+    assert decoder
+
+    def squares() -> torch.Tensor:  # gradient 2p for every parameter that still requires one
+        return sum((p**2).sum() for p in model.parameters())
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in params.items()}
+
+    before = snapshot()
+    engine.step(squares())
+    after = snapshot()
+    assert any(not torch.equal(before[n], after[n]) for n in decoder)  # iteration 0: not frozen yet
+    engine.step(squares())
+    final = snapshot()
+    assert all(torch.equal(after[n], final[n]) for n in decoder)
+    assert all(not params[n].requires_grad for n in decoder)
+    if stage == 1:  # DeepSpeed's own norm of the last step: the unfrozen parameters only
+        expected = torch.sqrt(sum(((2 * after[n]) ** 2).sum() for n in params if n not in decoder))
+        torch.testing.assert_close(torch.as_tensor(engine.ds.get_global_grad_norm()).float(), expected)
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    z = model.latents(model.encode("image", x))
+    cond = model.condition("label", torch.arange(4))
+    model.decoders["image"].loss(z, x, cond, generator=torch.Generator().manual_seed(0)).backward()
+    assert all(params[n].grad is None for n in decoder)
+    encoder = [p.grad for n, p in params.items() if n.startswith("encoders.image.")]
+    assert any(g is not None and g.abs().sum() > 0 for g in encoder)
+
+
 def test_param_groups_follow_lr_keys() -> None:
     from lzn_core.engine import param_groups
     from lzn_core.errors import LZNError
