@@ -76,6 +76,13 @@ class Graph:
     def _opts(self, given: dict[str, Any]) -> dict[str, Any]:
         return {k: (given[k] if given.get(k) is not None else v) for k, v in self.options.items()}
 
+    def _zone(self, x: Any, alpha: float, o: dict[str, Any], gen: torch.Generator | None) -> torch.Tensor:
+        """Latents (B, q) of the source batch ``x`` at noise scale α, zoned with the bank (``o``)."""
+        steps, bank = o["latent_steps"], o["bank_size"]
+        return zone_latents(
+            self.model, self.source, x, alpha=alpha, latent_steps=steps, bank_size=bank, gen=gen
+        )
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{type(self).__name__}({self.edge!r}, {opts})"
@@ -121,17 +128,7 @@ class Represent(Graph):
                 elif o["what"] == "backbone":
                     parts.append(backbone(self.model, self.source, x))
                 else:
-                    parts.append(
-                        zone_latents(
-                            self.model,
-                            self.source,
-                            x,
-                            alpha=o["alpha"],
-                            latent_steps=o["latent_steps"],
-                            bank_size=o["bank_size"],
-                            gen=gen,
-                        )
-                    )
+                    parts.append(self._zone(x, o["alpha"], o, gen))
         return concat(parts)
 
 
@@ -169,19 +166,7 @@ class Classify(Graph):
         with inference_mode(self.model):
             for rows in chunks(len(batch), o["batch_size"], o["progress"], self.edge):
                 x = batch[rows]
-                z = (
-                    x
-                    if self.source == LATENT
-                    else zone_latents(
-                        self.model,
-                        self.source,
-                        x,
-                        alpha=o["alpha"],
-                        latent_steps=o["latent_steps"],
-                        bank_size=o["bank_size"],
-                        gen=gen,
-                    )
-                )
+                z = x if self.source == LATENT else self._zone(x, o["alpha"], o, gen)
                 out = dec.sample(z, steps=o["steps"])
                 labels, conf = (
                     out if isinstance(out, tuple) else (out, torch.full((z.shape[0],), float("nan")))
@@ -294,27 +279,11 @@ class Decode(Graph):
         with inference_mode(self.model):
             for rows in chunks(len(batch), o["batch_size"], o["progress"], self.edge):
                 x = batch[rows]
-                z = zone_latents(
-                    self.model,
-                    self.source,
-                    x,
-                    alpha=alpha,
-                    latent_steps=o["latent_steps"],
-                    bank_size=o["bank_size"],
-                    gen=gen,
-                )
+                z = self._zone(x, alpha, o, gen)
                 given = None if cond_all is None else cond_all[rows]
                 z_read = z
                 if given is None and alpha != 0.0 and self._reads_condition():
-                    z_read = zone_latents(  # the source item's class is read at its zone centre
-                        self.model,
-                        self.source,
-                        x,
-                        alpha=0.0,
-                        latent_steps=o["latent_steps"],
-                        bank_size=o["bank_size"],
-                        gen=gen,
-                    )
+                    z_read = self._zone(x, 0.0, o, gen)  # the source's class: read at its zone centre
                 cond = decoder_condition(self.model, self.target, self.source, x, z_read, given)
                 if o["mode"] == "invert":
                     parts.append(dec.reconstruct(x, z, cond, steps=o["steps"], **sample_kw))
