@@ -61,7 +61,10 @@ def train_recipe(recipe_name: str, overrides: list[str]) -> Path:
     return Path(load_recipe(recipe_name, overrides).output_dir) / "final"
 
 
-def test_split(model: Any, pattern: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+Split = tuple[torch.Tensor, torch.Tensor, list[str]]  # images (n, C, H, W), labels (n,), captions
+
+
+def test_split(model: Any, pattern: str) -> Split:
     """Images (n, C, H, W), labels (n,) and captions of the test shards, in shard order."""
     from lzn_core.data import loader
     from lzn_core.evalmodel import find_modality
@@ -99,13 +102,13 @@ def fit_judge(model: Any, pattern: str) -> Any:
 
 
 @torch.no_grad()
-def measure(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+def measure(model: Any, args: argparse.Namespace, split: Split) -> dict[str, Any]:
     """All metrics of the module docstring on the test split."""
     from lzn_core import compose
     from lzn_core.evalmodel import find_modality
 
     img, lab, txt = (find_modality(model, p) for p in ("image", "label", "text"))
-    x, y, captions = test_split(model, args.test)
+    x, y, captions = split
     assert all(named_digit(c) == int(k) for c, k in zip(captions, y, strict=True)), (
         "test captions must name their digit"
     )
@@ -141,7 +144,7 @@ def measure(model: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def caption_grid(model: Any, args: argparse.Namespace, path: Path) -> dict[str, Any]:
+def caption_grid(model: Any, args: argparse.Namespace, split: Split, path: Path) -> dict[str, Any]:
     """One row per digit: a test caption of that digit (left) -> ``per_row`` images from its zone."""
     import matplotlib
 
@@ -150,7 +153,7 @@ def caption_grid(model: Any, args: argparse.Namespace, path: Path) -> dict[str, 
 
     from lzn_core import compose
 
-    _, y, captions = test_split(model, args.test)
+    _, y, captions = split
     rows = [captions[int((y == k).nonzero()[0])] for k in range(10) if (y == k).any()]
     per = args.per_row
     images = compose("text -> image", model=model)(
@@ -271,11 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     t_train = time.time() - t0
     model = lzn_core.load(model_dir)
     t1 = time.time()
+    split = test_split(model, args.test)  # read once: the metrics and the figure share it
     results = {
         "model": str(model_dir),
         **training_run(model_dir),
-        **measure(model, args),
-        **caption_grid(model, args, Path(args.out).with_suffix(".png")),
+        **measure(model, args, split),
+        **caption_grid(model, args, split, Path(args.out).with_suffix(".png")),
         "train_seconds": round(t_train, 1) if args.train else None,
         "eval_seconds": round(time.time() - t1, 1),
         "alpha": args.alpha,

@@ -89,13 +89,17 @@ def _batches(n: int, b: int, gen: torch.Generator) -> list[tuple[torch.Tensor, i
     return out
 
 
+def _check_images(images: torch.Tensor) -> None:
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty (n, C, H, W) tensor, got {tuple(images.shape)}")
+
+
 def _classifier(model: LZNModel, images: torch.Tensor) -> Any:
     """``compose("image -> label")`` of ``model``: the one classification path (lzn_core._graphs)."""
     from .compose import compose
 
     img, lab = find_modality(model, "image"), find_modality(model, "label")
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty (n, C, H, W) tensor, got {tuple(images.shape)}")
+    _check_images(images)
     return compose(f"{img} -> {lab}", model=model)
 
 
@@ -160,13 +164,19 @@ def zone_vote(
     """
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    classify = _classifier(model, images)
-    classes = int(model.bank(find_modality(model, "label")).shape[0])
+    from .compose import compose
+
+    img, lab = find_modality(model, "image"), find_modality(model, "label")
+    _check_images(images)
+    classify: Any = compose(f"latent -> {lab}", model=model)  # the draws share one encoding
     gen = torch.Generator().manual_seed(seed)
-    votes = torch.zeros(images.shape[0], classes)
+    votes = torch.zeros(images.shape[0], int(model.bank(lab).shape[0]))
     for rows, k in _batches(images.shape[0], batch_size, gen):
+        anchors = model.encode(img, images[rows])
         for _ in range(draws):
-            labels = classify(images[rows], alpha=alpha, steps=steps, **_alone(rows), generator=gen).labels
+            noise = torch.randn(anchors.shape, generator=gen, dtype=anchors.dtype)
+            z = model.latents(anchors, alpha=alpha, noise=noise)  # the batch zoned by itself
+            labels = classify(z, steps=steps, batch_size=len(rows)).labels
             votes[rows[-k:], labels[-k:].cpu()] += 1
     conf, pred = votes.max(dim=1)
     return pred, conf / draws

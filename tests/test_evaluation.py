@@ -372,6 +372,8 @@ def test_zone_vote_confidence() -> None:
     assert ((conf * 8) - (conf * 8).round()).abs().max() < 1e-6  # vote shares are multiples of 1/draws
     with pytest.raises(ValueError, match="draws must be"):
         em.zone_vote(model, x, draws=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        em.zone_vote(model, x[0])
 
 
 def test_probe_features_kinds() -> None:
