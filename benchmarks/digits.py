@@ -74,7 +74,7 @@ def variants(cfg: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any], str]]:
         "alpha": 1.0,
     }
     gen = {"kind": "generate", "target": "image", "weight": 1.0, "condition": "label"}
-    no_gen = {"tasks": [align], "modalities.image.config.cond_dim": 0, "eval.samples_per_class": 0}
+    no_gen = {"tasks": [align], "eval.samples_per_class": 0}
     small = {**no_gen, "train.batch_size": cfg["small_batch"]}
     return {
         "joint": ("digits_joint", {}, "RF generation + label alignment (digits_joint)"),
@@ -204,13 +204,22 @@ def ce_baseline(
     return {"accuracy": acc, "seconds": time.time() - t0}
 
 
+def _flat(report: dict[str, Any]) -> dict[str, Any]:
+    """One model's image -> label and image-generation metrics in one dict (the report's layout)."""
+    return {
+        "n_test": report["n_test"],
+        **report["classification"].get("image -> label", {}),
+        **report["generation"].get("image", {}),
+    }
+
+
 def evaluate_runs(cfg: dict[str, Any], runs: Path, data: Path, out: Path) -> dict[str, Any]:
     """All metrics of the trained variants (see the module docstring)."""
 
-    from lzn_core import evalmodel as em
-    from lzn_core.evalcli import evaluate, load_split
-    from lzn_core.evaluation import linear_probe
-    from lzn_core.export import load
+    from lzn_core.eval import protocol as em
+    from lzn_core.eval.metrics import linear_probe
+    from lzn_core.eval.report import evaluate, load_split
+    from lzn_core.weights import load
 
     models = {name: load(runs / name / "final") for name in variants(cfg)}
     joint = models["joint"]
@@ -219,39 +228,48 @@ def evaluate_runs(cfg: dict[str, Any], runs: Path, data: Path, out: Path) -> dic
     x, y = test["image"], test["label"]
     res: dict[str, Any] = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
     res["settings"].update(iterations=joint.recipe.train.iterations, batch_size=joint.recipe.train.batch_size)
-    res["joint"] = evaluate(
-        joint,
-        test,
-        train_,
-        alphas=cfg["alphas"],
-        batch_sizes=cfg["batch_sizes"],
-        samples=cfg["samples"],
-        per_class=cfg["per_class"],
-        out=out / "joint",
+    res["joint"] = _flat(
+        evaluate(
+            joint,
+            test,
+            train_,
+            alphas=cfg["alphas"],
+            batch_sizes=cfg["batch_sizes"],
+            samples=cfg["samples"],
+            per_class=cfg["per_class"],
+            out=out / "joint",
+        )
     )
-    res["rf_baseline"] = evaluate(
-        models["rf_baseline"],
-        test,
-        train_,
-        samples=cfg["samples"],
-        per_class=cfg["per_class"],
-        out=out / "rf_baseline",
-        classify=False,
+    res["rf_baseline"] = _flat(
+        evaluate(
+            models["rf_baseline"],
+            test,
+            train_,
+            samples=cfg["samples"],
+            per_class=cfg["per_class"],
+            out=out / "rf_baseline",
+            classify=False,
+        )
     )
     ecfg = joint.recipe.eval
     for name in ("align_only", "cutoff05", "cw_on", "cw_off"):
-        pred, _ = em.label_flow_predict(
-            models[name], x, alpha=ecfg.alpha, batch_size=ecfg.batch_size, steps=ecfg.steps
+        pred, _ = em.zonal_predict(
+            models[name], "image", "label", x, alpha=ecfg.alpha, batch_size=ecfg.batch_size, steps=ecfg.steps
         )
         res[name] = {"accuracy": float((pred == y).float().mean())}
     xr, yr = x[: cfg["recon_images"]], y[: cfg["recon_images"]]
     for name in ("joint", "rf_baseline", "cutoff05"):
         res[name]["recon_error"] = em.reconstruction_error(
-            models[name], xr, yr, draws=cfg["draws"], steps=cfg["recon_steps"]
+            models[name],
+            "image",
+            xr,
+            yr,
+            draws=cfg["draws"] if name != "rf_baseline" else 1,
+            steps=cfg["recon_steps"],
         )
     probe = {}
     for kind in ("backbone", "anchor", "latent0", "latent"):
-        f_tr, f_te = (em.probe_features(joint, t["image"], kind) for t in (train_, test))
+        f_tr, f_te = (em.probe_features(joint, "image", t["image"], kind) for t in (train_, test))
         probe[kind] = linear_probe(f_tr, train_["label"], f_te, y)
     res["joint"]["linear_probe"] = probe
     res["figures"] = _figures(models, x, y, cfg, out)
@@ -263,7 +281,7 @@ def _figures(models: dict[str, Any], x: Any, y: Any, cfg: dict[str, Any], out: P
     import torch
     from _digits_report import recon_rows_png, sample_grid_png
 
-    from lzn_core import evalmodel as em
+    from lzn_core.eval import protocol as em
 
     sub, ysub = x[:256], y[:256]  # zone the shown images within a test batch, like the metric
     idx = torch.tensor([int((ysub == k).nonzero()[0]) for k in range(10) if bool((ysub == k).any())])
@@ -279,7 +297,7 @@ def _figures(models: dict[str, Any], x: Any, y: Any, cfg: dict[str, Any], out: P
     figs = {"recon": str(recon_rows_png(sub[idx], recs, out / "digits_recon.png"))}
     n = 10 if cfg["per_class"] >= 10 else cfg["per_class"]
     for name in ("joint", "rf_baseline"):
-        imgs = em.class_samples(models[name], torch.arange(10).repeat_interleave(n), seed=1)
+        imgs = em.class_samples(models[name], "label", "image", torch.arange(10).repeat_interleave(n), seed=1)
         figs[f"samples_{name}"] = str(sample_grid_png(imgs, n, out / f"digits_samples_{name}.png"))
     return figs
 
@@ -311,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.time()
     if not list(data.glob("train-*.tar")):
-        from lzn_core.shards import write_digits
+        from lzn_core.data.digits import write_digits
 
         write_digits(data, progress=False)
     walls = {}
@@ -319,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = write_variant(name, base, changes, cfg, data, runs, out)
         walls[name] = train(name, recipe, runs, out / "logs", args.reuse)
     res = evaluate_runs(cfg, runs, data, out)
-    from lzn_core.evalcli import load_split
-    from lzn_core.export import load
+    from lzn_core.eval.report import load_split
+    from lzn_core.weights import load
 
     joint = load(runs / "joint" / "final")
     tr, te = load_split(joint, str(data / "train-*.tar")), load_split(joint, str(data / "test-*.tar"))

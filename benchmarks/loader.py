@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from lzn_core.data import loader
+from lzn_core.data.digits import write_digits
+from lzn_core.data.shards import make_sample, png_bytes, write_split
 from lzn_core.plugins import get_modality
-from lzn_core.shards import make_sample, png_bytes, write_digits, write_split
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
 

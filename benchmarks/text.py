@@ -67,7 +67,6 @@ Split = tuple[torch.Tensor, torch.Tensor, list[str]]  # images (n, C, H, W), lab
 def test_split(model: Any, pattern: str) -> Split:
     """Images (n, C, H, W), labels (n,) and captions of the test shards, in shard order."""
     from lzn_core.data import loader
-    from lzn_core.evalmodel import find_modality
 
     img, lab, txt = (find_modality(model, p) for p in ("image", "label", "text"))
     ld = loader(
@@ -84,6 +83,11 @@ def test_split(model: Any, pattern: str) -> Split:
         torch.cat([b[lab] for b in batches]),
         [c for b in batches for c in b[txt]],
     )
+
+
+def find_modality(model: Any, plugin: str) -> str:
+    """The recipe's name of the modality built by ``plugin`` (this benchmark is about image, label, text)."""
+    return next(n for n, e in model.recipe.modalities.items() if e.plugin == plugin)
 
 
 def image_latents(model: Any, name: str, batch: Any, alpha: float, seed: int) -> torch.Tensor:
@@ -105,7 +109,6 @@ def fit_judge(model: Any, pattern: str) -> Any:
 def measure(model: Any, args: argparse.Namespace, split: Split) -> dict[str, Any]:
     """All metrics of the module docstring on the test split."""
     from lzn_core import compose
-    from lzn_core.evalmodel import find_modality
 
     img, lab, txt = (find_modality(model, p) for p in ("image", "label", "text"))
     x, y, captions = split

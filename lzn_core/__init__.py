@@ -17,9 +17,10 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
-    "compose": "lzn_core.compose",
-    "load": "lzn_core.export",
-    "export_run": "lzn_core.export",
+    "compose": "lzn_core.graphs",
+    "possible_edges": "lzn_core.graphs",
+    "load": "lzn_core.weights",
+    "export_run": "lzn_core.weights",
     "Recipe": "lzn_core.recipe",
     "load_recipe": "lzn_core.recipe",
     "LZNModel": "lzn_core.model",
@@ -27,12 +28,29 @@ _LAZY: dict[str, str] = {
     "Encoder": "lzn_core.modality",
     "Decoder": "lzn_core.modality",
     "get_modality": "lzn_core.plugins",
+    "list_modalities": "lzn_core.plugins",
     "list_plugins": "lzn_core.plugins",
     "PluginInfo": "lzn_core.plugins",
     "hookimpl": "lzn_core.hookspecs",
     "LZNError": "lzn_core.errors",
 }
-_SUBMODULES = ("zoning", "alignment", "latent", "data", "shards", "evaluation", "testing", "errors")
+_SUBMODULES = (
+    "alignment",
+    "cli",
+    "data",
+    "errors",
+    "eval",
+    "graphs",
+    "latent",
+    "modality",
+    "model",
+    "plugins",
+    "recipe",
+    "testing",
+    "train",
+    "weights",
+    "zoning",
+)
 
 __all__ = [
     "Decoder",
@@ -43,31 +61,40 @@ __all__ = [
     "PluginInfo",
     "Recipe",
     "alignment",
+    "cli",
     "compose",
     "data",
     "errors",
-    "evaluation",
+    "eval",
     "export_run",
     "get_modality",
+    "graphs",
     "hookimpl",
     "latent",
+    "list_modalities",
     "list_plugins",
     "load",
     "load_recipe",
-    "shards",
+    "modality",
+    "model",
+    "plugins",
+    "possible_edges",
+    "recipe",
     "testing",
+    "train",
+    "weights",
     "zoning",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .compose import compose
     from .errors import LZNError
-    from .export import export_run, load
+    from .graphs import compose, possible_edges
     from .hookspecs import hookimpl
     from .modality import Decoder, Encoder, ModalitySpec
     from .model import LZNModel
-    from .plugins import PluginInfo, get_modality, list_plugins
+    from .plugins import PluginInfo, get_modality, list_modalities, list_plugins
     from .recipe import Recipe, load_recipe
+    from .weights import export_run, load
 
 
 def __getattr__(name: str) -> Any:

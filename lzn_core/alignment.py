@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather
 
 __all__ = ["alignment_loss", "class_weights", "gather_anchors"]
 
@@ -58,7 +60,6 @@ def alignment_loss(target_probs: torch.Tensor, *, cutoff: float = 0.2, kind: str
 
 
 def _distributed() -> bool:
-    import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()
 
@@ -97,8 +98,6 @@ def class_weights(
         )
     counts = torch.bincount(labels.long(), minlength=num_classes).to(dtype)
     if _distributed():
-        import torch.distributed as dist
-
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     total = counts.sum()
     if not float(total) > 0:
@@ -126,6 +125,5 @@ def gather_anchors(anchors: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"anchors must be a 2-D tensor (B, q), got {shape}")
     if not _distributed():
         return anchors
-    from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(anchors.contiguous()), dim=0)

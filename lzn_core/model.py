@@ -1,35 +1,57 @@
 """The model container: every modality of a recipe around one latent space.
 
-``LZNModel(recipe)`` builds, for each ``recipe.modalities[name]``, the plugin's
-encoder (batch -> anchors ``(B, q)``) and decoder (latents ``z: (B, q)`` -> batch)
-and keeps them in two ``nn.ModuleDict``. Latents are computed by the zoning
-solver with the recipe's ``latent`` settings (solver, steps, g, α).
+``LZNModel(recipe)`` builds, for each ``recipe.modalities[name]``, the plugin's encoder
+(batch -> anchors ``(B, q)``) and decoder (latents ``z: (B, q)`` -> batch) and keeps them in
+two ``nn.ModuleDict``. It is the one place that zones a batch: training, ``compose`` and the
+evaluations call :meth:`LZNModel.latents` (the forward flow over a given anchor set),
+:meth:`LZNModel.reverse` (the reverse flow, alignment and classification) and
+:meth:`LZNModel.zone` (an inference request zoned with the modality's anchor bank), and
+nothing else reads ``recipe.latent``.
 
     model = LZNModel(load_recipe("digits_joint.yaml"))
     a = model.encode("image", images)          # anchors (B, q)
     z = model.latents(a)                       # latents (B, q), ≈ N(0, I)
-    loss = model.decoders["image"].loss(z, images, cond=model.condition("label", labels))
+    loss = model.decoders["image"].loss(z, images, model.condition("label", labels))
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from . import zoning
+from .data import iter_raw
 from .errors import LZNError, RecipeError, did_you_mean
+from .modality import AnchorBank, ConditionProvider, ModalitySpec
+from .plugins import get_modality
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .modality import ModalitySpec
     from .recipe import Recipe
+
+CLASS_ZONE_STEPS = 100
+"""Euler steps of class-zone latents (IFM over a fixed bank; PAPER §1.4, ``get_latent_from_label``)."""
+CLASS_ZONE_G = 1e-4
+"""Start time g of class-zone latents."""
+
+
+def _training_samples(pattern: str | None, keys: tuple[str, ...]) -> Iterator[bytes]:
+    """Raw values of the first of ``keys`` each training sample has (read lazily, for ``prepare``)."""
+    if not pattern:
+        return
+
+    yield from iter_raw(pattern, keys)
 
 
 class LZNModel(nn.Module):
     """Encoders and decoders of a recipe's modalities over one latent space of dimension q.
 
-    A plugin's ``prepare(config, data.train)`` (e.g. the text tokenizer) runs before its
-    modules are built; the prepared config replaces ``recipe.modalities[name].config``.
+    A plugin's ``prepare(config, samples)`` (e.g. the text tokenizer) runs before its modules
+    are built; the prepared config replaces ``recipe.modalities[name].config``, so exports
+    carry it. A decoder that a ``generate`` task conditions is built with the conditioning
+    modality's ``condition_dim``.
 
     Attributes:
         recipe: the resolved ``Recipe`` the model was built from.
@@ -44,8 +66,6 @@ class LZNModel(nn.Module):
 
     def __init__(self, recipe: Recipe) -> None:
         super().__init__()
-        from .plugins import get_modality
-
         self.recipe = recipe
         self.latent_dim: int = int(recipe.latent.dim)
         self.names: tuple[str, ...] = tuple(recipe.modalities)
@@ -59,16 +79,23 @@ class LZNModel(nn.Module):
             cfg = entry.config
             if not isinstance(cfg, spec.config):  # a plain dict when the recipe skipped plugin validation
                 cfg = spec.config.model_validate(cfg if cfg is not None else {})
-            if spec.prepare is not None:  # e.g. train a tokenizer from data.train; idempotent once done
-                cfg = spec.prepare(cfg, recipe.data.train)
+            if spec.prepare is not None:  # e.g. train a tokenizer; idempotent once done
+                cfg = spec.prepare(cfg, _training_samples(recipe.data.train, spec.shard_keys))
                 entry.config = cfg
-            enc = spec.build_encoder(cfg, self.latent_dim)
-            dec = spec.build_decoder(cfg, self.latent_dim)
-            if hasattr(dec, "bind"):
-                dec.bind(enc)
             self.specs[name], self.configs[name] = spec, cfg
-            self.encoders[name] = enc
-            self.decoders[name] = dec
+        for name in self.names:
+            source = self.condition_source(name)
+            dim = 0
+            if source is not None:
+                size = self.specs[source].condition_dim
+                if size is None:
+                    raise RecipeError(
+                        f"modality {source!r} cannot condition a decoder (its plugin declares no condition_dim)"
+                    )
+                dim = int(size(self.configs[source]))
+            self.encoders[name], self.decoders[name] = self.specs[name].build(
+                self.configs[name], self.latent_dim, dim
+            )
 
     # ------------------------------------------------------------------ lookup
     def _check(self, name: str) -> None:
@@ -78,19 +105,35 @@ class LZNModel(nn.Module):
                 f"(available: {', '.join(self.names)})"
             )
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are (CPU for a model without any)."""
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def decoder_kind(self, name: str) -> str:
+        """``"generative"``, ``"zonal"`` or ``"none"`` (:data:`lzn_core.modality.DecoderKind`)."""
+        self._check(name)
+        return str(self.decoders[name].kind)
+
+    def condition_source(self, target: str) -> str | None:
+        """The modality whose ``condition(batch)`` conditions ``target``'s decoder (a generate task's
+        ``condition:``), or None."""
+        for task in self.recipe.tasks:
+            if task.kind == "generate" and task.target == target:
+                return task.condition
+        return None
+
+    def trains_decoder(self, name: str) -> bool:
+        """True when a ``generate`` task of the recipe trains the decoder of ``name``."""
+        return any(t.kind == "generate" and t.target == name for t in self.recipe.tasks)
+
     def encode(self, name: str, batch: Any) -> torch.Tensor:
-        """Anchors of a batch of modality ``name``.
-
-        Args:
-            name: a modality of the recipe.
-            batch: the modality's batch (e.g. images (B, C, H, W), labels (B,)).
-
-        Returns:
-            anchors: (B, q).
-        """
+        """Anchors of a batch of modality ``name``: (B, q)."""
         self._check(name)
         return self.encoders[name](batch)
 
+    # ------------------------------------------------------------------ zoning
     def latents(
         self,
         anchors: torch.Tensor,
@@ -99,8 +142,9 @@ class LZNModel(nn.Module):
         noise: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
         index: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Latents ``z = IFM(a_i, α ε_i)`` of anchors with the recipe's solver settings.
+        """Latents ``z = IFM(a_i, α ε_i)`` (PAPER §1.2) with the recipe's solver settings.
 
         Args:
             anchors: (N, q) the whole anchor set (the global batch).
@@ -108,44 +152,127 @@ class LZNModel(nn.Module):
             noise: ε, (N, q) or (len(index), q) when ``index`` is given; drawn when None.
             weights: (N,) mixture weights, uniform when None.
             index: (R,) rows of ``anchors`` whose latents are wanted (all rows when None).
+            generator: random source of ε when ``noise`` is None.
 
         Returns:
             z: (N, q), or (R, q) with ``index``.
         """
-        from . import zoning
-
         lat = self.recipe.latent
-        kw: dict[str, Any] = dict(
+        return zoning.latents(
+            anchors,
+            noise,
             g=lat.g,
             alpha=lat.alpha if alpha is None else alpha,
             steps=lat.steps,
             solver=lat.solver,
             weights=weights,
-            chunk=getattr(lat, "chunk", None),
+            chunk=lat.chunk,
+            index=index,
+            generator=generator,
         )
-        if index is not None:
-            kw["index"] = index
-        return zoning.latents(anchors, noise, **kw)
 
+    def reverse(
+        self,
+        z: torch.Tensor,
+        anchors: torch.Tensor,
+        *,
+        steps: int,
+        weights: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> zoning.Assignment:
+        """The reverse flow (latent -> anchors, PAPER §1.3) of ``z: (B, q)`` over ``anchors: (N, q)``."""
+        return zoning.assign(
+            z, anchors, steps=steps, weights=weights, targets=targets, chunk=self.recipe.latent.chunk
+        )
+
+    def zone(
+        self,
+        name: str,
+        batch: Any,
+        *,
+        alpha: float,
+        steps: int | None = None,
+        bank_size: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Latents (B, q) of an inference request of modality ``name``, zoned with its bank.
+
+        Zones are defined relative to other anchors (DESIGN §5), so a request is zoned together
+        with context:
+
+        * fixed bank (:class:`~lzn_core.modality.AnchorBank`, e.g. label classes (C, q)): item
+          i's anchor is bank row k_i; z_i = IFM over the bank from (1 − g)·bank[k_i] + g·α·ε_i
+          (Euler, ``steps`` or :data:`CLASS_ZONE_STEPS`; PAPER §1.4's class zones);
+        * otherwise the request's anchors are appended to ``bank_size`` rows of the stored
+          bank (all when None; 0: the request batch alone, the paper's minibatch evaluation)
+          and the recipe's forward flow runs over all of them; the request's rows are returned.
+
+        ε is drawn on the CPU from ``generator`` (the same numbers on every device for one seed).
+        """
+        return self.zone_anchors(
+            name, self.encode(name, batch), alpha=alpha, steps=steps, bank_size=bank_size, generator=generator
+        )
+
+    def zone_anchors(
+        self,
+        name: str,
+        anchors: torch.Tensor,
+        *,
+        alpha: float,
+        steps: int | None = None,
+        bank_size: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:meth:`zone` for anchors (B, q) already encoded (e.g. several draws of one request)."""
+        noise = torch.randn(tuple(anchors.shape), generator=generator, dtype=anchors.dtype).to(anchors.device)
+        if self.has_fixed_bank(name):
+            bank = self.bank(name).to(anchors.dtype)
+            index = torch.cdist(anchors, bank).argmin(dim=1)
+            return zoning.latents(
+                bank, noise, g=CLASS_ZONE_G, alpha=alpha, steps=steps or CLASS_ZONE_STEPS, index=index
+            )
+        if bank_size is not None and bank_size < 0:
+            raise LZNError(f"bank_size must be >= 0 (0: no bank), got {bank_size}")
+        context = anchors.new_empty(0, self.latent_dim)
+        if bank_size != 0:
+            stored = self.bank(name)
+            context = (stored if bank_size is None else stored[:bank_size]).to(anchors)
+        every = torch.cat([context, anchors])
+        index = torch.arange(context.shape[0], every.shape[0], device=every.device)
+        lat = self.recipe.latent
+        return zoning.latents(
+            every,
+            noise,
+            g=lat.g,
+            alpha=alpha,
+            steps=steps or lat.steps,
+            solver=lat.solver,
+            chunk=lat.chunk,
+            index=index,
+        )
+
+    # ------------------------------------------------------------------ banks and conditioning
     def has_fixed_bank(self, name: str) -> bool:
-        """True when the encoder of ``name`` defines its own bank (e.g. label classes)."""
+        """True when the encoder of ``name`` is an :class:`~lzn_core.modality.AnchorBank` (label classes)."""
         self._check(name)
-        return callable(getattr(self.encoders[name], "bank", None))
+        return isinstance(self.encoders[name], AnchorBank)
 
     def bank(self, name: str) -> torch.Tensor:
-        """Anchor bank of ``name``: ``encoder.bank()`` when defined, else the stored sample.
+        """Anchor bank of ``name`` (M, q): the encoder's own bank, else the stored sample.
 
-        Returns:
-            anchors: (M, q).
+        Raises:
+            LZNError: a modality without a fixed bank whose bank was never stored.
         """
-        if self.has_fixed_bank(name):
-            enc: Any = self.encoders[name]
-            return enc.bank()
-        stored = getattr(self.banks, name, None)
+        encoder = self.encoders[name] if name in self.encoders else None
+        if isinstance(encoder, AnchorBank):
+            return encoder.bank()
+        self._check(name)
+        stored = getattr(self.banks, name, None)  # a registered buffer, or None
         if stored is None:
             raise LZNError(
                 f"modality {name!r} has no anchor bank yet: training stores one at the end "
-                "(model.set_bank(name, anchors)); load an exported run (lzn export) to get it"
+                "(model.set_bank(name, anchors)); load an exported run (lzn export) to get it, "
+                "or zone each request batch alone (bank_size=0)"
             )
         return stored
 
@@ -159,23 +286,14 @@ class LZNModel(nn.Module):
         self.banks.register_buffer(name, anchors.detach().clone())
 
     def condition(self, name: str, batch: Any) -> torch.Tensor:
-        """Conditioning vector from modality ``name`` (e.g. one-hot labels), (B, d)."""
+        """Conditioning vector (B, d) from modality ``name`` (e.g. one-hot labels)."""
         self._check(name)
-        enc: Any = self.encoders[name]
-        if not callable(getattr(enc, "condition", None)):
+        encoder = self.encoders[name]
+        if not isinstance(encoder, ConditionProvider):
             raise LZNError(f"modality {name!r} cannot condition a decoder (its encoder has no condition())")
-        return enc.condition(batch)
+        return encoder.condition(batch)
 
-    def generate_condition(self, target: str) -> str | None:
-        """Name of the modality conditioning ``target``'s decoder in the recipe's generate tasks."""
-        from .recipe import GenerateTask
-
-        self._check(target)
-        for task in self.recipe.tasks:
-            if isinstance(task, GenerateTask) and task.target == target:
-                return task.condition
-        return None
-
+    # ------------------------------------------------------------------ weights
     def load_weights(self, state: dict[str, torch.Tensor], *, strict: bool = True) -> None:
         """Load a state dict (e.g. from safetensors), creating stored banks first.
 

@@ -1,4 +1,4 @@
-"""Plugin discovery, failure isolation and the ``lzn plugins`` command.
+"""Plugin discovery and failure isolation (``lzn plugins`` lists what it found).
 
 Plugins are modules named by entry points of group ``lzn`` (the built-ins in
 ``plugins/`` come through the same group, from the root ``pyproject.toml``).
@@ -23,15 +23,18 @@ Environment:
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import traceback
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from importlib.metadata import distributions, entry_points
 from typing import TYPE_CHECKING, Any, Literal
 
+import pluggy
+
+from . import hookspecs
 from .errors import (
     ContractError,
     DuplicateModalityError,
@@ -40,14 +43,11 @@ from .errors import (
     UnknownModalityError,
     did_you_mean,
 )
+from .modality import ModalitySpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    import argparse
     from importlib.metadata import EntryPoint
 
-    import pluggy
-
-    from .modality import ModalitySpec
 
 GROUP = "lzn"
 """Entry-point group of LZN plugins."""
@@ -114,7 +114,6 @@ def discover_entry_points(path: Sequence[str] | None = None) -> list[EntryPoint]
         path: directories to search instead of ``sys.path`` (tests use a temporary
             ``*.dist-info`` directory).
     """
-    from importlib.metadata import distributions, entry_points
 
     if path is None:
         return list(entry_points(group=GROUP))
@@ -126,9 +125,6 @@ def discover_entry_points(path: Sequence[str] | None = None) -> list[EntryPoint]
 
 def new_plugin_manager() -> pluggy.PluginManager:
     """A fresh ``pluggy.PluginManager`` for project ``lzn`` with the hook specs added."""
-    import pluggy
-
-    from . import hookspecs
 
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -221,7 +217,6 @@ class PluginRegistry:
         self._infos[ep.name] = PluginInfo(ep.name, dist, version, tuple(s.name for s in specs))
 
     def _call_hook(self, name: str) -> list[ModalitySpec]:
-        from .modality import ModalitySpec
 
         specs: list[ModalitySpec] = []
 
@@ -337,6 +332,13 @@ class PluginRegistry:
         self.load()
         return sorted(m for m in self._specs if len(self._duplicates[m]) == 1)
 
+    def duplicates(self) -> dict[str, list[str]]:
+        """Modality name -> the plugins (distribution, version, entry point) that all register it."""
+        self.load()
+        return {
+            m: [self._describe(p) for p in ps] for m, ps in sorted(self._duplicates.items()) if len(ps) > 1
+        }
+
 
 _LOCK = threading.RLock()
 _LOADING = threading.local()
@@ -380,50 +382,6 @@ def list_plugins() -> list[PluginInfo]:
     return registry().list_plugins()
 
 
-# -- `lzn plugins` ---------------------------------------------------------------
-def cli_plugins_args(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``lzn plugins``."""
-    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    parser.add_argument("--verbose", "-v", action="store_true", help="show the tracebacks of failed plugins")
-    parser.add_argument("--check", action="store_true", help="exit with status 1 when a plugin failed")
-
-
-def cli_plugins(args: argparse.Namespace) -> int:
-    """List every plugin. Never raises for a broken plugin: this is the tool to diagnose one."""
-    reg = PluginRegistry(strict=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PluginWarning)
-        infos = reg.list_plugins()
-    if args.json:
-        print(json.dumps([i.to_dict() for i in infos], indent=2))
-    else:
-        print(_table(infos, verbose=args.verbose))
-    return 1 if args.check and any(i.status == "failed" for i in infos) else 0
-
-
-def _table(infos: Sequence[PluginInfo], *, verbose: bool = False) -> str:
-    if not infos:
-        return "no LZN plugins installed (entry-point group 'lzn')"
-    head = ("NAME", "DISTRIBUTION", "VERSION", "MODALITIES", "STATUS", "REASON")
-    rows = [
-        (
-            i.name,
-            i.distribution,
-            i.version,
-            ",".join(i.modalities) or "-",
-            i.status,
-            (i.error or "") if verbose else _clip(i.error or "", 90),
-        )
-        for i in infos
-    ]
-    widths = [max(len(r[k]) for r in [head, *rows]) for k in range(5)]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5] for r in [head, *rows]
-    ]
-    if verbose:
-        lines += [f"\n--- {i.name} ---\n{i.traceback}" for i in infos if i.traceback]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
+def list_modalities() -> list[str]:
+    """Names of every modality :func:`get_modality` can return (sorted)."""
+    return registry().modalities()

@@ -3,24 +3,51 @@
 A plugin author's whole test can be::
 
     def test_conformance(lzn_check_modality):
-        lzn_check_modality("vector")          # or a ModalitySpec
+        lzn_check_modality("vector")          # a registered modality name (or a ModalitySpec)
 
-The fixture ``lzn_plugins`` gives a test a fresh plugin registry.
+:func:`check_modality` makes every call of the contract (:mod:`lzn_core.modality`) the way
+the framework makes it, then, for a registered modality, *trains and serves* it:
 
-:func:`check_modality` builds both sides on CPU from ``spec.example_config``,
-decodes ``spec.example_items(n)`` and checks the contract of
-:mod:`lzn_core.modality`; the first violation raises :class:`ContractError`
-saying what is wrong and what was expected. Importing this module does not
-import torch (pytest loads it in every session).
+1. config: ``spec.example_config`` is valid; unknown keys are rejected;
+2. data: ``decode_sample`` decodes ``spec.example_items`` (and ``validate_item`` accepts them),
+   rejects corrupt bytes with a ``ValueError`` naming the modality or a shard key; ``collate``
+   keeps the batch length;
+3. signatures: ``decoder.loss`` takes ``(z, batch, cond, *, generator, rows)`` and
+   ``decoder.sample`` ``(z, cond, *, steps, generator)``; a missing parameter is named;
+4. the encoder gives finite float anchors (B, q) with gradients to its parameters; every
+   declared capability is called (``bank()``, ``condition()`` against ``spec.condition_dim``,
+   ``features()``); the decoder's loss (generative: a finite scalar, gradients to its
+   parameters and to z, the same value for the same generator, conditioned too when
+   ``accepts_condition``), ``sample`` (B items; zonal: (B,) int64 bank indices),
+   ``reconstruct``, ``save_preview`` and ``judge_samples`` where declared;
+5. training: tiny shards with the modality's key beside a partner modality's (a zonal one,
+   e.g. label, found by capability; or a generative one for a zonal modality under test), a
+   recipe with the tasks that make sense (generate; align to the partner and back; two views
+   when the spec augments), validated like ``lzn validate``; ``recipes/train.py`` runs in a
+   subprocess exactly as a user launches it, is killed after its first checkpoint and resumed
+   to the end, and exports the model;
+6. serving: ``lzn_core.load`` reads the export and every edge of
+   :func:`lzn_core.graphs.possible_edges` runs on a small request.
+
+The first violation raises :class:`~lzn_core.errors.ContractError` saying what is wrong and
+what was expected. Importing this module does not import torch (pytest loads it in every
+session).
 """
 
 from __future__ import annotations
 
+import inspect
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ContractError
+from .errors import ContractError, LZNError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -29,6 +56,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CORRUPT_SAMPLES: tuple[bytes, ...] = (b"", b"\x89\x00\xff\xfe\x13 lzn corrupt \x00\xd8")
 """Raw values every ``decode_sample`` must reject with a ``ValueError``."""
+
+KIT_CONDITION_DIM = 3
+"""Size of the conditioning vector the kit builds a decoder with (``accepts_condition``)."""
+
+TRAIN_TIMEOUT = 600
+"""Seconds each training subprocess of the kit may take."""
 
 
 @dataclass
@@ -40,6 +73,8 @@ class ConformanceReport:
     batch_size: int
     decoder_kind: str
     checks: list[str] = field(default_factory=list)
+    partner: str | None = None
+    edges: list[str] = field(default_factory=list)
 
 
 def _fail(spec: ModalitySpec, msg: str) -> ContractError:
@@ -48,16 +83,18 @@ def _fail(spec: ModalitySpec, msg: str) -> ContractError:
 
 def _resolve(spec_or_name: ModalitySpec | str) -> ModalitySpec:
     from .modality import ModalitySpec
+    from .plugins import get_modality
 
     if isinstance(spec_or_name, str):
-        from .plugins import get_modality
-
         return get_modality(spec_or_name)
     if not isinstance(spec_or_name, ModalitySpec):
         raise TypeError(
             f"check_modality takes a ModalitySpec or a modality name, got {type(spec_or_name).__name__}"
         )
     return spec_or_name
+
+
+# ----------------------------------------------------------------------------- static checks
 
 
 def _check_config(spec: ModalitySpec, rep: ConformanceReport) -> Any:
@@ -78,17 +115,30 @@ def _check_config(spec: ModalitySpec, rep: ConformanceReport) -> Any:
     return config
 
 
-def _check_decode(spec: ModalitySpec, batch_size: int, rep: ConformanceReport) -> Any:
+def _raw_items(spec: ModalitySpec, n: int) -> list[bytes]:
     if spec.example_items is None:
         raise _fail(
             spec,
             "ModalitySpec.example_items is not set; give a function n -> list[bytes] of raw "
             "shard values so the kit can test decode_sample and collate",
         )
-    raw = list(spec.example_items(batch_size))
-    if len(raw) != batch_size or not all(isinstance(r, bytes) for r in raw):
-        raise _fail(spec, f"example_items({batch_size}) must return {batch_size} bytes values")
-    items = [spec.decode_sample(r) for r in raw]
+    raw = list(spec.example_items(n))
+    if len(raw) != n or not all(isinstance(r, bytes) for r in raw):
+        raise _fail(spec, f"example_items({n}) must return {n} bytes values")
+    return raw
+
+
+def _check_decode(spec: ModalitySpec, config: Any, batch_size: int, rep: ConformanceReport) -> Any:
+    items = [spec.decode_sample(r) for r in _raw_items(spec, batch_size)]
+    if spec.validate_item is not None:
+        for item in items:
+            try:
+                spec.validate_item(item, config)
+            except ValueError as exc:
+                raise _fail(
+                    spec, f"validate_item rejects an example item under example_config: {exc}"
+                ) from exc
+        rep.checks.append("validate_item accepts the example items")
     for bad in CORRUPT_SAMPLES:
         try:
             spec.decode_sample(bad)
@@ -113,7 +163,33 @@ def _check_decode(spec: ModalitySpec, batch_size: int, rep: ConformanceReport) -
     if _batch_len(batch) != batch_size:
         raise _fail(spec, f"collate of {batch_size} items gave a batch of length {_batch_len(batch)}")
     rep.checks.append("collate")
+    if spec.transform is not None:
+        _check_transform(spec, config, batch, rep)
     return batch
+
+
+def _check_transform(spec: ModalitySpec, config: Any, batch: Any, rep: ConformanceReport) -> None:
+    """``transform(batch, config, generator=, rows=)``: same length, same result for the same seed."""
+    import torch
+
+    b = _batch_len(batch) or 0
+    outs = [
+        spec.transform(batch, config, generator=torch.Generator().manual_seed(3), rows=(0, b))
+        for _ in range(2)
+    ]
+    if _batch_len(outs[0]) != b:
+        raise _fail(spec, f"transform of a batch of {b} returned a batch of length {_batch_len(outs[0])}")
+    same = (
+        all(torch.equal(x, y) for x, y in zip(outs[0], outs[1], strict=True))
+        if isinstance(outs[0], torch.Tensor)
+        else outs[0] == outs[1]
+    )
+    if not same:
+        raise _fail(
+            spec,
+            "transform gave two results for the same seeded generator: draw its randomness from `generator`",
+        )
+    rep.checks.append("transform: same length, seeded by generator")
 
 
 def _batch_len(batch: Any) -> int | None:
@@ -121,6 +197,40 @@ def _batch_len(batch: Any) -> int | None:
         return len(batch)
     except TypeError:
         return None
+
+
+def _check_signature(
+    spec: ModalitySpec,
+    method: Callable[..., Any],
+    call: str,
+    positional: tuple[str, ...],
+    keywords: tuple[str, ...],
+) -> None:
+    """``method`` must accept ``positional`` arguments and the keyword-only-able ``keywords``."""
+    params = inspect.signature(method).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        names = [n for n in params if params[n].kind is not inspect.Parameter.VAR_KEYWORD]
+    else:
+        names = list(params)
+    free = [
+        n
+        for n in names
+        if params[n].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    takes_star = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
+    if len(free) < len(positional) and not takes_star:
+        raise _fail(
+            spec,
+            f"{call}: {method.__qualname__} takes {len(free)} positional arguments, the framework passes {len(positional)} ({', '.join(positional)})",
+        )
+    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for kw in keywords:
+        if kw not in params and not has_var_kw:
+            raise _fail(
+                spec,
+                f"{method.__qualname__} has no parameter {kw!r}; the framework calls {call} "
+                "(see lzn_core.modality.Decoder)",
+            )
 
 
 def _check_tensor(spec: ModalitySpec, what: str, t: Any, shape: tuple[int, ...]) -> torch.Tensor:
@@ -150,56 +260,344 @@ def _check_grads(spec: ModalitySpec, what: str, module: Any) -> None:
         raise _fail(spec, f"non-finite gradient in the {what} parameters")
 
 
-def _check_encoder(spec: ModalitySpec, encoder: Any, batch: Any, q: int, rep: ConformanceReport) -> Any:
+def _check_encoder(
+    spec: ModalitySpec, config: Any, encoder: Any, batch: Any, q: int, rep: ConformanceReport
+) -> None:
     import torch
+
+    from .modality import AnchorBank, BackboneFeatures, ConditionProvider
 
     b = _batch_len(batch) or 0
     anchors = _check_tensor(spec, "encoder(batch)", encoder(batch), (b, q))
     (anchors * torch.randn_like(anchors)).sum().backward()
     _check_grads(spec, "encoder", encoder)
     rep.checks.append(f"encoder -> anchors ({b}, {q}) float, finite, gradients reach its parameters")
-    if hasattr(encoder, "bank"):
+    if isinstance(encoder, AnchorBank):
         bank = encoder.bank()
-        rows = bank.shape[0] if getattr(bank, "dim", lambda: 0)() == 2 else -1  # -1: fails the shape check
+        rows = bank.shape[0] if isinstance(bank, torch.Tensor) and bank.dim() == 2 else -1
         _check_tensor(spec, "encoder.bank()", bank, (rows, q))
-        rep.checks.append("encoder.bank() (M, q)")
-    if hasattr(encoder, "condition"):
-        d = getattr(encoder, "condition_dim", None)
-        if not isinstance(d, int):
-            raise _fail(spec, "encoder has condition() but no integer condition_dim")
+        rep.checks.append(f"AnchorBank: bank() ({rows}, {q})")
+    if isinstance(encoder, ConditionProvider) != (spec.condition_dim is not None):
+        raise _fail(
+            spec,
+            "an encoder with condition(batch) needs ModalitySpec.condition_dim (config -> int), and "
+            "condition_dim needs an encoder with condition(batch)",
+        )
+    if isinstance(encoder, ConditionProvider):
+        d = int(spec.condition_dim(config))  # type: ignore[misc]
         _check_tensor(spec, "encoder.condition(batch)", encoder.condition(batch), (b, d))
-        rep.checks.append(f"encoder.condition -> ({b}, {d})")
-    return anchors
+        rep.checks.append(f"ConditionProvider: condition(batch) -> ({b}, {d}) = spec.condition_dim(config)")
+    if isinstance(encoder, BackboneFeatures):
+        feats = encoder.features(batch)
+        rows = feats.shape[1] if isinstance(feats, torch.Tensor) and feats.dim() == 2 else -1
+        _check_tensor(spec, "encoder.features(batch)", feats, (b, rows))
+        rep.checks.append(f"BackboneFeatures: features(batch) -> ({b}, {rows})")
 
 
-def _check_decoder(
-    spec: ModalitySpec, decoder: Any, batch: Any, q: int, steps: int, rep: ConformanceReport
-) -> None:
+def _check_loss(spec: ModalitySpec, decoder: Any, batch: Any, q: int, cond: Any, what: str) -> None:
     import torch
 
     b = _batch_len(batch) or 0
-    kind = getattr(decoder, "kind", None)
-    if kind not in ("generative", "zonal"):
-        raise _fail(spec, f"decoder.kind must be 'generative' or 'zonal', got {kind!r}")
     z = torch.randn(b, q, requires_grad=True)
+    gen = torch.Generator().manual_seed(1)
+    loss = decoder.loss(z, batch, cond, generator=gen, rows=(0, b))
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise _fail(spec, f"{what} must return a scalar tensor, got {getattr(loss, 'shape', type(loss))}")
+    if not bool(torch.isfinite(loss)):
+        raise _fail(spec, f"{what} is not finite ({float(loss.detach())})")
+    loss.backward()
+    _check_grads(spec, "decoder", decoder)
+    if z.grad is None or not bool((z.grad != 0).any()):
+        raise _fail(spec, f"{what} does not depend on z (no gradient reaches the latents)")
+    again = decoder.loss(z.detach(), batch, cond, generator=torch.Generator().manual_seed(1), rows=(0, b))
+    if not torch.allclose(loss.detach(), again.detach(), rtol=1e-5, atol=1e-6):
+        raise _fail(
+            spec,
+            f"{what} gave {float(loss):.6g} and {float(again):.6g} for the same z and the same seeded "
+            "generator: draw every random number of the loss from `generator` (resume and ranks need it)",
+        )
+
+
+def _check_decoder(
+    spec: ModalitySpec,
+    config: Any,
+    encoder: Any,
+    decoder: Any,
+    batch: Any,
+    q: int,
+    steps: int,
+    rep: ConformanceReport,
+) -> None:
+    import torch
+
+    from .modality import AnchorBank, PreviewWriter, Reconstructs, SampleJudge
+
+    b = _batch_len(batch) or 0
+    kind = decoder.kind
+    if kind == "none":
+        rep.checks.append("decoder kind 'none': encoder-only modality")
+        return
+    _check_signature(
+        spec,
+        decoder.loss,
+        "decoder.loss(z, batch, cond, generator=..., rows=...)",
+        ("z", "batch", "cond"),
+        ("generator", "rows"),
+    )
+    _check_signature(
+        spec,
+        decoder.sample,
+        "decoder.sample(z, cond, steps=..., generator=...)",
+        ("z", "cond"),
+        ("steps", "generator"),
+    )
+    rep.checks.append("decoder.loss / decoder.sample take the framework's arguments")
+    z = torch.randn(b, q)
     if kind == "generative":
-        loss = decoder.loss(z, batch)
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise _fail(
-                spec, f"decoder.loss must return a scalar tensor, got {getattr(loss, 'shape', type(loss))}"
+        _check_loss(spec, decoder, batch, q, None, "decoder.loss")
+        rep.checks.append(
+            "decoder.loss: finite scalar, gradients reach the decoder and z, seeded by generator"
+        )
+        out = decoder.sample(z, None, steps=steps, generator=torch.Generator().manual_seed(0))
+        if _batch_len(out) != b:
+            raise _fail(spec, f"decoder.sample of {b} latents returned a batch of length {_batch_len(out)}")
+        rep.checks.append(f"decoder.sample returns a batch of {b}")
+        if spec.accepts_condition:
+            _, conditioned = spec.build(config, q, KIT_CONDITION_DIM)
+            cond = torch.randn(b, KIT_CONDITION_DIM)
+            _check_loss(
+                spec, conditioned, batch, q, cond, f"decoder.loss with cond ({b}, {KIT_CONDITION_DIM})"
             )
-        if not bool(torch.isfinite(loss)):
-            raise _fail(spec, f"decoder.loss is not finite ({float(loss.detach())})")
-        loss.backward()
-        _check_grads(spec, "decoder", decoder)
-        if z.grad is None or not bool((z.grad != 0).any()):
-            raise _fail(spec, "decoder.loss does not depend on z (no gradient reaches the latents)")
-        rep.checks.append("decoder.loss: finite scalar, gradients reach the decoder and z")
-    out = decoder.sample(z.detach(), steps=steps)
-    first = out[0] if isinstance(out, tuple) else out
-    if _batch_len(first) != b:
-        raise _fail(spec, f"decoder.sample of {b} latents returned a batch of length {_batch_len(first)}")
-    rep.checks.append(f"decoder.sample ({kind}) returns a batch of {b}")
+            out_c = conditioned.sample(z, cond, steps=steps, generator=torch.Generator().manual_seed(0))
+            if _batch_len(out_c) != b:
+                raise _fail(
+                    spec, f"a conditioned decoder.sample returned a batch of length {_batch_len(out_c)}"
+                )
+            rep.checks.append(
+                f"accepts_condition: built with condition_dim={KIT_CONDITION_DIM}, loss and sample read cond"
+            )
+        if isinstance(decoder, Reconstructs):
+            rec = decoder.reconstruct(batch, z, None, steps=steps)
+            if _batch_len(rec) != b:
+                raise _fail(spec, f"decoder.reconstruct returned a batch of length {_batch_len(rec)}")
+            rep.checks.append("Reconstructs: reconstruct(batch, z) returns a batch of B")
+        if isinstance(decoder, PreviewWriter):
+            with tempfile.TemporaryDirectory() as tmp:
+                written = Path(decoder.save_preview(out, Path(tmp) / "preview.png", nrow=2))
+                if not written.is_file() or written.stat().st_size == 0:
+                    raise _fail(spec, f"save_preview wrote nothing at {written}")
+            rep.checks.append("PreviewWriter: save_preview writes a file")
+        if isinstance(decoder, SampleJudge):
+            classes = torch.arange(b) % 2
+            scores = decoder.judge_samples(out, classes, batch, classes)
+            if not scores or not all(isinstance(v, float) for v in scores.values()):
+                raise _fail(spec, f"judge_samples must return a mapping of names to floats, got {scores!r}")
+            rep.checks.append(f"SampleJudge: judge_samples -> {', '.join(scores)}")
+    elif kind == "zonal":
+        if not isinstance(encoder, AnchorBank):
+            raise _fail(
+                spec, "a zonal decoder flows latents to the modality's bank: the encoder must define bank()"
+            )
+        labels = decoder.sample(z, None, steps=steps, generator=None)
+        m = encoder.bank().shape[0]
+        if not isinstance(labels, torch.Tensor) or labels.shape != (b,) or labels.dtype != torch.int64:
+            raise _fail(spec, f"a zonal decoder.sample must return (B,) int64 bank indices, got {labels!r}")
+        if int(labels.min()) < 0 or int(labels.max()) >= m:
+            raise _fail(spec, f"zonal decoder.sample returned indices outside the bank [0, {m})")
+        rep.checks.append(f"zonal decoder.sample returns ({b},) int64 indices into the bank of {m}")
+
+
+# ----------------------------------------------------------------------------- training and serving
+
+
+def _find_partner(spec: ModalitySpec, zonal: bool) -> ModalitySpec | None:
+    """A registered modality to train beside ``spec``: a zonal one (with a bank) for a non-zonal
+    modality, a generative one for a zonal modality; by capability, in name order."""
+    from .modality import AnchorBank
+    from .plugins import get_modality, list_modalities
+
+    for name in list_modalities():
+        other = get_modality(name)
+        if other.name == spec.name or other.example_items is None:
+            continue
+        try:
+            encoder, decoder = other.build(other.config(**dict(other.example_config)), 4)
+        except Exception:  # noqa: BLE001 - a partner that cannot be built is simply not a candidate
+            continue
+        if zonal and decoder.kind == "generative":
+            return other
+        if not zonal and decoder.kind == "zonal" and isinstance(encoder, AnchorBank):
+            return other
+    return None
+
+
+def _tasks(
+    spec: ModalitySpec, kind: str, partner: ModalitySpec | None, partner_kind: str | None
+) -> list[dict[str, Any]]:
+    tasks: list[dict[str, Any]] = []
+    mine, theirs = spec.name, partner.name if partner is not None else None
+    if partner is None:
+        return [{"kind": "generate", "target": mine}] if kind == "generative" else []
+    zonal, other = (mine, theirs) if kind == "zonal" else (theirs, mine)
+    zonal_spec, other_spec = (spec, partner) if kind == "zonal" else (partner, spec)
+    other_kind = partner_kind if kind == "zonal" else kind
+    if other_kind == "generative":
+        task: dict[str, Any] = {"kind": "generate", "target": other}
+        if other_spec.accepts_condition and zonal_spec.condition_dim is not None:
+            task["condition"] = zonal
+        tasks.append(task)
+    tasks.append(
+        {"kind": "align", "source": other, "target": zonal, "class_weights": True, "steps": 4, "loss": "prob"}
+    )
+    tasks.append({"kind": "align", "source": zonal, "target": other, "steps": 4})
+    if other_spec.augment is not None:
+        tasks.append({"kind": "align", "source": other, "target": other, "steps": 4})
+    return tasks
+
+
+def _write_shards(root: Path, specs: list[ModalitySpec], n: int) -> None:
+    from .data.shards import write_split
+
+    values = {s.name: _raw_items(s, n) for s in specs}
+    for split in ("train", "test"):
+        samples = ((f"kit{i:05d}", {s.shard_keys[0]: values[s.name][i] for s in specs}) for i in range(n))
+        write_split(root, split, samples, total=n, progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _train(
+    spec: ModalitySpec, recipe_path: Path, run_dir: Path, extra: list[str], env: dict[str, str]
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "lzn_recipes.train",
+        "--recipe",
+        str(recipe_path),
+        "--output",
+        str(run_dir),
+        *extra,
+    ]
+    try:
+        done = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=TRAIN_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise _fail(spec, f"training did not finish within {TRAIN_TIMEOUT} s ({' '.join(cmd)})") from exc
+    if done.returncode != 0 and not (env.get("LZN_FAULT_CRASH") and "injected crash" in done.stderr):
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+        raise _fail(spec, f"training failed (exit {done.returncode}) running {' '.join(cmd)}:\n{tail}")
+
+
+def _train_and_serve(
+    spec: ModalitySpec,
+    config: Any,
+    kind: str,
+    partner: ModalitySpec | None,
+    latent_dim: int,
+    workdir: Path,
+    rep: ConformanceReport,
+) -> None:
+    import torch
+    import yaml
+
+    from .graphs import compose, possible_edges
+    from .recipe import load_recipe
+    from .weights import load
+
+    specs = [spec] + ([partner] if partner is not None else [])
+    partner_kind = None
+    if partner is not None:
+        _, partner_decoder = partner.build(partner.config(**dict(partner.example_config)), latent_dim)
+        partner_kind = partner_decoder.kind
+    tasks = _tasks(spec, kind, partner, partner_kind)
+    if not tasks:
+        rep.checks.append("training skipped: no task can train this modality without a partner modality")
+        return
+    n = 16
+    _write_shards(workdir / "data", specs, n)
+    recipe = {
+        "name": f"conformance-{spec.name}",
+        "seed": 0,
+        "latent": {"dim": latent_dim, "steps": 4, "g": 1e-3, "bank_size": 8},
+        "modalities": {s.name: {"plugin": s.name, "config": dict(s.example_config)} for s in specs},
+        "tasks": tasks,
+        "data": {
+            "train": str(workdir / "data" / "train-*.tar"),
+            "eval": str(workdir / "data" / "test-*.tar"),
+        },
+        "train": {
+            "batch_size": 8,
+            "iterations": 4,
+            "lr": {"default": 1.0e-3},
+            "warmup": 1,
+            "ema": 0.9,
+            "log_every": 1,
+            "eval_every": 4,
+            "sample_every": 4,
+            "ckpt_every": 2,
+            "keep_checkpoints": 2,
+        },
+        "eval": {"batch_size": 8, "alpha": 0.0, "steps": 4, "samples_per_class": 2},
+        "deepspeed": {
+            "zero_optimization": {"stage": 0},
+            "optimizer": {"type": "Adam", "params": {"torch_adam": True}},
+        },
+    }
+    path = workdir / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    try:
+        load_recipe(path)
+    except LZNError as exc:
+        raise _fail(spec, f"the kit's recipe does not validate: {exc}") from exc
+    rep.checks.append(
+        "recipe: "
+        + "; ".join(
+            f"{t['kind']} {t.get('source', t.get('condition', 'latent'))} -> {t['target']}" for t in tasks
+        )
+    )
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_PORT": str(_free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    run_dir = workdir / "run"
+    _train(spec, path, run_dir, [], {**env, "LZN_FAULT_CRASH": "2"})
+    if not (run_dir / "ckpt" / "latest").is_file():
+        raise _fail(spec, f"training wrote no checkpoint after 2 steps under {run_dir / 'ckpt'}")
+    _train(spec, path, run_dir, ["--resume"], env)
+    rep.checks.append(
+        "training: 2 steps, crash, --resume to step 4, export (recipes/train.py in a subprocess)"
+    )
+    model = load(run_dir / "final")
+    items = {s.name: s.collate([s.decode_sample(r) for r in _raw_items(s, 4)]) for s in specs}
+    for edge in possible_edges(model):
+        source = edge.split(" -> ")[0]
+        graph: Any = compose(edge, model=model)
+        request = torch.randn(2, latent_dim) if source == "latent" else items[source]
+        try:
+            out = graph(request, seed=0)
+        except Exception as exc:
+            raise _fail(
+                spec, f"compose({edge!r}) on the trained model failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        want = 2 if source == "latent" else len(items[source])
+        got = len(out.labels) if hasattr(out, "labels") else _batch_len(out)
+        if got != want:
+            raise _fail(spec, f"compose({edge!r}) returned {got} items for a request of {want}")
+        rep.edges.append(edge)
+    with torch.no_grad():
+        anchors = model.encode(spec.name, items[spec.name])
+    if tuple(anchors.shape) != (len(items[spec.name]), latent_dim):
+        raise _fail(spec, "the exported model's encoder gives anchors of the wrong shape")
+    rep.checks.append("serving: lzn_core.load + every compose edge: " + ", ".join(rep.edges))
 
 
 def check_modality(
@@ -209,48 +607,63 @@ def check_modality(
     batch_size: int = 4,
     sample_steps: int = 4,
     seed: int = 0,
+    train: bool | None = None,
+    partner: str | None = None,
+    workdir: str | Path | None = None,
 ) -> ConformanceReport:
-    """Check that a modality obeys the contract of :mod:`lzn_core.modality`, on CPU.
-
-    Checks, in order: the config built from ``spec.example_config`` is valid and
-    rejects unknown keys; ``decode_sample`` decodes ``spec.example_items`` and
-    rejects corrupt bytes (:data:`CORRUPT_SAMPLES`) with a ``ValueError`` naming the
-    modality or shard key; ``collate`` keeps the batch length; the encoder returns
-    finite float anchors (B, q) whose gradients reach its parameters (and
-    ``bank()`` / ``condition()`` when present); a generative decoder's ``loss`` is a
-    finite scalar with gradients to its parameters and to z; ``sample(z, steps=...)``
-    returns a batch of B.
+    """Check that a modality obeys the contract of :mod:`lzn_core.modality`, then train and serve it.
 
     Args:
         spec_or_name: a ``ModalitySpec`` or a registered modality name.
         latent_dim: q.
-        batch_size: B, number of example items.
+        batch_size: B, number of example items of the static checks.
         sample_steps: ``steps`` passed to ``decoder.sample``.
         seed: torch seed, for a reproducible check.
+        train: run the training and serving part (steps 5-6 of the module doc); None: when the
+            modality is registered (the training script finds modalities through the plugins).
+        partner: name of the modality to train beside it (default: found by capability).
+        workdir: where shards, recipe and run go (default: a temporary directory, removed after).
 
     Returns:
-        a :class:`ConformanceReport` listing the checks that passed.
+        a :class:`ConformanceReport` listing the checks that passed and the compose edges served.
 
     Raises:
         ContractError: the first violation, naming the modality and what was expected.
     """
     import torch
 
+    from .plugins import get_modality, list_modalities
+
     spec = _resolve(spec_or_name)
     torch.manual_seed(seed)
     rep = ConformanceReport(spec.name, latent_dim, batch_size, "?")
     config = _check_config(spec, rep)
-    batch = _check_decode(spec, batch_size, rep)
-    encoder = spec.build_encoder(config, latent_dim)
-    decoder = spec.build_decoder(config, latent_dim)
-    for what, m in (("encoder", encoder), ("decoder", decoder)):
-        if not isinstance(m, torch.nn.Module):
-            raise _fail(spec, f"build_{what} must return a torch.nn.Module, got {type(m).__name__}")
-    if hasattr(decoder, "bind"):
-        decoder.bind(encoder)
-    rep.decoder_kind = str(getattr(decoder, "kind", "?"))
-    _check_encoder(spec, encoder, batch, latent_dim, rep)
-    _check_decoder(spec, decoder, batch, latent_dim, sample_steps, rep)
+    batch = _check_decode(spec, config, batch_size, rep)
+    try:
+        encoder, decoder = spec.build(config, latent_dim)
+    except ContractError as exc:
+        raise _fail(spec, str(exc)) from exc
+    rep.decoder_kind = str(decoder.kind)
+    _check_encoder(spec, config, encoder, batch, latent_dim, rep)
+    _check_decoder(spec, config, encoder, decoder, batch, latent_dim, sample_steps, rep)
+    registered = spec.name in list_modalities() and get_modality(spec.name) == spec
+    if train is None:
+        train = registered
+    if not train:
+        return rep
+    if not registered:
+        raise _fail(
+            spec,
+            "train=True needs the modality registered through an entry point (the training script discovers plugins)",
+        )
+    other = get_modality(partner) if partner is not None else _find_partner(spec, rep.decoder_kind == "zonal")
+    rep.partner = other.name if other is not None else None
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        _train_and_serve(spec, config, rep.decoder_kind, other, latent_dim, Path(workdir), rep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="lzn-kit-") as tmp:
+            _train_and_serve(spec, config, rep.decoder_kind, other, latent_dim, Path(tmp), rep)
     return rep
 
 

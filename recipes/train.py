@@ -29,7 +29,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import torch
+import yaml
+from tqdm import tqdm
+
+from lzn_core.alignment import alignment_loss, class_weights, gather_anchors
+from lzn_core.data import loader
+from lzn_core.eval.training import TrainingEvaluator
+from lzn_core.model import LZNModel
+from lzn_core.recipe import load_recipe
+from lzn_core.train.engine import Engine, setup_distributed
+from lzn_core.weights import fill_banks, write_model
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,13 +74,15 @@ def task_losses(
     model, recipe, batch: dict[str, Any], step: int, rank: int, world: int
 ) -> dict[str, torch.Tensor]:
     """Loss term per task for this rank's rows of global batch ``step`` (means over own rows)."""
-    from lzn_core import zoning
-    from lzn_core.alignment import alignment_loss, class_weights, gather_anchors
-
     b = len(next(iter(batch.values())))
     total, start = b * world, rank * b
     device = next(model.parameters()).device
     own = torch.arange(start, start + b, device=device)
+    for i, name in enumerate(model.names):  # training-time augmentation (e.g. CIFAR's random flips)
+        spec = model.specs[name]
+        if spec.transform is not None:
+            gen = seeded(recipe.seed, step, 500 + i)
+            batch[name] = spec.transform(batch[name], model.configs[name], generator=gen, rows=(start, total))
     anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (own rows (b, q), all rows (B, q))
     noise: dict[str, torch.Tensor] = {}  # name -> ε of own rows (b, q), drawn for the global batch
 
@@ -93,9 +109,9 @@ def task_losses(
         if task.kind == "generate":
             z = latents(task.target, recipe.latent.alpha)
             cond = model.condition(task.condition, batch[task.condition]) if task.condition else None
-            dec = model.decoders[task.target]
+            decoder = model.decoders[task.target]
             key = f"gen_{task.target}"
-            losses[f"{key}_{i}" if key in losses else key] = dec.loss(
+            losses[f"{key}_{i}" if key in losses else key] = decoder.loss(
                 z, batch[task.target], cond, generator=seeded(recipe.seed, step, 100 + i), rows=(start, total)
             )
             continue
@@ -115,9 +131,7 @@ def task_losses(
         else:  # paired modalities (image <-> text): row i's pair is row i
             _, bank = encoded(tgt)
             targets = own
-        out = zoning.assign(
-            z, bank, steps=task.steps, weights=weights, targets=targets, chunk=recipe.latent.chunk
-        )
+        out = model.reverse(z, bank, steps=task.steps, weights=weights, targets=targets)
         key = f"align_{src}_{tgt}"
         losses[f"{key}_{i}" if key in losses else key] = alignment_loss(
             out.target_probs, cutoff=task.cutoff, kind=task.loss
@@ -134,96 +148,9 @@ def fault_injection(step: int, rank: int) -> float:
     return float("nan") if int(at) == step and (not on or int(on) == rank) else 1.0
 
 
-# --------------------------------------------------------------------------- evaluation (rank 0, EMA weights)
-def eval_images(recipe, specs) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """All images and labels of ``data.eval`` (None when the recipe has no image+label pair)."""
-    from lzn_core.data import loader
-
-    img, lab = find_modality_pair(recipe)
-    if recipe.data.eval is None or img is None or lab is None:
-        return None
-    ld = loader(
-        recipe.data.eval,
-        {img: specs[img], lab: specs[lab]},
-        batch_size=256,
-        shuffle=False,
-        drop_last=False,
-        infinite=False,
-    )
-    batches = list(ld)
-    return torch.cat([b[img] for b in batches]), torch.cat([b[lab] for b in batches])
-
-
-def find_modality_pair(recipe) -> tuple[str | None, str | None]:
-    by_plugin = {e.plugin: n for n, e in reversed(list(recipe.modalities.items()))}
-    return by_plugin.get("image"), by_plugin.get("label")
-
-
-@torch.no_grad()
-def evaluate(
-    model, recipe, data, run_dir: Path, step: int, *, accuracy: bool = True, samples: bool = True
-) -> dict[str, Any]:
-    """Label-flow test accuracy (no CE head) and a class-conditional sample grid."""
-    from lzn_core.evalmodel import class_samples, label_flow_predict, unconditional_samples
-
-    model.eval()
-    out: dict[str, Any] = {}
-    img, lab = find_modality_pair(recipe)
-    if accuracy and data is not None:
-        x, y = data
-        pred, _ = label_flow_predict(
-            model,
-            x,
-            alpha=recipe.eval.alpha,
-            batch_size=recipe.eval.batch_size,
-            steps=recipe.eval.steps,
-            seed=recipe.seed,
-        )
-        out["accuracy"] = float((pred == y).float().mean())
-    if (
-        samples
-        and img is not None
-        and model.decoders[img].kind == "generative"
-        and recipe.eval.samples_per_class > 0
-    ):
-        from lzn_image.io import save_grid
-
-        spc = recipe.eval.samples_per_class
-        if lab is not None:
-            classes = torch.arange(model.configs[lab].num_classes).repeat_interleave(spc)
-            samples = class_samples(model, classes, seed=recipe.seed)
-            out["class_consistency"] = class_consistency(samples, classes)
-        else:
-            samples = unconditional_samples(model, 10 * spc, seed=recipe.seed)
-        out["grid"] = str(save_grid(samples, run_dir / "samples" / f"step-{step:06d}.png", nrow=spc))
-    model.train()
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def class_consistency(samples: torch.Tensor, classes: torch.Tensor) -> float | None:
-    """Share of class-k samples an SVM fitted on real 8x8 digits calls k (digits recipes only)."""
-    if tuple(samples.shape[1:]) != (1, 8, 8) or int(classes.max()) != 9:
-        return None
-    from sklearn.svm import SVC
-
-    from lzn_core.features import real_digits
-
-    x, y = real_digits()
-    svc = SVC(gamma="scale").fit(x.flatten(1).numpy(), y.numpy())
-    return float((svc.predict(samples.float().cpu().flatten(1).numpy()) == classes.numpy()).mean())
-
-
 # --------------------------------------------------------------------------- the run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from tqdm import tqdm
-
-    from lzn_core.data import loader
-    from lzn_core.engine import Engine, setup_distributed
-    from lzn_core.export import fill_banks, write_model
-    from lzn_core.model import LZNModel
-    from lzn_core.recipe import load_recipe
-
     t0 = time.time()
     recipe = load_recipe(args.recipe, args.overrides)
     rank, world, _ = setup_distributed()
@@ -235,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     data = loader(
         recipe.data.train,
         model.specs,
+        configs=model.configs,
         batch_size=tr.batch_size // world,
         rank=rank,
         world_size=world,
@@ -250,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_recipe(recipe, run_dir / "recipe.yaml")
         eval_model = LZNModel(recipe).to(device)
-        eval_data = eval_images(recipe, model.specs)
+        evaluator = TrainingEvaluator(eval_model, run_dir)
     log = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
     bar = tqdm(total=tr.iterations, initial=start, disable=rank != 0, dynamic_ncols=True, desc=recipe.name)
-    batches, results, t_last = iter(data), {}, time.time()
+    batches, results, t_last, skipped_samples = iter(data), {}, time.time(), 0
 
     for step in range(start, tr.iterations):
         batch = to_device(next(batches), device)
@@ -264,14 +192,18 @@ def main(argv: list[str] | None = None) -> int:
         it = step + 1
         if it % tr.log_every == 0 or it == tr.iterations:
             terms = torch.stack([total.detach(), *[v.detach() for v in losses.values()]])
+            corrupt = torch.tensor([float(data.skipped)], device=terms.device)
             if world > 1:
                 torch.distributed.all_reduce(terms)
+                torch.distributed.all_reduce(corrupt)
                 terms /= world
+            skipped_samples = int(corrupt.item())
             row = {
                 "step": it,
                 "loss": terms[0].item(),
                 **{k: terms[j + 1].item() for j, k in enumerate(losses)},
                 "skipped": engine.skipped,
+                "skipped_samples": skipped_samples,
                 "lr": engine.lrs(),
                 "it_s": tr.log_every / (time.time() - t_last),
                 "time": time.time() - t0,
@@ -282,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.flush()
                 bar.set_postfix(
                     {k: f"{v:.4g}" for k, v in row.items() if k in losses or k == "loss"}
-                    | {"skip": engine.skipped}
+                    | {"skip": engine.skipped, "bad": skipped_samples}
                 )
         bar.update(1)
         if tr.ckpt_every and (it % tr.ckpt_every == 0 or it == tr.iterations):
@@ -293,12 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         do_samples = it == tr.iterations or bool(tr.sample_every and it % tr.sample_every == 0)
         if rank == 0 and (do_eval or do_samples):
             eval_model.load_weights(engine.ema_state_dict())
-            new = evaluate(eval_model, recipe, eval_data, run_dir, it, accuracy=do_eval, samples=do_samples)
+            new = evaluator(eval_model, it, accuracy=do_eval, samples=do_samples)
             results.update(new)
             log.write(json.dumps({"step": it, **{f"eval/{k}": v for k, v in new.items()}}) + "\n")
             log.flush()
-            if "accuracy" in new:
-                bar.write(f"step {it}: test accuracy {new['accuracy']:.4f}")
+            for k, v in new.items():
+                if k.startswith("accuracy/"):
+                    bar.write(f"step {it}: test {k} {v:.4f}")
     bar.close()
 
     if rank == 0:
@@ -307,25 +240,18 @@ def main(argv: list[str] | None = None) -> int:
         final = write_model(eval_model, run_dir / "final")
         plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
         log.close()
-        print_summary(recipe, results, run_dir, final, time.time() - t0, engine.skipped)
+        print_summary(recipe, results, run_dir, final, time.time() - t0, engine.skipped, skipped_samples)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return 0
 
 
 def write_recipe(recipe, path: Path) -> None:
-    import yaml
-
     path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
 
 def plot_losses(metrics: Path, out: Path) -> None:
-    """Loss terms against the step, from ``metrics.jsonl`` (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Loss terms against the step, from ``metrics.jsonl``."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r]
     if not rows:
@@ -343,20 +269,20 @@ def plot_losses(metrics: Path, out: Path) -> None:
 
 
 def print_summary(
-    recipe, results: dict[str, Any], run_dir: Path, final: Path, wall: float, skipped: int
+    recipe, results: dict[str, Any], run_dir: Path, final: Path, wall: float, skipped: int, bad: int
 ) -> None:
     lines = [
         f"run {recipe.name}: {recipe.train.iterations} iterations in {wall / 60:.1f} min "
-        f"({skipped} skipped steps)"
+        f"({skipped} skipped steps, {bad} corrupt or unfit samples skipped)"
     ]
-    if "accuracy" in results:
-        lines.append(f"test accuracy (label flow, alpha={recipe.eval.alpha}): {results['accuracy']:.4f}")
-    if "class_consistency" in results:
-        lines.append(
-            f"class consistency of the samples (SVM on real digits): {results['class_consistency']:.4f}"
-        )
-    if "grid" in results:
-        lines.append(f"class-conditional sample grid: {results['grid']}")
+    for key, value in results.items():
+        what, _, name = key.partition("/")
+        if what == "accuracy":
+            lines.append(f"test accuracy {name} (zonal flow, alpha={recipe.eval.alpha}): {value:.4f}")
+        elif what == "grid":
+            lines.append(f"samples of {name}: {value}")
+        elif isinstance(value, float):
+            lines.append(f"{what} of the {name} samples: {value:.4f}")
     lines += [f"run dir: {run_dir}", f"exported model: {final}  (lzn_core.load({str(final)!r}))"]
     print("\n".join(lines), flush=True)
 

@@ -130,6 +130,7 @@ def _worker(rank, port, result_dir):
             {"loss": loss.detach(), "grad_a": a_local.grad, "grad_l": l_anchors.grad},
             os.path.join(result_dir, f"rank{rank}.pt"),
         )
+        dist.barrier()  # no rank tears gloo down while the other is still in a collective
     finally:
         dist.destroy_process_group()
 

@@ -44,7 +44,7 @@ def _png(x: torch.Tensor, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """tmp/model (exported tiny model with an image bank), tmp/run/final (a run dir), tmp/imgs/*.png (5 8x8 PNGs)."""
-    from lzn_core.export import write_model
+    from lzn_core.weights import write_model
 
     tmp = tmp_path_factory.mktemp("cli")
     model = tiny_model()
@@ -88,8 +88,10 @@ def test_inference_help_has_examples(capsys, cmd: str) -> None:
 def test_plugins_validate_shards_export(capsys, workdir: Path) -> None:
     rc, out, _ = _main(capsys, "plugins")
     assert rc == 0 and "image" in out and "label" in out and "ok" in out
-    rc, out, _ = _main(capsys, "validate", "digits_joint.yaml", "train.iterations=3")
+    rc, out, _ = _main(capsys, "validate", "digits_joint.yaml", "train.iterations=3", "--skip-data")
     assert rc == 0 and "digits_joint" in out
+    rc, _, err = _main(capsys, "validate", "digits_joint.yaml", f"data.train={workdir}/none-*.tar")
+    assert rc == 1 and "data.train: no shards match" in err
     rc, _, err = _main(capsys, "validate", "digits_joint.yaml", "train.iterations=-1")
     assert rc == 1 and "train.iterations" in err
     folder = workdir / "folder"
@@ -229,7 +231,7 @@ def test_bad_paths_and_models_give_one_line_errors(capsys, workdir: Path) -> Non
     cases = [
         (["classify", str(workdir / "missing"), str(workdir / "imgs")], "does not exist"),
         (["classify", str(workdir / "model"), str(workdir / "nope.png")], "input"),
-        (["classify", str(workdir / "imgs"), str(workdir / "imgs")], "is not a model"),
+        (["classify", str(workdir / "imgs"), str(workdir / "imgs")], "model.safetensors is missing"),
         (
             ["embed", str(workdir / "model"), str(workdir / "folder" / "a" / "none"), "-o", "x.safetensors"],
             "does not exist",
@@ -237,7 +239,7 @@ def test_bad_paths_and_models_give_one_line_errors(capsys, workdir: Path) -> Non
     ]
     empty = workdir / "empty"
     empty.mkdir(exist_ok=True)
-    cases.append((["classify", str(workdir / "model"), str(empty)], "no .jpeg/.jpg/.png files"))
+    cases.append((["classify", str(workdir / "model"), str(empty)], "no files in directory"))
     bad = workdir / "bad.png"
     bad.write_bytes(b"not an image")
     cases.append((["classify", str(workdir / "model"), str(bad)], "bad.png: not a valid PNG/JPEG image"))

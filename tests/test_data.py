@@ -15,9 +15,9 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from lzn_core.data import CorruptSampleWarning, LoaderState, expand_pattern, loader
+from lzn_core.data.shards import make_sample, png_bytes, write_split
 from lzn_core.errors import DataError
 from lzn_core.modality import ModalitySpec
-from lzn_core.shards import make_sample, png_bytes, write_split
 
 N = 37  # samples, in shards of 10: 10 + 10 + 10 + 7
 
@@ -27,8 +27,11 @@ class _Cfg(BaseModel):
 
 
 def _decode_png(data: bytes) -> torch.Tensor:
-    img = Image.open(io.BytesIO(data))
-    img.load()
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except OSError as exc:  # corrupt input is a ValueError (anything else is a plugin bug)
+        raise ValueError(f"png: {exc}") from None
     return torch.from_numpy(np.asarray(img).copy()).float()
 
 
@@ -268,7 +271,7 @@ def test_with_the_built_in_plugins(pattern: str) -> None:
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tar_index_matches_tarfile(tmp_path: Path, fmt: int) -> None:
-    from lzn_core._tarindex import scan_tar
+    from lzn_core.data._tarindex import scan_tar
 
     path = tmp_path / "x.tar"
     names = ["a.cls", "d" * 90 + "/" + "k" * 60 + ".png", "b.txt", "big.bin"]

@@ -53,9 +53,9 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     )
     import importlib.util
 
-    from lzn_core.engine import Engine, setup_distributed
     from lzn_core.model import LZNModel
     from lzn_core.recipe import load_recipe
+    from lzn_core.train.engine import Engine, setup_distributed
 
     spec = importlib.util.spec_from_file_location("lzn_train_script", ROOT / "recipes" / "train.py")
     train = importlib.util.module_from_spec(spec)

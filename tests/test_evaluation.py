@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lzn_core import evaluation as ev
-from lzn_core import features as fe
+from lzn_core.data import digits as fe
 from lzn_core.errors import LZNError
+from lzn_core.eval import metrics as ev
+from lzn_core.eval.features import InceptionFeatures
 
 # ---------------------------------------------------------------- accuracy, ECE, AUROC
 
@@ -198,15 +199,15 @@ def test_inception_features_local_weights_only(tmp_path) -> None:
     from torchvision.models import inception_v3
 
     with pytest.raises(LZNError, match="nothing is downloaded"):
-        fe.InceptionFeatures(tmp_path / "missing.pt")
+        InceptionFeatures(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(LZNError, match="not an inception_v3 state dict"):
-        fe.InceptionFeatures(bad)
+        InceptionFeatures(bad)
     torch.manual_seed(0)
     good = tmp_path / "inception.pt"
     torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), good)
-    ext = fe.InceptionFeatures(good)
+    ext = InceptionFeatures(good)
     out = ext(torch.rand(2, 1, 8, 8) * 2 - 1)
     assert out.shape == (2, 2048) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="1 or 3 channels"):
@@ -215,7 +216,7 @@ def test_inception_features_local_weights_only(tmp_path) -> None:
 
 # ---------------------------------------------------------------- model-based metrics (tiny random model)
 
-from lzn_core import evalmodel as em  # noqa: E402
+from lzn_core.eval import protocol as em  # noqa: E402
 
 
 def _tiny_model(cond: bool = True, **image: object):
@@ -232,7 +233,7 @@ def _tiny_model(cond: bool = True, **image: object):
             "modalities": {
                 "image": {
                     "plugin": "image",
-                    "config": {"preset": "tiny", "cond_dim": 10 if cond else 0, "sample_steps": 4, **image},
+                    "config": {"preset": "tiny", "sample_steps": 4, **image},
                 },
                 "label": {"plugin": "label", "config": {"num_classes": 10}},
             },
@@ -280,28 +281,33 @@ def test_label_flow_accuracy_with_an_oracle_encoder() -> None:
         model.encoders["label"].anchors.mul_(3.0)  # well separated class anchors
     model.encoders["image"] = _OracleEncoder(model.encoders["label"])
     x, y = _class_images()
-    rows = em.alpha_batch_sweep(model, x, y, alphas=(0.0,), batch_sizes=(100,))
+    rows = em.alpha_batch_sweep(model, "image", "label", x, y, alphas=(0.0,), batch_sizes=(100,))
     assert rows == [{"alpha": 0.0, "batch_size": 100, "accuracy": pytest.approx(1.0, abs=0.03)}]
-    pred, conf = em.label_flow_predict(model, x, alpha=0.0, batch_size=100)
+    pred, conf = em.zonal_predict(model, "image", "label", x, alpha=0.0, batch_size=100, draws=4)
     assert conf.shape == (100,) and float(conf.min()) >= 0 and float(conf.max()) <= 1 + 1e-6
+    assert em.classification_edges(model) == [("image", "label")] and em.generation_targets(model) == [
+        "image"
+    ]
     model.encoders["image"] = _OracleEncoder(model.encoders["label"], scramble=True)
-    assert em.alpha_batch_sweep(model, x, y, alphas=(0.0,), batch_sizes=(100,))[0]["accuracy"] < 0.4
+    assert (
+        em.alpha_batch_sweep(model, "image", "label", x, y, alphas=(0.0,), batch_sizes=(100,))[0]["accuracy"]
+        < 0.4
+    )
 
 
 def test_label_flow_predict_deterministic_and_errors() -> None:
     model = _tiny_model()
     x = torch.rand(12, 1, 8, 8) * 2 - 1
-    p1, c1 = em.label_flow_predict(model, x, alpha=1.0, batch_size=5, seed=3, steps=10)
-    p2, c2 = em.label_flow_predict(model, x, alpha=1.0, batch_size=5, seed=3, steps=10)
+    p1, c1 = em.zonal_predict(model, "image", "label", x, alpha=1.0, batch_size=5, seed=3, steps=10, draws=2)
+    p2, c2 = em.zonal_predict(model, "image", "label", x, alpha=1.0, batch_size=5, seed=3, steps=10, draws=2)
     assert torch.equal(p1, p2) and torch.equal(c1, c2) and p1.shape == (12,)
-    with pytest.raises(ValueError, match="non-empty"):
-        em.label_flow_predict(model, torch.zeros(0, 1, 8, 8))
+    assert (
+        em.zonal_predict(model, "image", "label", x, batch_size=5)[1].isnan().all()
+    )  # no draws: no confidence
+    with pytest.raises(ValueError, match="evaluation batch is empty"):
+        em.zonal_predict(model, "image", "label", torch.zeros(0, 1, 8, 8))
     with pytest.raises(ValueError, match=r"labels must have shape \(12,\)"):
-        em.alpha_batch_sweep(model, x, torch.zeros(3, dtype=torch.long))
-    model_no_label = _tiny_model(cond=False)
-    del model_no_label.recipe.modalities["label"]
-    with pytest.raises(LZNError, match="no 'label' modality"):
-        em.label_flow_predict(model_no_label, x)
+        em.alpha_batch_sweep(model, "image", "label", x, torch.zeros(3, dtype=torch.long))
 
 
 def test_reconstruction_error_value_and_draws(monkeypatch) -> None:
@@ -315,37 +321,41 @@ def test_reconstruction_error_value_and_draws(monkeypatch) -> None:
         return images + 0.1
 
     monkeypatch.setattr(dec, "reconstruct", fake)
-    err = em.reconstruction_error(model, x, y, draws=3)
+    err = em.reconstruction_error(model, "image", x, y, draws=3)
     assert err == pytest.approx(0.1 * 8, rel=1e-5)  # ‖0.1·1‖₂ over 64 pixels
     assert len(calls) == 3 and not torch.equal(calls[0][0], calls[1][0])  # fresh ε per draw
     assert torch.equal(calls[0][1], torch.nn.functional.one_hot(y, 10).float())  # true-label one-hot
-    with pytest.raises(ValueError, match="pass the labels"):
-        em.reconstruction_error(model, x, None, draws=1)
+    with pytest.raises(ValueError, match="conditioned on 'label': pass its items"):
+        em.reconstruction_error(model, "image", x, None, draws=1)
     with pytest.raises(ValueError, match="draws must be"):
-        em.reconstruction_error(model, x, y, draws=0)
+        em.reconstruction_error(model, "image", x, y, draws=0)
 
 
 def test_reconstruction_error_real_decoder_runs() -> None:
     model = _tiny_model(cond=False)
     x = torch.rand(6, 1, 8, 8) * 2 - 1
-    err = em.reconstruction_error(model, x, draws=2, steps=3)
+    err = em.reconstruction_error(model, "image", x, draws=2, steps=3)
     assert np.isfinite(err) and 0 < err < 2 * 8  # bounded by the [-1, 1] range
 
 
 def test_samples_shapes_and_conditioning() -> None:
     model = _tiny_model()
-    imgs = em.class_samples(model, torch.tensor([0, 3, 3]), steps=2, seed=1)
+    imgs = em.class_samples(model, "label", "image", torch.tensor([0, 3, 3]), steps=2, seed=1)
     assert imgs.shape == (3, 1, 8, 8) and float(imgs.abs().max()) <= 1
-    assert torch.equal(imgs, em.class_samples(model, torch.tensor([0, 3, 3]), steps=2, seed=1))
-    assert em.unconditional_samples(model, 4, steps=2).shape == (4, 1, 8, 8)
-    assert em.unconditional_samples(_tiny_model(cond=False), 2, steps=2).shape == (2, 1, 8, 8)
+    assert torch.equal(
+        imgs, em.class_samples(model, "label", "image", torch.tensor([0, 3, 3]), steps=2, seed=1)
+    )
+    assert em.unconditional_samples(model, "image", 4, steps=2).shape == (4, 1, 8, 8)
+    assert em.unconditional_samples(_tiny_model(cond=False), "image", 2, steps=2).shape == (2, 1, 8, 8)
 
 
 def test_ood_confidences_modes_and_errors() -> None:
     model = _tiny_model()
     x = torch.rand(10, 1, 8, 8) * 2 - 1
     for mode in ("mixed", "separate"):
-        c_in, c_out = em.ood_confidences(model, x, "inverted", mode=mode, batch_size=8)
+        c_in, c_out = em.ood_confidences(
+            model, "image", "label", x, "inverted", mode=mode, batch_size=8, draws=2
+        )
         assert c_in.shape == c_out.shape == (10,)
     assert torch.equal(em.ood_inputs(x, "inverted"), -x)
     noise = em.ood_inputs(x, "noise")
@@ -353,44 +363,45 @@ def test_ood_confidences_modes_and_errors() -> None:
     with pytest.raises(ValueError, match="unknown OOD kind"):
         em.ood_inputs(x, "blur")
     with pytest.raises(ValueError, match="unknown OOD mode"):
-        em.ood_confidences(model, x, "noise", mode="both")
-    with pytest.raises(ValueError, match="unknown confidence"):
-        em.ood_confidences(model, x, "noise", confidence="softmax")
+        em.ood_confidences(model, "image", "label", x, "noise", mode="both")
 
 
 def test_zone_vote_confidence() -> None:
+    """The confidence of a prediction is the share of draws from the item's zone classified the same."""
     model = _tiny_model()
     with torch.no_grad():
         model.encoders["label"].anchors.mul_(3.0)
     model.encoders["image"] = _OracleEncoder(model.encoders["label"])
     x, y = _class_images(4)
-    pred, conf = em.zone_vote(model, x, alpha=0.0, draws=3, batch_size=40)
+    pred, conf = em.zonal_predict(
+        model, "image", "label", x, alpha=0.0, draws=3, vote_alpha=0.0, batch_size=40
+    )
     assert torch.equal(conf, torch.ones(40))  # α = 0: every draw is the zone centre
     assert ev.accuracy(pred, y) > 0.9
-    pred, conf = em.zone_vote(model, x, alpha=1.0, draws=8, batch_size=40)
-    assert float(conf.min()) >= 1 / 8 and float(conf.max()) <= 1 and conf.shape == (40,)
+    pred, conf = em.zonal_predict(model, "image", "label", x, draws=8, vote_alpha=1.0, batch_size=40)
+    assert float(conf.min()) >= 0 and float(conf.max()) <= 1 and conf.shape == (40,)
     assert ((conf * 8) - (conf * 8).round()).abs().max() < 1e-6  # vote shares are multiples of 1/draws
-    with pytest.raises(ValueError, match="draws must be"):
-        em.zone_vote(model, x, draws=0)
-    with pytest.raises(ValueError, match="non-empty"):
-        em.zone_vote(model, x[0])
 
 
 def test_probe_features_kinds() -> None:
     model = _tiny_model()
     x = torch.rand(10, 1, 8, 8) * 2 - 1
-    shapes = {k: em.probe_features(model, x, k, batch_size=4).shape for k in ("backbone", "anchor", "latent")}
+    shapes = {
+        k: em.probe_features(model, "image", x, k, batch_size=4).shape
+        for k in ("backbone", "anchor", "latent")
+    }
     assert shapes["anchor"] == shapes["latent"] == (10, 8) and shapes["backbone"][0] == 10
-    a0 = em.probe_features(model, x, "latent0", seed=0)
-    assert torch.allclose(a0, em.probe_features(model, x, "latent0", seed=5))  # α = 0: no noise
+    a0 = em.probe_features(model, "image", x, "latent0", seed=0)
+    assert torch.allclose(a0, em.probe_features(model, "image", x, "latent0", seed=5))  # α = 0: no noise
     assert not torch.allclose(
-        em.probe_features(model, x, "latent", seed=0), em.probe_features(model, x, "latent", seed=5)
+        em.probe_features(model, "image", x, "latent", seed=0),
+        em.probe_features(model, "image", x, "latent", seed=5),
     )
     with pytest.raises(ValueError, match="unknown probe feature"):
-        em.probe_features(model, x, "head")
+        em.probe_features(model, "image", x, "head")
 
 
-def test_rf_baseline_decoder_ignores_the_latent_and_is_scored_once(monkeypatch) -> None:
+def test_rf_baseline_decoder_ignores_the_latent(monkeypatch) -> None:
     model = _tiny_model(cond=False, use_latent=False)
     dec = model.decoders["image"]
     x, t = torch.rand(3, 1, 8, 8), torch.full((3,), 0.5)
@@ -404,7 +415,7 @@ def test_rf_baseline_decoder_ignores_the_latent_and_is_scored_once(monkeypatch) 
         )
     calls = []
     monkeypatch.setattr(dec, "reconstruct", lambda images, z, cond, **kw: calls.append(1) or images)
-    assert em.reconstruction_error(model, x, draws=5) == 0.0 and len(calls) == 1
+    assert em.reconstruction_error(model, "image", x, draws=5) == 0.0 and len(calls) == 5
 
 
 # ---------------------------------------------------------------- lzn eval
@@ -412,7 +423,7 @@ def test_rf_baseline_decoder_ignores_the_latent_and_is_scored_once(monkeypatch) 
 
 @pytest.fixture(scope="module")
 def digits_shards(tmp_path_factory):
-    from lzn_core.shards import write_digits
+    from lzn_core.data.digits import write_digits
 
     out = tmp_path_factory.mktemp("digits")
     write_digits(out, progress=False)
@@ -423,7 +434,7 @@ def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys) -> None:
     import json
 
     from lzn_core.cli import main
-    from lzn_core.export import write_model
+    from lzn_core.weights import write_model
 
     model = _tiny_model()
     model.recipe.data.train = str(digits_shards / "train-*.tar")
@@ -455,16 +466,18 @@ def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys) -> None:
         "2",
     ]
     assert main(argv) == 0
-    res = json.loads(capsys.readouterr().out)
-    assert res["n_test"] == 100 and len(res["sweep"]) == 2
+    full = json.loads(capsys.readouterr().out)
+    res, gen = full["classification"]["image -> label"], full["generation"]["image"]
+    assert full["n_test"] == 100 and len(res["sweep"]) == 2
     assert {r["batch_size"] for r in res["sweep"]} == {50}
     assert 0 <= res["accuracy"] <= 1 and 0 <= res["ece"] <= 1
     assert set(res["ood_auroc"]) == {"noise_mixed", "noise_separate", "inverted_mixed", "inverted_separate"}
-    assert res["judge_test_accuracy"] > 0.9  # the independent SVC on real pixels works
-    assert res["fid_features"] == "digit-classifier" and res["fid"] > res["fid_real_test_vs_train"]
-    assert res["recon_error"] > 0
-    assert json.loads((out / "metrics.json").read_text())["accuracy"] == res["accuracy"]
-    assert (out / "reliability.png").exists() and (out / "samples.png").exists()
+    assert 0 <= gen["class_consistency"] <= 1
+    assert gen["fid_features"] == "classifier-on-real-items" and gen["fid"] > gen["fid_real_test_vs_train"]
+    assert gen["recon_error"] > 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["classification"]["image -> label"]["accuracy"] == res["accuracy"]
+    assert (out / "reliability-image-label.png").exists() and (out / "samples-image.png").exists()
     assert (
         main(
             [
@@ -490,11 +503,11 @@ def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys) -> None:
 
 def test_cli_eval_errors(tmp_path, capsys) -> None:
     from lzn_core.cli import main
-    from lzn_core.evalcli import resolve_model_dir
+    from lzn_core.weights import resolve_model_dir
 
     assert main(["eval", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="run `lzn export"):
+    with pytest.raises(FileNotFoundError, match="export a run with `lzn export"):
         resolve_model_dir(tmp_path)
     assert main(["eval", str(tmp_path), "--alphas", "a,b"]) == 1
     assert "--alphas: expected comma-separated numbers" in capsys.readouterr().err
@@ -557,10 +570,7 @@ def _fake_results(quick: dict, joint_acc: float, align_acc: float) -> dict:
     joint = {
         **common,
         "accuracy": joint_acc,
-        "accuracy_setting": {"alpha": 0.0, "batch_size": 300, "steps": 100},
-        "mean_confidence_final": 1.0,
-        "ece_final": 1 - joint_acc,
-        "vote_accuracy": joint_acc,
+        "setting": {"alpha": 0.0, "batch_size": 300, "steps": 100},
         "vote_setting": {"alpha": 1.0, "draws": 16},
         "mean_confidence": 0.8,
         "ece": 0.05,
@@ -614,18 +624,16 @@ def test_bench_report_states_failures_honestly(bench, tmp_path) -> None:
     assert json.loads((out / "digits.json").read_text())["joint"]["accuracy"] == 0.9
 
 
-def test_evaluate_without_classification_or_image(tmp_path) -> None:
-    from lzn_core.evalcli import evaluate
+def test_evaluate_without_classification_or_data(tmp_path) -> None:
+    from lzn_core.eval.report import evaluate
 
     model = _tiny_model()
     x, y = _class_images(2)
     res = evaluate(
         model, {"image": x, "label": y}, {"image": x, "label": y}, samples=0, per_class=0, classify=False
     )
-    assert res == {"n_test": 20}
-    del model.recipe.modalities["image"]
-    with pytest.raises(LZNError, match="needs an image modality"):
-        evaluate(model, {}, {})
+    assert res == {"n_test": 20, "classification": {}, "generation": {"image": {}}}
+    assert evaluate(model, {}, {}) == {"n_test": 0, "classification": {}, "generation": {}}
 
 
 def test_rf_baseline_recipe_is_digits_joint_without_the_latent() -> None:

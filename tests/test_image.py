@@ -111,12 +111,12 @@ def test_cifar_parameter_counts_match_the_paper() -> None:
     cfg = ImageConfig(preset="cifar")
     with torch.device("meta"):
         enc, dec = ImageEncoder(cfg, 200), ImageDecoder(cfg, 200)
-        dec_cond = ImageDecoder(ImageConfig(preset="cifar", cond_dim=10), 200)
+        dec_cond = ImageDecoder(cfg, 200, condition_dim=10)
     n_enc = sum(p.numel() for p in enc.parameters())
     n_dec = sum(p.numel() for p in dec.parameters())
     assert abs(n_enc / 49_790_260 - 1) < 0.05, n_enc
     assert abs(n_dec / 61_906_819 - 1) < 0.05, n_dec
-    # the conditioning adds exactly cond_dim × 4nf weights (paper: 10 × 512 = 5,120)
+    # the conditioning adds exactly condition_dim × 4nf weights (paper: 10 × 512 = 5,120)
     assert sum(p.numel() for p in dec_cond.parameters()) - n_dec == 5120
 
 
@@ -197,12 +197,12 @@ def test_decoder_conditioning_and_input_errors(tiny_decoder: ImageDecoder) -> No
     x, z = _images(2), torch.randn(2, Q)
     with pytest.raises(ValueError, match=r"z must be \(B, q\) = \(2, 8\), got \(2, 5\)"):
         tiny_decoder.loss(torch.randn(2, 5), x)
-    with pytest.raises(ValueError, match="cond_dim = 0 but a condition was given"):
+    with pytest.raises(ValueError, match="a condition was given but the decoder was built without one"):
         tiny_decoder.loss(z, x, torch.zeros(2, 3))
-    cond_dec = ImageDecoder(_tiny(cond_dim=3), Q)
+    cond_dec = ImageDecoder(_tiny(), Q, condition_dim=3)
     with pytest.raises(ValueError, match=r"needs cond \(B, 3\)"):
         cond_dec.loss(z, x)
-    with pytest.raises(ValueError, match=r"cond must be \(B, cond_dim\) = \(2, 3\), got \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"cond must be \(B, 3\) = \(2, 3\), got \(2, 4\)"):
         cond_dec.loss(z, x, torch.zeros(2, 4))
     onehot = torch.eye(3)[[0, 2]]
     assert cond_dec.loss(z, x, onehot).dim() == 0

@@ -72,7 +72,7 @@ def test_example_passes_the_conformance_kit(site, monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
     reg = PluginRegistry(discover_entry_points([str(site)]), environ={"LZN_STRICT_PLUGINS": "1"})
     spec = reg.get_modality("vector")
-    report = check_modality(spec, latent_dim=8)
+    report = check_modality(spec, latent_dim=8, train=False)  # this registry is private: static checks
     assert report.decoder_kind == "generative" and len(report.checks) >= 6
 
 
@@ -81,13 +81,13 @@ def test_example_package_own_tests_use_the_pytest_plugin(site):
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
         cwd=EXAMPLE,
-        env=_env(site, LZN_PLUGINS="vector", LZN_STRICT_PLUGINS="1"),
+        env=_env(site, LZN_STRICT_PLUGINS="1"),
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "2 passed" in out.stdout
+    assert "2 passed" in out.stdout  # the conformance test trains vector beside label and serves it
 
 
 def test_tutorial_quotes_the_real_files():

@@ -341,10 +341,10 @@ def _toy_spec(enc_out=None, dec_loss=None, dec_sample=None, enc_cls=None, **spec
             super().__init__()
             self.lin = torch.nn.Linear(q, cfg.dim)
 
-        def loss(self, z, x, cond=None):
+        def loss(self, z, x, cond=None, *, generator=None, rows=None):
             return dec_loss(self, z, x) if dec_loss else ((self.lin(z) - x) ** 2).mean()
 
-        def sample(self, z, cond=None, steps=1):
+        def sample(self, z, cond=None, *, steps=1, generator=None):
             return dec_sample(self, z) if dec_sample else self.lin(z)
 
     spec = ModalitySpec(
@@ -440,12 +440,46 @@ def test_kit_checks_decoder_kind_and_condition_dim():
     spec = _toy_spec()
     dec_cls = spec.build_decoder
     no_kind = type("NoKind", (dec_cls,), {"kind": "magic"})
-    with pytest.raises(ContractError, match="decoder.kind must be 'generative' or 'zonal', got 'magic'"):
+    with pytest.raises(
+        ContractError, match="decoder.kind must be one of generative, zonal, none, got 'magic'"
+    ):
         check_modality(_toy_spec(build_decoder=no_kind))
     enc_cls = spec.build_encoder
     cond = type("Cond", (enc_cls,), {"condition": lambda self, x: torch.zeros(len(x), 2)})
-    with pytest.raises(ContractError, match="encoder has condition\\(\\) but no integer condition_dim"):
+    with pytest.raises(
+        ContractError, match="an encoder with condition\\(batch\\) needs ModalitySpec.condition_dim"
+    ):
         check_modality(_toy_spec(build_encoder=cond))
+    report = check_modality(_toy_spec(build_encoder=cond, condition_dim=lambda c: 2))
+    assert any("ConditionProvider" in c for c in report.checks)
+    with pytest.raises(ContractError, match=r"condition\(batch\) has shape \(4, 2\), expected \(4, 5\)"):
+        check_modality(_toy_spec(build_encoder=cond, condition_dim=lambda c: 5))
+
+
+def test_kit_names_the_missing_parameter_of_a_stale_decoder():
+    """A decoder written against the old contract fails the kit before any training, naming what is missing."""
+    import torch
+
+    from lzn_core.errors import ContractError
+    from lzn_core.testing import check_modality
+
+    class Stale(torch.nn.Module):
+        kind = "generative"
+
+        def __init__(self, cfg, q):
+            super().__init__()
+            self.lin = torch.nn.Linear(q, cfg.dim)
+
+        def loss(self, z, x, cond=None):
+            return ((self.lin(z) - x) ** 2).mean()
+
+        def sample(self, z, cond=None, **kw):
+            return self.lin(z)
+
+    with pytest.raises(
+        ContractError, match="Stale.loss has no parameter 'generator'; the framework calls decoder.loss"
+    ):
+        check_modality(_toy_spec(build_decoder=Stale))
 
 
 def test_kit_rejects_config_that_ignores_unknown_keys():

@@ -10,7 +10,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-import lzn_core.recipe_checks as checks
+import lzn_core.recipe.problems as checks
 from lzn_core.cli import main as lzn_main
 from lzn_core.errors import PluginLoadError, RecipeError, UnknownModalityError
 from lzn_core.recipe import (
@@ -37,7 +37,6 @@ class FakeImageConfig(BaseModel):
     width: int = Field(8, gt=0)
     nf: int = 4
     mode: Literal["rgb", "gray"] = "gray"
-    cond_dim: int = 0
 
     @model_validator(mode="after")
     def _even(self) -> FakeImageConfig:
@@ -52,11 +51,17 @@ class FakeLabelConfig(BaseModel):
 
 
 class _Spec:
-    def __init__(self, config: type[BaseModel]) -> None:
-        self.config = config
+    def __init__(
+        self, name: str, config: type[BaseModel], *, condition_dim=None, accepts_condition=False
+    ) -> None:
+        self.name, self.config = name, config
+        self.condition_dim, self.accepts_condition = condition_dim, accepts_condition
 
 
-_FAKES = {"image": _Spec(FakeImageConfig), "label": _Spec(FakeLabelConfig)}
+_FAKES = {
+    "image": _Spec("image", FakeImageConfig, accepts_condition=True),
+    "label": _Spec("label", FakeLabelConfig, condition_dim=lambda c: c.num_classes),
+}
 
 
 def _fake_get_modality(name: str) -> _Spec:
@@ -72,7 +77,7 @@ def _fake_get_modality(name: str) -> _Spec:
 @pytest.fixture
 def fake_plugins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Fake image/label plugins; the cwd is a fresh tmp dir."""
-    monkeypatch.setattr(checks, "_get_modality", _fake_get_modality)
+    monkeypatch.setattr(checks, "get_modality", _fake_get_modality)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -81,7 +86,7 @@ GOOD = """\
 seed: 1
 latent: {dim: 16, solver: euler, steps: 5}
 modalities:
-  image: {plugin: image, config: {width: 4, cond_dim: 10}}
+  image: {plugin: image, config: {width: 4}}
   label: {plugin: label, config: {num_classes: 10}}
 tasks:
   - {kind: generate, target: image, condition: label}
@@ -249,12 +254,25 @@ def test_bad_task_reference(fake_plugins: Path) -> None:
     ]
 
 
-def test_condition_needs_cond_dim(fake_plugins: Path) -> None:
-    path = _write(fake_plugins, GOOD.replace(", cond_dim: 10", ""))
-    (line,) = _problems(path)
-    assert line.startswith(
-        "tasks.0.condition: 'image' is conditioned on 'label' but modalities.image.config.cond_dim is 0"
+def test_condition_needs_a_provider_and_a_decoder_that_takes_it(fake_plugins: Path, monkeypatch) -> None:
+    monkeypatch.setitem(_FAKES, "image", _Spec("image", FakeImageConfig))  # a decoder without conditioning
+    (line,) = _problems(_write(fake_plugins, GOOD))
+    assert (
+        line
+        == "tasks.0.condition: the 'image' decoder (plugin 'image') takes no conditioning vector; remove condition: label"
     )
+    monkeypatch.setitem(_FAKES, "image", _Spec("image", FakeImageConfig, accepts_condition=True))
+    monkeypatch.setitem(_FAKES, "label", _Spec("label", FakeLabelConfig))  # no condition vector
+    (line,) = _problems(_write(fake_plugins, GOOD))
+    assert (
+        line
+        == "tasks.0.condition: modality 'label' (plugin 'label') cannot condition a decoder: it declares no condition vector"
+    )
+
+
+def test_one_generate_task_per_decoder(fake_plugins: Path) -> None:
+    path = _write(fake_plugins, GOOD.replace("tasks:\n", "tasks:\n  - {kind: generate, target: image}\n"))
+    assert any("already trained by tasks.0" in p for p in _problems(path))
 
 
 def test_unknown_and_broken_plugin(fake_plugins: Path) -> None:
@@ -400,7 +418,7 @@ def test_modality_names_must_be_identifiers(fake_plugins: Path) -> None:
 
 def test_model_validate_accepts_config_instances_and_raises_recipe_error(fake_plugins: Path) -> None:
     data = load_recipe(_write(fake_plugins, GOOD)).model_dump(mode="json")
-    data["modalities"]["image"]["config"] = FakeImageConfig(width=6, cond_dim=10)
+    data["modalities"]["image"]["config"] = FakeImageConfig(width=6)
     recipe = Recipe.model_validate(data)
     assert recipe.modalities["image"].config.width == 6
     data["modalities"]["image"]["config"] = {"widht": 6}
@@ -419,7 +437,7 @@ def test_model_validate_accepts_config_instances_and_raises_recipe_error(fake_pl
 
 def test_cli_validate_ok_and_errors(fake_plugins: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(fake_plugins, GOOD)
-    assert lzn_main(["validate", str(path), "train.iterations=7"]) == 0
+    assert lzn_main(["validate", str(path), "train.iterations=7", "--skip-data"]) == 0
     out = capsys.readouterr().out.strip()
     assert out == f"ok: {path} (modalities: image, label; tasks: 2; iterations: 7)"
     assert lzn_main(["validate", "toy", "latent.solver=rk4", "train.batch_size=0"]) == 1

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lzn_core import shards
 from lzn_core.cli import main
+from lzn_core.data import convert, digits
+from lzn_core.data import shards as writer
 from lzn_core.errors import DataError, LZNWarning
 
 
@@ -88,12 +89,12 @@ def test_digits_pixels_labels_and_captions(digits_dir: Path) -> None:
     captions = [(int(s["cls"]), s["txt"].decode()) for s in samples.values()]
     assert len({c for _, c in captions}) > 30  # several templates
     for label, caption in captions:
-        assert shards.DIGIT_NAMES[label] in caption.split() or str(label) in caption
-    assert any(str(y) in c for y, c in captions) and any(shards.DIGIT_NAMES[y] in c for y, c in captions)
+        assert digits.DIGIT_NAMES[label] in caption.split() or str(label) in caption
+    assert any(str(y) in c for y, c in captions) and any(digits.DIGIT_NAMES[y] in c for y, c in captions)
 
 
 def test_digits_is_deterministic(digits_dir: Path, tmp_path: Path) -> None:
-    shards.write_digits(tmp_path, shard_size=600, progress=False)
+    digits.write_digits(tmp_path, shard_size=600, progress=False)
     assert digest(tmp_path) == digest(digits_dir)
 
 
@@ -108,7 +109,7 @@ def test_digits_shards_read_by_webdataset(digits_dir: Path) -> None:
 
 def test_digits_bad_test_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--test-size must be between 1 and 1796"):
-        shards.write_digits(tmp_path, test_size=0)
+        digits.write_digits(tmp_path, test_size=0)
 
 
 # ----------------------------------------------------------------------------- writer
@@ -117,20 +118,20 @@ def test_digits_bad_test_size(tmp_path: Path) -> None:
 def test_write_split_is_atomic_on_failure(tmp_path: Path) -> None:
     def samples():
         for i in range(5):
-            yield shards.make_sample(f"s{i}", b"png", "caption", i)
+            yield writer.make_sample(f"s{i}", b"png", "caption", i)
         raise RuntimeError("source broke")
 
     with pytest.raises(RuntimeError, match="source broke"):
-        shards.write_split(tmp_path, "train", samples(), shard_size=3, progress=False)
+        writer.write_split(tmp_path, "train", samples(), shard_size=3, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train-000000.tar"]  # the complete shard only
     assert len(read_tar(tmp_path / "train-000000.tar")) == 3
 
 
 def test_write_split_removes_stale_shards_and_merges_sizes(tmp_path: Path) -> None:
-    gen = (shards.make_sample(f"s{i}", b"x", "c", 0) for i in range(5))
-    shards.write_split(tmp_path, "train", gen, shard_size=2, progress=False)
-    shards.write_split(tmp_path, "test", iter([shards.make_sample("t", b"x", "c", 0)]), progress=False)
-    shards.write_split(tmp_path, "train", iter([shards.make_sample("a", b"x", "c", 0)]), progress=False)
+    gen = (writer.make_sample(f"s{i}", b"x", "c", 0) for i in range(5))
+    writer.write_split(tmp_path, "train", gen, shard_size=2, progress=False)
+    writer.write_split(tmp_path, "test", iter([writer.make_sample("t", b"x", "c", 0)]), progress=False)
+    writer.write_split(tmp_path, "train", iter([writer.make_sample("a", b"x", "c", 0)]), progress=False)
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["test-000000.tar", "train-000000.tar"]
     assert json.loads((tmp_path / "sizes.json").read_text()) == {"train-000000.tar": 1, "test-000000.tar": 1}
 
@@ -141,7 +142,7 @@ def test_write_split_removes_stale_shards_and_merges_sizes(tmp_path: Path) -> No
 def test_write_split_rejects_bad_arguments(tmp_path: Path, kw: dict, msg: str) -> None:
     args = {"split": "train", **kw}
     with pytest.raises(ValueError, match=msg):
-        shards.write_split(tmp_path, args.pop("split"), iter([]), **args)
+        writer.write_split(tmp_path, args.pop("split"), iter([]), **args)
 
 
 # ----------------------------------------------------------------------------- cifar10
@@ -212,21 +213,21 @@ def test_cifar10_refuses_foreign_pickles(tmp_path: Path) -> None:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     with pytest.raises(DataError, match=r"test_batch: refusing to unpickle (posix|os)\.system"):
-        shards.write_cifar10(tarball, tmp_path / "out", progress=False)
+        convert.write_cifar10(tarball, tmp_path / "out", progress=False)
 
 
 def test_cifar10_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(FileNotFoundError, match="CIFAR-10 tarball not found"):
-        shards.write_cifar10(tmp_path / "nope.tar.gz", tmp_path / "out")
+        convert.write_cifar10(tmp_path / "nope.tar.gz", tmp_path / "out")
     (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
     with pytest.raises(DataError, match="is not a tar archive"):
-        shards.write_cifar10(tmp_path / "junk.tar.gz", tmp_path / "out")
+        convert.write_cifar10(tmp_path / "junk.tar.gz", tmp_path / "out")
     with tarfile.open(tmp_path / "empty.tar.gz", "w:gz"):
         pass
     with pytest.raises(
         DataError, match="no cifar-10-batches-py/batches.meta; is this cifar-10-python.tar.gz"
     ):
-        shards.write_cifar10(tmp_path / "empty.tar.gz", tmp_path / "out")
+        convert.write_cifar10(tmp_path / "empty.tar.gz", tmp_path / "out")
     assert main(["shards", "cifar10", str(tmp_path / "nope.tar.gz"), str(tmp_path / "o")]) == 1
     assert "lzn shards: error: CIFAR-10 tarball not found" in capsys.readouterr().err
 
@@ -250,7 +251,7 @@ def test_folder_round_trip_with_corrupt_file(tmp_path: Path) -> None:
     with pytest.warns(
         LZNWarning, match=r"skipped 1 unreadable images: .*broken\.png \(UnidentifiedImageError\)"
     ):
-        meta = shards.write_folder(tmp_path / "tree", tmp_path / "out", progress=False)
+        meta = convert.write_folder(tmp_path / "tree", tmp_path / "out", progress=False)
     assert (
         meta["classes"] == ["cat", "dog"]
         and meta["splits"] == {"train": 5}
@@ -266,19 +267,19 @@ def test_folder_round_trip_with_corrupt_file(tmp_path: Path) -> None:
 
 def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="image folder not found"):
-        shards.write_folder(tmp_path / "missing", tmp_path / "out")
+        convert.write_folder(tmp_path / "missing", tmp_path / "out")
     (tmp_path / "flat").mkdir()
     with pytest.raises(DataError, match="has no class sub-folders"):
-        shards.write_folder(tmp_path / "flat", tmp_path / "out")
+        convert.write_folder(tmp_path / "flat", tmp_path / "out")
     (tmp_path / "flat" / "a").mkdir()
     with pytest.raises(DataError, match="no image files"):
-        shards.write_folder(tmp_path / "flat", tmp_path / "out")
+        convert.write_folder(tmp_path / "flat", tmp_path / "out")
     make_folder(tmp_path / "tree")
     with pytest.warns(LZNWarning):
-        shards.write_folder(tmp_path / "tree", tmp_path / "out", progress=False)
+        convert.write_folder(tmp_path / "tree", tmp_path / "out", progress=False)
     (tmp_path / "tree" / "zebra").mkdir()
     with pytest.raises(DataError, match=r"differ from .*meta\.json"):
-        shards.write_folder(tmp_path / "tree", tmp_path / "out", split="test")
+        convert.write_folder(tmp_path / "tree", tmp_path / "out", split="test")
 
 
 # ----------------------------------------------------------------------------- captions
@@ -301,7 +302,7 @@ def test_captions_round_trip_and_bad_lines(tmp_path: Path) -> None:
     with pytest.warns(
         LZNWarning, match=r"skipped 3 bad lines .*line 2: JSONDecodeError.*line 4: .*caption.*line 6"
     ):
-        meta = shards.write_captions(tmp_path / "caps.jsonl", tmp_path / "out", progress=False)
+        meta = convert.write_captions(tmp_path / "caps.jsonl", tmp_path / "out", progress=False)
     assert meta["splits"] == {"train": 2} and meta["classes"] is None
     samples = list(read_dir(tmp_path / "out", "train").values())
     assert [sorted(s) for s in samples] == [["png", "txt"], ["png", "txt"]]
@@ -310,8 +311,8 @@ def test_captions_round_trip_and_bad_lines(tmp_path: Path) -> None:
 
 def test_captions_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="captions file not found"):
-        shards.write_captions(tmp_path / "none.jsonl", tmp_path / "out")
+        convert.write_captions(tmp_path / "none.jsonl", tmp_path / "out")
     (tmp_path / "bad.jsonl").write_text('["a list"]\n')
     with pytest.warns(LZNWarning, match="line 1: ValueError: not a JSON object"):
         with pytest.raises(DataError, match=r"no usable lines \(1 bad, 1 non-empty\)"):
-            shards.write_captions(tmp_path / "bad.jsonl", tmp_path / "out", progress=False)
+            convert.write_captions(tmp_path / "bad.jsonl", tmp_path / "out", progress=False)

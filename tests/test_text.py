@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from lzn_text.decoder import TextDecoder
 from lzn_text.encoder import TextEncoder
 from lzn_text.plugin import SPEC, collate, decode_sample, prepare
 from lzn_text.tokenizer import EOS_ID, PAD_ID, TextTokenizer, load_processor, train_tokenizer
+
+from lzn_core.errors import DataError
 
 NAMES = "zero one two three four five six seven eight nine".split()
 CORPUS = (
@@ -205,7 +208,7 @@ def test_decoder_errors(config: TextConfig) -> None:
         dec.loss(torch.zeros(2, Q + 1), ["a", "b"])
     with pytest.raises(ValueError, match="2 latents but 1 captions"):
         dec.loss(z, ["a"])
-    with pytest.raises(ValueError, match="condition_dim=0"):
+    with pytest.raises(ValueError, match="built without a condition"):
         dec.loss(z, ["a", "b"], cond=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="unknown method 'beam'"):
         dec.sample(z, method="beam")
@@ -213,7 +216,7 @@ def test_decoder_errors(config: TextConfig) -> None:
         dec.sample(z, method="temperature", temperature=0.0)
     with pytest.raises(ValueError, match="caption bank"):
         dec.retrieve(z)
-    cdec = TextDecoder(config.model_copy(update={"condition_dim": 3}), Q)
+    cdec = TextDecoder(config, Q, condition_dim=3)
     with pytest.raises(ValueError, match="no cond was given"):
         cdec.sample(z)
     assert cdec.loss(z, ["a", "b"], cond=torch.eye(3)[:2]).isfinite()
@@ -291,18 +294,25 @@ def test_config_rejects_bad_values() -> None:
         TextConfig(decoder_width=30, decoder_heads=4)
 
 
+def _samples(pattern) -> Iterator[bytes]:
+    """What LZNModel hands prepare(): the raw txt values of the training shards."""
+    from lzn_core.data import iter_raw
+
+    return iter_raw(str(pattern), ("txt",))
+
+
 def test_prepare_trains_tokenizer_from_shards(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LZN_CACHE_DIR", str(tmp_path / "cache"))
     _shard(tmp_path / "train-000000.tar", [c.encode() for c in CORPUS[:20]] + [b"", b"\xff"])
     _shard(tmp_path / "train-000001.tar", [c.encode() for c in CORPUS[20:]])
-    cfg = prepare(TextConfig(vocab_size=500, **TINY), str(tmp_path / "train-{000000..000001}.tar"))
+    cfg = prepare(TextConfig(vocab_size=500, **TINY), _samples(tmp_path / "train-{000000..000001}.tar"))
     assert cfg.tokenizer.startswith(str(tmp_path / "cache")) and cfg.tokenizer_bytes > 0
     assert 8 < cfg.vocab_size < 500
     assert cfg.retrieval_bank == sorted(CORPUS)
-    again = prepare(TextConfig(vocab_size=500, **TINY), str(tmp_path / "train-*.tar"))
+    again = prepare(TextConfig(vocab_size=500, **TINY), _samples(tmp_path / "train-*.tar"))
     assert again == cfg  # deterministic, same cache file
-    assert prepare(cfg, None) == cfg  # idempotent; a given tokenizer needs no shards
-    small = prepare(TextConfig(retrieval_bank_size=5, **TINY), str(tmp_path / "train-*.tar"))
+    assert prepare(cfg, iter(())) == cfg  # idempotent; a given tokenizer needs no samples
+    small = prepare(TextConfig(retrieval_bank_size=5, **TINY), _samples(tmp_path / "train-*.tar"))
     assert len(small.retrieval_bank) == 5 and set(small.retrieval_bank) <= set(CORPUS)
     enc = TextEncoder(cfg, Q)
     assert enc(CORPUS[:2]).shape == (2, Q)
@@ -310,17 +320,17 @@ def test_prepare_trains_tokenizer_from_shards(tmp_path, monkeypatch) -> None:
 
 def test_prepare_errors(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LZN_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(FileNotFoundError, match="no shard found"):
-        prepare(TextConfig(), str(tmp_path / "train-{000000..000001}.tar"))
-    with pytest.raises(ValueError, match="no training shards"):
-        prepare(TextConfig(), None)
+    with pytest.raises(DataError, match="no shards match"):
+        prepare(TextConfig(), _samples(tmp_path / "train-{000000..000001}.tar"))
+    with pytest.raises(ValueError, match="no usable 'txt' caption"):
+        prepare(TextConfig(), iter(()))
     with pytest.raises(FileNotFoundError, match="tokenizer file"):
-        prepare(TextConfig(tokenizer=str(tmp_path / "gone.model")), None)
+        prepare(TextConfig(tokenizer=str(tmp_path / "gone.model")), iter(()))
     kept = TextConfig(tokenizer=str(tmp_path / "gone.model"), tokenizer_bytes=100)
-    assert prepare(kept, None) == kept  # prepared elsewhere: the weights carry the tokenizer
+    assert prepare(kept, iter(())) == kept  # prepared elsewhere: the weights carry the tokenizer
     _shard(tmp_path / "empty-000000.tar", [b"", b"  "])
-    with pytest.raises(ValueError, match="no non-empty"):
-        prepare(TextConfig(), str(tmp_path / "empty-000000.tar"))
+    with pytest.raises(ValueError, match="no usable 'txt' caption"):
+        prepare(TextConfig(), _samples(tmp_path / "empty-000000.tar"))
 
 
 def test_bundled_example_tokenizer_is_reproducible() -> None:
@@ -346,9 +356,9 @@ def test_model_export_and_load_need_neither_shards_nor_cache(tmp_path, monkeypat
     model rebuilds from model.safetensors + recipe.yaml after the shards and cache are gone."""
     import shutil
 
-    from lzn_core.export import load, write_model
     from lzn_core.model import LZNModel
     from lzn_core.recipe import load_recipe
+    from lzn_core.weights import load, write_model
 
     monkeypatch.setenv("LZN_CACHE_DIR", str(tmp_path / "cache"))
     _shard(tmp_path / "train-000000.tar", [c.encode() for c in CORPUS])

@@ -86,7 +86,7 @@ def train():
 def _synthetic(out: Path, n: int, side: int, channels: int) -> None:
     import numpy as np
 
-    from lzn_core._tarwrite import make_sample, png_bytes, write_split
+    from lzn_core.data.shards import make_sample, png_bytes, write_split
 
     rng = np.random.default_rng(0)
     for split, count in (("train", n), ("test", n // 2)):
@@ -106,7 +106,7 @@ def _synthetic(out: Path, n: int, side: int, channels: int) -> None:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cwd with data/digits (the real digits) and data/cifar10, data/imagenet (synthetic 32x32 RGB)."""
-    from lzn_core.shards import write_digits
+    from lzn_core.data.digits import write_digits
 
     root = tmp_path_factory.mktemp("train")
     write_digits(root / "data" / "digits", test_size=50, progress=False)
@@ -159,10 +159,10 @@ def test_smoke_every_recipe(
     printed = capsys.readouterr().out
     assert f"run {recipe}: 2 iterations" in printed and "run dir:" in printed
     if recipe in ("digits_joint", "cifar_joint"):
-        assert "test accuracy (label flow" in printed and "class-conditional sample grid:" in printed
-        grid = printed.split("class-conditional sample grid: ")[1].split()[0]
+        assert "test accuracy image->label (zonal flow" in printed and "samples of image:" in printed
+        grid = printed.split("samples of image: ")[1].split()[0]
         assert Path(grid).is_file()
-    from lzn_core.export import load
+    from lzn_core.weights import load
 
     model = load(run / "final")
     import yaml
@@ -237,7 +237,7 @@ def test_resume_after_crash_equals_uninterrupted(train, workdir, monkeypatch) ->
 
 
 def test_crash_mid_checkpoint_keeps_previous_usable(train, workdir, monkeypatch) -> None:
-    import lzn_core.engine as engine_mod
+    import lzn_core.train.engine as engine_mod
 
     real_replace = os.replace
 
@@ -283,7 +283,7 @@ def test_resume_errors(train, workdir, monkeypatch) -> None:
 def test_export_run_from_checkpoint_and_final(train, workdir, monkeypatch, tmp_path) -> None:
     import shutil
 
-    from lzn_core.export import export_run, load
+    from lzn_core.weights import export_run, load
 
     run = _run(train, workdir, monkeypatch, "runs/export", extra=["train.ckpt_every=2"])
     from_final = load(export_run(run, tmp_path / "a"))
@@ -297,13 +297,13 @@ def test_export_run_from_checkpoint_and_final(train, workdir, monkeypatch, tmp_p
     with pytest.raises(FileNotFoundError, match="has no final/ and no recipe.yaml"):
         export_run(tmp_path / "empty", tmp_path / "c")
 
-    import lzn_core.export
+    import lzn_core.weights
     from lzn_core.errors import DataError, LZNWarning
 
     def no_data(*args, **kwargs):
         raise DataError("no shards match 'data/train-*.tar'")
 
-    monkeypatch.setattr(lzn_core.export, "fill_banks", no_data)
+    monkeypatch.setattr(lzn_core.weights, "fill_banks", no_data)
     with pytest.warns(LZNWarning, match="exported without an anchor bank"):
         export_run(run, tmp_path / "d")  # still exports: the weights do not need the data
     assert (tmp_path / "d" / "model.safetensors").is_file()
@@ -311,7 +311,7 @@ def test_export_run_from_checkpoint_and_final(train, workdir, monkeypatch, tmp_p
 
 # ----------------------------------------------------------------------------- engine pieces (no run)
 def test_lr_factor_warmup_and_freeze() -> None:
-    from lzn_core.engine import lr_factor
+    from lzn_core.train.engine import lr_factor
 
     assert lr_factor(0, 100, None) == pytest.approx(1 / 5000)
     assert lr_factor(50, 100, None) == pytest.approx(1 / 5000 + (1 - 1 / 5000) * 0.5)
@@ -324,9 +324,9 @@ def test_frozen_module_is_kept_out_of_the_update_and_the_clipping_norm(train, tm
     """train.freeze {image.decoder: 1}: from iteration 1 the decoder neither changes nor adds to
     the gradient norm (ZeRO-1 included, whose gradients live in DeepSpeed's buffers), while
     gradients still flow through it to the encoder."""
-    from lzn_core.engine import Engine, setup_distributed
     from lzn_core.model import LZNModel
     from lzn_core.recipe import load_recipe
+    from lzn_core.train.engine import Engine, setup_distributed
 
     ds = f"deepspeed={{zero_optimization: {{stage: {stage}}}}}"
     recipe = load_recipe("digits_joint.yaml", [*_IMG8, "train.batch_size=4", "train.grad_clip=1.0", ds])
@@ -366,10 +366,10 @@ def test_frozen_module_is_kept_out_of_the_update_and_the_clipping_norm(train, tm
 
 
 def test_param_groups_follow_lr_keys() -> None:
-    from lzn_core.engine import param_groups
     from lzn_core.errors import LZNError
     from lzn_core.model import LZNModel
     from lzn_core.recipe import load_recipe
+    from lzn_core.train.engine import param_groups
 
     model = LZNModel(load_recipe("digits_joint.yaml", _IMG8))
     lr = {"default": 1.0, "image.decoder": 2.0, "label": 3.0}
@@ -386,9 +386,9 @@ def test_param_groups_follow_lr_keys() -> None:
 
 
 def test_deepspeed_config_errors(tmp_path) -> None:
-    from lzn_core.engine import deepspeed_config
     from lzn_core.errors import LZNError
     from lzn_core.recipe import load_recipe
+    from lzn_core.train.engine import deepspeed_config
 
     recipe = load_recipe("digits_joint.yaml", ["train.batch_size=10"])
     cfg = deepspeed_config(recipe, 2)

@@ -25,10 +25,20 @@ class AbsentDecoder(nn.Module):
 
     kind = "none"
 
-    def loss(self, z: Any, batch: Any, cond: Any = None, **kw: Any) -> NoReturn:
+    def loss(
+        self,
+        z: Any,
+        batch: Any,
+        cond: Any = None,
+        *,
+        generator: Any = None,
+        rows: tuple[int, int] | None = None,
+    ) -> NoReturn:
         """Always raises :class:`ContractError` (there is no decoder to train)."""
         raise ContractError(f"cannot compute a decoder loss: {_HINT}")
 
-    def sample(self, z: Any, cond: Any = None, **kw: Any) -> NoReturn:
+    def sample(
+        self, z: Any, cond: Any = None, *, steps: int | None = None, generator: Any = None, **kw: Any
+    ) -> NoReturn:
         """Always raises :class:`ContractError` (there is no decoder to sample from)."""
         raise ContractError(f"cannot sample images: {_HINT}")

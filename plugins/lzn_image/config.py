@@ -93,7 +93,6 @@ class ImageConfig(BaseModel):
         latent_hidden: hidden width of the latent block MLP (paper: 200).
         latent_resolutions: sides whose feature maps get a latent block (None: all; the
             paper's 256² models use (64, 32, 16, 8, 4)).
-        cond_dim: size of the optional conditioning vector of the decoder (case 3: num_classes).
         time_embedding: "positional" (sinusoidal of 999·t, dim nf) or "fourier" (random features, dim 2nf).
         fourier_scale: scale of the random Fourier frequencies.
         skip_rescale: divide residual sums by √2 (NCSN++).
@@ -126,7 +125,6 @@ class ImageConfig(BaseModel):
     latent_channels: int = Field(8, ge=1)
     latent_hidden: int = Field(128, ge=1)
     latent_resolutions: tuple[int, ...] | None = None
-    cond_dim: int = Field(0, ge=0)
     time_embedding: Literal["positional", "fourier"] = "positional"
     fourier_scale: float = Field(16.0, gt=0.0)
     skip_rescale: bool = True

@@ -2,19 +2,21 @@
 
 Time convention of this module (the rectified-flow one): t = 0 is noise, t = 1 is data;
 x_t = t·x + (1 − t)·ε, and the U-Net v(x_t, t, z, c) predicts x − ε. The time embedding
-e(t) is concatenated with z: (B, q) and an optional condition c: (B, cond_dim) (case 3's
-one-hot) and mapped by Linear(|e| + q + cond_dim -> 4nf), SiLU, Linear(4nf -> 4nf) to the
-``temb`` every ResNet block reads.
+e(t) is concatenated with z: (B, q) and an optional condition c: (B, d) (case 3's one-hot; d is
+given by the framework, ``build_decoder(config, q, condition_dim=d)``) and mapped by
+Linear(|e| + q + d -> 4nf), SiLU, Linear(4nf -> 4nf) to the ``temb`` every ResNet block reads.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ImageConfig
-from .io import to_config_channels
+from .io import save_grid, to_config_channels
 from .sampling import SolveStats, dopri5, euler
 from .unet import DownPath, UpPath, timestep_embedding
 
@@ -22,17 +24,24 @@ from .unet import DownPath, UpPath, timestep_embedding
 class ImageDecoder(nn.Module):
     """Rectified-flow U-Net decoder: ``loss`` for training, ``sample``/``invert``/``reconstruct``.
 
+    Capabilities (:mod:`lzn_core.modality`): ``Reconstructs``, ``PreviewWriter`` (PNG grids),
+    ``SampleJudge`` (class consistency).
+
     Args:
         config: an :class:`ImageConfig`.
         latent_dim: q.
+        condition_dim: d, size of the conditioning vector (0: unconditioned).
     """
 
     kind = "generative"
 
-    def __init__(self, config: ImageConfig, latent_dim: int) -> None:
+    def __init__(self, config: ImageConfig, latent_dim: int, condition_dim: int = 0) -> None:
         super().__init__()
+        if condition_dim < 0:
+            raise ValueError(f"condition_dim must be >= 0, got {condition_dim}")
         self.config = config
         self.latent_dim = latent_dim
+        self.condition_dim = condition_dim
         nf = config.nf
         if config.time_embedding == "fourier":
             self.register_buffer("fourier_w", torch.randn(nf) * config.fourier_scale)
@@ -41,7 +50,7 @@ class ImageDecoder(nn.Module):
             emb_dim = nf
         self.emb_dim = emb_dim
         self.temb = nn.Sequential(
-            nn.Linear(emb_dim + latent_dim + config.cond_dim, 4 * nf), nn.SiLU(), nn.Linear(4 * nf, 4 * nf)
+            nn.Linear(emb_dim + latent_dim + condition_dim, 4 * nf), nn.SiLU(), nn.Linear(4 * nf, 4 * nf)
         )
         self.down = DownPath(config, temb_dim=4 * nf)
         self.up = UpPath(config, self.down, temb_dim=4 * nf)
@@ -57,23 +66,24 @@ class ImageDecoder(nn.Module):
     def _check_inputs(self, z: torch.Tensor, b: int, cond: torch.Tensor | None) -> torch.Tensor | None:
         if z.ndim != 2 or z.shape != (b, self.latent_dim):
             raise ValueError(f"z must be (B, q) = ({b}, {self.latent_dim}), got {tuple(z.shape)}")
-        d = self.config.cond_dim
+        d = self.condition_dim
         if d == 0:
             if cond is not None:
                 raise ValueError(
-                    "this image decoder has cond_dim = 0 but a condition was given; set cond_dim"
+                    "image decoder: a condition was given but the decoder was built without one "
+                    "(add condition: to the recipe's generate task)"
                 )
             return None
         if cond is None:
-            raise ValueError(f"this image decoder needs cond (B, {d}) (cond_dim = {d})")
+            raise ValueError(f"image decoder: needs cond (B, {d}) (it was built with condition_dim = {d})")
         if cond.shape != (b, d):
-            raise ValueError(f"cond must be (B, cond_dim) = ({b}, {d}), got {tuple(cond.shape)}")
+            raise ValueError(f"image decoder: cond must be (B, {d}) = ({b}, {d}), got {tuple(cond.shape)}")
         return cond.to(z.dtype)
 
     def velocity(
         self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The predicted x − ε. x: (B, C, H, W), t: (B,) in [0, 1], z: (B, q), cond: (B, cond_dim) -> (B, C, H, W)."""
+        """The predicted x − ε. x: (B, C, H, W), t: (B,) in [0, 1], z: (B, q), cond: (B, d) -> (B, C, H, W)."""
         cond = self._check_inputs(z, x.shape[0], cond)
         if not self.config.use_latent:  # the RF baseline: same network, no latent information
             z = torch.zeros_like(z)
@@ -104,7 +114,7 @@ class ImageDecoder(nn.Module):
         Args:
             z: latents (B, q).
             images: (B, C, H, W) in [-1, 1].
-            cond: optional (B, cond_dim).
+            cond: optional (B, d).
         """
         x = to_config_channels(images, self.config.channels, self.config.resolution).to(z.dtype)
         b = x.shape[0]
@@ -167,7 +177,7 @@ class ImageDecoder(nn.Module):
 
         Args:
             z: latents (B, q).
-            cond: optional (B, cond_dim).
+            cond: optional (B, d).
             steps: Euler steps (default ``config.sample_steps``); ignored by "rk45".
             method: "euler" or "rk45" (adaptive Dormand–Prince; default ``config.sample_method``).
             noise: the starting ε (B, C, H, W); drawn from ``generator`` when None.
@@ -182,6 +192,22 @@ class ImageDecoder(nn.Module):
             raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
         x = self._solve(noise.to(z.dtype), z, cond, cfg.rf_t_min, 1.0, steps, method, rtol, atol)
         return x.clamp(-1.0, 1.0)
+
+    def save_preview(self, images: torch.Tensor, path: str | Path, *, nrow: int | None = None) -> Path:
+        """``PreviewWriter``: a PNG grid of images (B, C, H, W) in [-1, 1] (see :func:`lzn_image.io.save_grid`)."""
+        return save_grid(images, path, nrow=nrow)
+
+    def judge_samples(
+        self, samples: torch.Tensor, classes: torch.Tensor, real: torch.Tensor, real_classes: torch.Tensor
+    ) -> dict[str, float]:
+        """``SampleJudge``: class consistency, the share of samples generated for class k that an
+        RBF SVC fitted on the real images' pixels (at most 2000 of them) calls k."""
+        from sklearn.svm import SVC  # scikit-learn only when samples are judged
+
+        x = to_config_channels(real.float(), self.config.channels, self.config.resolution)[:2000]
+        svc = SVC(gamma="scale", C=10.0).fit(x.flatten(1).cpu().numpy(), real_classes[:2000].cpu().numpy())
+        pred = svc.predict(samples.float().flatten(1).cpu().numpy())
+        return {"class_consistency": float((torch.as_tensor(pred) == classes.cpu()).float().mean())}
 
     def invert(
         self,

@@ -62,6 +62,12 @@ class ImageEncoder(nn.Module):
             for i in self.block_index
         )
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """``BackboneFeatures``: the down path's last (middle) feature map, averaged over space: (B, ch)."""
+        x = to_config_channels(images, self.config.channels, self.config.resolution)
+        _, mid = self.down(x)
+        return mid.mean(dim=(2, 3))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, C, H, W) in [-1, 1] -> anchors (B, q)."""
         x = to_config_channels(images, self.config.channels, self.config.resolution)

@@ -32,16 +32,31 @@ def build_encoder(config: ImageConfig, latent_dim: int) -> Any:
     return ResNetEncoder(config, latent_dim)
 
 
-def build_decoder(config: ImageConfig, latent_dim: int) -> Any:
-    """``ModalitySpec.build_decoder``: an :class:`lzn_image.decoder.ImageDecoder` (rectified flow),
-    or a parameter-free :class:`lzn_image.absent.AbsentDecoder` when ``config.decoder`` is False."""
+def build_decoder(config: ImageConfig, latent_dim: int, condition_dim: int = 0) -> Any:
+    """``ModalitySpec.build_decoder``: an :class:`lzn_image.decoder.ImageDecoder` (rectified flow,
+    conditioned on a vector of ``condition_dim`` when a generate task says so), or a
+    parameter-free :class:`lzn_image.absent.AbsentDecoder` when ``config.decoder`` is False."""
     if not config.decoder:
         from .absent import AbsentDecoder
 
         return AbsentDecoder()
     from .decoder import ImageDecoder
 
-    return ImageDecoder(config, latent_dim)
+    return ImageDecoder(config, latent_dim, condition_dim)
+
+
+def validate_image(image: Any, config: ImageConfig) -> None:
+    """``ModalitySpec.validate_item``: a decoded image must have the configured side.
+
+    Raises:
+        ValueError: an image of another H×W (the loader skips and counts it; resize when
+            writing the shards).
+    """
+    side = config.resolution
+    if tuple(image.shape[-2:]) != (side, side):
+        raise ValueError(
+            f"image: {image.shape[-2]}x{image.shape[-1]} image, the config expects {side}x{side}"
+        )
 
 
 def _augment(batch: Any, config: ImageConfig, *, generator: Any = None) -> Any:
@@ -71,8 +86,10 @@ SPEC = ModalitySpec(
     build_decoder=build_decoder,
     shard_keys=("png", "jpg", "jpeg"),
     decode_sample=decode_sample,
+    validate_item=validate_image,
     collate=collate,
     augment=_augment,
+    accepts_condition=True,
     description="images: U-Net encoder + latent blocks, rectified-flow U-Net decoder",
     example_config={"preset": "tiny"},
     example_items=example_items,

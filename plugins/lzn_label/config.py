@@ -22,6 +22,16 @@ class LabelConfig(BaseModel):
     init_scale: float = Field(default=1.0, gt=0, description="anchors start as init_scale * randn(C, q)")
 
 
+def validate_label(label: int, config: LabelConfig) -> None:
+    """``ModalitySpec.validate_item``: a decoded class index must be < ``num_classes``.
+
+    Raises:
+        ValueError: the index is out of range (the loader skips and counts the sample).
+    """
+    if not 0 <= int(label) < config.num_classes:
+        raise ValueError(f"label: class index {label} is out of range for num_classes={config.num_classes}")
+
+
 def decode_label(raw: bytes) -> int:
     """Decode a ``cls`` shard value: ASCII digits (b"7", b" 7\\n") -> 7.
 

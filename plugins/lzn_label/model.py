@@ -37,53 +37,17 @@ def _check_labels(labels: Any, num_classes: int) -> torch.Tensor:
     return labels.long()
 
 
-def class_latents(
-    anchors: torch.Tensor,
-    classes: torch.Tensor,
-    *,
-    alpha: float = 1.0,
-    steps: int = 100,
-    g: float = 1e-4,
-    noise: torch.Tensor | None = None,
-    weights: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Latents in the zones of ``classes``: IFM over the class anchors started at A_k.
-
-    Row i starts at (1 − g)·A_{k_i} + g·α·ε_i and is integrated (Euler) from τ = g
-    to τ = 1 against *all* C anchors (PAPER §1.4, conditional generation).
-
-    Args:
-        anchors: A (C, q).
-        classes: k (B,) int64 in [0, C).
-        alpha: noise scale α (α = 0: the zone centre).
-        steps: Euler steps (the paper: 100).
-        g: start time of the forward flow.
-        noise: ε (B, q); ``N(0, I)`` when None.
-        weights: mixture weights (C,); uniform when None.
-
-    Returns:
-        z (B, q).
-    """
-    from lzn_core import zoning
-
-    classes = _check_labels(classes, anchors.shape[0]).to(anchors.device)
-    if noise is None:
-        noise = torch.randn(classes.shape[0], anchors.shape[1], device=anchors.device, dtype=anchors.dtype)
-    return zoning.latents(anchors, noise, g=g, alpha=alpha, steps=steps, weights=weights, index=classes)
-
-
 class LabelEncoder(nn.Module):
-    """Class index -> anchor row. ``anchors``: learnable (C, q), init ``init_scale·randn``."""
+    """Class index -> anchor row. ``anchors``: learnable (C, q), init ``init_scale·randn``.
+
+    Capabilities (:mod:`lzn_core.modality`): ``AnchorBank`` (the class matrix is the bank) and
+    ``ConditionProvider`` (the one-hot, C wide).
+    """
 
     def __init__(self, config: LabelConfig, latent_dim: int) -> None:
         super().__init__()
         self.config = config
         self.anchors = nn.Parameter(config.init_scale * torch.randn(config.num_classes, latent_dim))
-
-    @property
-    def condition_dim(self) -> int:
-        """Width C of the one-hot conditioning vector."""
-        return self.config.num_classes
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         """labels (B,) int64 -> anchors A[labels] (B, q)."""
@@ -98,16 +62,12 @@ class LabelEncoder(nn.Module):
         labels = _check_labels(labels, self.config.num_classes).to(self.anchors.device)
         return nn.functional.one_hot(labels, self.config.num_classes).to(self.anchors.dtype)
 
-    def class_latents(self, classes: torch.Tensor, **kw: Any) -> torch.Tensor:
-        """Latents (B, q) in the zones of ``classes`` (B,); see :func:`class_latents`."""
-        return class_latents(self.anchors, classes, **kw)
-
 
 class LabelDecoder(nn.Module):
     """Zonal decoder: reverse label flow of z over the class anchors, nearest anchor.
 
-    It has no parameters of its own; :meth:`bind` gives it the encoder whose
-    anchors it reads (not registered as a submodule, so nothing is saved twice).
+    It has no parameters of its own; :meth:`bind` (``BindsEncoder``) gives it the encoder
+    whose anchors it reads (not registered as a submodule, so nothing is saved twice).
     """
 
     kind = "zonal"
@@ -127,7 +87,15 @@ class LabelDecoder(nn.Module):
             raise ContractError("label decoder is not bound to its encoder; call decoder.bind(encoder) first")
         return self._encoder.bank()
 
-    def loss(self, z: torch.Tensor, batch: Any, cond: Any = None) -> torch.Tensor:
+    def loss(
+        self,
+        z: torch.Tensor,
+        batch: Any,
+        cond: Any = None,
+        *,
+        generator: torch.Generator | None = None,
+        rows: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """Not available: the label decoder is zonal. Train the anchors with an align task."""
         raise ZonalLossError(
             "the label decoder is zonal (reverse flow to the class anchors): it has no loss of its own; "
@@ -141,19 +109,20 @@ class LabelDecoder(nn.Module):
         cond: Any = None,
         *,
         steps: int | None = None,
+        generator: torch.Generator | None = None,
         weights: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         """Classify latents: reverse flow over the anchors, then the nearest anchor.
 
         Args:
             z: latents (B, q).
             cond: must be None (the label flow takes no conditioning).
             steps: Euler steps (default ``config.flow_steps``, 100).
+            generator: unused (the flow is deterministic); part of the decoder contract.
             weights: class mixture weights (C,); uniform when None (test time).
 
         Returns:
-            labels (B,) int64 = argmin_c ‖x_final − A_c‖², and confidence (B,) =
-            P(A_label | x) at the last flow step.
+            labels (B,) int64 = argmin_c ‖x_final − A_c‖² (the zone index: the class).
         """
         from lzn_core import zoning
 
@@ -165,9 +134,7 @@ class LabelDecoder(nn.Module):
         out = zoning.assign(
             z.to(anchors.dtype), anchors, steps=steps or self.config.flow_steps, weights=weights
         )
-        labels = torch.cdist(out.final, anchors).argmin(dim=1)
-        confidence = out.probs.gather(1, labels[:, None]).squeeze(1)
-        return labels, confidence
+        return torch.cdist(out.final, anchors).argmin(dim=1)
 
 
 def build_encoder(config: LabelConfig, latent_dim: int) -> LabelEncoder:
@@ -176,5 +143,5 @@ def build_encoder(config: LabelConfig, latent_dim: int) -> LabelEncoder:
 
 
 def build_decoder(config: LabelConfig, latent_dim: int) -> LabelDecoder:
-    """``ModalitySpec.build_decoder`` of the label modality (call ``bind(encoder)`` next)."""
+    """``ModalitySpec.build_decoder`` of the label modality (the framework calls ``bind(encoder)`` next)."""
     return LabelDecoder(config, latent_dim)

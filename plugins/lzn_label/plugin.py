@@ -8,7 +8,7 @@ from typing import Any
 import lzn_core
 from lzn_core.modality import ModalitySpec
 
-from .config import LabelConfig, decode_label
+from .config import LabelConfig, decode_label, validate_label
 
 
 def _build_encoder(config: LabelConfig, latent_dim: int) -> Any:
@@ -34,6 +34,8 @@ SPEC = ModalitySpec(
     build_decoder=_build_decoder,
     shard_keys=("cls",),
     decode_sample=decode_label,
+    validate_item=validate_label,
+    condition_dim=lambda config: config.num_classes,
     description="class labels: learnable (C, q) anchors, label-flow classifier",
     example_config={"num_classes": 3},
     example_items=_example_items,

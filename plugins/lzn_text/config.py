@@ -38,7 +38,6 @@ class TextConfig(BaseModel):
             state dict read with ``weights_only=True``); never downloaded.
         decoder_width, decoder_layers, decoder_heads: the causal decoder.
         prefix_tokens: k, the number of prefix tokens made from z (Linear(q -> k * decoder_width)).
-        condition_dim: size of an optional conditioning vector of the decoder (0 = none).
         dropout: dropout of the decoder.
         retrieval_bank: captions for retrieval decoding (``sample(method="retrieve")``); ``prepare``
             fills it with up to ``retrieval_bank_size`` distinct training captions when empty.
@@ -62,7 +61,6 @@ class TextConfig(BaseModel):
     decoder_layers: int = Field(2, ge=1)
     decoder_heads: int = Field(4, ge=1)
     prefix_tokens: int = Field(4, ge=1)
-    condition_dim: int = Field(0, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     retrieval_bank: list[str] = Field(default_factory=list)
     retrieval_bank_size: int = Field(1024, ge=0)

@@ -8,6 +8,7 @@ vector); the outputs at ``bos, t_1 .. t_n`` predict ``t_1 .. t_n, eos``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,21 +25,26 @@ Method = str  # "greedy" | "temperature" | "retrieve"
 class TextDecoder(nn.Module):
     """Causal language model ``p(text | z, cond)`` with teacher-forced training.
 
+    Capabilities (:mod:`lzn_core.modality`): ``BindsEncoder`` (retrieval decoding reads the
+    encoder), ``PreviewWriter`` (a text file of captions).
+
     Args:
         config: the modality config.
         latent_dim: q.
+        condition_dim: d, size of the conditioning vector added to the prefix tokens (0: none).
     """
 
     kind = "generative"
 
-    def __init__(self, config: TextConfig, latent_dim: int) -> None:
+    def __init__(self, config: TextConfig, latent_dim: int, condition_dim: int = 0) -> None:
         super().__init__()
         self.config = config
         self.latent_dim = latent_dim
+        self.condition_dim = condition_dim
         w, k, length = config.decoder_width, config.prefix_tokens, config.context_length
         self.tokenizer = _tokenizer_from_config(config)
         self.prefix = nn.Linear(latent_dim, k * w)
-        self.cond = nn.Linear(config.condition_dim, w) if config.condition_dim else None
+        self.cond = nn.Linear(condition_dim, w) if condition_dim else None
         self.token_embedding = nn.Embedding(config.vocab_size, w)
         self.positional_embedding = nn.Parameter(torch.randn(k + length, w) * 0.01)
         layer = nn.TransformerEncoderLayer(
@@ -68,11 +74,11 @@ class TextDecoder(nn.Module):
         if self.cond is not None:
             if cond is None:
                 raise ValueError(
-                    f"text decoder: condition_dim={self.config.condition_dim} but no cond was given"
+                    f"text decoder: built with condition_dim={self.condition_dim} but no cond was given"
                 )
             p = p + self.cond(cond.to(p.dtype)).unsqueeze(1)
         elif cond is not None:
-            raise ValueError("text decoder: got cond but the config has condition_dim=0")
+            raise ValueError("text decoder: got cond but the decoder was built without a condition")
         return p
 
     def _logits(self, prefix: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -100,7 +106,7 @@ class TextDecoder(nn.Module):
         Args:
             z: latents ``(B, q)``.
             texts: B captions.
-            cond: optional conditioning ``(B, condition_dim)``.
+            cond: optional conditioning ``(B, d)``.
             generator: unused (the loss has no randomness); accepted for the decoder contract.
             rows: ``(start, total)``: this batch is rows ``[start, start + B)`` of a global batch
                 of ``total`` (checked only: the loss of a row does not depend on the others).
@@ -137,7 +143,7 @@ class TextDecoder(nn.Module):
 
         Args:
             z: latents ``(B, q)``.
-            cond: optional conditioning ``(B, condition_dim)``.
+            cond: optional conditioning ``(B, d)``.
             max_len: most tokens to generate (default and cap: ``context_length``).
             method: ``"greedy"`` (argmax), ``"temperature"`` (softmax(logits / temperature),
                 optionally restricted to the ``top_k`` best), or ``"retrieve"`` (the caption of
@@ -168,6 +174,16 @@ class TextDecoder(nn.Module):
             if bool(done.all()):
                 break
         return self.tokenizer.decode(seq[:, 1:].tolist())
+
+    def save_preview(self, texts: Sequence[str], path: str | Path, *, nrow: int | None = None) -> Path:
+        """``PreviewWriter``: the captions, one per line (``nrow`` per paragraph), in ``path`` as ``.txt``."""
+        path = Path(path).with_suffix(".txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        texts = list(texts)
+        n = nrow or len(texts) or 1
+        blocks = ["\n".join(texts[i : i + n]) for i in range(0, len(texts), n)]
+        path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+        return path
 
     @torch.no_grad()
     def retrieve(

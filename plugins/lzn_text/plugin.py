@@ -7,7 +7,7 @@ import them. Captions come from the ``txt`` key of the shards; a batch is ``list
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,22 @@ def _bank(captions: list[str], size: int) -> list[str]:
     return distinct
 
 
-def prepare(config: TextConfig, train_pattern: str | None) -> TextConfig:
-    """Complete a text config from the training shards before the model is built.
+def _captions(samples: Iterable[bytes]) -> list[str]:
+    """The usable captions among raw ``txt`` values (undecodable or empty ones are passed over,
+    as the loader skips them)."""
+    out = []
+    for raw in samples:
+        try:
+            out.append(decode_sample(raw))
+        except ValueError:
+            continue
+    if not out:
+        raise ValueError("text: the training shards hold no usable 'txt' caption to train a tokenizer from")
+    return out
+
+
+def prepare(config: TextConfig, samples: Iterable[bytes]) -> TextConfig:
+    """Complete a text config from the training captions before the model is built.
 
     * ``tokenizer`` empty: train a sentencepiece model on the shards' captions, cache it
       (``tokenizer.cache_tokenizer``) and point ``tokenizer`` at it;
@@ -96,14 +110,15 @@ def prepare(config: TextConfig, train_pattern: str | None) -> TextConfig:
     A config whose ``tokenizer`` file is gone but whose ``tokenizer_bytes`` is set (a prepared
     recipe on another machine) is returned unchanged: the tokenizer comes with the weights.
 
-    Raises:
-        FileNotFoundError: ``tokenizer`` names a missing file (and the config was never prepared),
-            or no shard matches ``train_pattern``.
-        ValueError: no pattern to train from, no caption in the shards, or a bad tokenizer file.
-    """
-    from pathlib import Path
+    Args:
+        config: the recipe's text config.
+        samples: the raw ``txt`` values of the training shards (read only when needed).
 
-    from .tokenizer import cache_tokenizer, load_processor, read_captions, train_tokenizer
+    Raises:
+        FileNotFoundError: ``tokenizer`` names a missing file (and the config was never prepared).
+        ValueError: no caption to train from, or a bad tokenizer file.
+    """
+    from .tokenizer import cache_tokenizer, load_processor, train_tokenizer
 
     captions: list[str] | None = None
     need_bank = not config.retrieval_bank and config.retrieval_bank_size > 0
@@ -115,9 +130,7 @@ def prepare(config: TextConfig, train_pattern: str | None) -> TextConfig:
             raise FileNotFoundError(f"text: tokenizer file {config.tokenizer!r} not found")
         proto = path.read_bytes()
     else:
-        if not train_pattern:
-            raise ValueError("text: no tokenizer given and no training shards to train one from")
-        captions = read_captions(train_pattern)
+        captions = _captions(samples)
         proto = train_tokenizer(captions, vocab_size=config.vocab_size, model_type=config.model_type)
         path = cache_tokenizer(proto)
     sp = load_processor(proto)
@@ -126,9 +139,13 @@ def prepare(config: TextConfig, train_pattern: str | None) -> TextConfig:
         "tokenizer_bytes": len(proto),
         "vocab_size": int(sp.GetPieceSize()),
     }
-    if need_bank and train_pattern:
-        captions = captions if captions is not None else read_captions(train_pattern)
-        update["retrieval_bank"] = _bank(captions, config.retrieval_bank_size)
+    if need_bank:
+        try:
+            captions = captions if captions is not None else _captions(samples)
+        except ValueError:
+            captions = []  # no training data at hand: no retrieval bank
+        if captions:
+            update["retrieval_bank"] = _bank(captions, config.retrieval_bank_size)
     return TextConfig.model_validate({**config.model_dump(), **update})
 
 
@@ -139,11 +156,11 @@ def build_encoder(config: TextConfig, latent_dim: int) -> Any:
     return TextEncoder(config, latent_dim)
 
 
-def build_decoder(config: TextConfig, latent_dim: int) -> Any:
-    """``TextDecoder(config, q)``: latents ``(B, q)`` -> captions (generative)."""
+def build_decoder(config: TextConfig, latent_dim: int, condition_dim: int = 0) -> Any:
+    """``TextDecoder(config, q, condition_dim)``: latents ``(B, q)`` -> captions (generative)."""
     from .decoder import TextDecoder
 
-    return TextDecoder(config, latent_dim)
+    return TextDecoder(config, latent_dim, condition_dim)
 
 
 SPEC = ModalitySpec(
@@ -155,6 +172,7 @@ SPEC = ModalitySpec(
     decode_sample=decode_sample,
     collate=collate,
     prepare=prepare,
+    accepts_condition=True,
     description="captions: sentencepiece + open_clip TextTransformer; causal decoder conditioned on z",
     example_config=EXAMPLE_CONFIG,
     example_items=example_items,

@@ -9,11 +9,9 @@ with them before any weights are loaded).
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import os
-import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,46 +20,6 @@ import torch
 from torch import nn
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-
-
-def expand_pattern(pattern: str) -> list[str]:
-    """Shard paths of a webdataset pattern (``{000000..000003}`` braces and/or globs), sorted."""
-    from braceexpand import braceexpand
-
-    paths: list[str] = []
-    for part in braceexpand(pattern):
-        paths.extend(sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part])
-    return paths
-
-
-def read_captions(pattern: str, key: str = "txt") -> list[str]:
-    """All non-empty utf-8 captions (``.<key>`` members) of the tar shards matching ``pattern``.
-
-    Raises:
-        FileNotFoundError: no shard matches the pattern, or a named shard is missing.
-        ValueError: the shards hold no usable caption.
-    """
-    paths = expand_pattern(pattern)
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if not paths or missing:
-        raise FileNotFoundError(f"text tokenizer: no shard found for {pattern!r} (missing: {missing[:3]})")
-    captions: list[str] = []
-    for path in paths:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                base = os.path.basename(member.name)
-                if not member.isfile() or "." not in base or base.split(".", 1)[1] != key:
-                    continue
-                fh = tar.extractfile(member)
-                try:
-                    text = fh.read().decode("utf-8").strip() if fh else ""
-                except UnicodeDecodeError:
-                    continue  # the loader skips and counts these; the tokenizer just ignores them
-                if text:
-                    captions.append(text)
-    if not captions:
-        raise ValueError(f"text tokenizer: the shards {pattern!r} hold no non-empty '.{key}' caption")
-    return captions
 
 
 def train_tokenizer(captions: Iterable[str], *, vocab_size: int = 256, model_type: str = "unigram") -> bytes:

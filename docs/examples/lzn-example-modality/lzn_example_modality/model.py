@@ -33,8 +33,10 @@ class VectorDecoder(nn.Module):
         super().__init__()
         self.net = mlp(latent_dim, config.hidden, config.dim)
 
-    def loss(self, z: torch.Tensor, x: torch.Tensor, cond=None) -> torch.Tensor:
+    def loss(self, z: torch.Tensor, x: torch.Tensor, cond=None, *, generator=None, rows=None) -> torch.Tensor:
+        # A loss that draws random numbers takes them from `generator`, for all `rows` of the global batch
+        # (see lzn_core.modality.Decoder.loss); this one draws none.
         return ((self.net(z) - x) ** 2).mean()
 
-    def sample(self, z: torch.Tensor, cond=None, **kw) -> torch.Tensor:
+    def sample(self, z: torch.Tensor, cond=None, *, steps=None, generator=None) -> torch.Tensor:
         return self.net(z)

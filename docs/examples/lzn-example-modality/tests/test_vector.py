@@ -4,8 +4,10 @@ import pytest
 
 
 def test_vector_obeys_the_modality_contract(lzn_check_modality):
+    # static checks, then a few real training steps beside a label modality, export, and serving
     report = lzn_check_modality("vector", latent_dim=8)
-    assert report.decoder_kind == "generative"
+    assert report.decoder_kind == "generative" and report.partner == "label"
+    assert "vector -> label" in report.edges  # the trained model classifies vectors
 
 
 def test_decode_rejects_garbage():

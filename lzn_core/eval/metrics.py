@@ -1,19 +1,12 @@
-"""Metrics: accuracy, calibration, OOD AUROC, FID/KID, linear probe.
-
-Model-free functions on tensors live here; the functions that run an
-:class:`~lzn_core.model.LZNModel` (label-flow classification with the α x
-inference-batch sweep, reconstruction error, class consistency, sample quality)
-are in :mod:`lzn_core.evalmodel`, and ``lzn eval`` (``cli_eval``) in
-:mod:`lzn_core.evalcli`; both are re-exported here.
-"""
+"""Model-free metrics (tensors in, numbers out): accuracy, calibration, OOD AUROC, FID/KID,
+linear probe. The protocols that run a model are in :mod:`lzn_core.eval.protocol`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+import torch
 
 __all__ = [
     "accuracy",
@@ -23,13 +16,10 @@ __all__ = [
     "frechet_distance",
     "kernel_inception_distance",
     "linear_probe",
-    "cli_eval",
-    "cli_eval_args",
 ]
 
 
 def _as_1d(x: Any, what: str) -> torch.Tensor:
-    import torch
 
     t = torch.as_tensor(x)
     if t.dim() != 1:
@@ -61,7 +51,6 @@ def expected_calibration_error(confidence: Any, correct: Any, *, bins: int = 15)
         ``{"ece", "bins": [{"lo", "hi", "count", "confidence", "accuracy"}, ...]}``
         (empty bins are listed with count 0 and ``None`` means).
     """
-    import torch
 
     c = _as_1d(confidence, "confidence").double()
     k = _as_1d(correct, "correct").double()
@@ -132,7 +121,6 @@ def auroc(positive: Any, negative: Any) -> float:
         positive: (n,) scores of in-distribution inputs (should be high).
         negative: (m,) scores of out-of-distribution inputs.
     """
-    import torch
 
     p = _as_1d(positive, "positive").double()
     n = _as_1d(negative, "negative").double()
@@ -153,7 +141,6 @@ def auroc(positive: Any, negative: Any) -> float:
 
 
 def _check_feats(a: Any, b: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
 
     a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
@@ -169,7 +156,6 @@ def _check_feats(a: Any, b: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]
 
 def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
     """Symmetric PSD square root via eigh (negative round-off eigenvalues clamped to 0)."""
-    import torch
 
     vals, vecs = torch.linalg.eigh((s + s.T) / 2)
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
@@ -185,7 +171,6 @@ def frechet_distance(feats_a: Any, feats_b: Any) -> float:
     Args:
         feats_a: (n, d) features; feats_b: (m, d) features.
     """
-    import torch
 
     a, b = _check_feats(feats_a, feats_b, "frechet_distance")
     mu_a, mu_b = a.mean(0), b.mean(0)
@@ -209,7 +194,6 @@ def kernel_inception_distance(
     Returns:
         (mean, std) of the subset estimates.
     """
-    import torch
 
     a, b = _check_feats(feats_a, feats_b, "kernel_inception_distance")
     if subsets < 1:
@@ -264,27 +248,3 @@ def linear_probe(
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
     probe.fit(xs[0], ys[0])
     return float((probe.predict(xs[1]) == ys[1]).mean())
-
-
-def cli_eval_args(parser: Any) -> None:
-    """Arguments of ``lzn eval`` (see :mod:`lzn_core.evalcli`)."""
-    from .evalcli import cli_eval_args as add
-
-    add(parser)
-
-
-def cli_eval(args: Any) -> int:
-    """Run ``lzn eval RUN_OR_MODEL`` (see :mod:`lzn_core.evalcli`)."""
-    from .evalcli import cli_eval as run
-
-    return run(args)
-
-
-def __getattr__(name: str) -> Any:  # re-exports of lzn_core.evalmodel, imported on first use
-    import importlib
-
-    if not name.startswith("_"):
-        mod = importlib.import_module("lzn_core.evalmodel")
-        if name in getattr(mod, "__all__", ()):
-            return getattr(mod, name)
-    raise AttributeError(f"module 'lzn_core.evaluation' has no attribute {name!r}")

@@ -19,7 +19,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from ..errors import DataError
+from PIL import Image
+from tqdm import tqdm
 
 FORMAT_VERSION = 1
 _log = logging.getLogger(__name__)
@@ -30,7 +32,6 @@ Sample = tuple[str, dict[str, bytes]]
 
 def png_bytes(array: Any) -> bytes:
     """Encode a uint8 array ``(H, W)`` or ``(H, W, 3)`` (or a PIL image) as PNG bytes."""
-    from PIL import Image
 
     img = array if isinstance(array, Image.Image) else Image.fromarray(array)
     buf = io.BytesIO()
@@ -80,7 +81,6 @@ def write_split(
     Returns:
         ``{shard file name: sample count}`` for this split.
     """
-    from tqdm import tqdm
 
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")

@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import PluginLoadError, RecipeError, UnknownModalityError, did_you_mean
+from ..errors import PluginLoadError, RecipeError, UnknownModalityError, did_you_mean
+from ..modality import ModalitySpec
+from ..plugins import get_modality
 
 _PARTS = ("encoder", "decoder")
 
@@ -61,6 +63,15 @@ def _is_model(tp: Any) -> bool:
 def field_names(tp: Any) -> list[str]:
     """Field names of the model(s) at an annotation (all members of a union)."""
     return [name for m in _members(tp) if _is_model(m) for name in m.model_fields]
+
+
+def flat_dict(tp: Any) -> bool:
+    """A ``dict[str, scalar]`` (lr, freeze), whose keys may contain dots."""
+    tp = _unwrap(tp)
+    if get_origin(tp) is not dict:
+        return False
+    value = _unwrap(get_args(tp)[1])
+    return value in (int, float, str, bool)
 
 
 def _tag_member(tp: Any, tag: Any) -> Any | None:
@@ -176,29 +187,25 @@ def field_tags(tp: Any) -> list[str]:
 # ---------------------------------------------------------------- plugins and references
 
 
-def _get_modality(name: str) -> Any:
-    from .plugins import get_modality
-
-    return get_modality(name)
-
-
 def _available(exc: Exception) -> list[str]:
     match = re.search(r"(?:^|;)\s*available:\s*(.*)$", str(exc))
     return [n.strip(" '\"[]") for n in match.group(1).split(",")] if match else []
 
 
-def resolve_plugin_configs(modalities: Any) -> tuple[dict[str, BaseModel], list[str]]:
-    """Validate each ``modalities.<m>.config`` with its plugin's model: (configs, problem lines)."""
+def resolve_plugins(modalities: Any) -> tuple[dict[str, ModalitySpec], dict[str, BaseModel], list[str]]:
+    """The plugin spec of each ``modalities.<m>`` and its config validated by the plugin's model:
+    (specs, configs, problem lines)."""
+    specs: dict[str, ModalitySpec] = {}
     configs: dict[str, BaseModel] = {}
     problems: list[str] = []
     if not isinstance(modalities, dict):
-        return configs, problems
+        return specs, configs, problems
     for name, entry in modalities.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("plugin"), str):
             continue
         plugin, config = entry["plugin"], entry.get("config", {})
         try:
-            spec = _get_modality(plugin)
+            spec = get_modality(plugin)
         except UnknownModalityError as exc:
             if "unavailable" in str(exc):  # registered by a plugin that failed or is disabled
                 problems.append(f"modalities.{name}.plugin: {exc}")
@@ -212,6 +219,7 @@ def resolve_plugin_configs(modalities: Any) -> tuple[dict[str, BaseModel], list[
         except PluginLoadError as exc:
             problems.append(f"modalities.{name}.plugin: plugin {plugin!r} failed to load: {exc}")
             continue
+        specs[name] = spec
         if isinstance(config, spec.config):
             configs[name] = config
             continue
@@ -225,7 +233,7 @@ def resolve_plugin_configs(modalities: Any) -> tuple[dict[str, BaseModel], list[
             configs[name] = spec.config.model_validate(config)
         except ValidationError as exc:
             problems += translate_errors(exc, spec.config, ("modalities", name, "config"))
-    return configs, problems
+    return specs, configs, problems
 
 
 def module_keys(modalities: list[str]) -> list[str]:
@@ -269,18 +277,33 @@ def reference_problems(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def condition_problems(configs: dict[str, BaseModel], tasks: Any) -> list[str]:
-    """A conditioned ``generate`` task needs a target config with room for the vector (``cond_dim`` > 0)."""
+def condition_problems(specs: dict[str, ModalitySpec], tasks: Any) -> list[str]:
+    """``generate`` tasks: a ``condition:`` source must declare a condition vector
+    (``ModalitySpec.condition_dim``), its target's decoder must accept one
+    (``ModalitySpec.accepts_condition``), and a decoder is trained by one generate task."""
     problems = []
+    seen: dict[str, int] = {}
     for i, task in enumerate(tasks if isinstance(tasks, list) else []):
-        if not isinstance(task, dict) or task.get("kind") != "generate" or not task.get("condition"):
+        if not isinstance(task, dict) or task.get("kind") != "generate":
             continue
-        config = configs.get(str(task.get("target")))
-        if config is not None and getattr(config, "cond_dim", None) == 0:
+        target, source = str(task.get("target")), task.get("condition")
+        if target in seen:
             problems.append(
-                f"tasks.{i}.condition: {task['target']!r} is conditioned on {task['condition']!r} "
-                f"but modalities.{task['target']}.config.cond_dim is 0 (set it to the size of "
-                f"{task['condition']!r}'s condition vector, e.g. num_classes)"
+                f"tasks.{i}: the {target!r} decoder is already trained by tasks.{seen[target]}; "
+                "give each decoder one generate task"
+            )
+        seen.setdefault(target, i)
+        if not source or source == target:  # a decoder conditioned on itself: reference_problems says so
+            continue
+        if source in specs and specs[source].condition_dim is None:
+            problems.append(
+                f"tasks.{i}.condition: modality {source!r} (plugin {specs[source].name!r}) cannot condition "
+                "a decoder: it declares no condition vector"
+            )
+        if target in specs and not specs[target].accepts_condition:
+            problems.append(
+                f"tasks.{i}.condition: the {target!r} decoder (plugin {specs[target].name!r}) takes no "
+                f"conditioning vector; remove condition: {source}"
             )
     return problems
 
@@ -314,65 +337,3 @@ def _module_key_problems(train: dict[str, Any], names: list[str]) -> list[str]:
                     f" (keys are a modality or '<modality>.encoder' / '<modality>.decoder')"
                 )
     return problems
-
-
-# ---------------------------------------------------------------- overrides
-
-
-def _flat_dict(tp: Any) -> bool:
-    """A ``dict[str, scalar]`` (lr, freeze), whose keys may contain dots."""
-    tp = _unwrap(tp)
-    if get_origin(tp) is not dict:
-        return False
-    value = _unwrap(get_args(tp)[1])
-    return value in (int, float, str, bool)
-
-
-def apply_override(data: dict[str, Any], item: str, root: Any) -> str | None:
-    """Apply one ``dotted.key=value`` override to ``data`` in place; a problem line or None.
-
-    The value is parsed as a YAML scalar (``64``, ``1.0e-3``, ``dpm``, ``null``, ``[1, 2]``).
-    List elements are addressed by index (``tasks.1.steps``). A missing intermediate key
-    is created only where the schema has that field; the last key is set as given
-    (validation then reports an unknown one as an extra field).
-    """
-    import yaml
-
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    parts = key.split(".")
-    if not sep or not key or "" in parts:
-        return f"override {item!r}: expected key=value with a dotted key, e.g. train.batch_size=64"
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        return f"override {key}: cannot parse value {text!r} as YAML: {getattr(exc, 'problem', exc)}"
-    node: Any = data
-    tp = root
-    for depth, part in enumerate(parts):
-        here = ".".join(parts[:depth]) or "the recipe"
-        last = depth == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                return f"override {key}: {here} is a list of {len(node)}; {part!r} is not an index 0..{len(node) - 1}"
-            index = int(part)
-            if last:
-                node[index] = value
-                return None
-            node, tp = node[index], step(tp, index)
-            continue
-        if not isinstance(node, dict):
-            return f"override {key}: {here} is a {type(node).__name__}, not a mapping"
-        if _flat_dict(tp):  # keys may hold dots: train.lr.image.decoder=1e-3
-            part, last = ".".join(parts[depth:]), True
-        if last:
-            node[part] = value
-            return None
-        if part not in node:
-            fields = field_names(tp)
-            if part not in fields:
-                choices = list(dict.fromkeys([*map(str, node), *fields]))
-                return f"override {key}: unknown key {'.'.join(parts[: depth + 1])!r}{did_you_mean(part, choices)}"
-            node[part] = {}
-        node, tp = node[part], step(tp, part)
-    return None

@@ -28,81 +28,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._tarwrite import Sample, make_sample, png_bytes, read_json, write_meta, write_split
-from .errors import DataError, LZNWarning
+from .shards import Sample, make_sample, png_bytes, read_json, write_meta, write_split
+from ..errors import DataError, LZNWarning
+import numpy as np
+import itertools
+from PIL import Image
 
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_DIGIT_TEMPLATES = (
-    "a handwritten {word}",
-    "the digit {num}, written by hand",
-    "a scanned image of the number {word}",
-    "a small blurry {num}",
-    "the number {word} ({num}) in handwriting",
-    "an 8x8 picture of a handwritten {word}",
-)
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _log = logging.getLogger(__name__)
-
-# ----------------------------------------------------------------------------- digits
-
-
-def digit_caption(label: int, choice: int) -> str:
-    """Caption ``choice`` (any int, taken modulo the template count) for digit ``label``."""
-    template = _DIGIT_TEMPLATES[choice % len(_DIGIT_TEMPLATES)]
-    return template.format(word=DIGIT_NAMES[label], num=label)
-
-
-def write_digits(
-    out: str | Path,
-    *,
-    test_size: int = 300,
-    seed: int = 0,
-    shard_size: int = 1000,
-    progress: bool | None = None,
-) -> dict[str, Any]:
-    """scikit-learn's bundled 8×8 digits (1797 images, no download) -> ``train``/``test`` shards.
-
-    Pixels 0..16 become uint8 ``round(x * 255 / 16)`` (grayscale PNG, 8×8). The split is
-    stratified by class (``train_test_split(..., stratify=y, random_state=seed)``), each
-    split kept in the original order; every image gets one caption from a set of templates
-    naming the digit as a word and/or a numeral, chosen by a ``seed``-ed generator.
-
-    Returns:
-        the written ``meta.json`` content.
-    """
-    import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    images = np.rint(data.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)  # (1797, 8, 8)
-    labels = data.target.astype(int)
-    if not 0 < test_size < len(labels):
-        raise ValueError(f"--test-size must be between 1 and {len(labels) - 1}, got {test_size}")
-    idx_train, idx_test = train_test_split(
-        np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed
-    )
-    choices = np.random.default_rng(seed).integers(0, len(_DIGIT_TEMPLATES), size=len(labels))
-    splits = {}
-    for split, idx in (("train", np.sort(idx_train)), ("test", np.sort(idx_test))):
-        gen = (
-            make_sample(
-                f"digits{i:05d}", png_bytes(images[i]), digit_caption(labels[i], choices[i]), labels[i]
-            )
-            for i in idx
-        )
-        splits[split] = sum(
-            write_split(out, split, gen, total=len(idx), shard_size=shard_size, progress=progress).values()
-        )
-    return write_meta(
-        Path(out),
-        source="sklearn.datasets.load_digits",
-        classes=DIGIT_NAMES,
-        splits=splits,
-        seed=seed,
-        shard_size=shard_size,
-    )
-
 
 # ----------------------------------------------------------------------------- cifar10
 
@@ -141,7 +74,6 @@ def _cifar_member(tar: tarfile.TarFile, source: Path, name: str) -> dict[Any, An
 
 
 def _cifar_samples(batch: dict[Any, Any], names: Sequence[str], prefix: str) -> tuple[int, Iterator[Sample]]:
-    import numpy as np
 
     data = np.asarray(batch[b"data"], dtype=np.uint8)  # (N, 3072), channel-major (R then G then B)
     labels = [int(v) for v in batch[b"labels"]]
@@ -167,7 +99,6 @@ def write_cifar10(
     Returns:
         the written ``meta.json`` content.
     """
-    import itertools
 
     source = Path(tarball)
     if not source.is_file():
@@ -196,7 +127,6 @@ def write_cifar10(
 
 def _load_image(path: Path) -> bytes:
     """Read any PIL-readable image and re-encode it as PNG (mode L kept, everything else RGB)."""
-    from PIL import Image
 
     with Image.open(path) as img:
         img.load()
@@ -345,48 +275,3 @@ def write_captions(
     if n == 0:
         raise DataError(f"{jsonl}: no usable lines ({len(skipped)} bad, {total} non-empty)")
     return write_meta(out, source=f"captions:{jsonl}", classes=None, splits={split: n}, shard_size=shard_size)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def cli_shards_args(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``lzn shards {digits,cifar10,folder,captions}``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
-    p = sub.add_parser("digits", parents=[common], help="scikit-learn's bundled 8x8 digits (no download)")
-    p.add_argument("out", help="output directory, e.g. data/digits")
-    p.add_argument("--test-size", type=int, default=300, help="test images (stratified; default 300)")
-    p.add_argument("--seed", type=int, default=0, help="split and caption seed (default 0)")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
-    p = sub.add_parser("cifar10", parents=[common], help="the official cifar-10-python.tar.gz")
-    p.add_argument("tarball", help="path to cifar-10-python.tar.gz")
-    p.add_argument("out", help="output directory, e.g. data/cifar10")
-    p.add_argument("--shard-size", type=int, default=5000, help="samples per shard (default 5000)")
-    for name, arg, help_ in (
-        ("folder", "root", "image folder ROOT/<class>/<image>"),
-        ("captions", "jsonl", 'JSONL file of {"image": path, "caption": text}'),
-    ):
-        p = sub.add_parser(name, parents=[common], help=help_)
-        p.add_argument(arg, help=help_)
-        p.add_argument("out", help="output directory")
-        p.add_argument("--split", default="train", help="split name of the shards (default train)")
-        p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
-
-
-def cli_shards(args: argparse.Namespace) -> int:
-    """Run ``lzn shards``: convert, then print one summary line per split."""
-    progress = None if not args.no_progress else False
-    kw = {"shard_size": args.shard_size, "progress": progress}
-    if args.source == "digits":
-        meta = write_digits(args.out, test_size=args.test_size, seed=args.seed, **kw)
-    elif args.source == "cifar10":
-        meta = write_cifar10(args.tarball, args.out, **kw)
-    elif args.source == "folder":
-        meta = write_folder(args.root, args.out, split=args.split, **kw)
-    else:
-        meta = write_captions(args.jsonl, args.out, split=args.split, **kw)
-    for split, n in meta["splits"].items():
-        print(f"{args.out}: {split} {n} samples ({Path(args.out) / (split + '-*.tar')})")
-    return 0

@@ -9,18 +9,22 @@ Nothing here unpickles arbitrary code: weights are safetensors, and the only
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import LZNError
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from .model import LZNModel
+from .data import loader
+from .errors import DataError, LZNError, LZNWarning
+from .model import LZNModel
+from .recipe import validate_recipe
+from .train.checkpoint import resolve_checkpoint
 
 WEIGHTS = "model.safetensors"
 RECIPE = "recipe.yaml"
@@ -31,9 +35,6 @@ def write_model(model: LZNModel, out: str | Path, state: dict[str, torch.Tensor]
 
     Files are written under temporary names and renamed, so ``out`` never holds a half-written file.
     """
-    import yaml
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = model.state_dict() if state is None else state
@@ -51,32 +52,39 @@ def write_model(model: LZNModel, out: str | Path, state: dict[str, torch.Tensor]
     return out
 
 
+def resolve_model_dir(path: str | Path) -> Path:
+    """An exported model directory: ``path`` itself, or ``path/final`` of a run directory.
+
+    Raises:
+        FileNotFoundError: neither holds ``model.safetensors`` + ``recipe.yaml``; the message says what to run.
+    """
+    p = Path(path)
+    for candidate in (p, p / "final"):
+        if (candidate / WEIGHTS).is_file() and (candidate / RECIPE).is_file():
+            return candidate
+    if not p.exists():
+        raise FileNotFoundError(
+            f"model {str(p)!r} does not exist; give a run directory (runs/NAME) or an exported model"
+        )
+    missing = WEIGHTS if not (p / WEIGHTS).is_file() else RECIPE
+    raise FileNotFoundError(
+        f"{p / missing} is missing (and {p / 'final'} holds no model); export a run with `lzn export RUN_DIR OUT`"
+    )
+
+
 def load(path: str | Path, *, device: str = "cpu") -> LZNModel:
-    """Rebuild an ``LZNModel`` from ``path/model.safetensors`` + ``path/recipe.yaml`` (eval mode).
+    """Rebuild an ``LZNModel`` from ``model.safetensors`` + ``recipe.yaml`` (eval mode).
 
     Args:
-        path: a directory written by :func:`export_run` / training's ``final/``.
+        path: a directory written by :func:`export_run` / training's ``final/``, or a run
+            directory (its ``final/`` is used).
         device: where the weights go (default CPU).
 
     Raises:
-        FileNotFoundError: the directory or one of its two files is missing.
+        FileNotFoundError: no model there (the message says what to run).
         LZNError: a file is corrupt or the weights do not match the recipe.
     """
-    import yaml
-
-    from .model import LZNModel
-    from .recipe import validate_recipe
-
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{path} is not a directory (expected {WEIGHTS} + {RECIPE} from `lzn export`)"
-        )
-    for name in (WEIGHTS, RECIPE):
-        if not (path / name).is_file():
-            raise FileNotFoundError(
-                f"{path / name} is missing; export a run with `lzn export RUN_DIR {path}`"
-            )
+    path = resolve_model_dir(path)
     try:
         data = yaml.safe_load((path / RECIPE).read_text())
     except yaml.YAMLError as exc:
@@ -91,9 +99,6 @@ def load(path: str | Path, *, device: str = "cpu") -> LZNModel:
 
 
 def _read_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -123,13 +128,6 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
 
 
 def _export_checkpoint(run_dir: Path, out: Path) -> Path:
-    import torch
-    import yaml
-
-    from .engine import resolve_checkpoint
-    from .model import LZNModel
-    from .recipe import validate_recipe
-
     if not (run_dir / RECIPE).is_file():
         raise FileNotFoundError(f"{run_dir} has no final/ and no {RECIPE}: is it a training run directory?")
     try:
@@ -159,10 +157,6 @@ def _fill_banks_if_possible(model: LZNModel, recipe: Any) -> None:
     Without the training shards the export still succeeds; compose then zones each request batch
     alone (``bank_size=0``), and a warning says so.
     """
-    import warnings
-
-    from .errors import DataError, LZNWarning
-
     try:
         fill_banks(model, recipe, seed=recipe.seed)
     except DataError as exc:
@@ -179,10 +173,6 @@ def fill_banks(model: LZNModel, recipe: Any, *, seed: int = 0) -> None:
 
     Runs ``model``'s encoders (no gradients) over shuffled batches of ``data.train``.
     """
-    import torch
-
-    from .data import loader
-
     names = [n for n in model.names if not model.has_fixed_bank(n)]
     if not names:
         return
@@ -208,14 +198,3 @@ def fill_banks(model: LZNModel, recipe: Any, *, seed: int = 0) -> None:
     for n in names:
         model.set_bank(n, torch.cat(rows[n])[:size].to(device))
     model.train(was_training)
-
-
-def cli_export_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a training run directory (runs/<name>)")
-    parser.add_argument("out", help="output directory for model.safetensors + recipe.yaml")
-
-
-def cli_export(args: argparse.Namespace) -> int:
-    out = export_run(args.run_dir, args.out)
-    print(f"exported {args.run_dir} -> {out}/{WEIGHTS} + {RECIPE}; load it with lzn_core.load({str(out)!r})")
-    return 0

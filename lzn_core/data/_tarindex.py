@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, LZNWarning
+from ..errors import DataError, LZNWarning
 
 _BLOCK = 512
 _ZEROS = bytes(_BLOCK)

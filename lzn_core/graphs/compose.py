@@ -37,26 +37,16 @@ the bank started at the item's own anchor (PAPER §1.4: Euler, 100 steps, α = 1
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._graphs import (
-    LATENT,
-    Classify,
-    Decode,
-    Generate,
-    Graph,
-    Prediction,
-    Represent,
-    trains_decoder,
-)
-from .errors import ComposeError, did_you_mean
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import LZNModel
+from ..errors import ComposeError, did_you_mean
+from ..model import LZNModel
+from ..recipe import AlignTask, GenerateTask, Task
+from .edges import LATENT, Classify, Decode, Generate, Graph, Prediction, Represent, make_generator
 
 __all__ = [
     "compose",
@@ -100,8 +90,6 @@ def _parse_string(text: str) -> list[Edge]:
 
 
 def _parse_task(task: Any) -> list[Edge]:
-    from .recipe import AlignTask, GenerateTask
-
     if isinstance(task, AlignTask):
         return [Edge(task.source, task.target)]
     if isinstance(task, GenerateTask):
@@ -123,8 +111,6 @@ def parse_graph(graph: Any) -> list[Edge]:
     Raises:
         ComposeError: for an unparsable string, an unknown task kind or an empty list.
     """
-    from pydantic import BaseModel, TypeAdapter, ValidationError
-
     if isinstance(graph, Edge):
         return [graph]
     if isinstance(graph, str):
@@ -132,8 +118,6 @@ def parse_graph(graph: Any) -> list[Edge]:
     if isinstance(graph, BaseModel):
         return _parse_task(graph)
     if isinstance(graph, dict):
-        from .recipe import Task
-
         try:
             return _parse_task(TypeAdapter(Task).validate_python(graph))
         except ValidationError as exc:
@@ -161,20 +145,20 @@ def _plan(model: LZNModel, edge: Edge) -> type[Graph]:
         raise ComposeError("'latent -> latent' does nothing")
     if dst == LATENT:
         return Represent
-    kind = getattr(model.decoders[dst], "kind", None)
+    kind = model.decoder_kind(dst)
     if kind == "zonal":
         if src == dst:
             raise ComposeError(f"{dst!r} is zonal: '{dst} -> {dst}' is the identity")
         return Classify
     if kind != "generative":
-        raise ComposeError(f"the {dst!r} decoder has kind {kind!r}, neither 'generative' nor 'zonal'")
-    if not trains_decoder(model, dst):
+        raise ComposeError(f"the {dst!r} modality has no decoder (kind {kind!r}): it cannot be a target")
+    if not model.trains_decoder(dst):
         raise ComposeError(
             f"the {dst!r} decoder is not trained by this model's recipe (no generate task with "
             f"target {dst!r}), so it cannot decode"
         )
-    cond = model.generate_condition(dst)
-    if cond is not None and cond != src and getattr(model.decoders[cond], "kind", None) != "zonal":
+    cond = model.condition_source(dst)
+    if cond is not None and cond != src and model.decoder_kind(cond) != "zonal":
         raise ComposeError(
             f"the {dst!r} decoder is conditioned on {cond!r}, which cannot be read from a latent "
             f"(its decoder is not zonal); use '{cond} -> {dst}'"
@@ -223,8 +207,6 @@ class Chain:
         self.edge = " -> ".join([steps[0].source, *(s.target for s in steps)])
 
     def __call__(self, batch: Any = None, *, seed: int | None = None, generator: Any = None) -> Any:
-        from ._graphs import make_generator
-
         gen = make_generator(seed, generator)
         out = batch
         for step in self.steps:
@@ -250,8 +232,6 @@ class FanOut:
     def __call__(
         self, batch: Any = None, *, seed: int | None = None, generator: Any = None
     ) -> dict[str, Any]:
-        from ._graphs import make_generator
-
         gen = make_generator(seed, generator)
         return {step.edge: step(batch, generator=gen) for step in self.steps}
 
@@ -294,14 +274,3 @@ def compose(graph: Any, *, model: LZNModel, **options: Any) -> Graph | Chain | F
         f"edges {', '.join(map(str, edges))} form neither a chain (each target is the next source) "
         "nor a fan-out (one shared source)"
     )
-
-
-class _CallableModule(types.ModuleType):
-    """``import lzn_core.compose`` binds the *module* to ``lzn_core.compose``; making the module
-    callable keeps ``lzn_core.compose("image -> label", model=m)`` working either way."""
-
-    def __call__(self, graph: Any, *, model: LZNModel, **options: Any) -> Graph | Chain | FanOut:
-        return compose(graph, model=model, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,11 +1,10 @@
-"""The ``lzn`` command.
+"""The ``lzn`` command: one module per subcommand in this package.
 
-Each subcommand lives in the module that owns its concept; this file only
-lists them, so ``lzn --help`` stays fast (nothing heavy is imported). A
-subcommand ``NAME`` in module ``M`` is two functions there:
-``cli_NAME_args(parser)`` adds its arguments and ``cli_NAME(args) -> int`` runs it.
-Errors of the framework (``LZNError``) and of the user's files print as one
-line; ``--debug`` shows the traceback.
+This file only lists them, so ``lzn --help`` stays fast (no command module, torch or plugin
+is imported for it). A subcommand ``NAME`` is the module ``lzn_core.cli.NAME`` (dashes become
+underscores) with ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Errors of the framework (``LZNError``) and of the user's files print as one line;
+``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -15,19 +14,24 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
+from typing import Any
 
-# name -> (module, one-line help). Order is the order of `lzn --help`.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "plugins": ("lzn_core.plugins", "list modality plugins: name, distribution, version, status"),
-    "validate": ("lzn_core.recipe", "check a recipe (and key=value overrides) without training"),
-    "shards": ("lzn_core.shards", "build webdataset shards: digits, cifar10, folder, captions"),
-    "export": ("lzn_core.export", "write a run's weights (safetensors) + resolved recipe"),
-    "sample": ("lzn_core.inference", "generate images from a model (optionally of one class)"),
-    "classify": ("lzn_core.inference", "classify images with the label flow"),
-    "embed": ("lzn_core.inference", "write representations (backbone, anchors or latents)"),
-    "reconstruct": ("lzn_core.inference", "reconstruct an image through its latent"),
-    "eval": ("lzn_core.evaluation", "evaluate a run or model: accuracy, FID/KID, probes, calibration"),
+from ..errors import LZNError
+
+# name -> one-line help (the same text as the module's HELP). Order is the order of `lzn --help`.
+COMMANDS: dict[str, str] = {
+    "plugins": "list modality plugins: name, distribution, version, status",
+    "validate": "check a recipe (and key=value overrides) without training",
+    "shards": "build webdataset shards: digits, cifar10, folder, captions",
+    "export": "write a run's weights (safetensors) + resolved recipe",
+    "sample": "generate items from a model (optionally from the zone of a class)",
+    "classify": "classify files with the label flow (nearest class zone, zone-vote confidence)",
+    "embed": "write representations of files (backbone features, anchors or latents)",
+    "reconstruct": "reconstruct files through their latent",
+    "eval": "evaluate a run or model: accuracy, calibration, OOD, FID/KID, reconstruction",
 }
+
 
 _EPILOG = """\
 quick start:
@@ -51,18 +55,17 @@ def _top_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_) in COMMANDS.items():
+    for name, help_ in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
     return p
 
 
-def _command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
-    module_name, help_ = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    p = argparse.ArgumentParser(prog=f"lzn {name}", description=help_)
+def _command_parser(name: str) -> tuple[argparse.ArgumentParser, Any]:
+    module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
+    p = argparse.ArgumentParser(prog=f"lzn {name}", description=module.HELP)
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    getattr(module, f"cli_{name}_args")(p)
-    return p, getattr(module, f"cli_{name}")
+    module.add_arguments(p)
+    return p, module.run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,8 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         top = _top_parser()
         args = top.parse_args(argv)  # prints help / "invalid choice" and exits for bad input
         if args.version:
-            from importlib.metadata import version
-
             print(f"lzn {version('lzn')}")
             return 0
         top.print_help()
@@ -85,13 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest = list(argv)
         rest.remove(command)  # the first occurrence only: a later one may be an argument value
         args = parser.parse_args(rest)
-        return int(run(args) or 0)  # type: ignore[operator]
+        return int(run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for users, the traceback with --debug
-        from .errors import LZNError
-
         if debug:
             raise
         known = (

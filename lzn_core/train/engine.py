@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import LZNError
+from ..errors import LZNError
+from .checkpoint import barrier, list_checkpoints, rank, resolve_checkpoint, write_atomic
 
 WARMUP_START = 1.0 / 5000.0  # warm-up starts at lr/5000 (PAPER §4)
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def setup_distributed() -> tuple[int, int, int]:
@@ -43,7 +43,6 @@ def setup_distributed() -> tuple[int, int, int]:
     On CPU the backend is gloo and DeepSpeed's shared-memory comm op is not built
     (it would compile C++ for minutes and is not needed for gloo).
     """
-    import sys
 
     import deepspeed
     import deepspeed.comm.torch  # noqa: F401 - patched below (the attribute path is shadowed by torch)
@@ -269,15 +268,15 @@ class Engine:
         state = dict(client_state, engine=self._state())
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.ds.save_checkpoint(str(self.ckpt_dir), tag=tmp_tag, client_state=state, save_latest=False)
-        _barrier()
-        if _rank() == 0:
+        barrier()
+        if rank() == 0:
             final = self.ckpt_dir / tag
             if final.exists():
                 shutil.rmtree(final)
             os.replace(self.ckpt_dir / tmp_tag, final)
-            _write_atomic(self.ckpt_dir / "latest", tag)
+            write_atomic(self.ckpt_dir / "latest", tag)
             self._prune()
-        _barrier()
+        barrier()
         return self.ckpt_dir / tag
 
     def _prune(self) -> None:
@@ -311,45 +310,3 @@ class Engine:
         self.ema = {k: v.to(self.device) for k, v in st["ema"].items()}
         torch.set_rng_state(st["torch_rng"])
         return client
-
-
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Complete checkpoints ``step-<k>`` under ``ckpt_dir`` (``tmp-*`` leftovers are ignored)."""
-    if not Path(ckpt_dir).is_dir():
-        return []
-    return [p for p in Path(ckpt_dir).iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
-
-
-def resolve_checkpoint(ckpt_dir: Path, which: str | Path = "latest") -> tuple[Path, str]:
-    """``(root, tag)`` of a checkpoint: ``latest``, a tag under ``ckpt_dir`` or a directory path."""
-    ckpt_dir = Path(ckpt_dir)
-    if str(which) == "latest":
-        latest = ckpt_dir / "latest"
-        if not latest.is_file():
-            raise LZNError(f"no checkpoint to resume from: {latest} does not exist")
-        tag = latest.read_text().strip()
-        if not (ckpt_dir / tag).is_dir():
-            raise LZNError(f"{latest} names {tag!r}, which is missing under {ckpt_dir}")
-        return ckpt_dir, tag
-    path = Path(which)
-    if path.is_dir():
-        return path.parent, path.name
-    if (ckpt_dir / str(which)).is_dir():
-        return ckpt_dir, str(which)
-    found = ", ".join(sorted(p.name for p in list_checkpoints(ckpt_dir))) or "none"
-    raise LZNError(f"checkpoint {which!r} not found (checkpoints under {ckpt_dir}: {found})")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()

@@ -33,8 +33,9 @@ import torch.utils.data
 from pydantic import BaseModel, ConfigDict
 
 from ._tarindex import CorruptSampleWarning, Shard, check_sizes, dir_listing, expand_pattern, index_shard
-from .errors import DataError
-from .modality import ModalitySpec
+from ..errors import DataError
+from ..modality import ModalitySpec
+import numpy as np
 
 __all__ = ["CorruptSampleWarning", "LoaderState", "ShardLoader", "expand_pattern", "loader"]
 
@@ -90,7 +91,6 @@ class _Plan:
 
     def order(self, epoch: int) -> Any:
         """Sample ids of ``epoch`` in order: (num_samples,) int64, a permutation seeded by (seed, epoch)."""
-        import numpy as np
 
         if not self.shuffle:
             return np.arange(self.num_samples)
@@ -102,7 +102,6 @@ class _Plan:
         A short last batch (``drop_last=False``) is padded from the epoch's start to a
         multiple of ``world_size`` (like ``DistributedSampler``) so every rank gets a batch.
         """
-        import numpy as np
 
         g = self.global_batch
         batch = order[step * g : (step + 1) * g]
@@ -137,12 +136,13 @@ class _Batches(torch.utils.data.IterableDataset):
         self,
         shards: list[Shard],
         modalities: Mapping[str, ModalitySpec],
+        configs: Mapping[str, Any],
         plan: _Plan,
         start: tuple[int, int],
         infinite: bool,
         with_keys: bool,
     ) -> None:
-        self.shards, self.modalities, self.plan = shards, dict(modalities), plan
+        self.shards, self.modalities, self.configs, self.plan = shards, dict(modalities), dict(configs), plan
         self.start, self.infinite, self.with_keys = start, infinite, with_keys
         self.starts = [0]
         for s in shards:
@@ -179,7 +179,9 @@ class _Batches(torch.utils.data.IterableDataset):
                 raise ValueError(f"no {'/'.join(spec.shard_keys)} for modality {name!r}")
             try:
                 item[name] = spec.decode_sample(self._read(shard, ext, j, files))
-            except Exception as exc:
+                if spec.validate_item is not None and name in self.configs:
+                    spec.validate_item(item[name], self.configs[name])
+            except ValueError as exc:
                 raise ValueError(f"{name} ({ext}): {type(exc).__name__}: {exc}") from exc
         return item
 
@@ -191,7 +193,7 @@ class _Batches(torch.utils.data.IterableDataset):
             try:
                 items.append(self._decode_one(shard, j, files))
                 keys.append(f"{os.path.basename(shard.path)}/{shard.keys[j]}")
-            except Exception as exc:
+            except ValueError as exc:  # anything else is a plugin bug: it stops the run
                 skipped.append((shard.path, shard.keys[j], str(exc)))
         if not items:
             return None, skipped
@@ -221,6 +223,7 @@ class ShardLoader:
         modalities: Mapping[str, ModalitySpec],
         plan_kw: dict[str, Any],
         *,
+        configs: Mapping[str, Any],
         num_workers: int,
         infinite: bool,
         with_keys: bool,
@@ -228,7 +231,7 @@ class ShardLoader:
     ) -> None:
         if not modalities:
             raise ValueError("loader needs at least one modality ({name: ModalitySpec})")
-        self.pattern, self.modalities = str(pattern), dict(modalities)
+        self.pattern, self.modalities, self.configs = str(pattern), dict(modalities), dict(configs)
         self.num_workers, self.infinite, self.with_keys = num_workers, infinite, with_keys
         self.report_every = report_every
         self.shards = expand_pattern(self.pattern)
@@ -291,7 +294,13 @@ class ShardLoader:
         if self.step >= self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
         batches = _Batches(
-            self._index, self.modalities, self._plan, (self.epoch, self.step), self.infinite, self.with_keys
+            self._index,
+            self.modalities,
+            self.configs,
+            self._plan,
+            (self.epoch, self.step),
+            self.infinite,
+            self.with_keys,
         )
         source: Any = batches
         if self.num_workers > 0:
@@ -335,6 +344,7 @@ def loader(
     modalities: Mapping[str, ModalitySpec],
     *,
     batch_size: int,
+    configs: Mapping[str, Any] | None = None,
     rank: int = 0,
     world_size: int = 1,
     epoch: int = 0,
@@ -354,6 +364,8 @@ def loader(
         modalities: ``{recipe modality name: ModalitySpec}``; only their ``shard_keys`` are read
             (the first key a sample has), decoded by ``spec.decode_sample`` and batched by ``spec.collate``.
         batch_size: PER-RANK batch size; the caller passes ``global_batch // world_size``.
+        configs: ``{name: plugin config}``; where given, ``spec.validate_item(item, config)`` checks
+            each decoded item, and items that do not fit are skipped like corrupt ones.
         rank, world_size: this process's rows of each global batch: ``rank*batch_size:(rank+1)*batch_size``.
         epoch: first epoch (ignored with ``resume_from``).
         seed: shuffle seed; epoch ``e`` is a permutation seeded by ``(seed, e)``.
@@ -392,6 +404,7 @@ def loader(
         pattern,
         modalities,
         plan_kw,
+        configs=configs or {},
         num_workers=num_workers,
         infinite=infinite,
         with_keys=with_keys,
@@ -401,3 +414,18 @@ def loader(
     if resume_from is not None:
         ld.load_state(resume_from)
     return ld
+
+
+def iter_raw(pattern: str, keys: tuple[str, ...]) -> Iterator[bytes]:
+    """Raw values of the first of ``keys`` each sample of the shards matching ``pattern`` has,
+    in shard order (samples without any of the keys are passed over). For ``spec.prepare``."""
+    wanted = tuple(k.lower() for k in keys)
+    for path in expand_pattern(pattern):
+        shard = index_shard(path, set(wanted))
+        with open(path, "rb") as fh:
+            for j in range(len(shard.keys)):
+                span = next((shard.spans[k][j] for k in wanted if shard.spans[k][j][0] >= 0), None)
+                if span is None:
+                    continue
+                fh.seek(span[0])
+                yield fh.read(span[1])

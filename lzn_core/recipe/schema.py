@@ -15,26 +15,21 @@ writes); ``Recipe.model_validate`` reads it back to an equal recipe.
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import RecipeError, did_you_mean
-from .recipe_checks import (
-    apply_override,
+from ..errors import RecipeError
+from .files import apply_override, read_deepspeed, read_yaml, resolve_recipe_path
+from .problems import (
     condition_problems,
     recipe_error,
     reference_problems,
-    resolve_plugin_configs,
+    resolve_plugins,
     translate_errors,
 )
-
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-"""The repository's shipped recipes (``recipes/*.yaml``); bare names resolve here after the cwd."""
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -248,9 +243,9 @@ class Recipe(BaseModel):
             "tasks": [t.model_dump() for t in self.tasks],
             "train": {"lr": dict(self.train.lr), "freeze": dict(self.train.freeze)},
         }
-        configs, problems = resolve_plugin_configs(raw["modalities"])
-        problems += reference_problems(raw) + condition_problems(configs, raw["tasks"])
-        ds, ds_problem = _read_deepspeed(self.deepspeed, None)
+        specs, configs, problems = resolve_plugins(raw["modalities"])
+        problems += reference_problems(raw) + condition_problems(specs, raw["tasks"])
+        ds, ds_problem = read_deepspeed(self.deepspeed, None)
         problems += [ds_problem] if ds_problem else []
         if problems:
             raise recipe_error(None, problems)
@@ -264,71 +259,6 @@ class Recipe(BaseModel):
         """One line: modalities, task count, iterations."""
         mods = ", ".join(self.modalities)
         return f"modalities: {mods}; tasks: {len(self.tasks)}; iterations: {self.train.iterations}"
-
-
-def _read_deepspeed(value: Any, base: Path | None) -> tuple[Any, str | None]:
-    """A ``deepspeed`` path -> (its JSON dict, None), or (value, problem line); dicts pass through."""
-    if not isinstance(value, str):
-        return value, None
-    path = Path(value)
-    candidates = [path] if path.is_absolute() else [c / path for c in ([base] if base else []) + [Path.cwd()]]
-    candidates += [] if path.is_absolute() else [RECIPES_DIR / path]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
-        tried = ", ".join(str(c) for c in candidates)
-        return value, f"deepspeed: file {value!r} not found (looked at {tried})"
-    try:
-        data = json.loads(found.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return value, f"deepspeed: cannot read {found} as JSON: {exc}"
-    if not isinstance(data, dict):
-        return value, f"deepspeed: {found} must hold a JSON object, got {type(data).__name__}"
-    return data, None
-
-
-def _available_recipes() -> list[str]:
-    names = {p.name for d in (Path.cwd(), RECIPES_DIR) for ext in ("*.yaml", "*.yml") for p in d.glob(ext)}
-    return sorted(names)
-
-
-def resolve_recipe_path(name: str | Path) -> Path:
-    """Find a recipe file: ``name`` as a path (relative to the cwd), then in the repo's ``recipes/``.
-
-    A missing ``.yaml`` suffix is added. Raises :class:`RecipeError` listing the
-    recipes available in the cwd and in ``recipes/`` when nothing matches.
-    """
-    path = Path(name)
-    variants = [path] if path.suffix in (".yaml", ".yml") else [path, path.with_name(path.name + ".yaml")]
-    for base in (Path.cwd(), RECIPES_DIR):
-        for variant in variants:
-            candidate = variant if variant.is_absolute() else base / variant
-            if candidate.is_file():
-                return candidate
-    available = _available_recipes()
-    hint = did_you_mean(path.name, available) or did_you_mean(path.name + ".yaml", available)
-    raise RecipeError(
-        f"recipe {str(name)!r} not found in the current directory ({Path.cwd()}) or in {RECIPES_DIR}{hint}\n"
-        f"  available: {', '.join(available) or '(none)'}"
-    )
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"recipe {path}: YAML syntax error{where}: {problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(
-            f"recipe {path}: the top level must be a mapping of keys, got {type(data).__name__}"
-        )
-    return data
 
 
 def load_recipe(path_or_name: str | Path, overrides: Sequence[str] = ()) -> Recipe:
@@ -346,11 +276,11 @@ def load_recipe(path_or_name: str | Path, overrides: Sequence[str] = ()) -> Reci
         RecipeError: every problem of the file and the overrides, one per line.
     """
     path = resolve_recipe_path(path_or_name)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     problems = [p for item in overrides if (p := apply_override(data, item, Recipe))]
     data.setdefault("name", path.stem)
     if isinstance(data.get("deepspeed"), str):
-        resolved, problem = _read_deepspeed(data["deepspeed"], path.parent)
+        resolved, problem = read_deepspeed(data["deepspeed"], path.parent)
         data["deepspeed"] = None if problem else resolved
         problems += [problem] if problem else []
     return validate_recipe(data, path, problems)
@@ -375,8 +305,8 @@ def validate_recipe(
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         found += translate_errors(exc, Recipe)
-        configs, config_problems = resolve_plugin_configs(data.get("modalities"))
-        found += config_problems + reference_problems(data) + condition_problems(configs, data.get("tasks"))
+        specs, _, config_problems = resolve_plugins(data.get("modalities"))
+        found += config_problems + reference_problems(data) + condition_problems(specs, data.get("tasks"))
     except RecipeError as exc:
         found += getattr(exc, "problems", [str(exc)])
     if found or recipe is None:
@@ -386,25 +316,3 @@ def validate_recipe(
 
 def _unique(lines: list[str]) -> list[str]:
     return list(dict.fromkeys(lines))
-
-
-def cli_validate_args(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``lzn validate RECIPE [key=value ...]``."""
-    parser.add_argument("recipe", help="recipe file or bare name (cwd first, then recipes/)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.iterations=10"
-    )
-
-
-def cli_validate(args: argparse.Namespace) -> int:
-    """Validate a recipe: print ``ok: PATH (summary)`` and return 0, or every problem and return 1."""
-    import sys
-
-    try:
-        path = resolve_recipe_path(args.recipe)
-        recipe = load_recipe(path, args.overrides)
-    except RecipeError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    print(f"ok: {path} ({recipe.summary()})")
-    return 0

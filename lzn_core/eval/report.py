@@ -1,0 +1,286 @@
+"""Every metric that applies to a trained model, as one JSON-able report (``lzn eval``).
+
+What is measured follows from the model, not from modality names:
+
+* for every classification edge ``S -> T`` (an align task into a zonal T): accuracy at the
+  recipe's ``eval`` setting, the zone-vote confidence with its calibration (ECE and a
+  reliability diagram), OOD rejection (AUROC of the confidence, items vs uniform noise /
+  inverted items, for float tensor items) and the α × inference-batch sweep;
+* for every trained generative decoder T: class consistency of class-conditional samples when
+  T is conditioned on a zonal modality (the decoder's :class:`~lzn_core.modality.SampleJudge`),
+  a preview grid (:class:`~lzn_core.modality.PreviewWriter`), FID/KID of unconditional samples
+  for image-like items (Inception features from a local file, else the features of a small
+  classifier fitted on the real training items, :class:`~lzn_core.data.digits.DigitFeatures`)
+  and, with ``recon > 0``, the reconstruction error (:class:`~lzn_core.modality.Reconstructs`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import loader
+from ..data.digits import digit_features
+from ..errors import DataError
+from ..modality import PreviewWriter, Reconstructs, SampleJudge
+from ..model import LZNModel
+from . import protocol as p
+from .features import InceptionFeatures
+from .metrics import (
+    accuracy,
+    auroc,
+    expected_calibration_error,
+    frechet_distance,
+    kernel_inception_distance,
+    reliability_diagram,
+)
+
+
+def join(parts: list[Any]) -> Any:
+    """Concatenate batches: tensors along dim 0, lists of items one after the other."""
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return [x for part in parts for x in part]
+
+
+def needed_modalities(model: LZNModel) -> list[str]:
+    """The modalities :func:`evaluate` reads: classification edges, generated targets, their conditions."""
+    names = [n for edge in p.classification_edges(model) for n in edge]
+    for target in p.generation_targets(model):
+        names += [target] + ([model.condition_source(target)] if model.condition_source(target) else [])
+    return [n for n in model.names if n in names]
+
+
+def load_split(
+    model: LZNModel, pattern: str, names: list[str] | None = None, *, limit: int | None = None
+) -> dict[str, Any]:
+    """All samples of the shards matching ``pattern`` (shard order), decoded by the model's modalities.
+
+    Args:
+        names: modalities to read (default: :func:`needed_modalities`).
+        limit: keep at most this many samples.
+
+    Returns:
+        ``{modality name: batch}`` holding every sample.
+    """
+    names = needed_modalities(model) if names is None else names
+    if not names:
+        return {}
+    specs = {n: model.specs[n] for n in names}
+    configs = {n: model.configs[n] for n in names}
+    ld = loader(
+        pattern, specs, configs=configs, batch_size=512, shuffle=False, drop_last=False, infinite=False
+    )
+    parts: dict[str, list[Any]] = {n: [] for n in names}
+    for batch in ld:
+        for n in names:
+            parts[n].append(batch[n])
+    if not parts[names[0]]:
+        raise DataError(f"no samples in {pattern}")
+    out = {n: join(v) for n, v in parts.items()}
+    return {n: p.take(v, slice(0, limit)) for n, v in out.items()} if limit else out
+
+
+def evaluate(
+    model: LZNModel,
+    test: dict[str, Any],
+    train: dict[str, Any],
+    *,
+    alphas: tuple[float, ...] = (0.0, 0.5, 1.0),
+    batch_sizes: tuple[int, ...] = (32, 300),
+    samples: int = 500,
+    per_class: int = 20,
+    recon: int = 0,
+    draws: int = 4,
+    steps: int | None = None,
+    inception: str | None = None,
+    out: Path | None = None,
+    seed: int = 0,
+    vote_alpha: float = 1.0,
+    vote_draws: int = 16,
+    classify: bool = True,
+) -> dict[str, Any]:
+    """Every metric that applies to ``model`` on ``{modality name: batch}`` test/train splits.
+
+    ``classify=False`` skips the classification metrics (e.g. for a baseline whose zonal
+    anchors are never trained).
+
+    Returns:
+        ``{"n_test", "classification": {"S -> T": {...}}, "generation": {"T": {...}}}``.
+    """
+    first = next(iter(test.values()), None)
+    res: dict[str, Any] = {
+        "n_test": len(first) if first is not None else 0,
+        "classification": {},
+        "generation": {},
+    }
+    for source, target in p.classification_edges(model) if classify else []:
+        if source in test and target in test:
+            res["classification"][f"{source} -> {target}"] = _classification(
+                model,
+                source,
+                target,
+                test[source],
+                test[target],
+                alphas,
+                batch_sizes,
+                out,
+                seed,
+                vote_alpha,
+                vote_draws,
+            )
+    for target in p.generation_targets(model):
+        if target in test:
+            res["generation"][target] = _generation(
+                model, target, test, train, samples, per_class, recon, draws, steps, inception, out, seed
+            )
+    return res
+
+
+def _classification(
+    model: LZNModel,
+    source: str,
+    target: str,
+    x: Any,
+    y: torch.Tensor,
+    alphas: tuple[float, ...],
+    batch_sizes: tuple[int, ...],
+    out: Path | None,
+    seed: int,
+    vote_alpha: float,
+    vote_draws: int,
+) -> dict[str, Any]:
+    ecfg = model.recipe.eval
+    setting = dict(batch_size=ecfg.batch_size, steps=ecfg.steps, seed=seed)
+    pred, conf = p.zonal_predict(
+        model, source, target, x, alpha=ecfg.alpha, draws=vote_draws, vote_alpha=vote_alpha, **setting
+    )
+    ece = expected_calibration_error(conf, pred == y)
+    if out is not None:
+        reliability_diagram(
+            ece,
+            out / f"reliability-{source}-{target}.png",
+            title=f"{source} -> {target}: zone-vote confidence ({vote_draws} draws, α={vote_alpha}), ECE {ece['ece']:.3f}",
+        )
+    ood: dict[str, float] = {}
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        for kind in ("noise", "inverted"):
+            for mode in ("mixed", "separate"):
+                c_in, c_out = p.ood_confidences(
+                    model,
+                    source,
+                    target,
+                    x,
+                    kind,
+                    mode=mode,
+                    alpha=ecfg.alpha,
+                    vote_alpha=vote_alpha,
+                    draws=vote_draws,
+                    batch_size=ecfg.batch_size,
+                    seed=seed,
+                )
+                ood[f"{kind}_{mode}"] = auroc(c_in, c_out)
+    sweep = p.alpha_batch_sweep(
+        model, source, target, x, y, alphas=alphas, batch_sizes=batch_sizes, steps=ecfg.steps, seed=seed
+    )
+    return {
+        "accuracy": accuracy(pred, y),
+        "setting": {"alpha": ecfg.alpha, "batch_size": min(ecfg.batch_size, len(y)), "steps": ecfg.steps},
+        "vote_setting": {"alpha": vote_alpha, "draws": vote_draws},
+        "mean_confidence": float(conf.mean()),
+        "ece": ece["ece"],
+        "ood_auroc": ood,
+        "sweep": sweep,
+    }
+
+
+def _image_like(batch: Any) -> bool:
+    return isinstance(batch, torch.Tensor) and batch.is_floating_point() and batch.dim() == 4
+
+
+def _generation(
+    model: LZNModel,
+    target: str,
+    test: dict[str, Any],
+    train: dict[str, Any],
+    samples: int,
+    per_class: int,
+    recon: int,
+    draws: int,
+    steps: int | None,
+    inception: str | None,
+    out: Path | None,
+    seed: int,
+) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    decoder = model.decoders[target]
+    real = train.get(target, test[target])
+    zonal = model.condition_source(target)
+    zonal = zonal if zonal is not None and model.decoder_kind(zonal) == "zonal" else None
+    labels = (train if target in train else test).get(zonal) if zonal else None
+    if zonal is not None and per_class:
+        classes = torch.arange(int(model.bank(zonal).shape[0])).repeat_interleave(per_class)
+        items = p.class_samples(model, zonal, target, classes, steps=steps, seed=seed)
+        if isinstance(decoder, SampleJudge) and labels is not None:
+            res.update(decoder.judge_samples(items, classes, real, labels))
+        if isinstance(decoder, PreviewWriter) and out is not None:
+            decoder.save_preview(items, out / f"samples-{target}.png", nrow=per_class)
+    if samples and _image_like(real):
+        fake = p.unconditional_samples(model, target, samples, steps=steps, seed=seed)
+        extractor: Any = None
+        if inception:
+            extractor, name = InceptionFeatures(inception), "inception"
+        elif labels is not None:
+            extractor, name = digit_features(real, labels, seed=seed), "classifier-on-real-items"
+        if extractor is not None:
+            f_real, f_fake, f_test = extractor(real), extractor(fake), extractor(test[target])
+            kid, kid_std = kernel_inception_distance(
+                f_real, f_fake, subsets=20, subset_size=min(500, samples)
+            )
+            res.update(
+                fid=frechet_distance(f_real, f_fake),
+                kid=kid,
+                kid_std=kid_std,
+                fid_features=name,
+                fid_real_test_vs_train=frechet_distance(f_real, f_test),
+                fid_samples=samples,
+            )
+    if recon and isinstance(decoder, Reconstructs) and isinstance(test[target], torch.Tensor):
+        cond_source = model.condition_source(target)
+        condition = p.take(test[cond_source], slice(0, recon)) if cond_source in test else None
+        res["recon_error"] = p.reconstruction_error(
+            model, target, test[target][:recon], condition, draws=draws, steps=steps, seed=seed
+        )
+    return res
+
+
+def format_table(res: dict[str, Any]) -> str:
+    """A plain-text table of an :func:`evaluate` result."""
+    lines = [f"model: {res.get('model', '?')}   data: {res.get('data', '?')}   n_test: {res['n_test']}"]
+
+    def row(name: str, value: Any) -> None:
+        lines.append(f"  {name:<40} {value:.4f}" if isinstance(value, float) else f"  {name:<40} {value}")
+
+    for edge, c in res.get("classification", {}).items():
+        lines.append(f"{edge}:")
+        s, v = c["setting"], c["vote_setting"]
+        row(f"accuracy (α={s['alpha']}, batch {s['batch_size']})", c["accuracy"])
+        row(f"mean zone-vote confidence ({v['draws']} draws, α={v['alpha']})", c["mean_confidence"])
+        row("ECE of the zone-vote confidence", c["ece"])
+        for k, val in c["ood_auroc"].items():
+            row(f"OOD AUROC {k}", val)
+        alphas = sorted({r["alpha"] for r in c["sweep"]})
+        sizes = sorted({r["batch_size"] for r in c["sweep"]})
+        acc = {(r["alpha"], r["batch_size"]): r["accuracy"] for r in c["sweep"]}
+        lines.append("  accuracy by α (rows) and inference batch (columns):")
+        lines.append("    α     " + "".join(f"{b:>8}" for b in sizes))
+        for a in alphas:
+            lines.append(f"    {a:<5} " + "".join(f"{acc[(a, b)]:>8.4f}" for b in sizes))
+    for target, g in res.get("generation", {}).items():
+        lines.append(f"generation of {target}:")
+        for key, val in g.items():
+            if key not in ("fid_features", "fid_samples"):
+                row(key + (f" ({g['fid_features']})" if key in ("fid", "kid") else ""), val)
+    return "\n".join(lines)
