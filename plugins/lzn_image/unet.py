@@ -272,11 +272,14 @@ class UpPath(nn.Module):
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of t: (B,) -> (B, dim) (sin half, cos half)."""
+    """Sinusoidal embedding of t: (B,) -> (B, dim) (sin half, cos half), in float32.
+
+    Frequencies exp(−k·log(max_period)/(half − 1)), k = 0..half−1, rounded as the NCSN++ code
+    does (one float32 product per k): at t ≈ 999 another rounding order moves the embedding by ~1e-4.
+    """
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1)
-    )
+    step = math.log(max_period) / max(half - 1, 1)
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -step)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     if dim % 2:
