@@ -1,0 +1,1 @@
+"""Models in and out of the framework: the authors' checkpoints, ..."""
