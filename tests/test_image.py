@@ -43,13 +43,14 @@ def tiny_decoder() -> ImageDecoder:
     """An untrained tiny decoder whose velocity field is clearly nonlinear in x but smooth in t.
 
     The residual branches' last layers start shrunk (×0.1); they are scaled ×3 here so the ODE is
-    not nearly constant, and the time features are low-frequency Fourier ones (the positional
-    embedding of 999·t of an untrained net oscillates in t and would need hundreds of RK45 steps).
+    not nearly constant, and the time features are low-frequency Fourier features of log σ
+    (frequency scale 0.25; the positional embedding of 999·t of an untrained net oscillates in t
+    and would need hundreds of RK45 steps).
     """
     from lzn_image.unet import AttnBlock, ResBlock
 
     torch.manual_seed(0)
-    dec = ImageDecoder(_tiny(time_embedding="fourier", fourier_scale=1.0), Q).eval()
+    dec = ImageDecoder(_tiny(time_embedding="fourier", fourier_scale=0.25), Q).eval()
     with torch.no_grad():
         for m in dec.modules():
             if isinstance(m, ResBlock):
@@ -214,6 +215,34 @@ def test_fourier_time_embedding_builds_and_trains() -> None:
     loss = dec.loss(torch.randn(2, Q), _images(2))
     loss.backward()
     assert dec.temb[0].in_features == 2 * 16 + Q
+
+
+def test_fir_resampling_keeps_constants_and_sizes() -> None:
+    from lzn_image.unet import resample
+
+    x = torch.full((1, 2, 8, 8), 3.0)
+    down, up = resample(x, "down", fir=True), resample(x, "up", fir=True)
+    assert down.shape == (1, 2, 4, 4) and up.shape == (1, 2, 16, 16)
+    # the filter is normalised: a constant stays constant away from the zero-padded border
+    torch.testing.assert_close(down[..., 1:-1, 1:-1], torch.full((1, 2, 2, 2), 3.0))
+    torch.testing.assert_close(up[..., 2:-2, 2:-2], torch.full((1, 2, 12, 12), 3.0))
+    assert not torch.equal(resample(x.cumsum(-1), "up", fir=True), resample(x.cumsum(-1), "up"))
+
+
+def test_ncsnpp256_options_build_and_train() -> None:
+    """FIR resampling, progressive input/output skips and output / σ (the official 256² models)."""
+    cfg = _tiny(time_embedding="fourier", fir=True, progressive=True, scale_by_sigma=True)
+    dec, enc = ImageDecoder(cfg, Q), ImageEncoder(cfg, Q)
+    assert not hasattr(dec.up, "conv_out") and len(dec.up.pyramid) == 2 and len(dec.down.combine) == 1
+    loss = dec.loss(enc(_images(2)), _images(2))
+    loss.backward()
+    assert enc.down.combine[0].weight.grad is not None and dec.up.pyramid[1][2].weight.grad is not None
+    x, z = _images(2), torch.randn(2, Q)
+    v1, v2 = dec.velocity(x, torch.tensor([0.5, 0.5]), z), dec.velocity(x, torch.tensor([1.0, 1.0]), z)
+    plain = ImageDecoder(cfg.model_copy(update={"scale_by_sigma": False}), Q)
+    plain.load_state_dict(dec.state_dict())
+    torch.testing.assert_close(plain.velocity(x, torch.tensor([1.0, 1.0]), z) / 999.0, v2)
+    assert v1.shape == (2, 1, 8, 8)
 
 
 # ------------------------------------------------------------------------- sampling

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "embed": "write representations of files (backbone features, anchors or latents)",
     "reconstruct": "reconstruct files through their latent",
     "eval": "evaluate a run or model: accuracy, calibration, OOD, FID/KID, reconstruction",
+    "import-official": "convert a checkpoint of the paper's official code into an exported model",
 }
 
 

@@ -93,9 +93,15 @@ class ImageConfig(BaseModel):
         latent_hidden: hidden width of the latent block MLP (paper: 200).
         latent_resolutions: sides whose feature maps get a latent block (None: all; the
             paper's 256² models use (64, 32, 16, 8, 4)).
-        time_embedding: "positional" (sinusoidal of 999·t, dim nf) or "fourier" (random features, dim 2nf).
+        time_embedding: "positional" (sinusoidal of σ = 999·t, dim nf) or "fourier" (random
+            features of log σ, dim 2nf; the official 256² models).
         fourier_scale: scale of the random Fourier frequencies.
         skip_rescale: divide residual sums by √2 (NCSN++).
+        fir: resample with the FIR kernel (1, 3, 3, 1) instead of nearest / 2×2 average (NCSN++ 256²).
+        progressive: NCSN++ progressive input skip (the resampled image, 1×1-conv'ed, added after
+            each down-sampling block) and output skip (per up level GroupNorm, SiLU, conv3x3 to C,
+            summed over levels: the output); the official 256² models.
+        scale_by_sigma: divide the decoder's output by σ = 999·t (the official 256² configurations).
         rf_t_min: smallest rectified-flow time; training draws t ~ U[rf_t_min, 1].
         sample_steps: default number of Euler steps for sample/invert.
         sample_method: default ODE solver of ``sample`` ("euler" or "rk45").
@@ -128,6 +134,9 @@ class ImageConfig(BaseModel):
     time_embedding: Literal["positional", "fourier"] = "positional"
     fourier_scale: float = Field(16.0, gt=0.0)
     skip_rescale: bool = True
+    fir: bool = False
+    progressive: bool = False
+    scale_by_sigma: bool = False
     rf_t_min: float = Field(1e-3, ge=0.0, lt=1.0)
     sample_steps: int = Field(50, ge=1)
     sample_method: Literal["euler", "rk45"] = "euler"

@@ -5,6 +5,8 @@ x_t = t·x + (1 − t)·ε, and the U-Net v(x_t, t, z, c) predicts x − ε. The
 e(t) is concatenated with z: (B, q) and an optional condition c: (B, d) (case 3's one-hot; d is
 given by the framework, ``build_decoder(config, q, condition_dim=d)``) and mapped by
 Linear(|e| + q + d -> 4nf), SiLU, Linear(4nf -> 4nf) to the ``temb`` every ResNet block reads.
+The embedding is of the NCSN++ noise level σ = 999·t (sinusoidal of σ, or Fourier features of
+log σ); ``scale_by_sigma`` divides the output by σ.
 """
 
 from __future__ import annotations
@@ -58,10 +60,12 @@ class ImageDecoder(nn.Module):
 
     # ----------------------------------------------------------------- network
     def _time_features(self, t: torch.Tensor) -> torch.Tensor:
+        """e(σ), σ = 999·t (the noise level of the NCSN++ code): sinusoidal of σ or Fourier of log σ."""
+        sigma = t * 999.0
         if self.config.time_embedding == "fourier":
-            proj = t.float()[:, None] * self.fourier_w[None] * 2 * torch.pi
+            proj = torch.log(sigma.float())[:, None] * self.fourier_w[None] * 2 * torch.pi
             return torch.cat([torch.sin(proj), torch.cos(proj)], dim=1)
-        return timestep_embedding(t * 999.0, self.emb_dim)
+        return timestep_embedding(sigma, self.emb_dim)
 
     def _check_inputs(self, z: torch.Tensor, b: int, cond: torch.Tensor | None) -> torch.Tensor | None:
         if z.ndim != 2 or z.shape != (b, self.latent_dim):
@@ -90,7 +94,10 @@ class ImageDecoder(nn.Module):
         parts = [self._time_features(t).to(z.dtype), z] + ([cond] if cond is not None else [])
         temb = self.temb(torch.cat(parts, dim=1))
         hs, h = self.down(x, temb)
-        return self.up(h, hs, temb)
+        out = self.up(h, hs, temb)
+        if self.config.scale_by_sigma:
+            out = out / (999.0 * t).to(out.dtype).view(-1, 1, 1, 1)
+        return out
 
     forward = velocity
 

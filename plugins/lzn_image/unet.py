@@ -11,6 +11,15 @@ from the architecture description of Song et al. / Liu et al. (rectified flow):
   concatenated skip, attention, then an up-sampling ResNet block; GroupNorm, SiLU,
   conv3x3(→ C).
 
+The 256² NCSN++ options (``fir``, ``progressive`` in :class:`ImageConfig`):
+
+* ``fir``: resampling (in the up/down ResNet blocks and the progressive paths) filters with the
+  separable FIR kernel (1, 3, 3, 1)/8 instead of nearest-neighbour / 2×2 averaging;
+* ``progressive``: an input pyramid (the image, resampled down once per level; after each
+  down-sampling block a 1×1 conv of it is added to the feature map) and an output pyramid
+  (after each up level GroupNorm, SiLU, conv3x3(→ C) of the feature map is added to the
+  up-sampled pyramid; the pyramid is the output).
+
 Every ResNet block optionally receives ``temb: (B, 4nf)``. Feature maps: ``(B, ch, s, s)``.
 """
 
@@ -42,6 +51,40 @@ def _small(module: nn.Conv2d | nn.Linear, scale: float = 0.1) -> nn.Module:
     return module
 
 
+_FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
+
+
+def _fir(x: torch.Tensor, direction: str) -> torch.Tensor:
+    """Resample (B, C, s, s) by 2 with the FIR kernel k = outer(taps, taps) / Σ (StyleGAN2 / NCSN++).
+
+    "down": pad 1 on every side, convolve with k, keep every second pixel -> (B, C, s/2, s/2).
+    "up": put x on the even pixels of a zero (2s, 2s) map, pad (2, 1), convolve with 4k -> (B, C, 2s, 2s).
+    """
+    taps = x.new_tensor(_FIR_TAPS)
+    k = torch.outer(taps, taps)
+    k = k / k.sum()
+    b, c, hh, ww = x.shape
+    if direction == "down":
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), k.expand(c, 1, 4, 4), stride=2, groups=c)
+    z = x.new_zeros(b, c, 2 * hh, 2 * ww)
+    z[:, :, ::2, ::2] = x
+    return F.conv2d(F.pad(z, (2, 1, 2, 1)), (4 * k).expand(c, 1, 4, 4), groups=c)
+
+
+def resample(x: torch.Tensor, direction: str | None, *, fir: bool = False) -> torch.Tensor:
+    """x: (B, C, s, s) -> (B, C, 2s, 2s) ("up") or (B, C, s/2, s/2) ("down"); None: x unchanged.
+
+    Without ``fir``: nearest-neighbour up-sampling and 2×2 average pooling.
+    """
+    if direction is None:
+        return x
+    if fir:
+        return _fir(x, direction)
+    if direction == "up":
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    return F.avg_pool2d(x, 2)
+
+
 class ResBlock(nn.Module):
     """BigGAN-style ResNet block: GN, act, (resample), conv, +Dense(temb), GN, act, dropout, conv.
 
@@ -52,6 +95,7 @@ class ResBlock(nn.Module):
         dropout: dropout probability before the second conv.
         resample: "up" (nearest ×2), "down" (average pool /2) or None.
         skip_rescale: divide the residual sum by √2.
+        fir: resample with the FIR kernel (:func:`resample`).
     """
 
     def __init__(
@@ -63,10 +107,12 @@ class ResBlock(nn.Module):
         dropout: float = 0.0,
         resample: str | None = None,
         skip_rescale: bool = True,
+        fir: bool = False,
     ) -> None:
         super().__init__()
         out_ch = out_ch or in_ch
         self.resample = resample
+        self.fir = fir
         self.skip_rescale = skip_rescale
         self.norm0 = group_norm(in_ch)
         self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
@@ -78,11 +124,7 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if needs_skip else None
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
-        if self.resample == "up":
-            return F.interpolate(x, scale_factor=2.0, mode="nearest")
-        if self.resample == "down":
-            return F.avg_pool2d(x, 2)
-        return x
+        return resample(x, self.resample, fir=self.fir)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, in_ch, s, s), temb: (B, temb_dim) or None -> (B, out_ch, s', s')."""
@@ -123,13 +165,17 @@ class DownPath(nn.Module):
     """conv_in, the down levels and the middle of the U-Net.
 
     ``forward(x, temb) -> (hs, h)``: ``hs`` are the skip feature maps (conv_in output,
-    every ResNet(+attention) block, every down-sampling block) and ``h`` the middle output.
+    every ResNet(+attention) block, every down-sampling block, with the input pyramid's
+    1×1 conv added when ``progressive``) and ``h`` the middle output.
     """
 
     def __init__(self, cfg: ImageConfig, temb_dim: int | None) -> None:
         super().__init__()
-        block = dict(temb_dim=temb_dim, dropout=cfg.dropout, skip_rescale=cfg.skip_rescale)
+        block = dict(temb_dim=temb_dim, dropout=cfg.dropout, skip_rescale=cfg.skip_rescale, fir=cfg.fir)
+        self.fir = cfg.fir
         self.conv_in = nn.Conv2d(cfg.channels, cfg.nf, 3, padding=1)
+        # progressive input: a 1×1 conv (C -> ch) of the resampled image after each down block
+        self.combine = nn.ModuleList() if cfg.progressive else None
         self.layers = nn.ModuleList()  # (ResBlock, AttnBlock | None) per skip, in order
         self.skip_channels = [cfg.nf]
         self.skip_sides = [cfg.resolution]
@@ -147,6 +193,8 @@ class DownPath(nn.Module):
                 self.skip_sides.append(side)
             if level != len(cfg.ch_mult) - 1:
                 self.layers.append(nn.ModuleList([ResBlock(ch, resample="down", **block), None]))
+                if self.combine is not None:
+                    self.combine.append(nn.Conv2d(cfg.channels, ch, 1))
                 self.skip_channels.append(ch)
                 self.skip_sides.append(side // 2)
         self.mid = nn.ModuleList(
@@ -159,9 +207,16 @@ class DownPath(nn.Module):
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """x: (B, C, H, W), temb: (B, 4nf) or None -> (skips, middle (B, ch, s_min, s_min))."""
         hs = [self.conv_in(x)]
+        pyramid, level = x, 0
         for res, attn in self.layers:
             h = res(hs[-1], temb)
-            hs.append(attn(h) if attn is not None else h)
+            if attn is not None:
+                h = attn(h)
+            if self.combine is not None and res.resample == "down":
+                pyramid = resample(pyramid, "down", fir=self.fir)
+                h = self.combine[level](pyramid) + h
+                level += 1
+            hs.append(h)
         h = self.mid[0](hs[-1], temb)
         h = self.mid[2](self.mid[1](h), temb)
         return hs, h
@@ -172,10 +227,13 @@ class UpPath(nn.Module):
 
     def __init__(self, cfg: ImageConfig, down: DownPath, temb_dim: int) -> None:
         super().__init__()
-        block = dict(temb_dim=temb_dim, dropout=cfg.dropout, skip_rescale=cfg.skip_rescale)
+        block = dict(temb_dim=temb_dim, dropout=cfg.dropout, skip_rescale=cfg.skip_rescale, fir=cfg.fir)
+        self.fir = cfg.fir
         skips = list(down.skip_channels)
         ch = down.out_channels
         self.levels = nn.ModuleList()
+        # progressive output: per level GroupNorm, SiLU, conv3x3 (ch -> C), summed into the pyramid
+        self.pyramid = nn.ModuleList() if cfg.progressive else None
         for level in reversed(range(len(cfg.ch_mult))):
             out_ch = cfg.nf * cfg.ch_mult[level]
             blocks = nn.ModuleList()
@@ -186,29 +244,42 @@ class UpPath(nn.Module):
             attn = AttnBlock(ch, skip_rescale=cfg.skip_rescale) if side in cfg.attn_resolutions else None
             up = ResBlock(ch, resample="up", **block) if level != 0 else None
             self.levels.append(nn.ModuleList([blocks, attn, up]))
+            if self.pyramid is not None:
+                conv = _small(nn.Conv2d(ch, cfg.channels, 3, padding=1))
+                self.pyramid.append(nn.Sequential(group_norm(ch), nn.SiLU(), conv))
         assert not skips, "U-Net skip bookkeeping is inconsistent"
-        self.norm_out = group_norm(ch)
-        self.conv_out = _small(nn.Conv2d(ch, cfg.channels, 3, padding=1))
+        if self.pyramid is None:
+            self.norm_out = group_norm(ch)
+            self.conv_out = _small(nn.Conv2d(ch, cfg.channels, 3, padding=1))
 
     def forward(self, h: torch.Tensor, hs: list[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
         """h: middle (B, ch, s, s); hs: skips (consumed from the end); temb: (B, 4nf) -> (B, C, H, W)."""
         hs = list(hs)
-        for blocks, attn, up in self.levels:
+        pyramid: torch.Tensor | None = None
+        for i, (blocks, attn, up) in enumerate(self.levels):
             for res in blocks:
                 h = res(torch.cat([h, hs.pop()], dim=1), temb)
             if attn is not None:
                 h = attn(h)
+            if self.pyramid is not None:
+                out = self.pyramid[i](h)
+                pyramid = out if pyramid is None else resample(pyramid, "up", fir=self.fir) + out
             if up is not None:
                 h = up(h, temb)
+        if pyramid is not None:
+            return pyramid
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of t: (B,) -> (B, dim) (sin half, cos half)."""
+    """Sinusoidal embedding of t: (B,) -> (B, dim) (sin half, cos half), in float32.
+
+    Frequencies exp(−k·log(max_period)/(half − 1)), k = 0..half−1, rounded as the NCSN++ code
+    does (one float32 product per k): at t ≈ 999 another rounding order moves the embedding by ~1e-4.
+    """
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1)
-    )
+    step = math.log(max_period) / max(half - 1, 1)
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -step)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     if dim % 2:
