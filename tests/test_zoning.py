@@ -481,7 +481,7 @@ def test_bad_arguments():
 
 
 def test_solver_benchmark_quick(tmp_path):
-    """benchmarks/solver.py --quick: both formulations give the same loss; JSON, table and plot are written."""
+    """benchmarks/solver.py --quick: both formulations give the same loss, the bare GEMMs are timed; JSON, table, plot."""
     import importlib.util
     import json
     from pathlib import Path
@@ -498,7 +498,10 @@ def test_solver_benchmark_quick(tmp_path):
         assert abs(ours["loss"] - naive["loss"]) <= 1e-3 * abs(naive["loss"])
         assert abs(ours["grad_norm_a0"] - naive["grad_norm_a0"]) <= 1e-3 * naive["grad_norm_a0"]
         assert ours["time_s"] > 0 and ours["peak_bytes"] >= 0
-    assert results["inference"]["time_s"] > 0
+        assert ours["bare_s"] > 0 and ours["ratio"] == ours["time_s"] / ours["bare_s"]
+    assert [r["n"] for r in results["inference"]] == results["config"]["sizes"]
+    assert all(r["time_s"] > 0 and r["bare_s"] > 0 for r in results["inference"])
     assert [r["steps"] for r in results["round_trip"]["rows"]] == [5, 20]
-    assert "| N | ours time |" in (tmp_path / "solver.md").read_text()
+    assert set(results["subnormal_penalty"]) == {"n", "gemm", "exp"} and results["wall_s"] > 0
+    assert "| N | train ours | bare GEMMs | ratio | naive |" in (tmp_path / "solver.md").read_text()
     assert (tmp_path / "solver.png").stat().st_size > 1000
