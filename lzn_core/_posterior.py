@@ -9,13 +9,38 @@ computed in row blocks of ``chunk`` rows. :class:`_PosteriorMean` saves only x (
 log w) and recomputes the logits in backward, so a solver step costs O(B·q) memory in
 the autograd graph.
 
-Numerics (see DESIGN.md §3): shifted logits are clamped from below at log(finfo.tiny) + 1
-before ``exp`` (denormal results make ``exp`` ~40x slower, measured; exactly log(tiny) still
-rounds to a denormal in float32; the probabilities are ~0 anyway); the softmax backward
-first subtracts, per row, the upstream gradient at the row's dominant entry (exact, since
-the softmax Jacobian annihilates constants) and then forms p ⊙ (dP − Σ_j p_j·dP_j): in the
-saturated regime (τ ≈ 1e-4, logits × 1e8) this keeps the tiny differences exact instead of
-cancelling two large numbers as the flash-attention form dO·O does.
+Numerics (see DESIGN.md §3):
+
+* Softmax backward: G (the gradient reaching P) is first shifted, per row, by its value at
+  the row's dominant entry (exact, since the softmax Jacobian annihilates constants); the row
+  term r = Σ_j p_j·G_j is then summed over small terms only, and dlogits = p ⊙ (G − r). In the
+  saturated regime (τ ≈ 1e-4, logits × 1e8) this keeps the tiny differences exact instead of
+  cancelling two large numbers as the flash-attention form dO·O does.
+* No subnormal numbers in any GEMM or elementwise op, forward or backward. At small τ most
+  entries of a (chunk, N) block are exp of a hugely negative number. Subnormal operands and
+  results of the GEMMs cost ~20x on some CPUs (issue 15: a training iteration at N = 1024 took
+  28x the time of its bare GEMMs), and subnormal results make the vectorised ``exp`` 10-40x
+  slower. The old floor (clamp at log(tiny) + 1 before ``exp``) left most entries at ~3e-38,
+  whose products with the anchors and the gradients are subnormal. Now:
+  - E = exp(shifted logit) is evaluated on arguments clamped at log √tiny − 1, so ``exp``
+    never underflows, and every E <= √tiny (float32 2^-63 ≈ 1.1e-19, float64 2^-511) is then
+    set to exactly 0. Each nonzero E exceeds √tiny, so its product with any operand of
+    magnitude >= √tiny (anchors, points, upstream gradients: O(1) and O(1/B) in practice) is
+    normal. The dropped mass is < N·√tiny of Z >= 1, far below rounding in either dtype.
+  - The backward subtracts the row term before multiplying by p (p ⊙ (G − r), never p ⊙ G − p·r:
+    p·r is a product of two small numbers in nearly saturated rows); a row term with
+    |r/Z| < √tiny is put on the dominant entry alone (see :func:`_softmax_backward`).
+  - The target probability P(a_t | x) is E_t/Z where E_t was kept; a target below the floor
+    gets exp(s_t − log Z), clamped at log(tiny) + 1 (normal, and the log loss still sees a
+    gradient), and its backward term p_t·dP_t (O(1/B) under the log loss, which amplifies by
+    1/p_t) is added back from the log domain, floored like E.
+  What is left: a product of a kept E and an operand below √tiny (an anchor coordinate of
+  1e-20, say), or of two operands that cancel to below √tiny by coincidence, can still
+  underflow; such entries are single values, not the bulk of a block.
+* No flush-to-zero: ``torch.set_flush_denormal`` sets the floating-point control of the
+  calling thread only (measured with 2 OpenMP threads: in a parallel elementwise op the worker
+  still produced subnormals), and OpenMP workers started while it is on keep it after it is
+  restored, so a "scoped" use can leak out of the kernel.
 """
 
 from __future__ import annotations
@@ -27,6 +52,8 @@ import torch
 
 # entries of one (rows, N) work buffer when chunk=None
 _AUTO_CHUNK_ELEMENTS = 1 << 25
+# entries of the product buffer of one slice in _row_dot
+_ROW_DOT_ELEMENTS = 1 << 20
 
 
 def _coefs(tau: float) -> tuple[float, float]:
@@ -38,27 +65,64 @@ def _blocks(rows: int, n: int, chunk: int | None) -> list[tuple[int, int]]:
     return [(i, min(i + size, rows)) for i in range(0, rows, size)]
 
 
+def _floor(dtype: torch.dtype) -> float:
+    """√tiny: the smallest E the kernel keeps (float32 2^-63, float64 2^-511)."""
+    return math.sqrt(torch.finfo(dtype).tiny)
+
+
+def _floored_exp_(s: torch.Tensor) -> torch.Tensor:
+    """exp(s) in place, every result <= √tiny set to exactly 0 (−inf gives 0); never subnormal.
+
+    The argument is clamped at log √tiny − 1 first, so ``exp`` itself never underflows.
+    """
+    floor = _floor(s.dtype)
+    return torch.threshold_(s.clamp_(min=math.log(floor) - 1.0).exp_(), floor, 0.0)
+
+
 def _unnormalised(
     xc: torch.Tensor,
     anchors: torch.Tensor,
     bias: torch.Tensor,
     beta: float,
-    mask: torch.Tensor | None,
+    targets: torch.Tensor | None,
     top: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """E = exp(logits − top) (b, N) for a row block xc (b, q); P = E / Σ_j E_j.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """E = floored exp(logits − top) (b, N) for a row block xc (b, q); P = E / Σ_j E_j.
 
     ``top`` (b, 1) is the row max of the logits; computed (with its index) when not given.
+    Also returns the shifted logits s_t = logits − top at ``targets`` (b, 1), or None.
+    Entries of zero weight (log w = −inf) come out as exact zeros.
     """
     logits = torch.addmm(bias, xc, anchors.t(), beta=1.0, alpha=beta)
     idx = None
     if top is None:
         top, idx = logits.max(dim=1, keepdim=True)
-    floor = math.log(torch.finfo(logits.dtype).tiny) + 1.0  # exactly log(tiny) rounds to a denormal
-    e = logits.sub_(top).clamp_(min=floor).exp_()
-    if mask is not None:
-        e.mul_(mask)
-    return e, top, idx
+    logits.sub_(top)
+    shifted_t = None if targets is None else logits.gather(1, targets)
+    return _floored_exp_(logits), top, idx, shifted_t
+
+
+def _log_target_prob(shifted_t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log P(a_t | x) = s_t − log Z (b, 1), clamped at log(tiny) + 1; −inf for a zero-weight target."""
+    low = math.log(torch.finfo(z.dtype).tiny) + 1.0  # exactly log(tiny) rounds to a subnormal
+    return torch.where(shifted_t == -math.inf, shifted_t, (shifted_t - z.log()).clamp_(min=low))
+
+
+def _target_prob(shifted_t: torch.Tensor, e_t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """P(a_t | x) (b, 1): E_t/Z where E_t was kept, else from the log domain (never subnormal)."""
+    return torch.where(e_t > 0, e_t / z, _log_target_prob(shifted_t, z).exp())
+
+
+def _far_target_term(
+    shifted_t: torch.Tensor, e_t: torch.Tensor, z: torch.Tensor, dpt: torch.Tensor
+) -> torch.Tensor:
+    """p_t·dP_t (b, 1) for rows whose target was floored out of E (0 in the others).
+
+    E_t = 0 there, so the backward through E drops this term; under the log loss it is O(1/B)
+    (dP_t = −1/(B·p_t)). Computed as exp(log p_t + log|dP_t|), floored like E.
+    """
+    term = _floored_exp_(_log_target_prob(shifted_t, z) + dpt.abs().log()).mul_(dpt.sign())
+    return term.masked_fill_(e_t > 0, 0.0)
 
 
 def _bias(anchors: torch.Tensor, log_w: torch.Tensor | None, gamma: float) -> torch.Tensor:
@@ -92,8 +156,6 @@ class _PosteriorMean(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         beta, gamma = _coefs(tau)
         bias = _bias(anchors, log_w, gamma)
-        finite = None if log_w is None else torch.isfinite(log_w)
-        mask = None if finite is None or bool(finite.all()) else finite.to(x.dtype)
         rows, q = x.shape
         m = torch.empty_like(x)
         tops, norms = x.new_empty(rows, 1), x.new_empty(rows, 1)
@@ -102,16 +164,17 @@ class _PosteriorMean(torch.autograd.Function):
         probs = x.new_empty((rows, anchors.shape[0]) if want_probs else (0,))
         a_ones = _with_ones(anchors)
         for lo, hi in _blocks(rows, anchors.shape[0], chunk):
-            e, top, idx = _unnormalised(x[lo:hi], anchors, bias, beta, mask)
+            tc = None if targets is None else targets[lo:hi, None]
+            e, top, idx, shifted_t = _unnormalised(x[lo:hi], anchors, bias, beta, tc)
             tops[lo:hi], idxs[lo:hi] = top, idx  # type: ignore[assignment]
             mz = torch.mm(e, a_ones)  # [Σ_j E_j a_j, Z]
             norms[lo:hi] = z = mz[:, q:]
             torch.div(mz[:, :q], z, out=m[lo:hi])
-            if targets is not None:
-                pt[lo:hi] = (e.gather(1, targets[lo:hi, None]) / z).squeeze(1)
+            if tc is not None and shifted_t is not None:
+                pt[lo:hi] = _target_prob(shifted_t, e.gather(1, tc), z).squeeze(1)
             if want_probs:
                 torch.div(e, z, out=probs[lo:hi])
-        ctx.save_for_backward(x, anchors, log_w, targets, mask, tops, idxs, norms)
+        ctx.save_for_backward(x, anchors, log_w, targets, tops, idxs, norms)
         ctx.tau, ctx.chunk = tau, chunk
         ctx.set_materialize_grads(False)
         if not want_probs:
@@ -124,7 +187,7 @@ class _PosteriorMean(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, dm: torch.Tensor | None, dpt: torch.Tensor | None, dprobs: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        x, anchors, log_w, targets, mask, tops, idxs, norms = ctx.saved_tensors
+        x, anchors, log_w, targets, tops, idxs, norms = ctx.saved_tensors
         need_x, need_a, need_w = ctx.needs_input_grad[:3]
         beta, gamma = _coefs(ctx.tau)
         bias = _bias(anchors, log_w, gamma)
@@ -136,13 +199,18 @@ class _PosteriorMean(torch.autograd.Function):
         if targets is None:
             dpt = None
         for lo, hi in _blocks(x.shape[0], anchors.shape[0], ctx.chunk):
-            xc, inv_z = x[lo:hi], 1.0 / norms[lo:hi]
-            e, _, _ = _unnormalised(xc, anchors, bias, beta, mask, top=tops[lo:hi])
+            xc, z = x[lo:hi], norms[lo:hi]
+            inv_z = 1.0 / z
+            tc = None if dpt is None else targets[lo:hi, None]
+            e, _, _, shifted_t = _unnormalised(xc, anchors, bias, beta, tc, top=tops[lo:hi])
             dm_z = None if dm is None else dm[lo:hi] * inv_z
             grad = _upstream(e, anchors, dm_z, None if dprobs is None else dprobs[lo:hi] * inv_z)
-            if dpt is not None:
-                grad.scatter_add_(1, targets[lo:hi, None], dpt[lo:hi, None] * inv_z)
-            dlogits = _softmax_backward(e, inv_z, idxs[lo:hi], grad)
+            far = None
+            if tc is not None and shifted_t is not None and dpt is not None:
+                dpt_c = dpt[lo:hi, None]
+                grad.scatter_add_(1, tc, dpt_c * inv_z)
+                far = _far_target_term(shifted_t, e.gather(1, tc), z, dpt_c)
+            dlogits = _softmax_backward(e, inv_z, idxs[lo:hi], grad, tc, far)
             if need_x:
                 torch.mm(dlogits, anchors, out=dx[lo:hi]).mul_(beta)
             da_ones.addmm_(dlogits.t(), _with_ones(xc, beta))
@@ -164,19 +232,45 @@ def _upstream(
     return dprobs_z.clone() if dprobs_z is not None else torch.zeros_like(e)
 
 
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_j a_ij·b_ij (rows, 1), a slice of rows at a time (the product buffer stays small)."""
+    size = max(1, _ROW_DOT_ELEMENTS // max(a.shape[1], 1))
+    out = a.new_empty(a.shape[0])
+    for i in range(0, a.shape[0], size):
+        torch.linalg.vecdot(a[i : i + size], b[i : i + size], out=out[i : i + size])
+    return out[:, None]
+
+
 def _softmax_backward(
-    e: torch.Tensor, inv_z: torch.Tensor, idx: torch.Tensor, grad: torch.Tensor
+    e: torch.Tensor,
+    inv_z: torch.Tensor,
+    idx: torch.Tensor,
+    grad: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    far: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dlogits (b, N) = p ⊙ (G − Σ_j p_j·G_j), p = E/Z, from ``grad`` = G/Z (overwritten).
 
     G is first shifted by its value at the row's dominant entry ``idx`` (b, 1) (exact for a
     softmax), so the dominant term is 0 and Σ_j p_j·G_j sums only small terms; never the
-    flash-attention form dO·O, which cancels two large numbers when p saturates.
+    flash-attention form dO·O, which cancels two large numbers when p saturates. The row term
+    r is subtracted before the product with p, so no product of two small numbers (p·r, which
+    underflows in nearly saturated rows) is formed; a row term with |r/Z| < √tiny is left out
+    of the products and put on the dominant entry alone (E = 1 there), an error below √tiny
+    per entry that keeps each row summing to 0. ``far`` (b, 1) is p_t·G_t of targets floored
+    out of E (see :func:`_far_target_term`): it joins r and is added at ``targets``.
     """
     grad.sub_(grad.gather(1, idx))
-    grad.mul_(e)  # = p ⊙ G (shifted)
-    row = grad.sum(dim=1, keepdim=True).mul_(inv_z)  # = Σ_j p_j G_j / Z
-    return grad.addcmul_(e, row, value=-1.0)
+    row = _row_dot(e, grad)  # r = Σ_j p_j G_j (shifted)
+    if far is not None:
+        row.add_(far)
+    rho = row * inv_z
+    small = rho.abs() < _floor(e.dtype)  # E·r/Z could underflow: r goes to the dominant entry alone
+    grad.sub_(rho.masked_fill_(small, 0.0)).mul_(e)  # = p ⊙ (G − r)
+    grad.scatter_add_(1, idx, row.masked_fill_(~small, 0.0).neg_())  # rows still sum to 0
+    if far is not None and targets is not None:
+        grad.scatter_add_(1, targets, far)
+    return grad
 
 
 def mean(

@@ -13,7 +13,10 @@ and the velocity is dx/dτ = E[ε − a | x_τ] = (x − m)/τ with m = Σ_j p_j
 
 All steps go through one custom autograd function that saves x (B, q) and recomputes the
 (B, N) logits in backward (the paper's custom checkpointing): training memory is
-O(B·q·steps + chunk·N); nothing of size (B, N, q) or (steps, B, N) is ever built.
+O(B·q·steps + chunk·N); nothing of size (B, N, q) or (steps, B, N) is ever built. The
+kernel keeps its (chunk, N) blocks free of subnormal numbers (posterior entries below √tiny
+are exact zeros; see :mod:`lzn_core._posterior`): at small τ they would be most of each block,
+and subnormal arithmetic is many times slower on common CPUs.
 """
 
 from __future__ import annotations
