@@ -384,3 +384,34 @@ def test_with_the_built_in_plugins(pattern: str) -> None:
     assert torch.allclose(batch["image"][:, 0, 0, 0], expected)
     assert batch["text"] == [f"caption {i}" for i in range(6)]
     assert batch["__key__"][:2] == ["train-000000.tar/s0000", "train-000000.tar/s0001"]
+
+
+def test_each_kind_of_bad_sample_with_the_built_in_plugins(tmp_path: Path) -> None:
+    from lzn_core.plugins import get_modality
+
+    specs = {name: get_modality(name) for name in ("image", "label")}
+    configs = {"image": specs["image"].config(preset="tiny"), "label": specs["label"].config(num_classes=10)}
+    bad = {
+        1: {"png": b"\x89PNG\r\n\x1a\n garbage"},
+        2: {"cls": None},
+        3: {"png": png_bytes(np.zeros((16, 16), np.uint8))},
+        4: {"cls": b"99"},
+    }
+    samples = []
+    for i in range(8):
+        key, fields = make_sample(f"s{i}", png_bytes(np.full((8, 8), i, np.uint8)), "x", i)
+        fields.update(bad.get(i, {}))
+        samples.append((key, {k: v for k, v in fields.items() if v is not None}))
+    write_split(tmp_path, "train", samples, progress=False)
+    ld = loader(
+        str(tmp_path / "train-*.tar"), specs, configs=configs, batch_size=8, shuffle=False, report_every=1
+    )
+    with pytest.warns(CorruptSampleWarning) as record:
+        batch = next(iter(ld))
+    assert batch["label"].tolist() == [0, 5, 5, 5, 5, 5, 6, 7] and batch["image"].shape == (8, 1, 8, 8)
+    msgs = [str(w.message) for w in record]
+    assert "'s1'" in msgs[0] and "image (png): ValueError: not a valid PNG/JPEG image" in msgs[0]
+    assert "'s2'" in msgs[1] and "no cls for modality 'label'" in msgs[1]
+    assert "'s3'" in msgs[2] and "image: 16x16 image, the config expects 8x8" in msgs[2]
+    assert "'s4'" in msgs[3] and "class index 99 is out of range for num_classes=10" in msgs[3]
+    assert ld.skipped == 4
