@@ -185,9 +185,10 @@ class _Shard:
         fields: dict[str, Any] = {
             ext[1:].lower(): v.getvalue() for ext, v in sample.items() if ext != "__key__"
         }
-        for i in self._wids.samples[j]:
-            if i in self._cut:
-                fields[splitname(self._cut[i].name)[1][1:].lower()] = self._cut[i]
+        if self._cut:
+            for i in self._wids.samples[j]:
+                if i in self._cut:
+                    fields[splitname(self._cut[i].name)[1][1:].lower()] = self._cut[i]
         return sample["__key__"], fields
 
     def close(self) -> None:

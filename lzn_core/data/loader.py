@@ -239,7 +239,8 @@ class _Batches(torch.utils.data.IterableDataset):
             sid = int(order[p % n])
             try:
                 key, item = self._decode(sid)
-                label = self._label(sid, key)
+                if self.with_keys:
+                    keys.append(self._label(sid, key))
             except ValueError as exc:
                 shard, key = self.shards.name(sid)
                 if not self.replace_bad:
@@ -247,8 +248,8 @@ class _Batches(torch.utils.data.IterableDataset):
                     continue
                 label, item = self._replacement(order, p)
                 skips.append((shard, key, str(exc), label))
+                keys.append(label)
             items.append(item)
-            keys.append(label)
         if not items:
             return None, skips
         batch = {name: spec.collate([it[name] for it in items]) for name, spec in self.modalities.items()}
