@@ -424,3 +424,67 @@ def test_captions_errors(tmp_path: Path) -> None:
     with pytest.warns(LZNWarning, match="line 1: ValueError: not a JSON object"):
         with pytest.raises(DataError, match=r"no usable lines \(1 bad, 1 non-empty\)"):
             convert.write_captions(tmp_path / "bad.jsonl", tmp_path / "out", progress=False)
+
+
+# ----------------------------------------------------------------------------- map (a plugin's own key)
+
+
+def test_map_adds_a_key_in_place(digits_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from pydantic import BaseModel, ConfigDict
+
+    from lzn_core.data import loader
+    from lzn_core.modality import ModalitySpec
+
+    data = tmp_path / "digits"
+    shutil.copytree(digits_dir, data)
+    (tmp_path / "feats.py").write_text(
+        "import io\nimport numpy as np\nfrom PIL import Image\n\n"
+        "def brightness(key, fields):\n"
+        "    px = np.asarray(Image.open(io.BytesIO(fields['png'])), dtype=np.float32)\n"
+        "    return {'mean.txt': f'{px.mean():.3f}'.encode()}\n\n"
+        "def broken(key, fields):\n"
+        "    return 'not a dict'\n"
+    )
+    before = read_dir(data, "test")
+    pattern = str(data / "test-*.tar")
+    argv = [
+        "shards",
+        "map",
+        pattern,
+        str(data),
+        "--fn",
+        f"{tmp_path / 'feats.py'}:brightness",
+        "--split",
+        "test",
+    ]
+    assert main([*argv, "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip().endswith("test 300 samples (" + str(data / "test-*.tar") + ")")
+    after = read_dir(data, "test")
+    assert after.keys() == before.keys()
+    for key, fields in before.items():  # the old members unchanged, the new one added
+        assert {k: v for k, v in after[key].items() if k != "mean.txt"} == fields
+        assert float(after[key]["mean.txt"]) == pytest.approx(
+            pixels(fields["png"]).astype(np.float32).mean(), abs=1e-3
+        )
+    assert json.loads((data / "sizes.json").read_text())["test-000000.tar"] == 300
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["classes"][7] == "seven" and meta["splits"] == {"train": 1497, "test": 300}
+
+    class _Cfg(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    spec = ModalitySpec("brightness", _Cfg, lambda c, q: None, lambda c, q: None, ("mean.txt",), float)
+    batch = next(iter(loader(pattern, {"brightness": spec}, batch_size=300, shuffle=False)))
+    assert batch["brightness"][0] == float(next(iter(after.values()))["mean.txt"])  # read by its own plugin
+    done = digest(data)
+    with pytest.raises(DataError, match=r"returned str for 'digits\d+'; expected \{ext: bytes\}"):
+        convert.map_split(
+            pattern, data, convert.load_function(f"{tmp_path / 'feats.py'}:broken"), split="test"
+        )
+    assert digest(data) == done  # nothing written
+    with pytest.raises(DataError, match="has no function 'nope'"):
+        convert.load_function(f"{tmp_path / 'feats.py'}:nope")
+    with pytest.raises(DataError, match="expected MODULE:FUNCTION"):
+        convert.load_function("nocolon")

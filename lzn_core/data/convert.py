@@ -1,4 +1,4 @@
-"""Converters to webdataset shards (``lzn shards digits|cifar10|folder|captions``).
+"""Converters to webdataset shards (``lzn shards digits|cifar10|folder|captions|map``).
 
 Layout of an output directory ``OUT/``::
 
@@ -20,6 +20,8 @@ batches are read with an unpickler that only accepts numpy arrays and builtins.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import itertools
 import json
 import logging
@@ -27,7 +29,7 @@ import pickle
 import tarfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -362,4 +364,89 @@ def write_captions(
         splits={split: n},
         shard_size=shard_size,
         skipped={split: len(skipped)},
+    )
+
+
+# ----------------------------------------------------------------------------- map (add a key)
+
+
+def load_function(ref: str) -> Callable[..., Any]:
+    """``"package.module:function"`` or ``"path/to/file.py:function"`` -> the function.
+
+    Raises:
+        DataError: the reference is malformed, the module cannot be imported or has no such function.
+    """
+    module, _, name = ref.rpartition(":")
+    if not module or not name.isidentifier():
+        raise DataError(f"--fn {ref!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    try:
+        if module.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(f"lzn_map_{Path(module).stem}", module)
+            if spec is None or spec.loader is None or not Path(module).is_file():
+                raise ImportError(f"no such file {module}")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise DataError(f"--fn {ref!r}: cannot import {module} ({exc})") from exc
+    fn = getattr(mod, name, None)
+    if not callable(fn):
+        raise DataError(f"--fn {ref!r}: {module} has no function {name!r}")
+    return fn
+
+
+def map_split(
+    pattern: str,
+    out: str | Path,
+    fn: Callable[[str, dict[str, bytes]], dict[str, bytes]],
+    *,
+    split: str = "train",
+    shard_size: int = 1000,
+    progress: bool | None = None,
+    source: str = "",
+) -> dict[str, Any]:
+    """Run ``fn(key, {ext: bytes}) -> {ext: bytes}`` over every sample of the shards matching ``pattern``
+    and write the samples with the returned keys added (or replaced) as ``OUT/{split}-*.tar``.
+
+    The shards are read in order with webdataset's streaming stages; the output is staged and
+    committed all or nothing, so ``OUT`` may be the shards' own directory. ``meta.json`` keeps
+    the source directory's ``classes``.
+
+    Returns:
+        the written ``meta.json`` content.
+
+    Raises:
+        DataError: a shard cannot be read to its end, or ``fn`` returns something that is not
+            ``{ext: bytes}`` (named by the sample's key).
+    """
+    from ._shardset import expand_pattern, iter_shard_samples
+
+    paths = expand_pattern(pattern)
+
+    def stop(exc: Exception) -> bool:
+        raise DataError(f"{pattern!r}: cannot read a shard to its end ({exc}); nothing was written") from exc
+
+    def samples() -> Iterator[Sample]:
+        for s in iter_shard_samples(paths, stop):
+            key = s["__key__"]
+            fields = {k: v for k, v in s.items() if not k.startswith("__")}
+            extra = fn(key, dict(fields))
+            if not isinstance(extra, dict) or not all(
+                isinstance(v, (bytes, bytearray)) for v in extra.values()
+            ):
+                raise DataError(
+                    f"{source or 'fn'} returned {type(extra).__name__} for {key!r}; expected {{ext: bytes}}"
+                )
+            yield key, {**fields, **extra}
+
+    out = Path(out)
+    classes = read_json(Path(paths[0]).parent / "meta.json").get("classes")
+    with stage_split(out, split, samples(), shard_size=shard_size, progress=progress) as st:
+        n = sum(st.commit().values())
+    return write_meta(
+        out,
+        source=f"map:{source or getattr(fn, '__name__', 'fn')} of {pattern}",
+        classes=classes,
+        splits={split: n},
     )
