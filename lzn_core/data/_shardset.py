@@ -129,10 +129,12 @@ class _Shard:
             _warn(f"{path}: empty file (0 bytes); ignored")
             return
         log = io.StringIO()  # wids prints a header it cannot parse to stdout; keep that out of the output
+        stream = open(path, "rb")  # noqa: SIM115 - owned by the wids reader from here on
         try:
             with contextlib.redirect_stdout(log):
-                self._wids = IndexedTarSamples(path=path)
+                self._wids = IndexedTarSamples(path=path, stream=stream)
         except (struct.error, ValueError, UnicodeDecodeError) as exc:
+            stream.close()
             self._read_sequentially(f"{type(exc).__name__}: {exc}")
             return
         for i, (name, offset, length) in enumerate(self._wids.reader.by_index):
@@ -140,7 +142,7 @@ class _Shard:
                 got = max(0, size - offset - 512)
                 self._cut[i] = Truncated(name, got, length)
         if self._cut:
-            first = min(self._cut.values(), key=lambda t: t.got - t.size)
+            first = self._cut[min(self._cut)]
             _warn(
                 f"{path}: truncated shard (member {first.name!r} has {first.got} of {first.size} bytes); "
                 "using the samples before the damage"
@@ -164,10 +166,10 @@ class _Shard:
         self._memory = [
             (s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")}) for s in samples
         ]
-        detail = f"; stopped at: {str(damage[0]).split(' @ ')[0]}" if damage else ""
+        detail = f" (it stopped at: {str(damage[0]).split(' @ ')[0]})" if damage else ""
         _warn(
-            f"{self.path}: truncated or damaged shard (wids cannot index it: {why}{detail}); "
-            f"read it sequentially and kept its {len(samples)} samples in memory"
+            f"{self.path}: wids cannot index this shard ({why}): truncated, damaged or compressed; "
+            f"read it sequentially{detail} and kept its {len(samples)} samples in memory"
         )
 
     def __len__(self) -> int:
@@ -279,24 +281,28 @@ class ShardSet:
             self._shards = None
 
     def _check_sizes(self) -> None:
-        """Warn where a shard's sample count differs from its directory's ``sizes.json`` (when present)."""
-        by_dir: dict[str, dict[str, Any]] = {}
-        for path, n in zip(self.paths, self.lengths, strict=True):
-            d = os.path.dirname(path)
-            if d not in by_dir:
-                f = os.path.join(d, "sizes.json")
-                try:
-                    by_dir[d] = json.loads(Path(f).read_text()) if os.path.isfile(f) else {}
-                except ValueError as exc:
-                    warnings.warn(f"{f}: not valid JSON ({exc}); ignored", CorruptSampleWarning, stacklevel=3)
-                    by_dir[d] = {}
-            want = by_dir[d].get(os.path.basename(path))
-            if want is not None and want != n:
-                warnings.warn(
-                    f"{path}: sizes.json says {want} samples, the tar holds {n}",
-                    CorruptSampleWarning,
-                    stacklevel=3,
-                )
+        check_sizes(self.paths, self.lengths)
+
+
+def check_sizes(paths: list[str], lengths: list[int]) -> None:
+    """Warn where a shard's sample count differs from its directory's ``sizes.json`` (when present)."""
+    by_dir: dict[str, dict[str, Any]] = {}
+    for path, n in zip(paths, lengths, strict=True):
+        d = os.path.dirname(path)
+        if d not in by_dir:
+            f = os.path.join(d, "sizes.json")
+            try:
+                by_dir[d] = json.loads(Path(f).read_text()) if os.path.isfile(f) else {}
+            except ValueError as exc:
+                warnings.warn(f"{f}: not valid JSON ({exc}); ignored", CorruptSampleWarning, stacklevel=3)
+                by_dir[d] = {}
+        want = by_dir[d].get(os.path.basename(path))
+        if want is not None and want != n:
+            warnings.warn(
+                f"{path}: sizes.json says {want} samples, the tar holds {n}",
+                CorruptSampleWarning,
+                stacklevel=3,
+            )
 
 
 def iter_shard_samples(paths: list[str], on_error: Any) -> Iterator[dict[str, Any]]:

@@ -49,6 +49,7 @@ from ._shardset import (
     CorruptSampleWarning,
     ShardSet,
     Truncated,
+    check_sizes,
     dir_listing,
     expand_pattern,
     iter_shard_samples,
@@ -480,7 +481,8 @@ def loader(
 def iter_raw(pattern: str, keys: tuple[str, ...]) -> Iterator[bytes]:
     """Raw values of the first of ``keys`` each sample of the shards matching ``pattern`` has,
     in shard order, read by webdataset's streaming stages (samples without any of the keys are
-    passed over; a damaged shard is read up to the damage, with a warning). For ``spec.prepare``."""
+    passed over; a damaged shard is read up to the damage, with a warning, and a count that
+    differs from ``sizes.json`` is warned about). For ``spec.prepare``."""
     wanted = tuple(k.lower() for k in keys)
     for path in expand_pattern(pattern):
         if os.path.getsize(path) == 0:
@@ -494,7 +496,10 @@ def iter_raw(pattern: str, keys: tuple[str, ...]) -> Iterator[bytes]:
             )
             return False
 
+        count = 0
         for sample in iter_shard_samples([path], damaged):
+            count += 1
             value = next((sample[k] for k in wanted if k in sample), None)
             if value is not None:
                 yield value
+        check_sizes([path], [count])  # a shard cut inside a header ends without an error
