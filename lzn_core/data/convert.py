@@ -119,8 +119,11 @@ def write_cifar10(
             parts = [_cifar_samples(_cifar_member(tar, source, m), names, m) for m in members]
             total = sum(n for n, _ in parts)
             gen = itertools.chain.from_iterable(g for _, g in parts)
-            kw = {"total": total, "shard_size": shard_size, "progress": progress}
-            staged.append(stack.enter_context(stage_split(out, split, gen, **kw)))
+            staged.append(
+                stack.enter_context(
+                    stage_split(out, split, gen, total=total, shard_size=shard_size, progress=progress)
+                )
+            )
         splits = {s.split: sum(s.commit().values()) for s in staged}
     return write_meta(
         Path(out), source=f"cifar10:{source.name}", classes=names, splits=splits, shard_size=shard_size
@@ -141,7 +144,7 @@ def _load_image(path: Path, size: tuple[int, int] | None = None) -> tuple[bytes,
         img.load()
         out = img if img.mode == "L" else img.convert("RGB")
     resized = size is not None and out.size != size
-    if resized:
+    if size is not None and resized:
         out = out.resize(size, Image.Resampling.BICUBIC)
     return png_bytes(out), resized
 
@@ -156,7 +159,8 @@ def _image_sizes(
     files: Sequence[tuple[Path, int]], skipped: list[str]
 ) -> tuple[list[tuple[Path, int, tuple[int, int]]], Counter[tuple[int, int]]]:
     """Pass 1 (headers only): ``(path, class, (W, H))`` of each file PIL can open, and the size counts."""
-    readable, counts = [], Counter()
+    readable: list[tuple[Path, int, tuple[int, int]]] = []
+    counts: Counter[tuple[int, int]] = Counter()
     for path, cls in files:
         try:
             with Image.open(path) as img:
@@ -292,7 +296,7 @@ def _jsonl_lines(path: Path) -> list[tuple[int, str | None, str]]:
     Lines are split on ``\\n`` and decoded one by one, so a line that is not UTF-8 is reported
     (named by its number and the first bad byte) instead of stopping the file.
     """
-    lines = []
+    lines: list[tuple[int, str | None, str]] = []
     for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
         raw = raw.rstrip(b"\r")
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark

@@ -81,8 +81,11 @@ def write_digits(
                 )
                 for i in idx
             )
-            kw = {"total": len(idx), "shard_size": shard_size, "progress": progress}
-            staged.append(stack.enter_context(stage_split(out, split, gen, **kw)))
+            staged.append(
+                stack.enter_context(
+                    stage_split(out, split, gen, total=len(idx), shard_size=shard_size, progress=progress)
+                )
+            )
         splits = {s.split: sum(s.commit().values()) for s in staged}
     return write_meta(
         Path(out),

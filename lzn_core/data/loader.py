@@ -144,7 +144,7 @@ def _identity(x: Any) -> Any:
     return x
 
 
-Skip = tuple[str, str, str, "str | None"]
+Skip = tuple[str, str, str, str | None]
 """``(shard path, key, reason, replacement "shard.tar/key" or None)`` of one skipped sample."""
 
 
@@ -235,7 +235,9 @@ class _Batches(torch.utils.data.IterableDataset):
     def _batch(self, epoch: int, step: int) -> tuple[Any, list[Skip]]:
         order = self._epoch_order(epoch)
         n = len(order)
-        items, keys, skips = [], [], []
+        items: list[dict[str, Any]] = []
+        keys: list[str] = []
+        skips: list[Skip] = []
         for p in self.plan.positions(step):
             sid = int(order[p % n])
             try:
