@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from itertools import islice
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from lzn_core.data import CorruptSampleWarning, LoaderState, expand_pattern, loader
+from lzn_core.data import CorruptSampleWarning, LoaderState, expand_pattern, iter_raw, loader
 from lzn_core.data.shards import make_sample, png_bytes, write_split
 from lzn_core.errors import DataError
 from lzn_core.modality import ModalitySpec
@@ -157,20 +158,25 @@ def test_resume_refuses_a_different_batch_or_data_set(pattern: str, tmp_path: Pa
         loader(pattern, {"label": LABEL}, batch_size=8, resume_from=state.model_copy(update={"step": 9}))
 
 
-def test_corrupt_samples_are_skipped_counted_and_reported(tmp_path: Path) -> None:
+def test_bad_samples_are_replaced_counted_and_reported(tmp_path: Path) -> None:
     bad = {3: {"png": b"\x89PNG not really"}, 5: {"cls": b"seven"}, 8: {"cls": None}, 9: {"png": None}}
     pat = make_shards(tmp_path, n=12, bad=bad)
-    ld = loader(
-        pat, {"image": IMAGE, "label": LABEL}, batch_size=12, infinite=False, shuffle=False, report_every=2
-    )
+    kw = {"infinite": False, "shuffle": False, "report_every": 2, "with_keys": True}
+    ld = loader(pat, {"image": IMAGE, "label": LABEL}, batch_size=4, **kw)
     with pytest.warns(CorruptSampleWarning) as record:
-        (batch,) = list(ld)
-    assert batch["label"].tolist() == [0, 1, 2, 4, 6, 7, 10, 11]
+        batches = list(ld)
+    # position p bad -> the first good sample at p + G, p + G + 1, ... (G = 4, modulo 12)
+    assert ids(batches) == [[0, 1, 2, 7], [4, 10, 6, 7], [0, 1, 10, 11]]
+    assert batches[0]["__key__"][3] == "train-000000.tar/s0007"
+    assert torch.equal(batches[1]["image"][:, 0, 0], batches[1]["label"].float())  # png and cls of one sample
     assert ld.skipped == 4
-    msgs = [str(w.message) for w in record]
+    msgs = [str(w.message) for w in record if w.category is CorruptSampleWarning]
     assert len(msgs) == 3  # the 1st, 2nd and 4th skip (report_every=2)
     assert "'s0003' in" in msgs[0] and "train-000000.tar" in msgs[0] and "image (png)" in msgs[0]
-    assert "(1 skipped so far)" in msgs[0] and "'s0005'" in msgs[1] and "ValueError" in msgs[1]
+    assert "replaced by 'train-000000.tar/s0007' (1 skipped so far)" in msgs[0]
+    assert (
+        "'s0005'" in msgs[1] and "ValueError" in msgs[1] and "replaced by 'train-000001.tar/s0010'" in msgs[1]
+    )
     assert "'s0009'" in msgs[2] and "(4 skipped so far)" in msgs[2]
     reasons = {key: reason for _, key, reason in ld.skipped_samples}
     assert (
@@ -179,10 +185,91 @@ def test_corrupt_samples_are_skipped_counted_and_reported(tmp_path: Path) -> Non
     )
 
 
-def test_a_batch_with_no_good_sample_is_an_error(tmp_path: Path) -> None:
-    pat = make_shards(tmp_path, n=4, bad={i: {"cls": b"x"} for i in range(4)})
-    with pytest.warns(CorruptSampleWarning), pytest.raises(DataError, match="every sample of batch 0"):
-        list(loader(pat, {"label": LABEL}, batch_size=4, infinite=False))
+def test_replacement_does_not_depend_on_ranks_workers_or_resume(tmp_path: Path) -> None:
+    bad = {i: {"cls": b"x"} for i in (0, 4, 5, 6, 17, 30, 36)}
+    pat = make_shards(tmp_path, bad=bad)
+    specs = {"image": IMAGE, "label": LABEL}
+    kw = {"seed": 3}
+    with pytest.warns(CorruptSampleWarning):
+        one = loader(pat, specs, batch_size=8, **kw)
+        whole = ids(islice(one, 12))  # 4 steps per epoch: 3 epochs
+        ranks = [loader(pat, specs, batch_size=4, rank=r, world_size=2, **kw) for r in (0, 1)]
+        r0, r1 = (ids(islice(ld, 12)) for ld in ranks)
+        workers = ids(islice(loader(pat, specs, batch_size=8, num_workers=2, **kw), 12))
+        first = loader(pat, specs, batch_size=4, rank=1, world_size=2, **kw)
+        head = ids(islice(first, 5))
+        resumed = loader(pat, specs, batch_size=4, rank=1, world_size=2, resume_from=first.state(), **kw)
+        tail = ids(islice(resumed, 7))
+    assert all(len(b) == 8 for b in whole) and all(len(b) == 4 for b in r0 + r1)  # every batch full
+    assert [a + b for a, b in zip(r0, r1, strict=True)] == whole
+    assert workers == whole and head + tail == r1
+    assert not {0, 4, 5, 6, 17, 30, 36} & set(sum(whole, []))
+    assert one.skipped == ranks[0].skipped + ranks[1].skipped > 0  # summed over ranks: the same count
+
+
+def test_unfit_items_are_rejected_by_validate_item(tmp_path: Path) -> None:
+    class _Classes(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        num_classes: int
+
+    def fits(label: int, config: _Classes) -> None:
+        if label >= config.num_classes:
+            raise ValueError(f"label: class index {label} is out of range")
+
+    spec = ModalitySpec("label", _Classes, lambda c, q: None, lambda c, q: None, ("cls",), _decode_cls, fits)
+    pat = make_shards(tmp_path, n=10)
+    with pytest.warns(CorruptSampleWarning, match=r"'s0008'.*class index 8 is out of range"):
+        ld = loader(
+            pat, {"label": spec}, configs={"label": _Classes(num_classes=8)}, batch_size=10, shuffle=False
+        )
+        (batch,) = list(islice(ld, 1))
+    assert batch["label"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 0, 0]  # 8, 9: the first good one from p + G on
+    assert ld.skipped == 2
+    plain = loader(pat, {"label": spec}, batch_size=10, shuffle=False)  # no configs: nothing to check against
+    assert next(iter(plain))["label"].tolist() == list(range(10)) and plain.skipped == 0
+
+
+def test_replace_bad_false_drops_instead(tmp_path: Path) -> None:
+    pat = make_shards(tmp_path, n=12, bad={i: {"cls": b"x"} for i in (1, 4, 5, 6, 7)})
+    ld = loader(pat, {"label": LABEL}, batch_size=4, shuffle=False, infinite=False, replace_bad=False)
+    with pytest.warns(CorruptSampleWarning, match="dropped from the batch"):
+        got = ids(ld)
+    assert got == [[0, 2, 3], [8, 9, 10, 11]] and ld.skipped == 5  # batch 1 (4..7) had no good sample
+    assert ld.state().epoch == 1
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_no_decodable_sample_is_an_error(tmp_path: Path, num_workers: int) -> None:
+    pat = make_shards(tmp_path, n=6, bad={i: {"cls": b"x"} for i in range(6)})
+    ld = loader(pat, {"label": LABEL}, batch_size=2, num_workers=num_workers)
+    with pytest.raises(
+        DataError, match=r"^no sample of '.*train-\*\.tar' can be decoded \(6 tried\); the last: 's000\d'"
+    ) as err:
+        next(iter(ld))
+    assert "\n" not in str(err.value)
+    # a batch whose own samples are all bad is filled from the next ones
+    pat = make_shards(tmp_path / "some", n=6, bad={i: {"cls": b"x"} for i in range(2)})
+    with pytest.warns(CorruptSampleWarning):
+        first = next(
+            iter(loader(pat, {"label": LABEL}, batch_size=2, shuffle=False, num_workers=num_workers))
+        )
+    assert first["label"].tolist() == [2, 3]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_other_exceptions_from_decode_sample_surface(tmp_path: Path, num_workers: int) -> None:
+    def buggy(raw: bytes) -> int:
+        if raw == b"3":
+            raise KeyError("a bug in the plugin")
+        return int(raw)
+
+    pat = make_shards(tmp_path, n=8)
+    ld = loader(
+        pat, {"label": _spec("label", ("cls",), buggy)}, batch_size=8, shuffle=False, num_workers=num_workers
+    )
+    with pytest.raises(KeyError, match="a bug in the plugin"):
+        next(iter(ld))
+    assert ld.skipped == 0
 
 
 def test_patterns_glob_and_braces(pattern: str) -> None:
@@ -228,20 +315,59 @@ def test_empty_small_and_unreadable_shard_sets(tmp_path: Path) -> None:
         loader(str(tmp_path / "junk-*.tar"), {"label": LABEL}, batch_size=4)
 
 
-def test_truncated_shard_keeps_the_readable_samples(tmp_path: Path) -> None:
+def test_shard_cut_inside_a_member_keeps_the_readable_samples(tmp_path: Path) -> None:
     pat = make_shards(tmp_path, n=10)
     path = tmp_path / "train-000000.tar"
-    # 4 samples of 6 blocks, then only the header of s0004.cls
+    # 4 samples of 6 blocks (cls, png, txt: header + data each), then only the header of s0004.cls
     path.write_bytes(path.read_bytes()[: 512 * 25])
     with pytest.warns(CorruptSampleWarning) as record:
         ld = loader(pat, {"label": LABEL}, batch_size=5, infinite=False, shuffle=False)
         got = sum(ids(ld), [])
     msgs = " | ".join(str(w.message) for w in record)
-    assert (
-        "train-000000.tar: truncated shard" in msgs and "sizes.json says 10 samples, the tar holds 5" in msgs
-    )
-    assert "'s0004'" in msgs and "label (cls): ValueError: cls: truncated (0 of 1 bytes)" in msgs
-    assert got == [0, 1, 2, 3] and ld.skipped == 1
+    assert "train-000000.tar: truncated shard (member 's0004.cls' has 0 of 1 bytes)" in msgs
+    assert "sizes.json says 10 samples, the tar holds 5" in msgs
+    assert "'s0004'" in msgs and "label (cls): truncated shard: s0004.cls has 0 of 1 bytes" in msgs
+    assert got == [0, 1, 2, 3, 0] and ld.skipped == 1  # s0004 replaced by position (4 + 5) % 5 + 1
+
+
+def test_shard_cut_inside_a_header_is_read_up_to_the_damage(tmp_path: Path) -> None:
+    pat = make_shards(tmp_path, n=10)
+    path = tmp_path / "train-000000.tar"
+    path.write_bytes(path.read_bytes()[: 512 * 24 + 100])  # 4 samples, then 100 bytes of a header
+    with pytest.warns(CorruptSampleWarning) as record:
+        ld = loader(pat, {"label": LABEL}, batch_size=4, infinite=False, shuffle=False)
+        got = sum(ids(ld), [])
+    msgs = " | ".join(str(w.message) for w in record)
+    assert "train-000000.tar: wids cannot index this shard (error: unpack requires" in msgs
+    assert "kept its 4 samples in memory" in msgs and got == [0, 1, 2, 3] and ld.skipped == 0
+
+
+def test_empty_files_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    pat = make_shards(tmp_path, n=10, shard_size=5)
+    (tmp_path / "train-000002.tar").write_bytes(b"")
+    with pytest.warns(CorruptSampleWarning, match=r"train-000002\.tar: empty file \(0 bytes\); ignored"):
+        ld = loader(pat, {"label": LABEL}, batch_size=5, shuffle=False, infinite=False)
+    assert ld.num_samples == 10 and len(ld.shards) == 3 and sorted(sum(ids(ld), [])) == list(range(10))
+    with pytest.warns(CorruptSampleWarning, match="empty file"):
+        assert list(iter_raw(pat, ("cls",))) == [str(i).encode() for i in range(10)]
+
+
+def test_iter_raw_reads_a_key_in_shard_order(pattern: str, tmp_path: Path) -> None:
+    assert list(iter_raw(pattern, ("jpg", "cls"))) == [str(i).encode() for i in range(N)]
+    pat = make_shards(tmp_path, n=10)
+    path = tmp_path / "train-000000.tar"
+    path.write_bytes(path.read_bytes()[: 512 * 25])  # cut before the data of s0004.cls
+    with pytest.warns(CorruptSampleWarning) as record:
+        got = list(iter_raw(pat, ("cls",)))
+    assert got == [b"0", b"1", b"2", b"3"]
+    msgs = [str(w.message) for w in record if w.category is CorruptSampleWarning]
+    assert re.search(r"train-000000\.tar: .*the rest of this shard is skipped", msgs[0])
+    assert "sizes.json says 10 samples, the tar holds 4" in msgs[1] and len(msgs) == 2
+    path.write_bytes(path.read_bytes()[: 512 * 18 + 100])  # cut inside a header: tarfile ends quietly
+    with pytest.warns(
+        CorruptSampleWarning, match=r"train-000000\.tar: sizes\.json says 10 samples, the tar holds 3"
+    ):
+        assert list(iter_raw(pat, ("cls",))) == [b"0", b"1", b"2"]
 
 
 def test_bad_arguments() -> None:
@@ -269,21 +395,49 @@ def test_with_the_built_in_plugins(pattern: str) -> None:
     assert batch["__key__"][:2] == ["train-000000.tar/s0000", "train-000000.tar/s0001"]
 
 
-@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
-def test_tar_index_matches_tarfile(tmp_path: Path, fmt: int) -> None:
-    from lzn_core.data._tarindex import scan_tar
+def test_each_kind_of_bad_sample_with_the_built_in_plugins(tmp_path: Path) -> None:
+    from lzn_core.plugins import get_modality
 
-    path = tmp_path / "x.tar"
-    names = ["a.cls", "d" * 90 + "/" + "k" * 60 + ".png", "b.txt", "big.bin"]
-    with tarfile.open(path, "w", format=fmt) as tar:
-        folder = tarfile.TarInfo("somedir")
-        folder.type = tarfile.DIRTYPE
-        tar.addfile(folder)
-        for i, name in enumerate(names):
-            data = bytes([i]) * (700 if name == "big.bin" else i + 1)
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    with tarfile.open(path) as tar:
-        expected = [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
-    assert list(scan_tar(str(path))) == expected and [e[0] for e in expected] == names
+    specs = {name: get_modality(name) for name in ("image", "label")}
+    configs = {"image": specs["image"].config(preset="tiny"), "label": specs["label"].config(num_classes=10)}
+    bad = {
+        1: {"png": b"\x89PNG\r\n\x1a\n garbage"},
+        2: {"cls": None},
+        3: {"png": png_bytes(np.zeros((16, 16), np.uint8))},
+        4: {"cls": b"99"},
+    }
+    samples = []
+    for i in range(8):
+        key, fields = make_sample(f"s{i}", png_bytes(np.full((8, 8), i, np.uint8)), "x", i)
+        fields.update(bad.get(i, {}))
+        samples.append((key, {k: v for k, v in fields.items() if v is not None}))
+    write_split(tmp_path, "train", samples, progress=False)
+    ld = loader(
+        str(tmp_path / "train-*.tar"), specs, configs=configs, batch_size=8, shuffle=False, report_every=1
+    )
+    with pytest.warns(CorruptSampleWarning) as record:
+        batch = next(iter(ld))
+    assert batch["label"].tolist() == [0, 5, 5, 5, 5, 5, 6, 7] and batch["image"].shape == (8, 1, 8, 8)
+    msgs = [str(w.message) for w in record if w.category is CorruptSampleWarning]
+    assert "'s1'" in msgs[0] and "image (png): ValueError: not a valid PNG/JPEG image" in msgs[0]
+    assert "'s2'" in msgs[1] and "no cls for modality 'label'" in msgs[1]
+    assert "'s3'" in msgs[2] and "image: 16x16 image, the config expects 8x8" in msgs[2]
+    assert "'s4'" in msgs[3] and "class index 99 is out of range for num_classes=10" in msgs[3]
+    assert ld.skipped == 4
+
+
+def test_loader_benchmark_writes_what_it_measured(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "benchmarks" / "loader.py"), "--steps", "2", "--repeats", "1"]
+    cmd += ["--rgb-samples", "300", "--index-samples", "500", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "loader.json").read_text())
+    readers = {(r["data"], r["reader"], r["num_workers"]) for r in results["rows"]}
+    assert ("digits 8x8 gray", "wids permutation", 0) in readers and len(readers) == 6
+    assert all(r["samples_per_s"] > 0 and r["samples_per_run"] == 256 for r in results["rows"])
+    assert results["open_shard_set"]["samples"] == 500
+    assert "| digits 8x8 gray | lzn loader | 0 |" in (tmp_path / "loader.md").read_text()

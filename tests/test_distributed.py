@@ -119,5 +119,142 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
             torch.testing.assert_close(two["grads"][k], g, rtol=0, atol=1e-3 * float(g.abs().max()), msg=k)
 
 
+# ----------------------------------------------------------------------------- bad data on 2 ranks
+
+FAULT_RUN = [
+    "modalities.image.config.preset=tiny",
+    "modalities.image.config.sample_steps=2",
+    "latent.dim=8",
+    "latent.bank_size=8",
+    "tasks.1.steps=10",
+    "train.batch_size=16",
+    "train.iterations=6",
+    "train.warmup=0",
+    "train.log_every=1",
+    "train.ckpt_every=0",
+    "train.eval_every=0",
+    "train.sample_every=0",
+    "data.num_workers=0",
+    "eval.batch_size=16",
+    "eval.steps=4",
+    "eval.samples_per_class=1",
+]
+
+
+def _digit_shards(out: Path, bad: bool) -> None:
+    """48 digits in 2 shards (40 + 8); with ``bad``, one sample of each kind of fault.
+
+    Faults: garbage PNG bytes, no .cls, a 16x16 PNG among 8x8, class index 99, and shard 1 cut
+    inside the PNG member of its last sample (wids lists it, its bytes run past the end).
+    """
+    import tarfile
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from lzn_core.data.shards import make_sample, png_bytes, write_split
+
+    d = load_digits()
+    images = np.rint(d.images[:48] * 255 / 16).astype(np.uint8)
+    samples = [make_sample(f"d{i:03d}", png_bytes(images[i]), "a digit", int(d.target[i])) for i in range(48)]
+    if bad:
+        samples[3][1]["png"] = b"\x89PNG\r\n\x1a\n garbage"
+        del samples[11][1]["cls"]
+        samples[19][1]["png"] = png_bytes(np.kron(images[19], np.ones((2, 2), np.uint8)))
+        samples[27][1]["cls"] = b"99"
+    write_split(out, "train", samples, shard_size=40, progress=False)
+    if bad:
+        cut = out / "train-000001.tar"
+        with tarfile.open(cut) as tar:
+            png = tar.getmember("d047.png")
+        cut.write_bytes(cut.read_bytes()[: png.offset_data + png.size // 2])
+
+
+def _train_two_ranks(workdir: Path, data: str, out: str) -> tuple[list[str], list[dict]]:
+    import json
+
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "DS_BUILD_OPS": "0",
+        "PYTHONWARNINGS": "",
+    }
+    port = _free_port()
+    overrides = [*FAULT_RUN, f"data.train={data}/train-*.tar", "data.eval=data/clean/train-*.tar"]
+    procs = []
+    for rank in range(2):
+        rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
+        rank_env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        cmd = [
+            sys.executable,
+            str(ROOT / "recipes" / "train.py"),
+            "--recipe",
+            "digits_joint",
+            "--output",
+            out,
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd + overrides,
+                env=rank_env,
+                cwd=workdir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    for p in procs:
+        try:
+            text, _ = p.communicate(timeout=420)
+        except subprocess.TimeoutExpired:  # a rank stuck in a collective: stop both
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, text[-3000:]
+        outputs.append(text)
+    rows = [json.loads(line) for line in (workdir / out / "metrics.jsonl").read_text().splitlines()]
+    return outputs, [r for r in rows if "loss" in r]
+
+
+@pytest.mark.slow
+def test_bad_samples_on_two_ranks_keep_every_step(tmp_path: Path) -> None:
+    """recipes/train.py on 2 gloo ranks over shards holding each kind of bad sample: the same optimiser
+    steps as on clean data, the skips counted in metrics.jsonl and the summary. (Before the loader
+    replaced bad samples, the first one made a rank's batch shorter and the anchor all-gather failed.)"""
+    _digit_shards(tmp_path / "data" / "clean", bad=False)
+    _digit_shards(tmp_path / "data" / "bad", bad=True)
+    _, clean = _train_two_ranks(tmp_path, "data/clean", "runs/clean")
+    outputs, bad = _train_two_ranks(tmp_path, "data/bad", "runs/bad")
+    steps = [r["step"] for r in clean]
+    assert steps == [1, 2, 3, 4, 5, 6] and [r["step"] for r in bad] == steps
+    assert all(r["skipped"] == 0 for r in clean + bad)  # no step skipped (non-finite) on either
+    assert all(r["skipped_samples"] == 0 for r in clean)
+    # 48 samples, global batch 16: 3 steps cover every sample once, so 6 steps skip the 5 bad ones twice
+    assert [r["skipped_samples"] for r in bad] == _cumulative_skips()
+    assert bad[-1]["skipped_samples"] == 10
+    assert "(0 skipped steps, 10 corrupt or unfit samples skipped)" in outputs[0]
+    warned = "".join(outputs)  # the first skip is warned (then every 100th), naming shard, key and reason
+    assert (
+        "CorruptSampleWarning: skipped corrupt or unfit sample 'd0" in warned
+        and "replaced by 'train-00000" in warned
+    )
+    assert "train-000001.tar: truncated shard (member 'd047.png'" in warned
+
+
+def _cumulative_skips() -> list[int]:
+    """Skips after each of the 6 steps, from the loader's plan (seed 0, 48 samples, global batch 16)."""
+    import numpy as np
+
+    bad_ids = {3, 11, 19, 27, 47}
+    counts, total = [], 0
+    for step in range(6):
+        order = np.random.default_rng([0, step // 3]).permutation(48)
+        total += len(bad_ids & set(order[(step % 3) * 16 : (step % 3 + 1) * 16].tolist()))
+        counts.append(total)
+    return counts
+
+
 if __name__ == "__main__":
     _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))

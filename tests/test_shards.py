@@ -7,6 +7,9 @@ import io
 import json
 import os
 import pickle
+import re
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -115,7 +118,12 @@ def test_digits_bad_test_size(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- writer
 
 
-def test_write_split_is_atomic_on_failure(tmp_path: Path) -> None:
+def test_write_split_is_all_or_nothing(tmp_path: Path) -> None:
+    writer.write_split(
+        tmp_path, "train", (writer.make_sample(f"old{i}", b"x", "c", 0) for i in range(4)), shard_size=3
+    )
+    before = digest(tmp_path)
+
     def samples():
         for i in range(5):
             yield writer.make_sample(f"s{i}", b"png", "caption", i)
@@ -123,8 +131,46 @@ def test_write_split_is_atomic_on_failure(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="source broke"):
         writer.write_split(tmp_path, "train", samples(), shard_size=3, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train-000000.tar"]  # the complete shard only
-    assert len(read_tar(tmp_path / "train-000000.tar")) == 3
+    assert digest(tmp_path) == before  # the old shards and sizes.json, nothing staged left behind
+    with pytest.raises(DataError, match=r"no samples to write for split 'train'; .* was left unchanged"):
+        writer.write_split(tmp_path, "train", iter([]), progress=False)
+    with pytest.raises(ValueError, match=r"sample key 'a\.b': .*no dots"):
+        writer.write_split(tmp_path, "train", iter([("a.b", {"png": b"x"})]), progress=False)
+    with pytest.raises(ValueError, match="value of 'png' must be bytes, got str"):
+        writer.write_split(tmp_path, "train", iter([("a", {"png": "x"})]), progress=False)
+    with pytest.raises(ValueError, match="longer than 100 characters"):
+        writer.write_split(tmp_path, "train", iter([("k" * 97, {"png": b"x"})]), progress=False)
+    assert digest(tmp_path) == before
+    with pytest.raises(DataError):
+        writer.write_split(tmp_path / "new", "train", iter([]), progress=False)
+    assert not (tmp_path / "new").exists()  # a directory this run created is removed again
+
+
+def test_write_split_members_are_deterministic_webdataset_tars(tmp_path: Path) -> None:
+    import webdataset as wds
+
+    fields = {"txt": b"caption", "cls": b"3", "vec.npy": b"\x93NUMPY", "png": b"\x89PNG"}
+    writer.write_split(tmp_path / "a", "train", iter([("k0", fields), ("dir/k1", fields)]), progress=False)
+    writer.write_split(tmp_path / "b", "train", iter([("k0", fields), ("dir/k1", fields)]), progress=False)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    with tarfile.open(tmp_path / "a" / "train-000000.tar") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members][:4] == ["k0.cls", "k0.png", "k0.txt", "k0.vec.npy"]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
+    (sample, _) = wds.WebDataset(
+        str(tmp_path / "a" / "train-000000.tar"), shardshuffle=False, empty_check=False
+    )
+    assert sample["__key__"] == "k0" and sample["vec.npy"] == b"\x93NUMPY" and sample["cls"] == b"3"
+
+
+def test_an_abandoned_staging_directory_is_removed(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (tmp_path / f".train-staging-{int(dead.stdout)}-x").mkdir()
+    (tmp_path / f".train-staging-{os.getpid()}-y").mkdir()  # a live process's: kept
+    writer.write_split(tmp_path, "train", iter([writer.make_sample("a", b"x", "c", 0)]), progress=False)
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [f".train-staging-{os.getpid()}-y"]
 
 
 def test_write_split_removes_stale_shards_and_merges_sizes(tmp_path: Path) -> None:
@@ -246,23 +292,71 @@ def make_folder(root: Path) -> None:
     (root / "dog" / "notes.txt").write_text("not an image")
 
 
-def test_folder_round_trip_with_corrupt_file(tmp_path: Path) -> None:
+def test_folder_round_trip_with_corrupt_file_and_another_size(tmp_path: Path) -> None:
     make_folder(tmp_path / "tree")
-    with pytest.warns(
-        LZNWarning, match=r"skipped 1 unreadable images: .*broken\.png \(UnidentifiedImageError\)"
-    ):
+    with pytest.warns(LZNWarning) as record:
         meta = convert.write_folder(tmp_path / "tree", tmp_path / "out", progress=False)
+    msgs = [str(w.message) for w in record if issubclass(w.category, LZNWarning)]
+    assert len(msgs) == 2
+    assert re.search(r"skipped 1 unreadable images: .*broken\.png \(UnidentifiedImageError\)", msgs[0])
+    assert re.search(
+        r"resized 1 images to 5x6 \(the most common size under .*tree\): .*gray\.jpg 4x4", msgs[1]
+    )
+    assert meta["classes"] == ["cat", "dog"] and meta["splits"] == {"train": 5}
     assert (
-        meta["classes"] == ["cat", "dog"]
-        and meta["splits"] == {"train": 5}
-        and meta["skipped"] == {"train": 1}
+        meta["skipped"] == {"train": 1}
+        and meta["resized"] == {"train": 1}
+        and meta["image_size"] == {"train": [5, 6]}
     )
     samples = list(read_dir(tmp_path / "out", "train").values())
     assert [int(s["cls"]) for s in samples] == [0, 0, 0, 1, 1]
     assert [s["txt"].decode() for s in samples][-1] == "a photo of a dog"
     original = np.asarray(Image.open(tmp_path / "tree" / "dog" / "1.png"))
     np.testing.assert_array_equal(pixels(samples[-1]["png"]), original)
-    assert pixels(samples[2]["png"]).shape == (4, 4)  # grayscale kept as L
+    gray = pixels(samples[2]["png"])
+    assert (
+        gray.shape == (6, 5) and (gray == 7).all()
+    )  # grayscale kept as L, resized (bicubic) to the common size
+    # a second split into the same OUT gets the first split's size, even if its own most common one differs
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "test" / "dog").mkdir(parents=True)
+    for i, side in enumerate((3, 3, 5)):
+        Image.fromarray(np.full((side, side), 9, np.uint8)).save(
+            tmp_path / "test" / ("cat", "dog")[i % 2] / f"{i}.png"
+        )
+    with pytest.warns(
+        LZNWarning, match=r"resized 3 images to 5x6 \(the size of the 'train' split in .*out\)"
+    ):
+        meta = convert.write_folder(tmp_path / "test", tmp_path / "out", split="test", progress=False)
+    assert meta["image_size"] == {"train": [5, 6], "test": [5, 6]} and meta["splits"] == {
+        "train": 5,
+        "test": 3,
+    }
+    assert {pixels(s["png"]).shape for s in read_dir(tmp_path / "out", "test").values()} == {(6, 5)}
+
+
+def test_a_failed_conversion_keeps_the_existing_shards(tmp_path: Path) -> None:
+    make_folder(tmp_path / "tree")
+    with pytest.warns(LZNWarning):
+        convert.write_folder(tmp_path / "tree", tmp_path / "out", progress=False)
+    before = digest(tmp_path / "out")
+    broken = tmp_path / "broken"
+    for cls in ("cat", "dog"):
+        (broken / cls).mkdir(parents=True)
+        (broken / cls / "x.png").write_bytes(b"\x89PNG garbage")
+        (broken / cls / "y.jpg").write_bytes(b"")
+    with pytest.warns(LZNWarning, match="skipped 4 unreadable images"):
+        with pytest.raises(
+            DataError, match=r"every image under .*broken failed to load; .*out was left unchanged"
+        ):
+            convert.write_folder(broken, tmp_path / "out", progress=False)
+    assert digest(tmp_path / "out") == before  # shards, sizes.json and meta.json as they were
+    (tmp_path / "bad.jsonl").write_text('{"image": "nowhere.png", "caption": "x"}\n')
+    with pytest.warns(LZNWarning), pytest.raises(DataError, match="was left unchanged"):
+        convert.write_captions(tmp_path / "bad.jsonl", tmp_path / "out", progress=False)
+    assert digest(tmp_path / "out") == before
+    assert main(["shards", "folder", str(broken), str(tmp_path / "out"), "--no-progress"]) == 1
+    assert digest(tmp_path / "out") == before
 
 
 def test_folder_errors(tmp_path: Path) -> None:
@@ -309,6 +403,20 @@ def test_captions_round_trip_and_bad_lines(tmp_path: Path) -> None:
     assert samples[1]["txt"].decode() == "a grey square ☃" and pixels(samples[1]["png"])[0, 0, 0] == 200
 
 
+def test_captions_with_a_line_that_is_not_utf8(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(tmp_path / "a.png")
+    good = json.dumps({"image": "a.png", "caption": "fine"}).encode()
+    latin1 = json.dumps({"image": "a.png", "caption": "caf\u00e9"}, ensure_ascii=False).encode("latin-1")
+    (tmp_path / "caps.jsonl").write_bytes(b"\xef\xbb\xbf" + good + b"\r\n" + latin1 + b"\n" + good + b"\n")
+    with pytest.warns(
+        LZNWarning,
+        match=r"skipped 1 bad lines of .*caps\.jsonl: line 2: UnicodeDecodeError: not UTF-8 \(byte 0xe9 at column 35\)",
+    ):
+        meta = convert.write_captions(tmp_path / "caps.jsonl", tmp_path / "out", progress=False)
+    assert meta["splits"] == {"train": 2} and meta["skipped"] == {"train": 1}
+    assert sorted(read_dir(tmp_path / "out", "train")) == ["cap00000001", "cap00000003"]
+
+
 def test_captions_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="captions file not found"):
         convert.write_captions(tmp_path / "none.jsonl", tmp_path / "out")
@@ -316,3 +424,67 @@ def test_captions_errors(tmp_path: Path) -> None:
     with pytest.warns(LZNWarning, match="line 1: ValueError: not a JSON object"):
         with pytest.raises(DataError, match=r"no usable lines \(1 bad, 1 non-empty\)"):
             convert.write_captions(tmp_path / "bad.jsonl", tmp_path / "out", progress=False)
+
+
+# ----------------------------------------------------------------------------- map (a plugin's own key)
+
+
+def test_map_adds_a_key_in_place(digits_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from pydantic import BaseModel, ConfigDict
+
+    from lzn_core.data import loader
+    from lzn_core.modality import ModalitySpec
+
+    data = tmp_path / "digits"
+    shutil.copytree(digits_dir, data)
+    (tmp_path / "feats.py").write_text(
+        "import io\nimport numpy as np\nfrom PIL import Image\n\n"
+        "def brightness(key, fields):\n"
+        "    px = np.asarray(Image.open(io.BytesIO(fields['png'])), dtype=np.float32)\n"
+        "    return {'mean.txt': f'{px.mean():.3f}'.encode()}\n\n"
+        "def broken(key, fields):\n"
+        "    return 'not a dict'\n"
+    )
+    before = read_dir(data, "test")
+    pattern = str(data / "test-*.tar")
+    argv = [
+        "shards",
+        "map",
+        pattern,
+        str(data),
+        "--fn",
+        f"{tmp_path / 'feats.py'}:brightness",
+        "--split",
+        "test",
+    ]
+    assert main([*argv, "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip().endswith("test 300 samples (" + str(data / "test-*.tar") + ")")
+    after = read_dir(data, "test")
+    assert after.keys() == before.keys()
+    for key, fields in before.items():  # the old members unchanged, the new one added
+        assert {k: v for k, v in after[key].items() if k != "mean.txt"} == fields
+        assert float(after[key]["mean.txt"]) == pytest.approx(
+            pixels(fields["png"]).astype(np.float32).mean(), abs=1e-3
+        )
+    assert json.loads((data / "sizes.json").read_text())["test-000000.tar"] == 300
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["classes"][7] == "seven" and meta["splits"] == {"train": 1497, "test": 300}
+
+    class _Cfg(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    spec = ModalitySpec("brightness", _Cfg, lambda c, q: None, lambda c, q: None, ("mean.txt",), float)
+    batch = next(iter(loader(pattern, {"brightness": spec}, batch_size=300, shuffle=False)))
+    assert batch["brightness"][0] == float(next(iter(after.values()))["mean.txt"])  # read by its own plugin
+    done = digest(data)
+    with pytest.raises(DataError, match=r"returned str for 'digits\d+'; expected \{ext: bytes\}"):
+        convert.map_split(
+            pattern, data, convert.load_function(f"{tmp_path / 'feats.py'}:broken"), split="test"
+        )
+    assert digest(data) == done  # nothing written
+    with pytest.raises(DataError, match="has no function 'nope'"):
+        convert.load_function(f"{tmp_path / 'feats.py'}:nope")
+    with pytest.raises(DataError, match="expected MODULE:FUNCTION"):
+        convert.load_function("nocolon")

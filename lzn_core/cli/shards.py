@@ -1,14 +1,14 @@
-"""``lzn shards SOURCE OUT``: build webdataset shards (digits, cifar10, folder, captions)."""
+"""``lzn shards SOURCE OUT``: build webdataset shards (digits, cifar10, folder, captions; map adds a key)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..data.convert import write_captions, write_cifar10, write_folder
+from ..data.convert import load_function, map_split, write_captions, write_cifar10, write_folder
 from ..data.digits import write_digits
 
-HELP = "build webdataset shards: digits, cifar10, folder, captions"
+HELP = "build webdataset shards: digits, cifar10, folder, captions; map: add a key to shards"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("out", help="output directory")
         p.add_argument("--split", default="train", help="split name of the shards (default train)")
         p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p = sub.add_parser(
+        "map",
+        parents=[common],
+        help="run FUNCTION(key, {ext: bytes}) -> {ext: bytes} over shards to add keys",
+    )
+    p.add_argument("pattern", help="input shards, e.g. 'data/digits/train-*.tar' (quote the glob)")
+    p.add_argument("out", help="output directory (may be the input's own: the split is replaced on success)")
+    p.add_argument("--fn", required=True, help="package.module:function or path/to/file.py:function")
+    p.add_argument("--split", default="train", help="split name of the output shards (default train)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,10 +54,15 @@ def run(args: argparse.Namespace) -> int:
         meta = write_digits(args.out, test_size=args.test_size, seed=args.seed, **kw)
     elif args.source == "cifar10":
         meta = write_cifar10(args.tarball, args.out, **kw)
+    elif args.source == "map":
+        fn = load_function(args.fn)
+        meta = map_split(args.pattern, args.out, fn, split=args.split, source=args.fn, **kw)
     elif args.source == "folder":
         meta = write_folder(args.root, args.out, split=args.split, **kw)
     else:
         meta = write_captions(args.jsonl, args.out, split=args.split, **kw)
     for split, n in meta["splits"].items():
+        if args.source in ("folder", "captions", "map") and split != args.split:
+            continue
         print(f"{args.out}: {split} {n} samples ({Path(args.out) / (split + '-*.tar')})")
     return 0

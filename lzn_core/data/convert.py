@@ -1,16 +1,17 @@
-"""Converters to webdataset shards (``lzn shards digits|cifar10|folder|captions``).
+"""Converters to webdataset shards (``lzn shards digits|cifar10|folder|captions|map``).
 
 Layout of an output directory ``OUT/``::
 
     OUT/train-000000.tar  OUT/train-000001.tar  ...  OUT/test-000000.tar
     OUT/sizes.json   {"train-000000.tar": 1000, ...}   samples per shard
-    OUT/meta.json    {"version", "source", "classes", "splits", "seed", "shard_size"}
+    OUT/meta.json    {"version", "source", "classes", "splits", "seed", "shard_size", ...}
 
 Each sample is ``__key__`` plus ``png`` (uint8 PNG bytes), ``cls`` (ASCII int; not in
-``captions`` shards) and ``txt`` (UTF-8 caption). Shards are deterministic (fixed
-member order, mtime 0, uid/gid 0, no user names), so two runs give identical bytes,
-and atomic: each file is written under a temporary name in ``OUT/`` and renamed with
-``os.replace`` only when complete.
+``captions`` shards) and ``txt`` (UTF-8 caption). Shards are deterministic (fixed member
+order, mtime 0, uid/gid 0, no user names), so two runs give identical bytes, and every
+conversion is all or nothing: the splits are staged inside ``OUT`` and moved over the old
+shards only when the whole conversion succeeded (:func:`~lzn_core.data.shards.stage_split`);
+a failed run, or one that finds no usable sample, leaves ``OUT`` as it was.
 
 ``cifar10`` reads the official python-pickle tarball. Pickle can run code, so the
 batches are read with an unpickler that only accepts numpy arrays and builtins.
@@ -18,13 +19,17 @@ batches are read with an unpickler that only accepts numpy arrays and builtins.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.util
 import itertools
 import json
 import logging
 import pickle
 import tarfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, LZNWarning
-from .shards import Sample, make_sample, png_bytes, read_json, write_meta, write_split
+from .shards import Sample, make_sample, png_bytes, read_json, stage_split, write_meta
 
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _log = logging.getLogger(__name__)
@@ -107,16 +112,19 @@ def write_cifar10(
         tar = tarfile.open(source, "r:*")
     except tarfile.TarError as exc:
         raise DataError(f"{source} is not a tar archive ({exc})") from exc
-    with tar:
+    with tar, contextlib.ExitStack() as stack:  # both splits staged, then both committed
         names = [n.decode() for n in _cifar_member(tar, source, "batches.meta")[b"label_names"]]
-        splits = {}
+        staged = []
         for split, members in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
             parts = [_cifar_samples(_cifar_member(tar, source, m), names, m) for m in members]
             total = sum(n for n, _ in parts)
             gen = itertools.chain.from_iterable(g for _, g in parts)
-            splits[split] = sum(
-                write_split(out, split, gen, total=total, shard_size=shard_size, progress=progress).values()
+            staged.append(
+                stack.enter_context(
+                    stage_split(out, split, gen, total=total, shard_size=shard_size, progress=progress)
+                )
             )
+        splits = {s.split: sum(s.commit().values()) for s in staged}
     return write_meta(
         Path(out), source=f"cifar10:{source.name}", classes=names, splits=splits, shard_size=shard_size
     )
@@ -125,12 +133,20 @@ def write_cifar10(
 # ----------------------------------------------------------------------------- folder / captions
 
 
-def _load_image(path: Path) -> bytes:
-    """Read any PIL-readable image and re-encode it as PNG (mode L kept, everything else RGB)."""
+def _load_image(path: Path, size: tuple[int, int] | None = None) -> tuple[bytes, bool]:
+    """Read any PIL-readable image and re-encode it as PNG (mode L kept, everything else RGB).
+
+    With ``size`` (W, H), an image of another size is resized to it (bicubic; the aspect ratio is
+    not kept). Returns the PNG bytes and whether the image was resized.
+    """
 
     with Image.open(path) as img:
         img.load()
-        return png_bytes(img if img.mode == "L" else img.convert("RGB"))
+        out = img if img.mode == "L" else img.convert("RGB")
+    resized = size is not None and out.size != size
+    if size is not None and resized:
+        out = out.resize(size, Image.Resampling.BICUBIC)
+    return png_bytes(out), resized
 
 
 def _warn_skipped(what: str, skipped: list[str]) -> None:
@@ -139,16 +155,41 @@ def _warn_skipped(what: str, skipped: list[str]) -> None:
         warnings.warn(f"skipped {len(skipped)} {what}: {shown}", LZNWarning, stacklevel=3)
 
 
-def _folder_samples(
-    files: Sequence[tuple[Path, int]], classes: Sequence[str], skipped: list[str]
-) -> Iterator[Sample]:
-    for i, (path, cls) in enumerate(files):
+def _image_sizes(
+    files: Sequence[tuple[Path, int]], skipped: list[str]
+) -> tuple[list[tuple[Path, int, tuple[int, int]]], Counter[tuple[int, int]]]:
+    """Pass 1 (headers only): ``(path, class, (W, H))`` of each file PIL can open, and the size counts."""
+    readable: list[tuple[Path, int, tuple[int, int]]] = []
+    counts: Counter[tuple[int, int]] = Counter()
+    for path, cls in files:
         try:
-            png = _load_image(path)
+            with Image.open(path) as img:
+                size = img.size
         except Exception as exc:  # PIL raises many types for corrupt files
             _log.warning("skipping corrupt image %s: %s", path, exc)
             skipped.append(f"{path} ({type(exc).__name__})")
             continue
+        readable.append((path, cls, size))
+        counts[size] += 1
+    return readable, counts
+
+
+def _folder_samples(
+    files: Sequence[tuple[Path, int, tuple[int, int]]],
+    classes: Sequence[str],
+    size: tuple[int, int],
+    skipped: list[str],
+    resized: list[str],
+) -> Iterator[Sample]:
+    for i, (path, cls, own) in enumerate(files):
+        try:
+            png, changed = _load_image(path, size)
+        except Exception as exc:  # PIL raises many types for corrupt files
+            _log.warning("skipping corrupt image %s: %s", path, exc)
+            skipped.append(f"{path} ({type(exc).__name__})")
+            continue
+        if changed:
+            resized.append(f"{path} {own[0]}x{own[1]}")
         yield make_sample(f"img{i:07d}", png, f"a photo of a {classes[cls]}", cls)
 
 
@@ -160,15 +201,23 @@ def write_folder(
     shard_size: int = 1000,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """An ImageFolder tree ``ROOT/<class>/<image>`` -> ``{split}`` shards.
+    """An ImageFolder tree ``ROOT/<class>/<image>`` -> ``{split}`` shards, all or nothing.
 
     Class index = position of the class folder name in sorted order (names saved in
     ``meta.json``; converting a second split into the same ``OUT`` must give the same
     classes). Images are re-encoded as PNG; unreadable files are skipped, counted and
-    reported in one ``LZNWarning``.
+    reported in one ``LZNWarning``. Every image gets one size (W, H): the size of the split
+    already converted into ``OUT`` (``meta.json``'s ``image_size``) if there is one, otherwise
+    the most common size under ``ROOT`` (ties: the first met in file order); images of another
+    size are resized to it (bicubic, aspect ratio not kept), counted in ``meta.json``
+    (``resized``) and reported in one ``LZNWarning``.
 
     Returns:
         the written ``meta.json`` content.
+
+    Raises:
+        DataError: no class folders, no image files, classes that differ from ``OUT``'s, or no
+            image could be read (``OUT`` is left unchanged).
     """
     root, out = Path(root), Path(out)
     if not root.is_dir():
@@ -176,7 +225,8 @@ def write_folder(
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root} has no class sub-folders (expected ROOT/<class>/<image files>)")
-    old = read_json(out / "meta.json").get("classes")
+    meta = read_json(out / "meta.json")
+    old = meta.get("classes")
     if old is not None and list(old) != classes:
         raise DataError(f"classes of {root} {classes} differ from {out / 'meta.json'} {old}; use another OUT")
     files = [
@@ -188,26 +238,41 @@ def write_folder(
     if not files:
         raise DataError(f"no image files ({', '.join(sorted(_IMAGE_EXTS))}) under {root}/<class>/")
     skipped: list[str] = []
-    n = sum(
-        write_split(
-            out,
-            split,
-            _folder_samples(files, classes, skipped),
-            total=len(files),
-            shard_size=shard_size,
-            progress=progress,
-        ).values()
-    )
-    _warn_skipped("unreadable images", skipped)
-    if n == 0:
-        raise DataError(f"every image under {root} failed to load")
+    resized: list[str] = []
+    readable, counts = _image_sizes(files, skipped)
+    others = {k: v for k, v in (meta.get("image_size") or {}).items() if k != split}
+    if others:
+        first = sorted(others)[0]
+        size, why = (
+            (int(others[first][0]), int(others[first][1])),
+            f"the size of the {first!r} split in {out}",
+        )
+    else:
+        size, why = (counts.most_common(1)[0][0] if counts else (0, 0)), f"the most common size under {root}"
+    samples = _folder_samples(readable, classes, size, skipped, resized)
+    with stage_split(
+        out, split, samples, total=len(readable), shard_size=shard_size, progress=progress
+    ) as st:
+        _warn_skipped("unreadable images", skipped)
+        if resized:
+            shown = "; ".join(resized[:10]) + ("; ..." if len(resized) > 10 else "")
+            warnings.warn(
+                f"resized {len(resized)} images to {size[0]}x{size[1]} ({why}): {shown}",
+                LZNWarning,
+                stacklevel=2,
+            )
+        if st.num_samples == 0:
+            raise DataError(f"every image under {root} failed to load; {out} was left unchanged")
+        n = sum(st.commit().values())
     return write_meta(
         out,
         source=f"folder:{root}",
         classes=classes,
         splits={split: n},
         shard_size=shard_size,
-        skipped={**read_json(out / "meta.json").get("skipped", {}), split: len(skipped)},
+        skipped={split: len(skipped)},
+        resized={split: len(resized)},
+        image_size={split: list(size)},
     )
 
 
@@ -225,13 +290,37 @@ def _caption_record(line: str, base: Path) -> tuple[Path, str]:
     return (path if path.is_absolute() else base / path), caption
 
 
-def _caption_samples(lines: Sequence[str], base: Path, skipped: list[str]) -> Iterator[Sample]:
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
+def _jsonl_lines(path: Path) -> list[tuple[int, str | None, str]]:
+    """``(line number, text or None, why it is unreadable)`` of each non-empty line of ``path``.
+
+    Lines are split on ``\\n`` and decoded one by one, so a line that is not UTF-8 is reported
+    (named by its number and the first bad byte) instead of stopping the file.
+    """
+    lines: list[tuple[int, str | None, str]] = []
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        raw = raw.rstrip(b"\r")
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+            raw = raw[3:]
+        if not raw.strip():
             continue
         try:
-            path, caption = _caption_record(line, base)
-            png = _load_image(path)
+            lines.append((lineno, raw.decode("utf-8"), ""))
+        except UnicodeDecodeError as exc:
+            lines.append((lineno, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"))
+    return lines
+
+
+def _caption_samples(
+    lines: Sequence[tuple[int, str | None, str]], base: Path, skipped: list[str]
+) -> Iterator[Sample]:
+    for lineno, text, why in lines:
+        if text is None:
+            _log.warning("skipping line %d: %s", lineno, why)
+            skipped.append(f"line {lineno}: UnicodeDecodeError: {why}")
+            continue
+        try:
+            path, caption = _caption_record(text, base)
+            png, _ = _load_image(path)
         except Exception as exc:
             _log.warning("skipping line %d: %s", lineno, exc)
             skipped.append(f"line {lineno}: {type(exc).__name__}: {exc}")
@@ -247,31 +336,121 @@ def write_captions(
     shard_size: int = 1000,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """JSONL lines ``{"image": path, "caption": text}`` -> ``{split}`` shards of ``png`` + ``txt``.
+    """JSONL lines ``{"image": path, "caption": text}`` -> ``{split}`` shards of ``png`` + ``txt``, all or nothing.
 
-    Relative image paths are relative to the JSONL file's directory. Bad lines (invalid
-    JSON, missing fields, unreadable image) are skipped and reported with line numbers.
+    Relative image paths are relative to the JSONL file's directory. Bad lines (not UTF-8,
+    invalid JSON, missing fields, unreadable image) are skipped, counted in ``meta.json``
+    (``skipped``) and reported in one ``LZNWarning`` naming the file and each line number.
 
     Returns:
         the written ``meta.json`` content.
+
+    Raises:
+        DataError: no line is usable (``OUT`` is left unchanged).
     """
     jsonl, out = Path(jsonl), Path(out)
     if not jsonl.is_file():
         raise FileNotFoundError(f"captions file not found: {jsonl}")
-    lines = jsonl.read_text(encoding="utf-8").splitlines()
+    lines = _jsonl_lines(jsonl)
     skipped: list[str] = []
-    total = sum(1 for ln in lines if ln.strip())
-    n = sum(
-        write_split(
-            out,
-            split,
-            _caption_samples(lines, jsonl.parent, skipped),
-            total=total,
-            shard_size=shard_size,
-            progress=progress,
-        ).values()
+    samples = _caption_samples(lines, jsonl.parent, skipped)
+    with stage_split(out, split, samples, total=len(lines), shard_size=shard_size, progress=progress) as st:
+        _warn_skipped(f"bad lines of {jsonl}", skipped)
+        if st.num_samples == 0:
+            raise DataError(
+                f"{jsonl}: no usable lines ({len(skipped)} bad, {len(lines)} non-empty); {out} was left unchanged"
+            )
+        n = sum(st.commit().values())
+    return write_meta(
+        out,
+        source=f"captions:{jsonl}",
+        classes=None,
+        splits={split: n},
+        shard_size=shard_size,
+        skipped={split: len(skipped)},
     )
-    _warn_skipped(f"bad lines of {jsonl}", skipped)
-    if n == 0:
-        raise DataError(f"{jsonl}: no usable lines ({len(skipped)} bad, {total} non-empty)")
-    return write_meta(out, source=f"captions:{jsonl}", classes=None, splits={split: n}, shard_size=shard_size)
+
+
+# ----------------------------------------------------------------------------- map (add a key)
+
+
+def load_function(ref: str) -> Callable[..., Any]:
+    """``"package.module:function"`` or ``"path/to/file.py:function"`` -> the function.
+
+    Raises:
+        DataError: the reference is malformed, the module cannot be imported or has no such function.
+    """
+    module, _, name = ref.rpartition(":")
+    if not module or not name.isidentifier():
+        raise DataError(f"--fn {ref!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    try:
+        if module.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(f"lzn_map_{Path(module).stem}", module)
+            if spec is None or spec.loader is None or not Path(module).is_file():
+                raise ImportError(f"no such file {module}")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise DataError(f"--fn {ref!r}: cannot import {module} ({exc})") from exc
+    fn = getattr(mod, name, None)
+    if not callable(fn):
+        raise DataError(f"--fn {ref!r}: {module} has no function {name!r}")
+    return fn
+
+
+def map_split(
+    pattern: str,
+    out: str | Path,
+    fn: Callable[[str, dict[str, bytes]], dict[str, bytes]],
+    *,
+    split: str = "train",
+    shard_size: int = 1000,
+    progress: bool | None = None,
+    source: str = "",
+) -> dict[str, Any]:
+    """Run ``fn(key, {ext: bytes}) -> {ext: bytes}`` over every sample of the shards matching ``pattern``
+    and write the samples with the returned keys added (or replaced) as ``OUT/{split}-*.tar``.
+
+    The shards are read in order with webdataset's streaming stages; the output is staged and
+    committed all or nothing, so ``OUT`` may be the shards' own directory. ``meta.json`` keeps
+    the source directory's ``classes``.
+
+    Returns:
+        the written ``meta.json`` content.
+
+    Raises:
+        DataError: a shard cannot be read to its end, or ``fn`` returns something that is not
+            ``{ext: bytes}`` (named by the sample's key).
+    """
+    from ._shardset import expand_pattern, iter_shard_samples
+
+    paths = expand_pattern(pattern)
+
+    def stop(exc: Exception) -> bool:
+        raise DataError(f"{pattern!r}: cannot read a shard to its end ({exc}); nothing was written") from exc
+
+    def samples() -> Iterator[Sample]:
+        for s in iter_shard_samples(paths, stop):
+            key = s["__key__"]
+            fields = {k: v for k, v in s.items() if not k.startswith("__")}
+            extra = fn(key, dict(fields))
+            if not isinstance(extra, dict) or not all(
+                isinstance(v, (bytes, bytearray)) for v in extra.values()
+            ):
+                raise DataError(
+                    f"{source or 'fn'} returned {type(extra).__name__} for {key!r}; expected {{ext: bytes}}"
+                )
+            yield key, {**fields, **extra}
+
+    out = Path(out)
+    classes = read_json(Path(paths[0]).parent / "meta.json").get("classes")
+    with stage_split(out, split, samples(), shard_size=shard_size, progress=progress) as st:
+        n = sum(st.commit().values())
+    return write_meta(
+        out,
+        source=f"map:{source or getattr(fn, '__name__', 'fn')} of {pattern}",
+        classes=classes,
+        splits={split: n},
+    )

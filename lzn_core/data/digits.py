@@ -11,6 +11,7 @@ Everything the framework knows about the digits is here:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .shards import make_sample, png_bytes, write_meta, write_split
+from .shards import make_sample, png_bytes, stage_split, write_meta
 
 _CACHE: dict[str, DigitFeatures] = {}
 
@@ -71,17 +72,21 @@ def write_digits(
         np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed
     )
     choices = np.random.default_rng(seed).integers(0, len(_DIGIT_TEMPLATES), size=len(labels))
-    splits = {}
-    for split, idx in (("train", np.sort(idx_train)), ("test", np.sort(idx_test))):
-        gen = (
-            make_sample(
-                f"digits{i:05d}", png_bytes(images[i]), digit_caption(labels[i], choices[i]), labels[i]
+    with contextlib.ExitStack() as stack:  # both splits staged, then both committed: all or nothing
+        staged = []
+        for split, idx in (("train", np.sort(idx_train)), ("test", np.sort(idx_test))):
+            gen = (
+                make_sample(
+                    f"digits{i:05d}", png_bytes(images[i]), digit_caption(labels[i], choices[i]), labels[i]
+                )
+                for i in idx
             )
-            for i in idx
-        )
-        splits[split] = sum(
-            write_split(out, split, gen, total=len(idx), shard_size=shard_size, progress=progress).values()
-        )
+            staged.append(
+                stack.enter_context(
+                    stage_split(out, split, gen, total=len(idx), shard_size=shard_size, progress=progress)
+                )
+            )
+        splits = {s.split: sum(s.commit().values()) for s in staged}
     return write_meta(
         Path(out),
         source="sklearn.datasets.load_digits",

@@ -1,26 +1,36 @@
-"""The shard loader: deterministic, rank-split, exactly resumable batches from webdataset tars.
+"""The shard loader: deterministic, rank-split, exactly resumable batches of equal size.
 
-Design (why not a streaming webdataset pipeline): exact resume and "the ranks of step k
-together hold exactly global batch k" are the requirements, and both are simple with
-random access. Each shard's tar members are indexed once (byte offset and size of the
-keys the modalities declare, no data read); an epoch is a permutation of all sample ids
-seeded by ``(seed, epoch)``; global batch ``k`` is ``perm[k*G:(k+1)*G]`` with
-``G = batch_size * world_size``; rank ``r`` takes rows ``r*batch_size:(r+1)*batch_size``
-of it. So two ranks of batch ``B`` see exactly the samples one rank of batch ``2B`` sees,
-and the position in the stream is two integers ``(epoch, step)``: :class:`LoaderState`.
-Within a rank, DataLoader worker ``w`` of ``n`` builds the rank's batches ``i ≡ w (mod n)``
-of the stream and the DataLoader returns them in order, so the batch sequence does not
-depend on ``num_workers``. Samples are decoded on demand (nothing decoded is held), so
-CIFAR-size shards are fine.
+Design: exact resume and "the ranks of step k together hold exactly global batch k" are the
+requirements, and both are simple with random access, which wids' indexed reader gives
+(:mod:`~lzn_core.data._shardset`: every shard's tar headers are scanned once, members are read
+from a memory map). An epoch is a permutation of all sample ids seeded by ``(seed, epoch)``;
+global batch ``k`` is positions ``k*G .. (k+1)*G - 1`` of it with ``G = batch_size *
+world_size``; rank ``r`` takes positions ``k*G + r*batch_size ..`` of them. So two ranks of
+batch ``B`` see exactly the samples one rank of batch ``2B`` sees, and the position in the
+stream is two integers ``(epoch, step)``: :class:`LoaderState`. Within a rank, DataLoader
+worker ``w`` of ``n`` builds the rank's batches ``i ≡ w (mod n)`` of the stream and the
+DataLoader returns them in order, so the batch sequence does not depend on ``num_workers``.
+Samples are decoded on demand (nothing decoded is held), so CIFAR-size shards are fine.
 
-Corrupt samples (bad bytes, missing key, undecodable ``cls``) are skipped: the batch is
-one row shorter, ``ShardLoader.skipped`` counts them and a :class:`CorruptSampleWarning`
-naming shard and key is issued for the first one and every ``report_every``-th.
+Bad samples (bytes a modality cannot decode, a missing key, a member cut off by a truncated
+shard, an item ``spec.validate_item`` rejects) are skipped and *replaced*, so every rank always
+returns ``batch_size`` rows (an all-gather of unequal sizes fails on gloo and hangs on NCCL):
+the sample at position ``p`` of the epoch order is replaced by the first good sample at
+positions ``p + G, p + G + 1, ...`` (cyclically, modulo the number of samples), i.e. the
+sample in the same row of the next global batch, or the first good one after it. The
+replacement depends only on the data, the seed and the epoch, not on the rank count or the
+workers: one rank of batch ``2B`` and two ranks of ``B`` see the same global batches, and a
+resumed run the batches of an uninterrupted one. ``ShardLoader.skipped`` counts the skipped
+samples at this rank's own positions (summed over ranks, the bad samples of the global batches
+consumed), and a :class:`CorruptSampleWarning` naming shard, key, reason and replacement is
+issued for the first one and every ``report_every``-th. When no sample of the epoch can be
+decoded, the loader raises :class:`DataError`. ``replace_bad=False`` drops bad samples
+instead (shorter batches; a batch with no good sample is not yielded): for evaluation, where
+a duplicate would count twice.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import warnings
@@ -35,9 +45,17 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import DataError
 from ..modality import ModalitySpec
-from ._tarindex import CorruptSampleWarning, Shard, check_sizes, dir_listing, expand_pattern, index_shard
+from ._shardset import (
+    CorruptSampleWarning,
+    ShardSet,
+    Truncated,
+    check_sizes,
+    dir_listing,
+    expand_pattern,
+    iter_shard_samples,
+)
 
-__all__ = ["CorruptSampleWarning", "LoaderState", "ShardLoader", "expand_pattern", "loader"]
+__all__ = ["CorruptSampleWarning", "LoaderState", "ShardLoader", "expand_pattern", "iter_raw", "loader"]
 
 _log = logging.getLogger(__name__)
 _STATE_VERSION = 1
@@ -70,7 +88,7 @@ class LoaderState(BaseModel):
 
 @dataclass(frozen=True)
 class _Plan:
-    """Which sample ids rank ``rank`` gets at each ``(epoch, step)``."""
+    """Which epoch positions rank ``rank`` gets at each ``(epoch, step)``."""
 
     num_samples: int
     batch_size: int
@@ -96,27 +114,24 @@ class _Plan:
             return np.arange(self.num_samples)
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
 
-    def rows(self, order: Any, step: int) -> Any:
-        """This rank's rows of global batch ``step``: positions ``rank*b:(rank+1)*b`` of it.
+    def positions(self, step: int) -> range:
+        """This rank's positions (in the epoch order) of global batch ``step``.
 
-        A short last batch (``drop_last=False``) is padded from the epoch's start to a
-        multiple of ``world_size`` (like ``DistributedSampler``) so every rank gets a batch.
+        A short last batch (``drop_last=False``) is padded to a multiple of ``world_size`` with
+        positions past the end, which wrap to the epoch's start (like ``DistributedSampler``),
+        so every rank gets the same number of rows.
         """
+        g, start = self.global_batch, step * self.global_batch
+        n = min(g, self.num_samples - start)
+        per = self.batch_size if n == g else -(-n // self.world_size)
+        first = start + self.rank * per
+        return range(first, first + per)
 
-        g = self.global_batch
-        batch = order[step * g : (step + 1) * g]
-        if len(batch) < g and self.world_size > 1:
-            pad = -len(batch) % self.world_size
-            batch = np.concatenate([batch, order[:pad]])
-        per = len(batch) // self.world_size
-        return batch[self.rank * per : (self.rank + 1) * per]
-
-    def stream(self, epoch: int, step: int, infinite: bool) -> Iterator[tuple[int, int, Any]]:
-        """``(epoch, step, rows)`` from the given position; stops at the epoch end if not infinite."""
+    def stream(self, epoch: int, step: int, infinite: bool) -> Iterator[tuple[int, int]]:
+        """``(epoch, step)`` from the given position; stops at the epoch end if not infinite."""
         while True:
-            order = self.order(epoch)
             for k in range(step, self.steps_per_epoch):
-                yield epoch, k, self.rows(order, k)
+                yield epoch, k
             if not infinite:
                 return
             epoch, step = epoch + 1, 0
@@ -129,78 +144,121 @@ def _identity(x: Any) -> Any:
     return x
 
 
+Skip = tuple[str, str, str, str | None]
+"""``(shard path, key, reason, replacement "shard.tar/key" or None)`` of one skipped sample."""
+
+
 class _Batches(torch.utils.data.IterableDataset):
-    """Iterable of ``(epoch, step, batch | None, skipped)`` for this rank (worker-split in DataLoader workers)."""
+    """Iterable of ``(epoch, step, batch | None, skips, error | None)`` for this rank (worker-split)."""
 
     def __init__(
         self,
-        shards: list[Shard],
+        shards: ShardSet,
         modalities: Mapping[str, ModalitySpec],
         configs: Mapping[str, Any],
         plan: _Plan,
         start: tuple[int, int],
+        *,
         infinite: bool,
         with_keys: bool,
+        replace_bad: bool,
     ) -> None:
         self.shards, self.modalities, self.configs, self.plan = shards, dict(modalities), dict(configs), plan
-        self.start, self.infinite, self.with_keys = start, infinite, with_keys
-        self.starts = [0]
-        for s in shards:
-            self.starts.append(self.starts[-1] + len(s.keys))
+        self.start, self.infinite, self.with_keys, self.replace_bad = start, infinite, with_keys, replace_bad
+        self.exts = {
+            name: tuple(k.lower() for k in spec.shard_keys) for name, spec in self.modalities.items()
+        }
+        self._order: tuple[int, Any] = (-1, None)
 
-    def __iter__(self) -> Iterator[tuple[int, int, Any, list[tuple[str, str, str]]]]:
+    def __iter__(self) -> Iterator[tuple[int, int, Any, list[Skip], str | None]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        files: dict[str, Any] = {}
-        try:
-            for i, (epoch, step, rows) in enumerate(self.plan.stream(*self.start, self.infinite)):
-                if i % workers == worker:
-                    yield (epoch, step, *self._decode(rows, files))
-        finally:
-            for fh in files.values():
-                fh.close()
+        for i, (epoch, step) in enumerate(self.plan.stream(*self.start, self.infinite)):
+            if i % workers == worker:
+                try:
+                    yield (epoch, step, *self._batch(epoch, step), None)
+                except DataError as exc:  # returned, not raised: a worker's exception arrives as a traceback
+                    yield epoch, step, None, [], str(exc)
+                    return
 
-    def _read(self, shard: Shard, ext: str, j: int, files: dict[str, Any]) -> bytes:
-        off, size = shard.spans[ext][j]
-        fh = files.get(shard.path)
-        if fh is None:
-            fh = files[shard.path] = open(shard.path, "rb")
-        fh.seek(off)
-        data = fh.read(size)
-        if len(data) != size:
-            raise ValueError(f"{ext}: truncated ({len(data)} of {size} bytes)")
-        return bytes(data)
+    def _epoch_order(self, epoch: int) -> Any:
+        if self._order[0] != epoch:
+            self._order = (epoch, self.plan.order(epoch))
+        return self._order[1]
 
-    def _decode_one(self, shard: Shard, j: int, files: dict[str, Any]) -> dict[str, Any]:
+    def _decode(self, g: int) -> tuple[str, dict[str, Any]]:
+        """``(key, {modality: item})`` of global sample ``g``; ValueError(reason) when it is bad."""
+        key, fields = self.shards.sample(g)
         item = {}
         for name, spec in self.modalities.items():
-            ext = next((e for e in spec.shard_keys if shard.spans[e][j][0] >= 0), None)
+            ext = next((e for e in self.exts[name] if e in fields), None)
             if ext is None:
                 raise ValueError(f"no {'/'.join(spec.shard_keys)} for modality {name!r}")
+            raw = fields[ext]
+            if isinstance(raw, Truncated):
+                raise ValueError(
+                    f"{name} ({ext}): truncated shard: {raw.name} has {raw.got} of {raw.size} bytes"
+                )
             try:
-                item[name] = spec.decode_sample(self._read(shard, ext, j, files))
+                item[name] = spec.decode_sample(raw)
                 if spec.validate_item is not None and name in self.configs:
                     spec.validate_item(item[name], self.configs[name])
-            except ValueError as exc:
-                raise ValueError(f"{name} ({ext}): {type(exc).__name__}: {exc}") from exc
-        return item
-
-    def _decode(self, rows: Any, files: dict[str, Any]) -> tuple[Any, list[tuple[str, str, str]]]:
-        items, keys, skipped = [], [], []
-        for g in rows.tolist():
-            s = bisect.bisect_right(self.starts, g) - 1
-            shard, j = self.shards[s], g - self.starts[s]
-            try:
-                items.append(self._decode_one(shard, j, files))
-                keys.append(f"{os.path.basename(shard.path)}/{shard.keys[j]}")
             except ValueError as exc:  # anything else is a plugin bug: it stops the run
-                skipped.append((shard.path, shard.keys[j], str(exc)))
+                raise ValueError(f"{name} ({ext}): {type(exc).__name__}: {exc}") from exc
+        return key, item
+
+    def _label(self, g: int, key: str) -> str:
+        s, _ = self.shards.locate(g)
+        return f"{os.path.basename(self.shards.paths[s])}/{key}"
+
+    def _replacement(self, order: Any, p: int) -> tuple[str, dict[str, Any]]:
+        """The first good sample at positions ``p + G, p + G + 1, ...`` of ``order`` (cyclically)."""
+        n, g = len(order), self.plan.global_batch
+        last = None
+        for j in range(n):
+            q = (p + g + j) % n
+            if q == p % n:
+                continue
+            sid = int(order[q])
+            try:
+                key, item = self._decode(sid)
+            except ValueError as exc:
+                last = (sid, exc)
+                continue
+            return self._label(sid, key), item
+        shard, key = self.shards.name(last[0]) if last else self.shards.name(int(order[p % n]))
+        raise DataError(
+            f"no sample of {self.shards.pattern!r} can be decoded ({n} tried); the last: {key!r} in {shard}: "
+            f"{last[1] if last else 'the only sample is bad'}"
+        )
+
+    def _batch(self, epoch: int, step: int) -> tuple[Any, list[Skip]]:
+        order = self._epoch_order(epoch)
+        n = len(order)
+        items: list[dict[str, Any]] = []
+        keys: list[str] = []
+        skips: list[Skip] = []
+        for p in self.plan.positions(step):
+            sid = int(order[p % n])
+            try:
+                key, item = self._decode(sid)
+                if self.with_keys:
+                    keys.append(self._label(sid, key))
+            except ValueError as exc:
+                shard, key = self.shards.name(sid)
+                if not self.replace_bad:
+                    skips.append((shard, key, str(exc), None))
+                    continue
+                label, item = self._replacement(order, p)
+                skips.append((shard, key, str(exc), label))
+                keys.append(label)
+            items.append(item)
         if not items:
-            return None, skipped
+            return None, skips
         batch = {name: spec.collate([it[name] for it in items]) for name, spec in self.modalities.items()}
         if self.with_keys:
             batch["__key__"] = keys
-        return batch, skipped
+        return batch, skips
 
 
 # ----------------------------------------------------------------------------- the loader
@@ -213,7 +271,7 @@ class ShardLoader:
         shards: shard paths, sorted.
         num_samples: samples in the shard set.
         steps_per_epoch: batches per epoch (the same on every rank).
-        skipped: corrupt samples skipped so far (this rank).
+        skipped: bad samples skipped so far at this rank's positions (replaced unless ``replace_bad=False``).
         skipped_samples: ``(shard, key, reason)`` of the last 1000 skipped samples.
     """
 
@@ -228,17 +286,16 @@ class ShardLoader:
         infinite: bool,
         with_keys: bool,
         report_every: int,
+        replace_bad: bool,
     ) -> None:
         if not modalities:
             raise ValueError("loader needs at least one modality ({name: ModalitySpec})")
         self.pattern, self.modalities, self.configs = str(pattern), dict(modalities), dict(configs)
         self.num_workers, self.infinite, self.with_keys = num_workers, infinite, with_keys
-        self.report_every = report_every
-        self.shards = expand_pattern(self.pattern)
-        exts = {e.lower() for spec in self.modalities.values() for e in spec.shard_keys}
-        self._index = [index_shard(p, exts) for p in self.shards]
-        check_sizes(self._index)
-        self.num_samples = sum(len(s.keys) for s in self._index)
+        self.report_every, self.replace_bad = report_every, replace_bad
+        self._set = ShardSet(self.pattern)
+        self.shards = self._set.paths
+        self.num_samples = self._set.num_samples
         if self.num_samples == 0:
             raise DataError(
                 f"shard set {self.pattern!r} is empty (0 samples in {len(self.shards)} shard(s)); "
@@ -294,13 +351,14 @@ class ShardLoader:
         if self.step >= self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
         batches = _Batches(
-            self._index,
+            self._set,
             self.modalities,
             self.configs,
             self._plan,
             (self.epoch, self.step),
-            self.infinite,
-            self.with_keys,
+            infinite=self.infinite,
+            with_keys=self.with_keys,
+            replace_bad=self.replace_bad,
         )
         source: Any = batches
         if self.num_workers > 0:
@@ -309,31 +367,31 @@ class ShardLoader:
             )
         it = iter(source)
         try:
-            for epoch, step, batch, skipped in it:
-                self._report(skipped)
-                if batch is None:
-                    raise DataError(
-                        f"every sample of batch {step} (epoch {epoch}) of {self.pattern!r} is corrupt; "
-                        f"last: {skipped[-1]}"
-                    )
+            for epoch, step, batch, skips, error in it:
+                if error is not None:
+                    raise DataError(error)
+                self._report(skips)
                 self.epoch, self.step = epoch, step + 1
                 self.samples_seen += min(
                     self._plan.global_batch, self.num_samples - step * self._plan.global_batch
                 )
                 if self.step == self.steps_per_epoch:
                     self.epoch, self.step = epoch + 1, 0
-                yield batch
+                if batch is not None:
+                    yield batch
         finally:
             del it
 
-    def _report(self, skipped: list[tuple[str, str, str]]) -> None:
-        for shard, key, reason in skipped:
+    def _report(self, skips: list[Skip]) -> None:
+        for shard, key, reason, replacement in skips:
             self.skipped += 1
             self.skipped_samples = [*self.skipped_samples[-999:], (shard, key, reason)]
-            _log.debug("skipped %s %s: %s", shard, key, reason)
+            what = f"replaced by {replacement!r}" if replacement else "dropped from the batch"
+            _log.debug("skipped %s %s: %s; %s", shard, key, reason, what)
             if self.skipped == 1 or self.skipped % self.report_every == 0:
                 warnings.warn(
-                    f"skipped corrupt sample {key!r} in {shard}: {reason} ({self.skipped} skipped so far)",
+                    f"skipped corrupt or unfit sample {key!r} in {shard}: {reason}; {what} "
+                    f"({self.skipped} skipped so far)",
                     CorruptSampleWarning,
                     stacklevel=3,
                 )
@@ -356,6 +414,7 @@ def loader(
     infinite: bool = True,
     with_keys: bool = False,
     report_every: int = 100,
+    replace_bad: bool = True,
 ) -> ShardLoader:
     """Batches of the shards matching ``pattern``, decoded by ``modalities``.
 
@@ -375,15 +434,19 @@ def loader(
         drop_last: drop the short last global batch (False: keep it, padded to a multiple of world_size).
         infinite: go on epoch after epoch; False stops at the end of the current epoch (iterate
             again for the next one).
-        with_keys: add ``"__key__": ["shard.tar/key", ...]`` to each batch.
+        with_keys: add ``"__key__": ["shard.tar/key", ...]`` to each batch (a replaced row has
+            its replacement's key).
         report_every: warn at the first skipped sample and every ``report_every``-th.
+        replace_bad: replace a bad sample by the first good one from ``G`` positions on (every
+            batch full; see the module docstring); False drops it (shorter batches).
 
     Returns:
         a :class:`ShardLoader`: iterate it for ``{name: batch}``; ``state()`` for checkpoints.
 
     Raises:
-        DataError: no shard matches, a listed shard is missing, the shard set is empty, or
-            fewer samples than one global batch (with ``drop_last``).
+        DataError: no shard matches, a listed shard is missing or not a tar file, the shard set
+            is empty, fewer samples than one global batch (with ``drop_last``); while iterating:
+            no sample can be decoded.
         ValueError: bad ``batch_size``, ``rank``/``world_size`` or ``num_workers``.
     """
     if batch_size < 1:
@@ -409,6 +472,7 @@ def loader(
         infinite=infinite,
         with_keys=with_keys,
         report_every=report_every,
+        replace_bad=replace_bad,
     )
     ld.epoch = epoch
     if resume_from is not None:
@@ -418,14 +482,26 @@ def loader(
 
 def iter_raw(pattern: str, keys: tuple[str, ...]) -> Iterator[bytes]:
     """Raw values of the first of ``keys`` each sample of the shards matching ``pattern`` has,
-    in shard order (samples without any of the keys are passed over). For ``spec.prepare``."""
+    in shard order, read by webdataset's streaming stages (samples without any of the keys are
+    passed over; a damaged shard is read up to the damage, with a warning, and a count that
+    differs from ``sizes.json`` is warned about). For ``spec.prepare``."""
     wanted = tuple(k.lower() for k in keys)
     for path in expand_pattern(pattern):
-        shard = index_shard(path, set(wanted))
-        with open(path, "rb") as fh:
-            for j in range(len(shard.keys)):
-                span = next((shard.spans[k][j] for k in wanted if shard.spans[k][j][0] >= 0), None)
-                if span is None:
-                    continue
-                fh.seek(span[0])
-                yield fh.read(span[1])
+        if os.path.getsize(path) == 0:
+            warnings.warn(f"{path}: empty file (0 bytes); ignored", CorruptSampleWarning, stacklevel=2)
+            continue
+
+        def damaged(exc: Exception, path: str = path) -> bool:
+            why = str(exc).split(" @ ")[0]
+            warnings.warn(
+                f"{path}: {why}; the rest of this shard is skipped", CorruptSampleWarning, stacklevel=2
+            )
+            return False
+
+        count = 0
+        for sample in iter_shard_samples([path], damaged):
+            count += 1
+            value = next((sample[k] for k in wanted if k in sample), None)
+            if value is not None:
+                yield value
+        check_sizes([path], [count])  # a shard cut inside a header ends without an error

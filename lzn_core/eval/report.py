@@ -71,7 +71,14 @@ def load_split(
     specs = {n: model.specs[n] for n in names}
     configs = {n: model.configs[n] for n in names}
     ld = loader(
-        pattern, specs, configs=configs, batch_size=512, shuffle=False, drop_last=False, infinite=False
+        pattern,
+        specs,
+        configs=configs,
+        batch_size=512,
+        shuffle=False,
+        drop_last=False,
+        infinite=False,
+        replace_bad=False,
     )
     parts: dict[str, list[Any]] = {n: [] for n in names}
     for batch in ld:
