@@ -398,8 +398,9 @@ def test_lr_factor_warmup_and_freeze() -> None:
 @pytest.mark.parametrize("stage", [0, 1])
 def test_frozen_module_is_kept_out_of_the_update_and_the_clipping_norm(train, tmp_path, stage) -> None:
     """train.freeze {image.decoder: 1}: from iteration 1 the decoder neither changes nor adds to
-    the gradient norm (ZeRO-1 included, whose gradients live in DeepSpeed's buffers), while
-    gradients still flow through it to the encoder."""
+    the gradient norm (ZeRO-1 included, whose gradients live in DeepSpeed's buffers), its EMA and
+    Adam moments stay as they were after iteration 0, while gradients still flow through it to
+    the encoder."""
     from lzn_core.model import LZNModel
     from lzn_core.recipe import load_recipe
     from lzn_core.train.engine import Engine, setup_distributed
@@ -421,16 +422,32 @@ def test_frozen_module_is_kept_out_of_the_update_and_the_clipping_norm(train, tm
     def snapshot() -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in params.items()}
 
+    def adam_state() -> dict[str, torch.Tensor]:
+        """The decoder group's Adam moments (under ZeRO: of its flat partition)."""
+        group = next(g for g in engine.optimizer.param_groups if g["name"] == "image.decoder")
+        base = engine.optimizer.optimizer if stage else engine.optimizer
+        return {
+            f"{i}.{k}": v.clone() for i, p in enumerate(group["params"]) for k, v in base.state[p].items()
+        }
+
     before = snapshot()
     engine.step(squares())
-    after = snapshot()
+    after, ema, moments = snapshot(), engine.ema_state_dict(), adam_state()
     assert any(not torch.equal(before[n], after[n]) for n in decoder)  # iteration 0: not frozen yet
+    assert moments and any(v.abs().sum() > 0 for k, v in moments.items() if "exp_avg" in k)
     engine.step(squares())
-    final = snapshot()
+    mid = snapshot()
+    engine.step(squares())
+    final, ema_final, moments_final = snapshot(), engine.ema_state_dict(), adam_state()
     assert all(torch.equal(after[n], final[n]) for n in decoder)
     assert all(not params[n].requires_grad for n in decoder)
+    assert all(torch.equal(ema[n], ema_final[n]) for n in decoder)  # the EMA stops at the freeze step
+    assert moments.keys() == moments_final.keys()
+    assert all(torch.equal(moments[k], moments_final[k]) for k in moments)  # and Adam's state is not stepped
+    encoder = [n for n in params if n.startswith("encoders.image.")]
+    assert any(not torch.equal(ema[n], ema_final[n]) for n in encoder)
     if stage == 1:  # DeepSpeed's own norm of the last step: the unfrozen parameters only
-        expected = torch.sqrt(sum(((2 * after[n]) ** 2).sum() for n in params if n not in decoder))
+        expected = torch.sqrt(sum(((2 * mid[n]) ** 2).sum() for n in params if n not in decoder))
         torch.testing.assert_close(torch.as_tensor(engine.ds.get_global_grad_norm()).float(), expected)
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     z = model.latents(model.encode("image", x))
