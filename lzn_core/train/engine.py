@@ -15,9 +15,10 @@ reader does not need to see there:
   after iteration k - 1.
 * An EMA of every parameter with warm-up decay ``min(d, (1+k)/(10+k))`` kept outside
   DeepSpeed and saved in the checkpoints' client state.
-* ``Engine.save(step, client_state)`` writes ``ckpt/tmp-<step>``, renames it to
-  ``ckpt/step-<step>`` and then replaces ``ckpt/latest`` atomically: a crash mid-write
-  leaves the previous checkpoint usable.
+* ``Engine.save(step, client_state)`` writes ``ckpt/tmp-<step>`` (DeepSpeed's files plus
+  ``rng-rank<r>.pt``, each rank's own generator states), renames it to ``ckpt/step-<step>``
+  and then replaces ``ckpt/latest`` atomically: a crash mid-write leaves the previous
+  checkpoint usable. ``Engine.load`` restores all of it, this rank's generators last.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import LZNError
-from .checkpoint import barrier, list_checkpoints, rank, resolve_checkpoint, write_atomic
+from ..errors import LZNError, LZNWarning
+from .checkpoint import barrier, prune, rank, resolve_checkpoint, write_atomic
+from .rng import rng_state, set_rng_state
 
 WARMUP_START = 1.0 / 5000.0  # warm-up starts at lr/5000 (PAPER §4)
 
@@ -218,6 +220,7 @@ class Engine:
         self.ema_freeze = {  # EMA entry -> iteration from which its module is frozen
             k: _lookup(freeze, *_module_key(k), None) for k in self.ema if k.count(".") >= 1
         }
+        self.world_size = world_size
 
     def _lambda(self, freeze_at: int | None):  # noqa: ANN202 - a closure for LambdaLR
         warmup = self.warmup
@@ -298,6 +301,8 @@ class Engine:
         state = dict(client_state, engine=self._state())
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.ds.save_checkpoint(str(self.ckpt_dir), tag=tmp_tag, client_state=state, save_latest=False)
+        (self.ckpt_dir / tmp_tag).mkdir(exist_ok=True)
+        torch.save(rng_state(), self.ckpt_dir / tmp_tag / f"rng-rank{rank()}.pt")  # each rank its own
         barrier()
         if rank() == 0:
             final = self.ckpt_dir / tag
@@ -305,16 +310,9 @@ class Engine:
                 shutil.rmtree(final)
             os.replace(self.ckpt_dir / tmp_tag, final)
             write_atomic(self.ckpt_dir / "latest", tag)
-            self._prune()
+            prune(self.ckpt_dir, self.keep)
         barrier()
         return self.ckpt_dir / tag
-
-    def _prune(self) -> None:
-        steps = sorted(list_checkpoints(self.ckpt_dir), key=lambda p: int(p.name.split("-")[1]))
-        for old in steps[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for tmp in self.ckpt_dir.glob("tmp-*"):  # leftovers of a crash mid-write
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -322,11 +320,12 @@ class Engine:
             "skipped": self.skipped,
             "ema_updates": self.ema_updates,
             "ema": {k: v.cpu() for k, v in self.ema.items()},
-            "torch_rng": torch.get_rng_state(),
+            "world_size": self.world_size,
         }
 
     def load(self, which: str | Path = "latest") -> dict[str, Any]:
-        """Restore model, optimiser, scheduler, EMA and counters; returns the client state.
+        """Restore model, optimiser, scheduler, EMA, counters and this rank's generator states
+        (the last thing done: build every module before calling it); returns the client state.
 
         Args:
             which: ``"latest"``, a tag (``step-500``) or a checkpoint directory path.
@@ -338,5 +337,16 @@ class Engine:
         st = client.pop("engine")
         self.iteration, self.skipped, self.ema_updates = st["iteration"], st["skipped"], st["ema_updates"]
         self.ema = {k: v.to(self.device) for k, v in st["ema"].items()}
-        torch.set_rng_state(st["torch_rng"])
+        rng = root / tag / f"rng-rank{rank()}.pt"
+        if rng.is_file():
+            set_rng_state(torch.load(rng, weights_only=True))
+        else:
+            by = f"{st['world_size']} ranks" if "world_size" in st else "a version without per-rank states"
+            warnings.warn(
+                f"{root / tag} has no generator state for rank {rank()} (written by {by}, now "
+                f"{self.world_size} ranks): the run continues from it, but dropout and other global-RNG "
+                "draws differ from an uninterrupted run",
+                LZNWarning,
+                stacklevel=2,
+            )
         return client
