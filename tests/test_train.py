@@ -1,8 +1,11 @@
 """recipes/train.py end to end on tiny shards: one process, in this pytest process (CPU, gloo).
 
-Covers: a smoke run of every shipped recipe (size overrides), exact kill-and-resume, atomic
-checkpoints (a crash mid-write leaves the previous one usable), the non-finite skip, the
-engine's lr/freeze schedule and param groups, and export of a run.
+Covers: a smoke run of every shipped recipe (size overrides), atomic checkpoints (a crash
+mid-write leaves the previous one usable), the non-finite skip, the engine's lr/freeze schedule
+and param groups, export of a run; how a run starts in its directory (refused, --resume,
+--fresh, --from an earlier checkpoint, pruning that spares ``latest``); one-line errors; the
+DeepSpeed JSON checks; a frozen module's EMA and Adam state. (Exact resume after kill -9, one
+and two ranks, is in test_distributed.py.)
 """
 
 from __future__ import annotations
@@ -10,6 +13,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,11 +132,11 @@ def _run(
     out: str,
     recipe: str = "digits_joint",
     extra: list[str] = (),
-    resume: str | None = None,
+    flags: list[str] = (),
+    status: int = 0,
 ) -> Path:
     monkeypatch.chdir(workdir)
-    args = ["--recipe", recipe, "--output", out, *(["--resume", resume] if resume else []), *DIGITS, *extra]
-    assert train.main(args) == 0
+    assert train.main(["--recipe", recipe, "--output", out, *flags, *DIGITS, *extra]) == status
     return workdir / out
 
 
@@ -210,34 +217,9 @@ def test_text_benchmark_measures_a_trained_run(train, workdir, monkeypatch, tmp_
     )
 
 
-def test_resume_after_crash_equals_uninterrupted(train, workdir, monkeypatch) -> None:
-    extra = ["train.iterations=4", "train.ckpt_every=2"]
-    straight = _run(train, workdir, monkeypatch, "runs/straight", extra=extra)
-    monkeypatch.setenv("LZN_FAULT_CRASH", "3")
-    with pytest.raises(RuntimeError, match="injected crash after step 3"):
-        _run(train, workdir, monkeypatch, "runs/crashed", extra=extra)
-    monkeypatch.delenv("LZN_FAULT_CRASH")
-    crashed = workdir / "runs/crashed"
-    assert (crashed / "ckpt" / "latest").read_text() == "step-2"
-    _run(train, workdir, monkeypatch, "runs/crashed", extra=extra, resume="latest")
-    a, b = _states(straight, 4), _states(crashed, 4)
-    assert a.keys() == b.keys()
-    for k in a:  # same data, same noise, same optimiser state: bit-for-bit on one process
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
-    # EMA (exported final) too
-    from safetensors.torch import load_file
-
-    ea, eb = (
-        load_file(straight / "final" / "model.safetensors"),
-        load_file(crashed / "final" / "model.safetensors"),
-    )
-    for k in ea:
-        if not k.startswith("banks."):
-            torch.testing.assert_close(eb[k], ea[k], rtol=0, atol=1e-6, msg=k)
-
-
 def test_crash_mid_checkpoint_keeps_previous_usable(train, workdir, monkeypatch) -> None:
     import lzn_core.train.engine as engine_mod
+    from lzn_core.train.checkpoint import list_checkpoints
 
     real_replace = os.replace
 
@@ -248,15 +230,14 @@ def test_crash_mid_checkpoint_keeps_previous_usable(train, workdir, monkeypatch)
 
     extra = ["train.iterations=4", "train.ckpt_every=2"]
     monkeypatch.setattr(engine_mod.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="injected"):
-        _run(train, workdir, monkeypatch, "runs/atomic", extra=extra)
+    _run(train, workdir, monkeypatch, "runs/atomic", extra=extra, status=1)
     monkeypatch.setattr(engine_mod.os, "replace", real_replace)
     ckpt = workdir / "runs/atomic/ckpt"
     assert (ckpt / "tmp-4").is_dir()  # the half-written one, under its temporary name
     assert (ckpt / "latest").read_text() == "step-2"
     assert engine_mod.resolve_checkpoint(ckpt, "latest") == (ckpt, "step-2")
-    assert [p.name for p in engine_mod.list_checkpoints(ckpt)] == ["step-2"]
-    _run(train, workdir, monkeypatch, "runs/atomic", extra=extra, resume="latest")
+    assert [p.name for p in list_checkpoints(ckpt)] == ["step-2"]
+    _run(train, workdir, monkeypatch, "runs/atomic", extra=extra, flags=["--resume"])
     assert (ckpt / "latest").read_text() == "step-4"
     assert not (ckpt / "tmp-4").exists()  # leftovers are pruned by the next save
 
@@ -271,13 +252,217 @@ def test_nonfinite_loss_skips_the_step(train, workdir, monkeypatch) -> None:
     assert all(torch.isfinite(v).all() for v in _states(run, 2).values() if v.is_floating_point())
 
 
-def test_resume_errors(train, workdir, monkeypatch) -> None:
-    from lzn_core.errors import LZNError
+def test_resume_errors(train, workdir, monkeypatch, capsys) -> None:
+    _run(train, workdir, monkeypatch, "runs/none", flags=["--resume"], status=1)
+    assert capsys.readouterr().err == (
+        "train.py: error: nothing to resume in runs/none: no checkpoint (runs/none/ckpt/latest does not "
+        "exist); run without --resume to start it\n"
+    )
+    _run(train, workdir, monkeypatch, "runs/none", flags=["--from", "step-99"], status=1)
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        r"train.py: error: checkpoint 'step-99' not found \(checkpoints under .*: none\)\n", err
+    )
+    with pytest.raises(SystemExit):  # argparse: --fresh and --resume / --from exclude each other
+        train.parse_args(["--recipe", "x", "--fresh", "--resume"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--recipe", "x", "--fresh", "--from", "step-2"])
+    args = train.parse_args(["--recipe", "x", "--resume", "train.iterations=100"])
+    assert args.resume and args.checkpoint is None and args.overrides == ["train.iterations=100"]
+    assert train.parse_args(["--recipe", "x", "--from", "step-2"]).resume  # --from implies --resume
 
-    with pytest.raises(LZNError, match="no checkpoint to resume from"):
-        _run(train, workdir, monkeypatch, "runs/none", resume="latest")
-    with pytest.raises(LZNError, match=r"checkpoint 'step-99' not found \(checkpoints under .*: none\)"):
-        _run(train, workdir, monkeypatch, "runs/none", resume="step-99")
+
+def _tree(run: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(run)), p.stat().st_mtime_ns) for p in run.rglob("*"))
+
+
+def _steps(run: Path) -> list[int]:
+    return [r["step"] for r in _metrics(run) if "loss" in r]
+
+
+def test_a_run_directory_is_refused_resumed_or_moved_aside(train, workdir, monkeypatch, capsys) -> None:
+    """Rerunning a finished run's command is refused and touches nothing; ``--resume`` followed by an
+    override extends the run; ``--fresh`` moves the old run to previous-1/ and starts at step 0."""
+    monkeypatch.chdir(workdir)
+    out, keep = "runs/rerun", ["train.ckpt_every=1", "train.keep_checkpoints=1"]
+    command = ["--recipe", "digits_joint", "--output", out, *DIGITS, *keep]  # DIGITS: 2 iterations
+    assert train.main(command) == 0
+    run = workdir / out
+    before = _tree(run)
+    capsys.readouterr()
+    assert train.main(command) == 1  # the same command again
+    assert capsys.readouterr().err == (
+        f"train.py: error: run directory {out} already holds a run (checkpoints up to step-2, final/): pass "
+        f"--resume to continue it, --fresh to start over (its files are moved to {out}/previous-<n>/), or "
+        "choose another --output\n"
+    )
+    assert _tree(run) == before  # refused before anything was written
+
+    assert (
+        train.main(
+            ["--recipe", "digits_joint", "--output", out, *DIGITS, *keep, "--resume", "train.iterations=3"]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.startswith(f"resuming {out} at step 2 (ckpt/step-2)\n")
+    assert (run / "ckpt" / "latest").read_text() == "step-3" and _steps(run) == [1, 2, 3]
+    assert [p.name for p in (run / "ckpt").iterdir() if p.is_dir()] == ["step-3"]  # keep_checkpoints=1
+
+    assert train.main([*command, "--fresh"]) == 0
+    aside = run / "previous-1"
+    assert capsys.readouterr().out.startswith(
+        f"starting {out} at step 0; the previous run (checkpoints up to step-3, final/) is now in {aside.relative_to(workdir)}\n"
+    )
+    assert (aside / "ckpt" / "step-3").is_dir() and (aside / "final" / "model.safetensors").is_file()
+    assert _steps(aside) == [1, 2, 3] and (aside / "recipe.yaml").is_file()
+    assert _steps(run) == [1, 2] and (run / "ckpt" / "latest").read_text() == "step-2"
+
+
+def test_resume_from_an_earlier_checkpoint_branches_and_prune_spares_latest(
+    train, workdir, monkeypatch, capsys, tmp_path
+) -> None:
+    """``--from step-2`` in a run that reached step 4 moves step-3 and step-4 aside (nothing is deleted),
+    points ``latest`` at step-2, drops the metrics rows after step 2, and retraining reproduces step 4."""
+    from lzn_core.train.checkpoint import prune
+
+    run = _run(
+        train,
+        workdir,
+        monkeypatch,
+        "runs/branch",
+        extra=["train.iterations=4", "train.ckpt_every=1", "train.keep_checkpoints=3"],
+    )
+    original = _states(run, 4)
+    capsys.readouterr()
+    _run(
+        train,
+        workdir,
+        monkeypatch,
+        "runs/branch",
+        extra=["train.iterations=4", "train.ckpt_every=1", "train.keep_checkpoints=3"],
+        flags=["--from", "step-2"],
+    )
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        "resuming runs/branch at step 2 (ckpt/step-2); the later checkpoints (step-3, step-4) are now in "
+        "runs/branch/previous-1; dropped 3 metrics rows after step 2 (they are logged again)"
+    )
+    assert sorted(p.name for p in (run / "previous-1" / "ckpt").iterdir()) == ["step-3", "step-4"]
+    assert _steps(run / "previous-1") == [1, 2, 3, 4] and _steps(run) == [1, 2, 3, 4]
+    again = _states(run, 4)
+    assert all(torch.equal(again[k], original[k]) for k in original)
+
+    ckpt = tmp_path / "ckpt"  # pruning: the newest `keep`, never the one `latest` names, and tmp-* leftovers
+    for name in ("step-2", "step-4", "step-6", "tmp-8"):
+        (ckpt / name).mkdir(parents=True)
+    (ckpt / "latest").write_text("step-2")
+    assert sorted(p.name for p in prune(ckpt, keep=1)) == ["step-4", "tmp-8"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step-2", "step-6"]
+
+
+# ----------------------------------------------------------------------------- errors: one line, rank 0
+def _launch(
+    workdir: Path, args: list[str], world: int, env: dict[str, str] | None = None
+) -> list[tuple[int, str]]:
+    """``python recipes/train.py ARGS`` as ``world`` ranks (gloo); (exit status, stderr) per rank."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WORLD_SIZE": str(world)}
+    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **(env or {}))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "recipes" / "train.py"), *args],
+            cwd=workdir,
+            env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+        return [(p.returncode, err) for p, err in zip(procs, errs, strict=True)]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def _noise_free(err: str) -> str:
+    """stderr without the lines of libraries we do not control (DeepSpeed's accelerator notice, torch's
+    deprecation of the anchor all-gather, the progress bar)."""
+    skip = ("[WARNING]", "FutureWarning", "return torch.cat(all_gather", "digits_joint:")
+    return "".join(line for line in err.splitlines(keepends=True) if not line.lstrip().startswith(skip))
+
+
+def test_a_bad_recipe_prints_what_lzn_validate_prints_on_rank_0_only(
+    train, workdir, monkeypatch, capsys
+) -> None:
+    """Two ranks, a typo in an override: rank 0 prints exactly `lzn validate`'s text (no traceback), rank 1
+    nothing; both exit 1. With --debug the error is raised (its traceback printed) instead."""
+    from lzn_core.cli import main as lzn
+    from lzn_core.errors import RecipeError
+
+    bad = ["--recipe", "digits_joint", "train.iterations=20", "train.batchsize=8"]
+    ranks = _launch(workdir, bad, world=2)
+    monkeypatch.chdir(workdir)
+    assert lzn(["validate", "digits_joint", "train.iterations=20", "train.batchsize=8"]) == 1
+    validate = capsys.readouterr().err
+    assert "  - train.batchsize: extra field; did you mean 'batch_size'?" in validate.splitlines()
+    assert [code for code, _ in ranks] == [1, 1]
+    assert _noise_free(ranks[0][1]) == validate
+    assert _noise_free(ranks[1][1]) == ""
+    with pytest.raises(RecipeError, match="batchsize"):
+        train.main([*bad, "--debug"])
+
+
+def test_missing_shards_print_one_line_on_rank_0_only(workdir, tmp_path) -> None:
+    """Two ranks meet the same missing shard set after the process group is up: one line from rank 0."""
+    ranks = _launch(tmp_path, ["--recipe", "digits_joint", "--output", "run", *DIGITS], world=2)
+    assert [code for code, _ in ranks] == [1, 1]
+    assert _noise_free(ranks[0][1]) == (
+        "train.py: error: no shards match 'data/digits/train-*.tar'; directory 'data/digits' does not exist\n"
+    )
+    assert _noise_free(ranks[1][1]) == ""
+
+
+def test_an_unwritable_run_directory_is_one_line(train, workdir, monkeypatch, capsys) -> None:
+    real_mkdir = Path.mkdir
+
+    def denied(self, *args, **kwargs):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    _run(train, workdir, monkeypatch, "runs/locked", status=1)
+    assert capsys.readouterr().err == (
+        "train.py: error: cannot write the run directory runs/locked: Permission denied; choose another "
+        "--output (or fix its permissions)\n"
+    )
+
+
+def test_error_lines_by_kind_and_rank() -> None:
+    """Which rank reports what: user errors and a failed process group on rank 0 only; anything else on
+    the rank it happened on, naming the type and the rank."""
+    from lzn_core.errors import DataError
+    from lzn_core.train.failures import error_line
+
+    assert error_line(DataError("no shards"), "train.py") == "train.py: error: no shards"
+    assert error_line(PermissionError(13, "Permission denied", "x"), "train.py", rank=1) is None
+    oom = RuntimeError("CUDA out of memory")
+    assert error_line(oom, "train.py", rank=1) == (
+        "train.py: error (RuntimeError) on rank 1: CUDA out of memory (run again with --debug for the traceback)"
+    )
+    peer = torch.distributed.DistBackendError("Connection closed by peer")
+    assert error_line(peer, "train.py", rank=1) is None
+    assert "another rank" in error_line(peer, "train.py", rank=0)
+    port = torch.distributed.DistNetworkError("address already in use")  # while starting the group
+    assert error_line(port, "train.py", rank=1, group_up=False) == (
+        "train.py: error (DistNetworkError) on rank 1: address already in use (run again with --debug for the "
+        "traceback)"
+    )
 
 
 # ----------------------------------------------------------------------------- the DeepSpeed JSON
@@ -456,6 +641,37 @@ def test_frozen_module_is_kept_out_of_the_update_and_the_clipping_norm(train, tm
     assert all(params[n].grad is None for n in decoder)
     encoder = [p.grad for n, p in params.items() if n.startswith("encoders.image.")]
     assert any(g is not None and g.abs().sum() > 0 for g in encoder)
+
+
+def test_a_frozen_decoder_exports_the_same_weights_at_and_after_its_freeze_step(
+    train, workdir, monkeypatch, tmp_path
+) -> None:
+    """train.freeze {image.decoder: 2}: the exported (EMA) decoder after 2 steps and after 4 (resumed)
+    are bit-identical, and so is its Adam state in the two checkpoints; the encoder keeps changing."""
+    from safetensors.torch import load_file
+
+    extra = ["train.iterations=2", "train.ckpt_every=2", "train.freeze.image.decoder=2"]
+    run = _run(train, workdir, monkeypatch, "runs/freeze", extra=extra)
+    shutil.copytree(run / "final", tmp_path / "at2")
+    _run(train, workdir, monkeypatch, "runs/freeze", extra=[*extra, "train.iterations=4"], flags=["--resume"])
+    at2, at4 = (
+        load_file(tmp_path / "at2" / "model.safetensors"),
+        load_file(run / "final" / "model.safetensors"),
+    )
+    decoder = [k for k in at2 if k.startswith("decoders.image.")]
+    encoder = [k for k in at2 if k.startswith("encoders.image.")]
+    assert decoder and encoder
+    assert all(torch.equal(at2[k], at4[k]) for k in decoder)
+    assert any(not torch.equal(at2[k], at4[k]) for k in encoder)
+
+    def decoder_moments(step: int) -> list[torch.Tensor]:
+        path = run / "ckpt" / f"step-{step}" / "mp_rank_00_model_states.pt"
+        opt = torch.load(path, map_location="cpu", weights_only=False)["optimizer"]
+        [group] = [g for g in opt["param_groups"] if g["name"] == "image.decoder"]
+        return [v for i in group["params"] for v in opt["state"][i].values()]
+
+    m2, m4 = decoder_moments(2), decoder_moments(4)
+    assert m2 and len(m2) == len(m4) and all(torch.equal(a, b) for a, b in zip(m2, m4, strict=True))
 
 
 def test_param_groups_follow_lr_keys() -> None:
