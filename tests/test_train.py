@@ -351,6 +351,13 @@ def test_resume_from_an_earlier_checkpoint_branches_and_prune_spares_latest(
     assert _steps(run / "previous-1") == [1, 2, 3, 4] and _steps(run) == [1, 2, 3, 4]
     again = _states(run, 4)
     assert all(torch.equal(again[k], original[k]) for k in original)
+    from lzn_core.errors import LZNWarning
+
+    (run / "ckpt" / "step-4" / "rng-rank0.pt").unlink()  # e.g. written by more ranks than now resume
+    with pytest.warns(
+        LZNWarning, match="has no generator state for rank 0 .* draws differ from an uninterrupted"
+    ):
+        _run(train, workdir, monkeypatch, "runs/branch", extra=["train.iterations=5"], flags=["--resume"])
 
     ckpt = tmp_path / "ckpt"  # pruning: the newest `keep`, never the one `latest` names, and tmp-* leftovers
     for name in ("step-2", "step-4", "step-6", "tmp-8"):
