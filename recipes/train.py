@@ -4,6 +4,8 @@
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 recipes/train.py --recipe digits_joint.yaml  # CPU
     python recipes/train.py --recipe digits_joint.yaml train.iterations=200    # one process
     python recipes/train.py --recipe digits_joint.yaml --resume                 # continue from ckpt/latest
+    python recipes/train.py --recipe digits_joint.yaml --resume --from step-400 train.iterations=1200
+    python recipes/train.py --recipe digits_joint.yaml --fresh                  # old run -> previous-<n>/
 
 A step, for the global batch k split across ranks (rank r holds rows [r·b, (r+1)·b)):
   * every modality a task needs is encoded to anchors a: (b, q) and all-gathered *with
@@ -15,15 +17,22 @@ A step, for the global batch k split across ranks (rank r holds rows [r·b, (r+1
     wants the paired anchor (max over late steps of P(a_k | s_t)); T's anchors are its bank
     (label classes, with class weights of the global batch) or T's anchors of the same rows
     (a second augmented view when S == T).
-Total loss = Σ weight · term; the engine (lzn_core.engine) does the clipped Adam step, EMA,
-freezing, non-finite skipping and atomic checkpoints.
+Total loss = Σ weight · term; the engine (lzn_core.train.engine) does the clipped Adam step,
+EMA, freezing, non-finite skipping and atomic checkpoints. A run directory that holds a run is
+resumed (--resume) or started over (--fresh, the old files moved aside), never silently
+restarted (lzn_core.train.rundir). Resume is exact: each rank's generators are restored last,
+and draws that must not move them (data workers' seeds, evaluation) run ``untouched()``.
+Errors print as one line on rank 0 (lzn_core.train.failures); --debug shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,6 +49,9 @@ from lzn_core.eval.training import TrainingEvaluator
 from lzn_core.model import LZNModel
 from lzn_core.recipe import load_recipe
 from lzn_core.train.engine import Engine, setup_distributed
+from lzn_core.train.failures import reported
+from lzn_core.train.rng import seed_rank, untouched
+from lzn_core.train.rundir import RunDir
 from lzn_core.weights import fill_banks, write_model
 
 matplotlib.use("Agg")
@@ -51,13 +63,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train a Latent Zoning Network recipe (DeepSpeed or one process)."
     )
     p.add_argument("--recipe", required=True, help="recipe YAML path or bare name (cwd, then recipes/)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, help="'latest' or a checkpoint dir")
     p.add_argument("--output", default=None, help="run directory (default: the recipe's output_dir)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue the run in the run directory")
+    start.add_argument(
+        "--fresh", action="store_true", help="start over; the run directory's old files go to previous-<n>/"
+    )
+    p.add_argument("--from", dest="checkpoint", default=None, help="resume this checkpoint (tag or dir)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument(
         "--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher"
     )
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides (train.batch_size=64)")
-    return p.parse_args(argv)
+    quiet = os.environ.get("RANK", "0") != "0"  # a usage error is printed by rank 0 only
+    with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+        args = p.parse_intermixed_args(argv)  # overrides may come before and after the options
+    if args.checkpoint and args.fresh:
+        p.error("--from resumes a checkpoint; it cannot be combined with --fresh")
+    args.resume = args.resume or bool(args.checkpoint)
+    return args
 
 
 def seeded(seed: int, step: int, salt: int) -> torch.Generator:
@@ -148,17 +172,33 @@ def fault_injection(step: int, rank: int) -> float:
     return float("nan") if int(at) == step and (not on or int(on) == rank) else 1.0
 
 
+def crash_injection(it: int) -> None:
+    """Tests only: after step ``it``, ``LZN_FAULT_CRASH=it`` raises and ``LZN_FAULT_KILL=it`` is kill -9."""
+    if os.environ.get("LZN_FAULT_KILL") == str(it):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("LZN_FAULT_CRASH") == str(it):
+        raise RuntimeError(f"injected crash after step {it} (LZN_FAULT_CRASH)")
+
+
 # --------------------------------------------------------------------------- the run
 def main(argv: list[str] | None = None) -> int:
+    """Train; an error prints as one line on rank 0 and exits 1 (``--debug``: the traceback)."""
     args = parse_args(argv)
+    return reported(train, args, debug=args.debug)
+
+
+def train(args: argparse.Namespace) -> int:
     t0 = time.time()
     recipe = load_recipe(args.recipe, args.overrides)
     rank, world, _ = setup_distributed()
-    run_dir = Path(args.output or recipe.output_dir)
-    torch.manual_seed(recipe.seed)  # the same initial weights on every rank
-    model = LZNModel(recipe)
-    engine = Engine(model, recipe, run_dir / "ckpt", world_size=world)
-    model, device, tr = engine.model, engine.device, recipe.train
+    run = RunDir(args.output or recipe.output_dir)  # resumed, started over or refused: never silently
+    start = run.begin(resume=args.resume, checkpoint=args.checkpoint, fresh=args.fresh)
+    if rank == 0:
+        print(start.message, flush=True)
+    # Everything that initialises weights is built first: the weights come from the seed (the
+    # same on every rank); only then are this rank's generators seeded, or restored on resume.
+    torch.manual_seed(recipe.seed)
+    model, tr = LZNModel(recipe), recipe.train
     data = loader(
         recipe.data.train,
         model.specs,
@@ -169,78 +209,76 @@ def main(argv: list[str] | None = None) -> int:
         seed=recipe.seed,
         num_workers=recipe.data.num_workers,
     )
-    start = 0
-    if args.resume:
-        client = engine.load(args.resume)
-        data.load_state(client["loader"])
-        start = int(client["step"])
+    engine = Engine(model, recipe, run.ckpt, world_size=world)
+    model, device = engine.model, engine.device
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_recipe(recipe, run_dir / "recipe.yaml")
+        write_recipe(recipe, run.path / "recipe.yaml")
         eval_model = LZNModel(recipe).to(device)
-        evaluator = TrainingEvaluator(eval_model, run_dir)
-    log = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
-    bar = tqdm(total=tr.iterations, initial=start, disable=rank != 0, dynamic_ncols=True, desc=recipe.name)
+        evaluator = TrainingEvaluator(eval_model, run.path)
+    seed_rank(recipe.seed, rank)  # dropout masks differ across ranks
+    if start.checkpoint is not None:
+        client = engine.load(start.checkpoint)  # model, optimiser, EMA, this rank's generators
+        data.load_state(client["loader"])
     batches, results, t_last, skipped_samples = iter(data), {}, time.time(), 0
 
-    for step in range(start, tr.iterations):
-        batch = to_device(next(batches), device)
-        losses = task_losses(model, recipe, batch, step, rank, world)
-        weights = {t: task.weight for t, task in zip(losses, recipe.tasks, strict=True)}
-        total = sum(weights[k] * v for k, v in losses.items()) * fault_injection(step, rank)
-        engine.step(total)
-        it = step + 1
-        if it % tr.log_every == 0 or it == tr.iterations:
-            terms = torch.stack([total.detach(), *[v.detach() for v in losses.values()]])
-            corrupt = torch.tensor([float(data.skipped)], device=terms.device)
-            if world > 1:
-                torch.distributed.all_reduce(terms)
-                torch.distributed.all_reduce(corrupt)
-                terms /= world
-            skipped_samples = int(corrupt.item())
-            row = {
-                "step": it,
-                "loss": terms[0].item(),
-                **{k: terms[j + 1].item() for j, k in enumerate(losses)},
-                "skipped": engine.skipped,
-                "skipped_samples": skipped_samples,
-                "lr": engine.lrs(),
-                "it_s": tr.log_every / (time.time() - t_last),
-                "time": time.time() - t0,
-            }
-            t_last = time.time()
-            if rank == 0:
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                bar.set_postfix(
-                    {k: f"{v:.4g}" for k, v in row.items() if k in losses or k == "loss"}
-                    | {"skip": engine.skipped, "bad": skipped_samples}
-                )
-        bar.update(1)
-        if tr.ckpt_every and (it % tr.ckpt_every == 0 or it == tr.iterations):
-            engine.save(it, {"step": it, "loader": data.state().model_dump()})
-        if os.environ.get("LZN_FAULT_CRASH") == str(it):  # tests: die after this step, before the next save
-            raise RuntimeError(f"injected crash after step {it} (LZN_FAULT_CRASH)")
-        do_eval = it == tr.iterations or bool(tr.eval_every and it % tr.eval_every == 0)
-        do_samples = it == tr.iterations or bool(tr.sample_every and it % tr.sample_every == 0)
-        if rank == 0 and (do_eval or do_samples):
-            eval_model.load_weights(engine.ema_state_dict())
-            new = evaluator(eval_model, it, accuracy=do_eval, samples=do_samples)
-            results.update(new)
-            log.write(json.dumps({"step": it, **{f"eval/{k}": v for k, v in new.items()}}) + "\n")
-            log.flush()
-            for k, v in new.items():
-                if k.startswith("accuracy/"):
-                    bar.write(f"step {it}: test {k} {v:.4f}")
-    bar.close()
+    with tqdm(
+        total=tr.iterations, initial=start.step, disable=rank != 0, dynamic_ncols=True, desc=recipe.name
+    ) as bar:
+        for step in range(start.step, tr.iterations):
+            with untouched():  # a DataLoader draws its workers' seed from the global generator
+                batch = to_device(next(batches), device)
+            losses = task_losses(model, recipe, batch, step, rank, world)
+            weights = {t: task.weight for t, task in zip(losses, recipe.tasks, strict=True)}
+            total = sum(weights[k] * v for k, v in losses.items()) * fault_injection(step, rank)
+            engine.step(total)
+            it = step + 1
+            if it % tr.log_every == 0 or it == tr.iterations:
+                terms = torch.stack([total.detach(), *[v.detach() for v in losses.values()]])
+                corrupt = torch.tensor([float(data.skipped)], device=terms.device)
+                if world > 1:
+                    torch.distributed.all_reduce(terms)
+                    torch.distributed.all_reduce(corrupt)
+                    terms /= world
+                skipped_samples = int(corrupt.item())
+                row = {
+                    "step": it,
+                    "loss": terms[0].item(),
+                    **{k: terms[j + 1].item() for j, k in enumerate(losses)},
+                    "skipped": engine.skipped,
+                    "skipped_samples": skipped_samples,
+                    "lr": engine.lrs(),
+                    "it_s": tr.log_every / (time.time() - t_last),
+                    "time": time.time() - t0,
+                }
+                t_last = time.time()
+                if rank == 0:
+                    run.log(row)
+                    bar.set_postfix(
+                        {k: f"{v:.4g}" for k, v in row.items() if k in losses or k == "loss"}
+                        | {"skip": engine.skipped, "bad": skipped_samples}
+                    )
+            bar.update(1)
+            if tr.ckpt_every and (it % tr.ckpt_every == 0 or it == tr.iterations):
+                engine.save(it, {"step": it, "loader": data.state().model_dump()})
+            crash_injection(it)
+            do_eval = it == tr.iterations or bool(tr.eval_every and it % tr.eval_every == 0)
+            do_samples = it == tr.iterations or bool(tr.sample_every and it % tr.sample_every == 0)
+            if rank == 0 and (do_eval or do_samples):
+                eval_model.load_weights(engine.ema_state_dict())
+                with untouched():  # evaluation on rank 0 must not move the training stream
+                    new = evaluator(eval_model, it, accuracy=do_eval, samples=do_samples)
+                results.update(new)
+                run.log({"step": it, **{f"eval/{k}": v for k, v in new.items()}})
+                for k, v in new.items():
+                    if k.startswith("accuracy/"):
+                        bar.write(f"step {it}: test {k} {v:.4f}")
 
     if rank == 0:
         eval_model.load_weights(engine.ema_state_dict())
         fill_banks(eval_model, recipe, seed=recipe.seed)
-        final = write_model(eval_model, run_dir / "final")
-        plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
-        log.close()
-        print_summary(recipe, results, run_dir, final, time.time() - t0, engine.skipped, skipped_samples)
+        final = write_model(eval_model, run.path / "final")
+        plot_losses(run.metrics, run.path / "loss.png")
+        print_summary(recipe, results, run.path, final, time.time() - t0, engine.skipped, skipped_samples)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return 0

@@ -1,5 +1,5 @@
 """Reading recipes from files: where a bare name resolves, YAML, ``key=value`` overrides,
-and the DeepSpeed JSON a recipe names.
+and the DeepSpeed JSON a recipe names (checked by :mod:`~lzn_core.recipe.ds_config`).
 
 Bare names resolve in the current directory, then in the shipped recipes
 (:data:`RECIPES_DIR`: the ``recipes/`` folder of a clone, installed as the package
@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..errors import RecipeError, did_you_mean
+from .ds_config import deepspeed_problems
 from .problems import field_names, flat_dict, step
 
 
@@ -30,24 +31,32 @@ RECIPES_DIR = _shipped_recipes()
 """The repository's shipped recipes (``recipes/*.yaml``); bare names resolve here after the cwd."""
 
 
-def read_deepspeed(value: Any, base: Path | None) -> tuple[Any, str | None]:
-    """A ``deepspeed`` path -> (its JSON dict, None), or (value, problem line); dicts pass through."""
+def read_deepspeed(value: Any, base: Path | None, train: Any = None) -> tuple[Any, list[str]]:
+    """The recipe's ``deepspeed`` value -> (the config dict, its problem lines).
+
+    A path (relative: to ``base``, the cwd, then the shipped recipes) is read as JSON; a dict
+    is taken as given; anything else passes through (the schema reports it). The dict is
+    checked by :func:`~lzn_core.recipe.ds_config.deepspeed_problems` (with ``train``: also
+    against the recipe's ``train`` section). A file that cannot be read returns ``value``.
+    """
+    if isinstance(value, dict):
+        return value, deepspeed_problems(value, train)
     if not isinstance(value, str):
-        return value, None
+        return value, []
     path = Path(value)
     candidates = [path] if path.is_absolute() else [c / path for c in ([base] if base else []) + [Path.cwd()]]
     candidates += [] if path.is_absolute() else [RECIPES_DIR / path]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         tried = ", ".join(str(c) for c in candidates)
-        return value, f"deepspeed: file {value!r} not found (looked at {tried})"
+        return value, [f"deepspeed: file {value!r} not found (looked at {tried})"]
     try:
         data = json.loads(found.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        return value, f"deepspeed: cannot read {found} as JSON: {exc}"
+        return value, [f"deepspeed: cannot read {found} as JSON: {exc}"]
     if not isinstance(data, dict):
-        return value, f"deepspeed: {found} must hold a JSON object, got {type(data).__name__}"
-    return data, None
+        return value, [f"deepspeed: {found} must hold a JSON object, got {type(data).__name__}"]
+    return data, deepspeed_problems(data, train)
 
 
 def _available_recipes() -> list[str]:

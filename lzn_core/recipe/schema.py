@@ -245,8 +245,8 @@ class Recipe(BaseModel):
         }
         specs, configs, problems = resolve_plugins(raw["modalities"])
         problems += reference_problems(raw) + condition_problems(specs, raw["tasks"])
-        ds, ds_problem = read_deepspeed(self.deepspeed, None)
-        problems += [ds_problem] if ds_problem else []
+        ds, ds_problems = read_deepspeed(self.deepspeed, None, self.train)
+        problems += ds_problems
         if problems:
             raise recipe_error(None, problems)
         for key, config in configs.items():
@@ -280,9 +280,9 @@ def load_recipe(path_or_name: str | Path, overrides: Sequence[str] = ()) -> Reci
     problems = [p for item in overrides if (p := apply_override(data, item, Recipe))]
     data.setdefault("name", path.stem)
     if isinstance(data.get("deepspeed"), str):
-        resolved, problem = read_deepspeed(data["deepspeed"], path.parent)
-        data["deepspeed"] = None if problem else resolved
-        problems += [problem] if problem else []
+        resolved, ds_problems = read_deepspeed(data["deepspeed"], path.parent)
+        data["deepspeed"] = resolved if isinstance(resolved, dict) else None
+        problems += ds_problems
     return validate_recipe(data, path, problems)
 
 
@@ -307,6 +307,8 @@ def validate_recipe(
         found += translate_errors(exc, Recipe)
         specs, _, config_problems = resolve_plugins(data.get("modalities"))
         found += config_problems + reference_problems(data) + condition_problems(specs, data.get("tasks"))
+        if isinstance(data.get("deepspeed"), dict):
+            found += read_deepspeed(data["deepspeed"], None, data.get("train"))[1]
     except RecipeError as exc:
         found += getattr(exc, "problems", [str(exc)])
     if found or recipe is None:

@@ -2,7 +2,11 @@
 freezing, EMA, non-finite skipping) and the run's checkpoints.
 
 * :mod:`~lzn_core.train.engine`: ``setup_distributed``, ``Engine``;
-* :mod:`~lzn_core.train.checkpoint`: checkpoint directories, ``latest``, resolution.
+* :mod:`~lzn_core.train.checkpoint`: checkpoint directories, ``latest``, resolution, pruning;
+* :mod:`~lzn_core.train.rundir`: a run directory and how a run starts in it (``--resume``,
+  ``--fresh`` or refused), its ``metrics.jsonl``;
+* :mod:`~lzn_core.train.rng`: each rank's global generators (seeded, saved, restored);
+* :mod:`~lzn_core.train.failures`: errors as one line on rank 0 (``--debug``: tracebacks).
 
 The math of a training step is in ``recipes/train.py`` itself (readable top to bottom).
 """

@@ -10,11 +10,15 @@ reader does not need to see there:
   lr/5000 (PAPER §4), a freeze schedule (lr 0 and no gradients from iteration k),
   gradient clipping, and ``deepspeed.initialize`` around them (fp32, torch Adam).
 * ``Engine.step(loss)`` skips the step on every rank when the loss is non-finite on any.
+* A frozen module (``train.freeze``: from iteration k) stops: no gradient, lr 0, its Adam
+  state is not stepped (its group is skipped, under ZeRO too) and its EMA stays where it was
+  after iteration k - 1.
 * An EMA of every parameter with warm-up decay ``min(d, (1+k)/(10+k))`` kept outside
   DeepSpeed and saved in the checkpoints' client state.
-* ``Engine.save(step, client_state)`` writes ``ckpt/tmp-<step>``, renames it to
-  ``ckpt/step-<step>`` and then replaces ``ckpt/latest`` atomically: a crash mid-write
-  leaves the previous checkpoint usable.
+* ``Engine.save(step, client_state)`` writes ``ckpt/tmp-<step>`` (DeepSpeed's files plus
+  ``rng-rank<r>.pt``, each rank's own generator states), renames it to ``ckpt/step-<step>``
+  and then replaces ``ckpt/latest`` atomically: a crash mid-write leaves the previous
+  checkpoint usable. ``Engine.load`` restores all of it, this rank's generators last.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import LZNError
-from .checkpoint import barrier, list_checkpoints, rank, resolve_checkpoint, write_atomic
+from ..errors import LZNError, LZNWarning
+from .checkpoint import barrier, prune, rank, resolve_checkpoint, write_atomic
+from .rng import rng_state, set_rng_state
 
 WARMUP_START = 1.0 / 5000.0  # warm-up starts at lr/5000 (PAPER §4)
 
@@ -99,6 +104,19 @@ def param_groups(model: nn.Module, lr: dict[str, float], freeze: dict[str, int])
             }
         groups[key]["params"].append(p)
     return list(groups.values())
+
+
+def _skip_frozen_groups(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Optimiser step pre-hook: a group marked ``frozen`` is left alone (no update, no state change).
+
+    A frozen module's parameters get no gradient, but under ZeRO the optimiser steps a flat fp32
+    partition per group whose gradient DeepSpeed zero-fills; Adam would still decay its moments.
+    A parameter without ``.grad`` is skipped by torch's optimisers.
+    """
+    for group in optimizer.param_groups:
+        if group.get("frozen"):
+            for p in group["params"]:
+                p.grad = None
 
 
 def lr_factor(iteration: int, warmup: int, freeze_at: int | None) -> float:
@@ -181,6 +199,7 @@ class Engine:
             eps=float(opt_params.get("eps", 1e-8)),
             weight_decay=float(opt_params.get("weight_decay", 0.0)),
         )
+        optimizer.register_step_pre_hook(_skip_frozen_groups)
         # the modules' own parameters (ZeRO replaces each group's list by its flat partition)
         self.freezes = [(g["freeze_at"], list(g["params"])) for g in groups if g["freeze_at"] is not None]
         lambdas = [self._lambda(g["freeze_at"]) for g in groups]
@@ -197,6 +216,11 @@ class Engine:
         self.ema: dict[str, torch.Tensor] = {
             k: v.detach().clone() for k, v in self.model.state_dict().items()
         }
+        freeze = dict(tr.freeze or {})
+        self.ema_freeze = {  # EMA entry -> iteration from which its module is frozen
+            k: _lookup(freeze, *_module_key(k), None) for k in self.ema if k.count(".") >= 1
+        }
+        self.world_size = world_size
 
     def _lambda(self, freeze_at: int | None):  # noqa: ANN202 - a closure for LambdaLR
         warmup = self.warmup
@@ -208,7 +232,8 @@ class Engine:
 
     def step(self, loss: torch.Tensor) -> bool:
         """Backward + clipped optimiser step + EMA; ``False`` (skipped on all ranks) for a non-finite loss."""
-        self._freeze_due()
+        i = self.iteration  # 0-based index of this iteration
+        self._freeze_due(i)
         bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
@@ -221,29 +246,37 @@ class Engine:
             return False
         self.ds.backward(loss)
         self.ds.step()
-        self._update_ema()
+        self._update_ema(i)
         return True
 
-    def _freeze_due(self) -> None:
+    def _freeze_due(self, iteration: int) -> None:
         """Modules whose ``train.freeze`` iteration has come stop requiring gradients.
 
         Their lr is 0 from then on (the schedule), and with no gradient they also take no
         share of the clipping norm; under ZeRO the gradients live in DeepSpeed's partitioned
-        buffers, so zeroing ``p.grad`` after backward would not reach them. Gradients still
-        flow *through* a frozen module (a frozen decoder keeps training the encoder via z).
+        buffers, so zeroing ``p.grad`` after backward would not reach them. Their optimiser
+        group is marked ``frozen`` (:func:`_skip_frozen_groups` skips it). Gradients still flow *through* a
+        frozen module (a frozen decoder keeps training the encoder via z).
         """
         for freeze_at, params in self.freezes:
-            if self.iteration >= freeze_at:
+            if iteration >= freeze_at:
                 for p in params:
                     p.requires_grad_(False)
+        for group in self.optimizer.param_groups:
+            freeze_at = group.get("freeze_at")
+            group["frozen"] = freeze_at is not None and iteration >= freeze_at
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _update_ema(self, iteration: int) -> None:
+        """EMA after iteration ``iteration``; entries of a module frozen by then keep their value."""
         if self.ema_decay <= 0:
             return
         k = self.ema_updates
         decay = min(self.ema_decay, (1.0 + k) / (10.0 + k))
         for name, value in self.model.state_dict().items():
+            freeze_at = self.ema_freeze.get(name)
+            if freeze_at is not None and iteration >= freeze_at and name in self.ema:
+                continue
             if name not in self.ema or self.ema[name].shape != value.shape:
                 self.ema[name] = value.detach().clone()
             elif value.is_floating_point():
@@ -268,6 +301,8 @@ class Engine:
         state = dict(client_state, engine=self._state())
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.ds.save_checkpoint(str(self.ckpt_dir), tag=tmp_tag, client_state=state, save_latest=False)
+        (self.ckpt_dir / tmp_tag).mkdir(exist_ok=True)
+        torch.save(rng_state(), self.ckpt_dir / tmp_tag / f"rng-rank{rank()}.pt")  # each rank its own
         barrier()
         if rank() == 0:
             final = self.ckpt_dir / tag
@@ -275,16 +310,9 @@ class Engine:
                 shutil.rmtree(final)
             os.replace(self.ckpt_dir / tmp_tag, final)
             write_atomic(self.ckpt_dir / "latest", tag)
-            self._prune()
+            prune(self.ckpt_dir, self.keep)
         barrier()
         return self.ckpt_dir / tag
-
-    def _prune(self) -> None:
-        steps = sorted(list_checkpoints(self.ckpt_dir), key=lambda p: int(p.name.split("-")[1]))
-        for old in steps[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for tmp in self.ckpt_dir.glob("tmp-*"):  # leftovers of a crash mid-write
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -292,11 +320,12 @@ class Engine:
             "skipped": self.skipped,
             "ema_updates": self.ema_updates,
             "ema": {k: v.cpu() for k, v in self.ema.items()},
-            "torch_rng": torch.get_rng_state(),
+            "world_size": self.world_size,
         }
 
     def load(self, which: str | Path = "latest") -> dict[str, Any]:
-        """Restore model, optimiser, scheduler, EMA and counters; returns the client state.
+        """Restore model, optimiser, scheduler, EMA, counters and this rank's generator states
+        (the last thing done: build every module before calling it); returns the client state.
 
         Args:
             which: ``"latest"``, a tag (``step-500``) or a checkpoint directory path.
@@ -308,5 +337,16 @@ class Engine:
         st = client.pop("engine")
         self.iteration, self.skipped, self.ema_updates = st["iteration"], st["skipped"], st["ema_updates"]
         self.ema = {k: v.to(self.device) for k, v in st["ema"].items()}
-        torch.set_rng_state(st["torch_rng"])
+        rng = root / tag / f"rng-rank{rank()}.pt"
+        if rng.is_file():
+            set_rng_state(torch.load(rng, weights_only=True))
+        else:
+            by = f"{st['world_size']} ranks" if "world_size" in st else "a version without per-rank states"
+            warnings.warn(
+                f"{root / tag} has no generator state for rank {rank()} (written by {by}, now "
+                f"{self.world_size} ranks): the run continues from it, but dropout and other global-RNG "
+                "draws differ from an uninterrupted run",
+                LZNWarning,
+                stacklevel=2,
+            )
         return client
