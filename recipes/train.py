@@ -40,6 +40,7 @@ from lzn_core.eval.training import TrainingEvaluator
 from lzn_core.model import LZNModel
 from lzn_core.recipe import load_recipe
 from lzn_core.train.engine import Engine, setup_distributed
+from lzn_core.train.monitor import TrainingMonitor
 from lzn_core.weights import fill_banks, write_model
 
 matplotlib.use("Agg")
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     model = LZNModel(recipe)
     engine = Engine(model, recipe, run_dir / "ckpt", world_size=world)
     model, device, tr = engine.model, engine.device, recipe.train
+    monitor = TrainingMonitor(engine)  # the DeepSpeed config's TensorBoard / W&B / CSV sections
     data = loader(
         recipe.data.train,
         model.specs,
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             if rank == 0:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+                monitor.write(row)
                 bar.set_postfix(
                     {k: f"{v:.4g}" for k, v in row.items() if k in losses or k == "loss"}
                     | {"skip": engine.skipped, "bad": skipped_samples}
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             results.update(new)
             log.write(json.dumps({"step": it, **{f"eval/{k}": v for k, v in new.items()}}) + "\n")
             log.flush()
+            monitor.write({f"eval/{k}": v for k, v in new.items()})  # grids as images where it can
             for k, v in new.items():
                 if k.startswith("accuracy/"):
                     bar.write(f"step {it}: test {k} {v:.4f}")

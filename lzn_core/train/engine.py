@@ -8,7 +8,8 @@ reader does not need to see there:
 * ``Engine(model, recipe)`` builds per-module parameter groups from ``train.lr``
   (keys ``default | <mod> | <mod>.encoder | <mod>.decoder``), a linear warm-up from
   lr/5000 (PAPER §4), a freeze schedule (lr 0 and no gradients from iteration k),
-  gradient clipping, and ``deepspeed.initialize`` around them (fp32, torch Adam).
+  gradient clipping, and ``deepspeed.initialize`` around them (fp32, torch Adam); the
+  DeepSpeed config's monitor sections write into the run directory (``train/monitor.py``).
 * ``Engine.step(loss)`` skips the step on every rank when the loss is non-finite on any.
 * An EMA of every parameter with warm-up decay ``min(d, (1+k)/(10+k))`` kept outside
   DeepSpeed and saved in the checkpoints' client state.
@@ -32,6 +33,7 @@ from torch import nn
 
 from ..errors import LZNError
 from .checkpoint import barrier, list_checkpoints, rank, resolve_checkpoint, write_atomic
+from .monitor import configure as configure_monitor
 
 WARMUP_START = 1.0 / 5000.0  # warm-up starts at lr/5000 (PAPER §4)
 
@@ -173,6 +175,7 @@ class Engine:
         self.keep = int(getattr(tr, "keep_checkpoints", 2) or 1)
         self.ckpt_dir = Path(ckpt_dir)
         cfg = deepspeed_config(recipe, world_size, base_dir)
+        configure_monitor(cfg, self.ckpt_dir.parent, recipe.name)  # the run directory holds ckpt/
         opt_params = cfg.pop("optimizer", {}).get("params", {})
         groups = param_groups(model, dict(tr.lr), dict(tr.freeze or {}))
         optimizer = torch.optim.Adam(
