@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         eval_model.load_weights(engine.ema_state_dict())
         fill_banks(eval_model, recipe, seed=recipe.seed)
-        final = write_model(eval_model, run_dir / "final")
+        final = write_model(eval_model, run_dir / "final", metrics=run_dir / "metrics.jsonl")
         plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
         log.close()
         print_summary(recipe, results, run_dir, final, time.time() - t0, engine.skipped, skipped_samples)
