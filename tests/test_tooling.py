@@ -359,7 +359,8 @@ def test_a_hub_id_missing_from_the_offline_cache_says_so(tmp_path: Path, monkeyp
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(
-        LZNError, match=r"'user/nothing-here' is no local directory and is not in the Hugging Face cache"
+        LZNError,
+        match=r"'user/nothing-here' is no local directory and is not \(completely\) in the Hugging Face cache",
     ):
         lzn_core.load("user/nothing-here")
     rc, _, err = _main(capsys, "info", "user/nothing-here")
@@ -367,7 +368,7 @@ def test_a_hub_id_missing_from_the_offline_cache_says_so(tmp_path: Path, monkeyp
     assert "HF_HUB_OFFLINE=1" in err and "hf download user/nothing-here" in err
 
 
-def test_a_repository_without_an_lzn_model_is_named(tmp_path: Path, monkeypatch) -> None:
+def test_a_cached_repository_without_an_lzn_model_is_named(tiny, tmp_path: Path, monkeypatch, capsys) -> None:
     from huggingface_hub import constants
 
     other = tmp_path / "other"
@@ -377,9 +378,21 @@ def test_a_repository_without_an_lzn_model_is_named(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(
-        LZNError, match=r"'user/other' holds no LZN model \(model.safetensors and recipe.yaml"
+        LZNError, match=r"cached copy of 'user/other' .* lacks model.safetensors and recipe.yaml"
     ):
         lzn_core.load("user/other")
+    # what `lzn info` fetches of a hub model (no weights) is enough for it, not for loading
+    partial = tmp_path / "partial"
+    saved = lzn_core.save_pretrained(tiny, tmp_path / "saved")
+    partial.mkdir()
+    for name in ("recipe.yaml", INFO, "README.md"):
+        (partial / name).write_bytes((saved / name).read_bytes())
+    _fake_cache(tmp_path / "cache", "user/partial", partial)
+    rc, out, err = _main(capsys, "info", "user/partial")
+    assert rc == 0, err
+    assert out.startswith("recipe  (user/partial)") and "latent       q = 8" in out
+    with pytest.raises(LZNError, match=r"cached copy of 'user/partial' .* lacks model.safetensors and"):
+        lzn_core.load("user/partial")
 
 
 def test_what_counts_as_a_hub_id(tmp_path: Path, monkeypatch) -> None:

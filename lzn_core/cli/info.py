@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 
 from ..errors import LZNError
-from ..hub.pretrained import model_dir
+from ..hub.pretrained import CARD, model_dir
 from ..plugins import PluginRegistry, PluginWarning
-from ..weights import RECIPE, load, model_info, read_info
+from ..weights import INFO, RECIPE, load, model_info, read_info
 
 HELP = "show what a model is: modalities, plugins and versions, latent, compose edges, training, metrics"
 
@@ -44,12 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    folder = model_dir(args.model, revision=args.revision)
+    folder = model_dir(args.model, revision=args.revision, files=(RECIPE, INFO, CARD))  # not the weights
     recipe = _read_recipe(folder)
     info, computed = read_info(folder), False
     if info is None:  # an export older than info.json: build the model to describe it
         metrics = folder.parent / "metrics.jsonl" if folder.name == "final" else None
-        info, computed = model_info(load(folder), metrics), True
+        info, computed = model_info(load(model_dir(args.model, revision=args.revision)), metrics), True
     if args.json:
         print(json.dumps({"path": str(folder), **info, "recipe": recipe}, indent=2))
         return 0
@@ -121,7 +121,7 @@ def _num(value: Any) -> str:
 
 def _modality_table(mods: dict[str, Any]) -> list[str]:
     installed = _installed()
-    head = ("NAME", "PLUGIN", "DISTRIBUTION", "VERSION", "DECODER", "PARAMETERS", "BANK")
+    head = ("NAME", "PLUGIN", "DISTRIBUTION", "VERSION", "DECODER", "PARAMS (ENC / DEC)", "BANK")
     rows = []
     for name, m in mods.items():
         params = m.get("parameters") or {}
@@ -140,7 +140,7 @@ def _modality_table(mods: dict[str, Any]) -> list[str]:
                 dist,
                 version,
                 str(m.get("decoder")),
-                "+".join(f"{v:,}" for v in params.values()) or "0",
+                " / ".join(f"{params[side]:,}" if side in params else "-" for side in ("encoder", "decoder")),
                 str(m.get("bank") if m.get("bank") is not None else "-"),
                 note,
             )

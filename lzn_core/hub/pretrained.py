@@ -17,6 +17,7 @@ plugin's distribution).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ def model_dir(
     cache_dir: str | Path | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
+    files: Sequence[str] = MODEL_FILES,
 ) -> Path:
     """The local directory of a model: ``name_or_path`` itself (or its ``final/``), or the hub's copy.
 
@@ -59,6 +61,7 @@ def model_dir(
         cache_dir: the hub cache (default ``~/.cache/huggingface/hub``, ``HF_HUB_CACHE``).
         token: hub token for private repositories (default: the one ``hf auth login`` stored).
         local_files_only: read the cache only (as ``HF_HUB_OFFLINE=1`` does).
+        files: which of :data:`MODEL_FILES` to fetch from the hub (``lzn info`` leaves the weights).
 
     Raises:
         FileNotFoundError: a local path without a model (the message says what to run).
@@ -85,13 +88,13 @@ def model_dir(
             cache_dir=cache_dir,
             token=token,
             local_files_only=local_files_only,
-            allow_patterns=list(MODEL_FILES),
+            allow_patterns=list(files),
             library_name="lzn",
         )
     except LocalEntryNotFoundError as exc:
         if offline:
             raise LZNError(
-                f"model {repo_id!r} is no local directory and is not in the Hugging Face cache ({where}); "
+                f"model {repo_id!r} is no local directory and is not (completely) in the Hugging Face cache ({where}); "
                 f"the hub is not asked (HF_HUB_OFFLINE=1 or local_files_only): download it once with "
                 f"network access (`hf download {repo_id}`), or give an exported model directory"
             ) from exc
@@ -109,7 +112,12 @@ def model_dir(
     except HfHubHTTPError as exc:
         raise LZNError(f"hub model {repo_id!r}: {str(exc).splitlines()[0]}") from exc
     folder_path = Path(folder)
-    missing = [f for f in (WEIGHTS, RECIPE) if not (folder_path / f).is_file()]
+    missing = [f for f in (WEIGHTS, RECIPE) if f in files and not (folder_path / f).is_file()]
+    if missing and offline:
+        raise LZNError(
+            f"the cached copy of {repo_id!r} ({folder_path}) lacks {' and '.join(missing)} and the hub is not "
+            f"asked (HF_HUB_OFFLINE=1 or local_files_only): download it with network access (`hf download {repo_id}`)"
+        )
     if missing:
         raise LZNError(
             f"hub repository {repo_id!r} holds no LZN model ({' and '.join(missing)} missing); "
