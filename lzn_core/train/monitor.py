@@ -86,7 +86,7 @@ class TrainingMonitor:
 
     def __init__(self, engine: Any) -> None:
         self._ds = engine.ds
-        self.monitor = getattr(self._ds, "monitor", None)
+        self.monitor: Any = getattr(self._ds, "monitor", None)  # deepspeed's MonitorMaster
         self._keep_csv_headers()
 
     @property
