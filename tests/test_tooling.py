@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
 import sys
 import types
 from importlib.metadata import version
@@ -56,8 +57,10 @@ def _main(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-iteration digits_joint run (recipes/train.py in this process) whose DeepSpeed config
-    switches on TensorBoard and CSV; a checkpoint at step 2, the final export at step 3."""
+    """A 3-iteration digits_joint run of recipes/train.py whose DeepSpeed config switches on
+    TensorBoard and CSV; a checkpoint at step 2, the final export at step 3. In a subprocess:
+    DeepSpeed keeps process groups in module globals, which an in-process run would leave stale
+    for the in-process runs of tests/test_train.py."""
     pytest.importorskip(
         "tensorboard", reason="the TensorBoard backend needs `pip install 'lzn[tensorboard]'`"
     )
@@ -68,28 +71,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ds = json.loads((ROOT / "recipes" / "ds" / "cpu.json").read_text())
     ds.update(tensorboard={"enabled": True}, csv_monitor={"enabled": True})
     (root / "monitor.json").write_text(json.dumps(ds))
-    spec = importlib.util.spec_from_file_location("lzn_train_monitored", ROOT / "recipes" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        args = [
-            "--recipe",
-            "digits_joint",
-            "--output",
-            "runs/mon",
-            *SHORT,
-            f"deepspeed={root / 'monitor.json'}",
-        ]
-        assert train.main(args) == 0
-    finally:
-        os.chdir(cwd)
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        import deepspeed.comm.comm as ds_comm
-
-        ds_comm.cdb = None
+    args = ["--recipe", "digits_joint", "--output", "runs/mon", *SHORT, f"deepspeed={root / 'monitor.json'}"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "train.py"), *args],
+        cwd=root,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     return root / "runs" / "mon"
 
 
