@@ -27,6 +27,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from ..errors import LZNError
 
 # DeepSpeed config section -> (the package it needs, the pip extra that installs it)
@@ -121,16 +124,13 @@ class TrainingMonitor:
     def _image(self, tag: str, path: Path, step: int) -> None:
         tb = self.monitor.tb_monitor
         if tb is not None and tb.summary_writer is not None:
-            import numpy as np
-            from PIL import Image
-
             with Image.open(path) as im:
                 pixels = np.asarray(im.convert("RGB"))
             tb.summary_writer.add_image(tag, pixels, step, dataformats="HWC")
             tb.summary_writer.flush()
         wb = self.monitor.wandb_monitor
         if wb is not None:
-            import wandb
+            import wandb  # optional (lzn[wandb]); importable here since DeepSpeed's W&B monitor started
 
             wb.log({tag: wandb.Image(str(path))}, step=step)
 
