@@ -4,7 +4,7 @@ The public API is imported lazily, so ``import lzn_core`` stays fast (no torch,
 no plugin discovery): each name below is loaded from its module on first use.
 
     import lzn_core
-    model = lzn_core.load("runs/digits_joint/final")
+    model = lzn_core.load("runs/digits_joint/final")      # or a hub id: lzn_core.load("user/lzn-digits")
     classify = lzn_core.compose("image -> label", model=model)
 """
 
@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it (``load`` is ``from_pretrained``: a directory or a hub id)
 _LAZY: dict[str, str] = {
     "compose": "lzn_core.graphs",
     "possible_edges": "lzn_core.graphs",
-    "load": "lzn_core.weights",
+    "load": "lzn_core.hub.pretrained",
+    "from_pretrained": "lzn_core.hub.pretrained",
+    "save_pretrained": "lzn_core.hub.pretrained",
+    "push_to_hub": "lzn_core.hub.pretrained",
     "export_run": "lzn_core.weights",
     "Recipe": "lzn_core.recipe",
     "load_recipe": "lzn_core.recipe",
@@ -41,6 +44,7 @@ _SUBMODULES = (
     "errors",
     "eval",
     "graphs",
+    "hub",
     "latent",
     "modality",
     "model",
@@ -67,9 +71,11 @@ __all__ = [
     "errors",
     "eval",
     "export_run",
+    "from_pretrained",
     "get_modality",
     "graphs",
     "hookimpl",
+    "hub",
     "latent",
     "list_modalities",
     "list_plugins",
@@ -79,7 +85,9 @@ __all__ = [
     "model",
     "plugins",
     "possible_edges",
+    "push_to_hub",
     "recipe",
+    "save_pretrained",
     "testing",
     "train",
     "weights",
@@ -90,11 +98,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import LZNError
     from .graphs import compose, possible_edges
     from .hookspecs import hookimpl
+    from .hub.pretrained import from_pretrained, load, push_to_hub, save_pretrained
     from .modality import Decoder, Encoder, ModalitySpec
     from .model import LZNModel
     from .plugins import PluginInfo, get_modality, list_modalities, list_plugins
     from .recipe import Recipe, load_recipe
-    from .weights import export_run, load
+    from .weights import export_run
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,13 @@
-"""Portable weights: ``model.safetensors`` + ``recipe.yaml``, loadable without DeepSpeed.
+"""Portable weights: ``model.safetensors`` + ``recipe.yaml`` + ``info.json``, loadable without DeepSpeed.
 
     lzn export runs/digits_joint model/          # EMA weights of the latest checkpoint (or final/)
     model = lzn_core.load("model/")              # LZNModel on CPU, eval mode
+    lzn info model/                              # what info.json says about it
+
+``info.json`` describes the model for people and tools that do not build it (``lzn info``, a
+hub's model card): the plugin (entry point, distribution, version) behind each modality, the
+latent dimension, the compose edges it serves, parameter counts, and when it was trained from
+a run, the training length and the final metrics (from the run's ``metrics.jsonl``).
 
 Nothing here unpickles arbitrary code: weights are safetensors, and the only
 ``torch.load`` (of a DeepSpeed checkpoint's client state) uses ``weights_only=True``.
@@ -9,9 +15,13 @@ Nothing here unpickles arbitrary code: weights are safetensors, and the only
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
+import time
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +32,36 @@ from safetensors.torch import load_file, save_file
 
 from .data import loader
 from .errors import DataError, LZNError, LZNWarning
+from .graphs import possible_edges
 from .model import LZNModel
+from .plugins import list_plugins
 from .recipe import validate_recipe
 from .train.checkpoint import resolve_checkpoint
 
 WEIGHTS = "model.safetensors"
 RECIPE = "recipe.yaml"
+INFO = "info.json"
+INFO_FORMAT = 1
+
+Metrics = str | Path | Iterable[Mapping[str, Any]] | None
+"""A run's metrics: the path of its ``metrics.jsonl``, its rows, or None."""
 
 
-def write_model(model: LZNModel, out: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``out/model.safetensors`` (``state`` or the model's state dict) and ``out/recipe.yaml``.
+def write_model(
+    model: LZNModel,
+    out: str | Path,
+    state: dict[str, torch.Tensor] | None = None,
+    *,
+    metrics: Metrics = None,
+) -> Path:
+    """Write ``out/model.safetensors`` (``state`` or the model's state dict), ``out/recipe.yaml`` and
+    ``out/info.json`` (:func:`model_info`; with the training summary of ``metrics`` when given).
 
     Files are written under temporary names and renamed, so ``out`` never holds a half-written file.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    info = model_info(model, metrics)
     state = model.state_dict() if state is None else state
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     save_file(
@@ -47,9 +72,143 @@ def write_model(model: LZNModel, out: str | Path, state: dict[str, torch.Tensor]
     (out / (RECIPE + ".tmp")).write_text(
         yaml.safe_dump(model.recipe.model_dump(mode="json"), sort_keys=False)
     )
-    os.replace(out / (WEIGHTS + ".tmp"), out / WEIGHTS)
-    os.replace(out / (RECIPE + ".tmp"), out / RECIPE)
+    (out / (INFO + ".tmp")).write_text(json.dumps(info, indent=2) + "\n")
+    for name in (WEIGHTS, RECIPE, INFO):
+        os.replace(out / (name + ".tmp"), out / name)
     return out
+
+
+def model_info(model: LZNModel, metrics: Metrics = None) -> dict[str, Any]:
+    """What ``info.json`` holds about ``model`` (plain JSON data).
+
+    Args:
+        model: the model being exported.
+        metrics: its run's ``metrics.jsonl`` (path or rows); adds the ``training`` section
+            (:func:`training_summary`).
+    """
+    from . import __version__
+
+    plugins = {m: p for p in list_plugins() if p.status == "ok" for m in p.modalities}
+    modalities: dict[str, Any] = {}
+    for name in model.names:
+        spec, entry = model.specs[name], model.recipe.modalities[name]
+        plugin = plugins.get(entry.plugin)
+        bank = None
+        if model.has_fixed_bank(name) or getattr(model.banks, name, None) is not None:
+            bank = int(model.bank(name).shape[0])
+        modalities[name] = {
+            "plugin": entry.plugin,
+            "entry_point": plugin.name if plugin else None,
+            "distribution": plugin.distribution if plugin else None,
+            "version": plugin.version if plugin else None,
+            "spec_version": spec.version,
+            "decoder": model.decoder_kind(name),
+            "parameters": {
+                side: sum(p.numel() for p in part[name].parameters())
+                for side, part in (("encoder", model.encoders), ("decoder", model.decoders))
+                if name in part
+            },
+            "bank": bank,
+        }
+    info: dict[str, Any] = {
+        "format": "lzn-model",
+        "format_version": INFO_FORMAT,
+        "name": model.recipe.name,
+        "lzn_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "latent_dim": model.latent_dim,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "modalities": modalities,
+        "edges": possible_edges(model),
+    }
+    rows = read_metrics(metrics) if isinstance(metrics, (str, Path)) else list(metrics or [])
+    summary = training_summary(rows, model.recipe)
+    if summary is not None:
+        info["training"] = summary
+    return info
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` ([] when the file does not exist; unreadable lines are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash mid-write
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def training_summary(rows: Iterable[Mapping[str, Any]], recipe: Any) -> dict[str, Any] | None:
+    """Training length and final metrics from a run's metrics rows (None without training rows).
+
+    A resumed run appends to ``metrics.jsonl``, so a step may appear twice: the row written last
+    wins. The wall time adds up the clocks of the processes that wrote the rows (each resume
+    starts its own).
+
+    Returns:
+        ``{"steps", "iterations", "batch_size", "samples", "skipped_steps", "wall_time_s",
+        "final": {"step", "loss", <terms>...}, "eval": {"step", <metric>...}}`` (``eval`` only
+        when the run evaluated; the metrics of its last evaluation, sample grids left out).
+    """
+    rows = list(rows)
+    train = [r for r in rows if "loss" in r]
+    if not train:
+        return None
+    last = max(reversed(train), key=lambda r: r["step"])  # the latest row of the highest step
+    wall, segment = 0.0, 0.0
+    for r in train:
+        t = float(r.get("time", 0.0))
+        if t < segment:  # the clock restarted: a resumed process
+            wall += segment
+        segment = t
+    wall += segment
+    skip = {"step", "time", "it_s", "lr", "skipped"}
+    out: dict[str, Any] = {
+        "steps": int(last["step"]),
+        "iterations": int(recipe.train.iterations),
+        "batch_size": int(recipe.train.batch_size),
+        "samples": int(last["step"]) * int(recipe.train.batch_size),
+        "skipped_steps": int(last.get("skipped", 0)),
+        "wall_time_s": round(wall, 1),
+        "final": {"step": int(last["step"]), **{k: _number(v) for k, v in last.items() if k not in skip}},
+    }
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    if evals:
+        latest = max(reversed(evals), key=lambda r: r["step"])
+        values = {
+            k[len("eval/") :]: _number(v)
+            for k, v in latest.items()
+            if k.startswith("eval/") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        out["eval"] = {"step": int(latest["step"]), **values}
+    return out
+
+
+def _number(value: Any) -> Any:
+    """JSON has no NaN: a non-finite float is stored as its string ("nan", "inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_info(path: str | Path) -> dict[str, Any] | None:
+    """``info.json`` of an exported model directory, or None when it has none (an older export)."""
+    file = Path(path) / INFO
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise LZNError(f"{file} is not valid JSON ({exc}); re-export the model with `lzn export`") from exc
+    if not isinstance(data, dict):
+        raise LZNError(f"{file} must hold a JSON object; re-export the model with `lzn export`")
+    return data
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -110,7 +269,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
 
     Args:
         run_dir: the run directory (``runs/<name>``, holding ``ckpt/`` and/or ``final/``).
-        out: output directory (``model.safetensors`` + ``recipe.yaml``).
+        out: output directory (``model.safetensors`` + ``recipe.yaml`` + ``info.json``; from a
+            checkpoint, the training summary covers the rows of ``metrics.jsonl`` up to its step).
 
     Raises:
         FileNotFoundError: ``run_dir`` has neither a checkpoint nor ``final/``.
@@ -120,7 +280,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     if (final / WEIGHTS).is_file() and (final / RECIPE).is_file():
         if final.resolve() != out.resolve():
             out.mkdir(parents=True, exist_ok=True)
-            for name in (WEIGHTS, RECIPE):
+            for name in (WEIGHTS, RECIPE, INFO):
+                if not (final / name).is_file():  # an export older than info.json
+                    continue
                 shutil.copyfile(final / name, out / (name + ".tmp"))
                 os.replace(out / (name + ".tmp"), out / name)
         return out
@@ -148,7 +310,9 @@ def _export_checkpoint(run_dir: Path, out: Path) -> Path:
     state.update({k: v for k, v in ema.items() if k in state})
     model.load_weights(state)
     _fill_banks_if_possible(model, recipe)
-    return write_model(model, out)
+    step = ckpt.get("step")
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if step is None or r["step"] <= int(step)]
+    return write_model(model, out, metrics=rows)
 
 
 def _fill_banks_if_possible(model: LZNModel, recipe: Any) -> None:

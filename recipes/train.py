@@ -50,6 +50,7 @@ from lzn_core.model import LZNModel
 from lzn_core.recipe import load_recipe
 from lzn_core.train.engine import Engine, setup_distributed
 from lzn_core.train.failures import reported
+from lzn_core.train.monitor import TrainingMonitor
 from lzn_core.train.rng import seed_rank, untouched
 from lzn_core.train.rundir import RunDir
 from lzn_core.weights import fill_banks, write_model
@@ -211,6 +212,7 @@ def train(args: argparse.Namespace) -> int:
     )
     engine = Engine(model, recipe, run.ckpt, world_size=world)
     model, device = engine.model, engine.device
+    monitor = TrainingMonitor(engine)  # the DeepSpeed config's TensorBoard / W&B / CSV sections
     if rank == 0:
         write_recipe(recipe, run.path / "recipe.yaml")
         eval_model = LZNModel(recipe).to(device)
@@ -253,6 +255,7 @@ def train(args: argparse.Namespace) -> int:
                 t_last = time.time()
                 if rank == 0:
                     run.log(row)
+                    monitor.write(row)
                     bar.set_postfix(
                         {k: f"{v:.4g}" for k, v in row.items() if k in losses or k == "loss"}
                         | {"skip": engine.skipped, "bad": skipped_samples}
@@ -269,6 +272,7 @@ def train(args: argparse.Namespace) -> int:
                     new = evaluator(eval_model, it, accuracy=do_eval, samples=do_samples)
                 results.update(new)
                 run.log({"step": it, **{f"eval/{k}": v for k, v in new.items()}})
+                monitor.write({f"eval/{k}": v for k, v in new.items()})  # grids as images where it can
                 for k, v in new.items():
                     if k.startswith("accuracy/"):
                         bar.write(f"step {it}: test {k} {v:.4f}")
@@ -276,7 +280,7 @@ def train(args: argparse.Namespace) -> int:
     if rank == 0:
         eval_model.load_weights(engine.ema_state_dict())
         fill_banks(eval_model, recipe, seed=recipe.seed)
-        final = write_model(eval_model, run.path / "final")
+        final = write_model(eval_model, run.path / "final", metrics=run.metrics)
         plot_losses(run.metrics, run.path / "loss.png")
         print_summary(recipe, results, run.path, final, time.time() - t0, engine.skipped, skipped_samples)
     if torch.distributed.is_initialized():

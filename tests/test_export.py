@@ -46,7 +46,7 @@ def _outputs(m) -> list[torch.Tensor]:
 def test_round_trip_same_outputs(model, exported: Path) -> None:
     import lzn_core
 
-    assert {p.name for p in exported.iterdir()} == {"model.safetensors", "recipe.yaml"}
+    assert {p.name for p in exported.iterdir()} == {"model.safetensors", "recipe.yaml", "info.json"}
     loaded = lzn_core.load(exported)
     assert isinstance(loaded, lzn_core.LZNModel) and not loaded.training
     assert loaded.names == model.names and loaded.latent_dim == 8

@@ -31,15 +31,19 @@ COMMANDS: dict[str, str] = {
     "reconstruct": "reconstruct files through their latent",
     "eval": "evaluate a run or model: accuracy, calibration, OOD, FID/KID, reconstruction",
     "import-official": "convert a checkpoint of the paper's official code into an exported model",
+    "info": "show what a model is: modalities, plugins and versions, latent, compose edges, training, metrics",
+    "recipes": "list the shipped recipes and training script; `cp NAME DIR` copies one to edit",
 }
 
 
 _EPILOG = """\
 quick start:
   lzn shards digits data/digits                       # the embedded data set (no download)
+  lzn recipes                                         # the shipped recipes (lzn recipes cp NAME DIR to edit one)
   lzn validate digits_joint.yaml                      # check a recipe
   deepspeed recipes/train.py --recipe digits_joint.yaml
   lzn export runs/digits_joint model/ && lzn sample model/ --label 3 -n 16 -o grid.png
+  lzn info runs/digits_joint/final                    # what a model is (also a hub id: user/name)
 
 run `lzn COMMAND --help` for a command's options.
 """

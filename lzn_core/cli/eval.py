@@ -14,7 +14,8 @@ from typing import Any
 
 from ..errors import LZNError
 from ..eval.report import evaluate, format_table, load_split
-from ..weights import load, resolve_model_dir
+from ..hub.pretrained import model_dir
+from ..weights import load
 
 HELP = "evaluate a run or model: accuracy, calibration, OOD, FID/KID, reconstruction"
 
@@ -30,7 +31,9 @@ def _numbers(text: str, what: str, cast: type = float) -> tuple[Any, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="RUN_OR_MODEL", help="run directory (uses final/) or exported model")
+    parser.add_argument(
+        "model", metavar="RUN_OR_MODEL", help="run directory (uses final/), exported model or hub id"
+    )
     parser.add_argument("--data", help="evaluation shards (default: the recipe's data.eval)")
     parser.add_argument("--train-data", help="real training shards for the judges (default: data.train)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
@@ -53,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     """Load, evaluate, print, write."""
     alphas = _numbers(args.alphas, "--alphas")
     batch_sizes = _numbers(args.batch_sizes, "--batch-sizes", int)
-    model_dir = resolve_model_dir(args.model)
-    model = load(model_dir).eval()
+    folder = model_dir(args.model)
+    model = load(folder).eval()
     eval_pattern = args.data or model.recipe.data.eval
     if not eval_pattern:
         raise LZNError("the recipe has no data.eval; pass --data PATTERN")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         vote_alpha=args.vote_alpha,
         vote_draws=args.vote_draws,
     )
-    res.update(model=str(model_dir), data=eval_pattern, seconds=round(time.time() - t0, 1))
+    res.update(model=str(folder), data=eval_pattern, seconds=round(time.time() - t0, 1))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "metrics.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -2,7 +2,8 @@
 batch of a modality, composing a graph over them, writing what comes out.
 
 MODEL is an exported model directory (``model.safetensors`` + ``recipe.yaml``, from ``lzn
-export`` or training's ``final/``) or a training run directory (its ``final/`` is used).
+export`` or training's ``final/``), a training run directory (its ``final/`` is used) or a hub
+id ``user/name`` (:mod:`lzn_core.hub.pretrained`).
 Input files are decoded by the modality's own ``decode_sample``; the modality that reads them
 is the one whose shard keys include the files' suffix (``--source`` picks one explicitly).
 """
@@ -19,13 +20,13 @@ from tqdm import tqdm
 
 from ..errors import LZNError
 from ..graphs import compose
+from ..hub.pretrained import from_pretrained
 from ..modality import PreviewWriter
 from ..model import LZNModel
-from ..weights import load
 
 MODEL_HELP = (
-    "an exported model directory (model.safetensors + recipe.yaml, from `lzn export`) "
-    "or a training run directory (runs/NAME, whose final/ is used)"
+    "an exported model directory (model.safetensors + recipe.yaml, from `lzn export`), "
+    "a training run directory (runs/NAME, whose final/ is used) or a hub id user/name"
 )
 
 
@@ -60,9 +61,9 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(path: str | Path, *, device: str = "cpu") -> LZNModel:
-    """MODEL: an exported directory, or a run directory's ``final/`` (see :func:`lzn_core.weights.load`)."""
+    """MODEL: an exported directory, a run directory's ``final/`` or a hub id (:func:`lzn_core.load`)."""
 
-    return load(path, device=device)
+    return from_pretrained(path, device=device)
 
 
 def _collect(paths: list[str]) -> list[Path]:

@@ -31,8 +31,6 @@ from webdataset import ShardWriter
 
 from ..errors import DataError
 
-from ..errors import DataError
-
 FORMAT_VERSION = 1
 _log = logging.getLogger(__name__)
 _MAX_NAME = 100  # a ustar header's name field; wids reads no longer (pax) names

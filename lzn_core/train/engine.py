@@ -8,7 +8,8 @@ reader does not need to see there:
 * ``Engine(model, recipe)`` builds per-module parameter groups from ``train.lr``
   (keys ``default | <mod> | <mod>.encoder | <mod>.decoder``), a linear warm-up from
   lr/5000 (PAPER §4), a freeze schedule (lr 0 and no gradients from iteration k),
-  gradient clipping, and ``deepspeed.initialize`` around them (fp32, torch Adam).
+  gradient clipping, and ``deepspeed.initialize`` around them (fp32, torch Adam); the
+  DeepSpeed config's monitor sections write into the run directory (``train/monitor.py``).
 * ``Engine.step(loss)`` skips the step on every rank when the loss is non-finite on any.
 * A frozen module (``train.freeze``: from iteration k) stops: no gradient, lr 0, its Adam
   state is not stepped (its group is skipped, under ZeRO too) and its EMA stays where it was
@@ -36,6 +37,7 @@ from torch import nn
 
 from ..errors import LZNError, LZNWarning
 from .checkpoint import barrier, prune, rank, resolve_checkpoint, write_atomic
+from .monitor import configure as configure_monitor
 from .rng import rng_state, set_rng_state
 
 WARMUP_START = 1.0 / 5000.0  # warm-up starts at lr/5000 (PAPER §4)
@@ -191,6 +193,7 @@ class Engine:
         self.keep = int(getattr(tr, "keep_checkpoints", 2) or 1)
         self.ckpt_dir = Path(ckpt_dir)
         cfg = deepspeed_config(recipe, world_size, base_dir)
+        configure_monitor(cfg, self.ckpt_dir.parent, recipe.name)  # the run directory holds ckpt/
         opt_params = cfg.pop("optimizer", {}).get("params", {})
         groups = param_groups(model, dict(tr.lr), dict(tr.freeze or {}))
         optimizer = torch.optim.Adam(
