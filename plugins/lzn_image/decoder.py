@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ImageConfig
-from .io import save_grid, to_config_channels
+from .io import fit_batch, save_grid, to_config_channels
 from .sampling import SolveStats, dopri5, euler
-from .unet import DownPath, UpPath, timestep_embedding
+from .unet import DownPath, UpPath, ncsnpp_init, timestep_embedding
 
 
 class ImageDecoder(nn.Module):
@@ -51,8 +51,10 @@ class ImageDecoder(nn.Module):
         else:
             emb_dim = nf
         self.emb_dim = emb_dim
-        self.temb = nn.Sequential(
-            nn.Linear(emb_dim + latent_dim + condition_dim, 4 * nf), nn.SiLU(), nn.Linear(4 * nf, 4 * nf)
+        self.temb = nn.Sequential(  # NCSN++ Dense layers: variance scaling, zero bias
+            ncsnpp_init(nn.Linear(emb_dim + latent_dim + condition_dim, 4 * nf)),
+            nn.SiLU(),
+            ncsnpp_init(nn.Linear(4 * nf, 4 * nf)),
         )
         self.down = DownPath(config, temb_dim=4 * nf)
         self.up = UpPath(config, self.down, temb_dim=4 * nf)
@@ -123,7 +125,7 @@ class ImageDecoder(nn.Module):
             images: (B, C, H, W) in [-1, 1].
             cond: optional (B, d).
         """
-        x = to_config_channels(images, self.config.channels, self.config.resolution).to(z.dtype)
+        x = fit_batch(images, self.config).to(device=z.device, dtype=z.dtype)
         b = x.shape[0]
         start, total = rows if rows is not None else (0, b)
         if not (0 <= start and start + b <= total):
@@ -226,7 +228,7 @@ class ImageDecoder(nn.Module):
         method: str | None = None,
     ) -> torch.Tensor:
         """Run the ODE backwards (t: 1 -> rf_t_min): images (B, C, H, W) -> noise (B, C, H, W)."""
-        x = to_config_channels(images, self.config.channels, self.config.resolution).to(z.dtype)
+        x = fit_batch(images, self.config).to(device=z.device, dtype=z.dtype)
         return self._solve(x, z, cond, 1.0, self.config.rf_t_min, steps, method, None, None)
 
     def reconstruct(

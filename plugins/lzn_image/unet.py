@@ -21,6 +21,12 @@ The 256² NCSN++ options (``fir``, ``progressive`` in :class:`ImageConfig`):
   up-sampled pyramid; the pyramid is the output).
 
 Every ResNet block optionally receives ``temb: (B, 4nf)``. Feature maps: ``(B, ch, s, s)``.
+
+Initialisation as NCSN++ (their ``default_init``, :func:`variance_scaling_`): every conv and
+dense weight U(±√(3·scale/fan_avg)) with a zero bias, scale 1, except the attention's q/k/v
+maps (scale 0.1, NCSN++'s ``NIN`` default) and the last layer of every residual branch (the
+ResNet blocks' second conv, the attention output, the output conv / pyramid convs), whose
+scale is "0" = 1e-10; GroupNorm weight 1, bias 0.
 """
 
 from __future__ import annotations
@@ -41,12 +47,26 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(channels // 4, 32), channels, eps=1e-6)
 
 
-def _small(module: nn.Conv2d | nn.Linear, scale: float = 0.1) -> nn.Module:
-    """Shrink a residual branch's last layer at init (default init × scale, zero bias); not exactly
-    zero, so gradients reach z and the earlier layers from the first step."""
+def variance_scaling_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """NCSN++'s ``default_init`` in place: U(−√(3v), √(3v)) with v = scale / fan_avg.
+
+    fan_avg = (fan_in + fan_out) / 2 with fan_in = in · k·k and fan_out = out · k·k for a weight
+    (out, in, k, k) (k = 1 for a Linear (out, in)); ``scale = 0`` means 1e-10 (their "zero" init
+    of the residual branches' last layers and of the output convolution).
+    """
+    scale = 1e-10 if scale == 0 else scale
+    receptive = weight[0, 0].numel() if weight.ndim > 2 else 1
+    fan_avg = (weight.shape[0] + weight.shape[1]) * receptive / 2
+    bound = math.sqrt(3.0 * scale / fan_avg)
     with torch.no_grad():
-        module.weight.mul_(scale)
-        if module.bias is not None:
+        return weight.uniform_(-bound, bound)
+
+
+def ncsnpp_init(module: nn.Conv2d | nn.Linear, scale: float = 1.0) -> nn.Module:
+    """``variance_scaling_(weight, scale)`` and a zero bias (NCSN++'s conv1x1 / conv3x3 / Dense)."""
+    variance_scaling_(module.weight, scale)
+    if module.bias is not None:
+        with torch.no_grad():
             module.bias.zero_()
     return module
 
@@ -115,13 +135,13 @@ class ResBlock(nn.Module):
         self.fir = fir
         self.skip_rescale = skip_rescale
         self.norm0 = group_norm(in_ch)
-        self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.dense = nn.Linear(temb_dim, out_ch) if temb_dim else None
+        self.conv0 = ncsnpp_init(nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.dense = ncsnpp_init(nn.Linear(temb_dim, out_ch)) if temb_dim else None
         self.norm1 = group_norm(out_ch)
         self.dropout = nn.Dropout(dropout)
-        self.conv1 = _small(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.conv1 = ncsnpp_init(nn.Conv2d(out_ch, out_ch, 3, padding=1), scale=0.0)
         needs_skip = in_ch != out_ch or resample is not None
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if needs_skip else None
+        self.skip = ncsnpp_init(nn.Conv2d(in_ch, out_ch, 1)) if needs_skip else None
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
         return resample(x, self.resample, fir=self.fir)
@@ -147,7 +167,10 @@ class AttnBlock(nn.Module):
         super().__init__()
         self.norm = group_norm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
-        self.out = _small(nn.Linear(channels, channels))
+        for part in self.qkv.weight.data.chunk(3):  # NCSN++'s NIN_0..2: three (ch, ch) maps, scale 0.1
+            variance_scaling_(part, 0.1)
+        nn.init.zeros_(self.qkv.bias)
+        self.out = ncsnpp_init(nn.Linear(channels, channels), scale=0.0)  # NIN_3
         self.skip_rescale = skip_rescale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +196,7 @@ class DownPath(nn.Module):
         super().__init__()
         block = dict(temb_dim=temb_dim, dropout=cfg.dropout, skip_rescale=cfg.skip_rescale, fir=cfg.fir)
         self.fir = cfg.fir
-        self.conv_in = nn.Conv2d(cfg.channels, cfg.nf, 3, padding=1)
+        self.conv_in = ncsnpp_init(nn.Conv2d(cfg.channels, cfg.nf, 3, padding=1))
         # progressive input: a 1×1 conv (C -> ch) of the resampled image after each down block
         self.combine = nn.ModuleList() if cfg.progressive else None
         self.layers = nn.ModuleList()  # (ResBlock, AttnBlock | None) per skip, in order
@@ -194,7 +217,7 @@ class DownPath(nn.Module):
             if level != len(cfg.ch_mult) - 1:
                 self.layers.append(nn.ModuleList([ResBlock(ch, resample="down", **block), None]))
                 if self.combine is not None:
-                    self.combine.append(nn.Conv2d(cfg.channels, ch, 1))
+                    self.combine.append(ncsnpp_init(nn.Conv2d(cfg.channels, ch, 1)))
                 self.skip_channels.append(ch)
                 self.skip_sides.append(side // 2)
         self.mid = nn.ModuleList(
@@ -245,12 +268,12 @@ class UpPath(nn.Module):
             up = ResBlock(ch, resample="up", **block) if level != 0 else None
             self.levels.append(nn.ModuleList([blocks, attn, up]))
             if self.pyramid is not None:
-                conv = _small(nn.Conv2d(ch, cfg.channels, 3, padding=1))
+                conv = ncsnpp_init(nn.Conv2d(ch, cfg.channels, 3, padding=1), scale=0.0)
                 self.pyramid.append(nn.Sequential(group_norm(ch), nn.SiLU(), conv))
         assert not skips, "U-Net skip bookkeeping is inconsistent"
         if self.pyramid is None:
             self.norm_out = group_norm(ch)
-            self.conv_out = _small(nn.Conv2d(ch, cfg.channels, 3, padding=1))
+            self.conv_out = ncsnpp_init(nn.Conv2d(ch, cfg.channels, 3, padding=1), scale=0.0)
 
     def forward(self, h: torch.Tensor, hs: list[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
         """h: middle (B, ch, s, s); hs: skips (consumed from the end); temb: (B, 4nf) -> (B, C, H, W)."""
