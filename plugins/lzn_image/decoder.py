@@ -179,6 +179,7 @@ class ImageDecoder(nn.Module):
         generator: torch.Generator | None = None,
         rtol: float | None = None,
         atol: float | None = None,
+        clip: bool = True,
     ) -> torch.Tensor:
         """Generate images (B, C, H, W) in [-1, 1] from latents z: (B, q), integrating t: rf_t_min -> 1.
 
@@ -191,6 +192,7 @@ class ImageDecoder(nn.Module):
             method: "euler" or "rk45" (adaptive Dormand–Prince; default ``config.sample_method``).
             noise: the starting ε (B, C, H, W); drawn from ``generator`` when None.
             rtol, atol: RK45 tolerances (default from the config, paper 1e-5).
+            clip: clamp the result to [-1, 1] (False: the ODE's end point as it is).
         """
         cfg = self.config
         shape = (z.shape[0], cfg.channels, cfg.resolution, cfg.resolution)
@@ -200,7 +202,7 @@ class ImageDecoder(nn.Module):
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
         x = self._solve(noise.to(z.dtype), z, cond, cfg.rf_t_min, 1.0, steps, method, rtol, atol)
-        return x.clamp(-1.0, 1.0)
+        return x.clamp(-1.0, 1.0) if clip else x
 
     def save_preview(self, images: torch.Tensor, path: str | Path, *, nrow: int | None = None) -> Path:
         """``PreviewWriter``: a PNG grid of images (B, C, H, W) in [-1, 1] (see :func:`lzn_image.io.save_grid`)."""
@@ -239,7 +241,11 @@ class ImageDecoder(nn.Module):
         *,
         steps: int | None = None,
         method: str | None = None,
+        clip: bool = True,
     ) -> torch.Tensor:
-        """invert then sample with the same z: (B, C, H, W) -> (B, C, H, W) in [-1, 1] (the recon metric)."""
+        """``Reconstructs``: invert then sample with the same z: (B, C, H, W) -> (B, C, H, W).
+
+        ``clip=False`` returns the regenerated images unclamped (the authors score those).
+        """
         noise = self.invert(images, z, cond, steps=steps, method=method)
-        return self.sample(z, cond, steps=steps, method=method, noise=noise)
+        return self.sample(z, cond, steps=steps, method=method, noise=noise, clip=clip)
