@@ -34,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("out", help="output directory")
         p.add_argument("--split", default="train", help="split name of the shards (default train)")
         p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+        if name == "folder":
+            p.add_argument(
+                "--short-side",
+                type=int,
+                default=None,
+                help="resize each image so its shorter side has this many pixels (default: keep the full image; "
+                "ImageNet: 256 or more)",
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.source == "cifar10":
         meta = write_cifar10(args.tarball, args.out, **kw)
     elif args.source == "folder":
-        meta = write_folder(args.root, args.out, split=args.split, **kw)
+        meta = write_folder(args.root, args.out, split=args.split, short_side=args.short_side, **kw)
     else:
         meta = write_captions(args.jsonl, args.out, split=args.split, **kw)
     for split, n in meta["splits"].items():

@@ -139,12 +139,30 @@ def _warn_skipped(what: str, skipped: list[str]) -> None:
         warnings.warn(f"skipped {len(skipped)} {what}: {shown}", LZNWarning, stacklevel=3)
 
 
+def _folder_image(path: Path, short_side: int | None) -> bytes:
+    """PNG bytes of one folder image: the full image, or with ``short_side`` resized (bicubic,
+    aspect kept) so that its shorter side is ``short_side`` pixels (ImageNet: >= 256, so the
+    random crops and the Resize(256) + CenterCrop(224) evaluation view have their source)."""
+    if short_side is None:
+        return _load_image(path)
+    with Image.open(path) as img:
+        img.load()
+        img = img if img.mode == "L" else img.convert("RGB")
+        w, h = img.size
+        scale = short_side / min(w, h)
+        size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
+        return png_bytes(img if size == (w, h) else img.resize(size, Image.BICUBIC))
+
+
 def _folder_samples(
-    files: Sequence[tuple[Path, int]], classes: Sequence[str], skipped: list[str]
+    files: Sequence[tuple[Path, int]],
+    classes: Sequence[str],
+    skipped: list[str],
+    short_side: int | None = None,
 ) -> Iterator[Sample]:
     for i, (path, cls) in enumerate(files):
         try:
-            png = _load_image(path)
+            png = _folder_image(path, short_side)
         except Exception as exc:  # PIL raises many types for corrupt files
             _log.warning("skipping corrupt image %s: %s", path, exc)
             skipped.append(f"{path} ({type(exc).__name__})")
@@ -159,12 +177,14 @@ def write_folder(
     split: str = "train",
     shard_size: int = 1000,
     progress: bool | None = None,
+    short_side: int | None = None,
 ) -> dict[str, Any]:
     """An ImageFolder tree ``ROOT/<class>/<image>`` -> ``{split}`` shards.
 
     Class index = position of the class folder name in sorted order (names saved in
     ``meta.json``; converting a second split into the same ``OUT`` must give the same
-    classes). Images are re-encoded as PNG; unreadable files are skipped, counted and
+    classes). Images are re-encoded as PNG at their full size, or with ``short_side`` resized
+    to that shorter side (:func:`_folder_image`); unreadable files are skipped, counted and
     reported in one ``LZNWarning``.
 
     Returns:
@@ -173,6 +193,8 @@ def write_folder(
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
+    if short_side is not None and short_side < 1:
+        raise ValueError(f"short_side must be a positive number of pixels, got {short_side}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root} has no class sub-folders (expected ROOT/<class>/<image files>)")
@@ -192,7 +214,7 @@ def write_folder(
         write_split(
             out,
             split,
-            _folder_samples(files, classes, skipped),
+            _folder_samples(files, classes, skipped, short_side),
             total=len(files),
             shard_size=shard_size,
             progress=progress,
