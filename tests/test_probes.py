@@ -4,6 +4,7 @@ declaration in a recipe's ``eval:`` section, and the ImageNet-style folder conve
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,26 @@ def test_folder_converter_keeps_full_images_or_a_fixed_short_side(tmp_path) -> N
     assert sizes(tmp_path / "cli") == [(40, 60), (87, 40)]
     with pytest.raises(ValueError, match="short_side must be a positive number of pixels"):
         write_folder(tmp_path / "src", tmp_path / "bad", short_side=0)
+
+
+def test_lzn_eval_runs_the_recipes_probes(tmp_path, capsys) -> None:
+    from lzn_core.cli import main
+    from lzn_core.model import LZNModel
+    from lzn_core.weights import write_model
+
+    write_full_image_shards(tmp_path)
+    knn = {"features": "image", "labels": "label", "train_limit": 8}
+    probe = {"features": "image", "labels": "label", "train_limit": 8}
+    torch.manual_seed(0)
+    write_model(LZNModel(_repr_recipe(tmp_path, knn=knn, probe=probe)), tmp_path / "model")
+    assert (
+        main(["eval", str(tmp_path / "model"), "--json", "--probe-epochs", "5", "--probe-train-limit", "0"])
+        == 0
+    )
+    res = json.loads(capsys.readouterr().out)
+    lp, kn = res["probe"]["linear_probe image backbone -> label"], res["probe"]["knn image backbone -> label"]
+    assert (lp["epochs"], lp["train_items"], kn["train_items"], kn["test_items"]) == (5, 24, 24, 12)
+    assert kn["top1"] == 1.0 and res["preset"] == "paper"
+    assert main(["eval", str(tmp_path / "model"), "--probe-epochs", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "linear_probe image backbone -> label:" in table and "knn image backbone -> label:" in table
