@@ -145,13 +145,13 @@ def _folder_image(path: Path, short_side: int | None) -> bytes:
     random crops and the Resize(256) + CenterCrop(224) evaluation view have their source)."""
     if short_side is None:
         return _load_image(path)
-    with Image.open(path) as img:
-        img.load()
-        img = img if img.mode == "L" else img.convert("RGB")
+    with Image.open(path) as src:
+        src.load()
+        img = src if src.mode == "L" else src.convert("RGB")
         w, h = img.size
         scale = short_side / min(w, h)
         size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
-        return png_bytes(img if size == (w, h) else img.resize(size, Image.BICUBIC))
+        return png_bytes(img if size == (w, h) else img.resize(size, Image.Resampling.BICUBIC))
 
 
 def _folder_samples(

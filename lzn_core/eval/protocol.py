@@ -326,8 +326,17 @@ def ood_confidences(
     odd = ood_inputs(batch, kind, seed=seed)
 
     def conf(x: torch.Tensor) -> torch.Tensor:
-        kw = dict(alpha=alpha, vote_alpha=vote_alpha, draws=draws, batch_size=batch_size, seed=seed)
-        return zonal_predict(model, source, target, x, **kw)[1]
+        return zonal_predict(
+            model,
+            source,
+            target,
+            x,
+            alpha=alpha,
+            vote_alpha=vote_alpha,
+            draws=draws,
+            batch_size=batch_size,
+            seed=seed,
+        )[1]
 
     n = batch.shape[0]
     if mode == "mixed":
@@ -356,7 +365,7 @@ def probe_features(
     """
     if kind not in PROBE_KINDS:
         raise ValueError(f"unknown probe feature {kind!r}; choose one of {', '.join(PROBE_KINDS)}")
-    encoder = model.encoders[name]
+    encoder: Any = model.encoders[name]
     if kind == "backbone" and not isinstance(encoder, BackboneFeatures):
         raise LZNError(
             f"the {name!r} encoder exposes no backbone features (lzn_core.modality.BackboneFeatures)"
@@ -400,7 +409,7 @@ def backbone_features(
     Raises:
         LZNError: the encoder has no backbone features, or ``labels``' items are not class indices.
     """
-    encoder = model.encoders[features]
+    encoder: Any = model.encoders[features]
     if not isinstance(encoder, BackboneFeatures):
         raise LZNError(
             f"the {features!r} encoder exposes no backbone features (lzn_core.modality.BackboneFeatures); "

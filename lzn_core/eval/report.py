@@ -85,7 +85,8 @@ def needed_modalities(model: LZNModel) -> list[str]:
     """The modalities :func:`evaluate` reads: classification edges, generated targets, their conditions."""
     names = [n for edge in p.classification_edges(model) for n in edge]
     for target in p.generation_targets(model):
-        names += [target] + ([model.condition_source(target)] if model.condition_source(target) else [])
+        source = model.condition_source(target)
+        names += [target] + ([source] if source else [])
     return [n for n in model.names if n in names]
 
 

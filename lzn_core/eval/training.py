@@ -61,7 +61,7 @@ class TrainingEvaluator:
         )
 
     def _probes(self, model: LZNModel, step: int) -> dict[str, float]:
-        ecfg, out = self.recipe.eval, {}
+        ecfg, out = self.recipe.eval, dict[str, float]()
         knn = ecfg.knn if self._due(ecfg.knn, step) else None
         probe = ecfg.probe if self._due(ecfg.probe, step) else None
         if knn is None and probe is None:
@@ -141,12 +141,12 @@ def describe_metric(recipe: Recipe, key: str, value: Any) -> str:
         return f"samples of {name}: {value}"
     probe, _, k = what.rpartition("_")
     if probe == "linear_probe" and ecfg.probe is not None:
-        c = ecfg.probe
+        lp = ecfg.probe
         return (
-            f"linear probe {k} of the {name} backbone -> {c.labels} (AdamW lr {c.lr:g}, wd {c.weight_decay:g}, "
-            f"{c.epochs} epochs, batch {c.probe_batch_size}): {value:.4f}"
+            f"linear probe {k} of the {name} backbone -> {lp.labels} (AdamW lr {lp.lr:g}, wd {lp.weight_decay:g}, "
+            f"{lp.epochs} epochs, batch {lp.probe_batch_size}): {value:.4f}"
         )
     if probe == "knn" and ecfg.knn is not None:
-        c = ecfg.knn
-        return f"kNN {k} of the {name} backbone -> {c.labels} (k={c.k}, T={c.temperature:g}): {value:.4f}"
+        kn = ecfg.knn
+        return f"kNN {k} of the {name} backbone -> {kn.labels} (k={kn.k}, T={kn.temperature:g}): {value:.4f}"
     return f"{what} of the {name} samples: {value:.4f}" if isinstance(value, float) else f"{key}: {value}"
