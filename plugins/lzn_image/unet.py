@@ -47,26 +47,43 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(channels // 4, 32), channels, eps=1e-6)
 
 
-def variance_scaling_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """NCSN++'s ``default_init`` in place: U(−√(3v), √(3v)) with v = scale / fan_avg.
+def _fan_avg(weight: torch.Tensor) -> float:
+    receptive = weight[0, 0].numel() if weight.ndim > 2 else 1
+    return (weight.shape[0] + weight.shape[1]) * receptive / 2
+
+
+def variance_scaling_(
+    weight: torch.Tensor, scale: float = 1.0, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """NCSN++'s ``default_init``, drawn anew in place: U(−√(3v), √(3v)) with v = scale / fan_avg.
 
     fan_avg = (fan_in + fan_out) / 2 with fan_in = in · k·k and fan_out = out · k·k for a weight
     (out, in, k, k) (k = 1 for a Linear (out, in)); ``scale = 0`` means 1e-10 (their "zero" init
     of the residual branches' last layers and of the output convolution).
     """
     scale = 1e-10 if scale == 0 else scale
-    receptive = weight[0, 0].numel() if weight.ndim > 2 else 1
-    fan_avg = (weight.shape[0] + weight.shape[1]) * receptive / 2
-    bound = math.sqrt(3.0 * scale / fan_avg)
+    bound = math.sqrt(3.0 * scale / _fan_avg(weight))
     with torch.no_grad():
-        return weight.uniform_(-bound, bound)
+        return weight.uniform_(-bound, bound, generator=generator)
 
 
-def ncsnpp_init(module: nn.Conv2d | nn.Linear, scale: float = 1.0) -> nn.Module:
-    """``variance_scaling_(weight, scale)`` and a zero bias (NCSN++'s conv1x1 / conv3x3 / Dense)."""
-    variance_scaling_(module.weight, scale)
-    if module.bias is not None:
-        with torch.no_grad():
+def ncsnpp_init(module: nn.Conv2d | nn.Linear, scale: float = 1.0, *, parts: int = 1) -> nn.Module:
+    """NCSN++'s conv1x1 / conv3x3 / Dense initialisation of a freshly built layer: the weight
+    ~ U(±√(3s/fan_avg)) (:func:`variance_scaling_`; ``parts``: of each of that many equal row
+    blocks, e.g. 3 for a fused q/k/v map), the bias 0.
+
+    The weight is torch's default draw U(±1/√fan_in) rescaled to that bound (a uniform variable
+    times a constant: the same distribution as a fresh draw), so building the U-Net consumes the
+    global RNG exactly as torch's defaults do and the other modules' initial weights (e.g. a label
+    modality's anchors built after it) do not move.
+    """
+    scale = 1e-10 if scale == 0 else scale
+    w = module.weight
+    fan_in = w[0].numel()  # torch's default bound: kaiming_uniform_(a=√5) -> 1/√fan_in
+    with torch.no_grad():
+        for block in w.chunk(parts):
+            block.mul_(math.sqrt(3.0 * scale / _fan_avg(block)) * math.sqrt(fan_in))
+        if module.bias is not None:
             module.bias.zero_()
     return module
 
@@ -166,10 +183,7 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, *, skip_rescale: bool = True) -> None:
         super().__init__()
         self.norm = group_norm(channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        for part in self.qkv.weight.data.chunk(3):  # NCSN++'s NIN_0..2: three (ch, ch) maps, scale 0.1
-            variance_scaling_(part, 0.1)
-        nn.init.zeros_(self.qkv.bias)
+        self.qkv = ncsnpp_init(nn.Linear(channels, 3 * channels), 0.1, parts=3)  # NCSN++'s NIN_0..2
         self.out = ncsnpp_init(nn.Linear(channels, channels), scale=0.0)  # NIN_3
         self.skip_rescale = skip_rescale
 
