@@ -24,3 +24,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory: pytest.TempPathFactory):
+    """A digits_joint model trained for 150 iterations (~1 min on one core), shared by the tests that
+    need a model that has learnt something: ``(exported model dir, test shards pattern)``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("trained_digits")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    subprocess.run(
+        [sys.executable, "-m", "lzn_core", "shards", "digits", str(work / "data"), "--no-progress"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    overrides = [
+        f"data.train={work}/data/train-*.tar",
+        f"data.eval={work}/data/test-*.tar",
+        "train.iterations=150",
+        "train.warmup=20",
+        "train.eval_every=0",
+        "train.sample_every=0",
+        "train.ckpt_every=0",
+    ]
+    out = work / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(root / "recipes" / "train.py"),
+            "--recipe",
+            "digits_joint.yaml",
+            "--output",
+            str(out),
+            *overrides,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out / "final", f"{work}/data/test-*.tar"

@@ -481,3 +481,24 @@ def test_backbone_is_the_declared_capability_and_explains_when_missing() -> None
         ComposeError, match=r"exposes no backbone features \(lzn_core.modality.BackboneFeatures\)"
     ):
         compose("image -> latent", model=m, what="backbone")(x)
+
+
+@pytest.mark.slow
+def test_confidence_is_lower_for_noise_than_for_digits(trained_digits) -> None:
+    """Issue 14: the reported confidence means something. The last-step flow probability was ≈ 1 for
+    every input; the zone vote gives uniform noise a lower confidence than real test digits."""
+    import lzn_core
+    from lzn_core.eval.metrics import auroc
+    from lzn_core.eval.report import load_split
+
+    model_dir, test_pattern = trained_digits
+    model = lzn_core.load(model_dir)
+    test = load_split(model, test_pattern, ["image", "label"])
+    clf = compose("image -> label", model=model)
+    real = clf(test["image"][:200], seed=0)
+    noise = clf(torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1, seed=0)
+    assert float((real.labels == test["label"][:200]).float().mean()) > 0.8  # the model has learnt digits
+    assert float(real.confidence.mean()) > float(noise.confidence.mean()) + 0.15
+    assert auroc(real.confidence, noise.confidence) > 0.7
+    no_vote = clf(test["image"][:4], draws=0)
+    assert bool(no_vote.confidence.isnan().all())  # draws=0: no confidence rather than a false one

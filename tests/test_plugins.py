@@ -293,6 +293,20 @@ def test_cli_plugins_table_and_json(make_dist, monkeypatch, capsys):
     assert data["broken"]["status"] == "failed" and "needs libfoo" in data["broken"]["traceback"]
 
 
+def test_cli_plugins_check_fails_on_a_modality_registered_twice(make_dist, monkeypatch, capsys):
+    make_dist("lzn-audio-a", "1.0", {"audio": good("audio")})
+    make_dist("lzn-audio-b", "2.0", {"audio_b": good("audio")})
+    monkeypatch.setenv("LZN_PLUGINS", "label,audio,audio_b")
+    assert cli.main(["plugins"]) == 0  # listing shows both, it does not fail
+    assert "also registered by lzn-audio-b 2.0" in capsys.readouterr().out
+    assert cli.main(["plugins", "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "modality 'audio' is registered by" in err
+    assert "lzn-audio-a 1.0 (entry point 'audio')" in err and "lzn-audio-b 2.0 (entry point 'audio_b')" in err
+    monkeypatch.setenv("LZN_PLUGINS", "label,audio")
+    assert cli.main(["plugins", "--check"]) == 0
+
+
 def test_python_dash_m_lzn_core_plugins():
     out = subprocess.run(
         [sys.executable, "-m", "lzn_core", "plugins", "--json"],

@@ -18,7 +18,7 @@ batches are read with an unpickler that only accepts numpy arrays and builtins.
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import logging
 import pickle
@@ -28,11 +28,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .shards import Sample, make_sample, png_bytes, read_json, write_meta, write_split
-from ..errors import DataError, LZNWarning
 import numpy as np
-import itertools
 from PIL import Image
+
+from ..errors import DataError, LZNWarning
+from .shards import Sample, make_sample, png_bytes, read_json, write_meta, write_split
 
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _log = logging.getLogger(__name__)

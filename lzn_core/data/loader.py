@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch.utils.data
 from pydantic import BaseModel, ConfigDict
 
-from ._tarindex import CorruptSampleWarning, Shard, check_sizes, dir_listing, expand_pattern, index_shard
 from ..errors import DataError
 from ..modality import ModalitySpec
-import numpy as np
+from ._tarindex import CorruptSampleWarning, Shard, check_sizes, dir_listing, expand_pattern, index_shard
 
 __all__ = ["CorruptSampleWarning", "LoaderState", "ShardLoader", "expand_pattern", "loader"]
 

@@ -19,9 +19,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
 from PIL import Image
 from tqdm import tqdm
+
+from ..errors import DataError
 
 FORMAT_VERSION = 1
 _log = logging.getLogger(__name__)
