@@ -207,8 +207,17 @@ class BindsEncoder(Protocol):
 class Reconstructs(Protocol):
     """Decoder capability: inversion (the paper's reconstruction error, ``mode="invert"``)."""
 
-    def reconstruct(self, batch: Batch, z: Any, cond: Any = None, *, steps: int | None = None) -> Batch:
-        """Invert the decoder's sampler from ``batch`` to its noise given z, then regenerate."""
+    def reconstruct(
+        self, batch: Batch, z: Any, cond: Any = None, *, steps: int | None = None, clip: bool = True
+    ) -> Batch:
+        """Invert the decoder's sampler from ``batch`` to its noise given z, then regenerate.
+
+        Args:
+            steps: solver steps (None: the plugin's default).
+            clip: keep the regenerated items in the data range, as ``sample`` does (True), or
+                return the sampler's end point as it is (False: what the paper's reconstruction
+                error scores, :func:`lzn_core.eval.protocol.reconstruction_error`).
+        """
         ...
 
 

@@ -377,10 +377,13 @@ def _check_decoder(
                 f"accepts_condition: built with condition_dim={KIT_CONDITION_DIM}, loss and sample read cond"
             )
         if isinstance(decoder, Reconstructs):
-            rec = decoder.reconstruct(batch, z, None, steps=steps)
-            if _batch_len(rec) != b:
-                raise _fail(spec, f"decoder.reconstruct returned a batch of length {_batch_len(rec)}")
-            rep.checks.append("Reconstructs: reconstruct(batch, z) returns a batch of B")
+            for clip in (True, False):
+                rec = decoder.reconstruct(batch, z, None, steps=steps, clip=clip)
+                if _batch_len(rec) != b:
+                    raise _fail(
+                        spec, f"decoder.reconstruct(clip={clip}) returned a batch of length {_batch_len(rec)}"
+                    )
+            rep.checks.append("Reconstructs: reconstruct(batch, z, clip=True|False) returns a batch of B")
         if isinstance(decoder, PreviewWriter):
             with tempfile.TemporaryDirectory() as tmp:
                 written = Path(decoder.save_preview(out, Path(tmp) / "preview.png", nrow=2))

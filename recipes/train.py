@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from lzn_core.alignment import alignment_loss, class_weights, gather_anchors
 from lzn_core.data import loader
-from lzn_core.eval.training import TrainingEvaluator
+from lzn_core.eval.training import TrainingEvaluator, describe_metric
 from lzn_core.model import LZNModel
 from lzn_core.recipe import load_recipe
 from lzn_core.train.engine import Engine, setup_distributed
@@ -317,14 +317,7 @@ def print_summary(
         f"run {recipe.name}: {recipe.train.iterations} iterations in {wall / 60:.1f} min "
         f"({skipped} skipped steps, {bad} corrupt or unfit samples skipped)"
     ]
-    for key, value in results.items():
-        what, _, name = key.partition("/")
-        if what == "accuracy":
-            lines.append(f"test accuracy {name} (zonal flow, alpha={recipe.eval.alpha}): {value:.4f}")
-        elif what == "grid":
-            lines.append(f"samples of {name}: {value}")
-        elif isinstance(value, float):
-            lines.append(f"{what} of the {name} samples: {value:.4f}")
+    lines += [describe_metric(recipe, key, value) for key, value in results.items()]
     lines += [f"run dir: {run_dir}", f"exported model: {final}  (lzn_core.load({str(final)!r}))"]
     print("\n".join(lines), flush=True)
 

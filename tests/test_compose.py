@@ -60,6 +60,7 @@ def tiny_model(cond: bool = True, tasks: list | None = None, text: bool = False,
         }
     )
     model = LZNModel(recipe).eval()
+    _responsive(model.decoders["image"])
     if bank:
         with torch.no_grad():
             for name in model.names:
@@ -70,6 +71,18 @@ def tiny_model(cond: bool = True, tasks: list | None = None, text: bool = False,
                         "text", model.encode("text", ["a handwritten one", "the digit 2, written by hand"])
                     )
     return model
+
+
+def _responsive(decoder: torch.nn.Module) -> None:
+    """NCSN++ starts the last layer of every residual branch and the output conv at ~1e-10, so an
+    untrained image decoder ignores z and its condition; re-draw them at a small scale (own
+    generator: the global RNG is untouched) so the graphs' inputs visibly matter."""
+    from lzn_image.unet import variance_scaling_
+
+    g = torch.Generator().manual_seed(11)
+    for name, p in decoder.named_parameters():
+        if name.endswith(("conv1.weight", ".out.weight", "conv_out.weight")):
+            variance_scaling_(p, 0.01, generator=g)
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,6 @@ import torch
 from lzn_core.data import digits as fe
 from lzn_core.errors import LZNError
 from lzn_core.eval import metrics as ev
-from lzn_core.eval.features import InceptionFeatures
 
 # ---------------------------------------------------------------- accuracy, ECE, AUROC
 
@@ -195,23 +194,65 @@ def test_digit_features_errors() -> None:
         f(torch.zeros(2, 64))
 
 
-def test_inception_features_local_weights_only(tmp_path) -> None:
-    from torchvision.models import inception_v3
+class _StubNetwork:
+    """Stands in for clean-fid's Inception: records its input, returns per-channel means and stds."""
 
-    with pytest.raises(LZNError, match="nothing is downloaded"):
-        InceptionFeatures(tmp_path / "missing.pt")
-    bad = tmp_path / "bad.pt"
-    torch.save({"conv.weight": torch.zeros(1)}, bad)
-    with pytest.raises(LZNError, match="not an inception_v3 state dict"):
-        InceptionFeatures(bad)
-    torch.manual_seed(0)
-    good = tmp_path / "inception.pt"
-    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), good)
-    ext = InceptionFeatures(good)
-    out = ext(torch.rand(2, 1, 8, 8) * 2 - 1)
-    assert out.shape == (2, 2048) and torch.isfinite(out).all()
+    def __init__(self) -> None:
+        self.inputs: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x)
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+def test_clean_fid_path_with_a_stub_feature_extractor() -> None:
+    """clean-fid's preprocessing (the authors' to_uint8, then clean-fid's PIL-bicubic resizer to
+    299x299 in [0, 255]) feeds the network; the FID is clean-fid's frechet_distance."""
+    from cleanfid.resize import build_resizer
+
+    from lzn_core.eval.features import CLEAN_FID, CleanFIDFeatures, clean_fid
+
+    stub = _StubNetwork()
+    ext = CleanFIDFeatures(network=stub, batch_size=3)
+    assert ext.name == CLEAN_FID
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 32, 32, generator=g) * 2.2 - 1.1  # some values outside [-1, 1]: clipped
+    feats = ext(x)
+    assert feats.shape == (4, 6) and [t.shape[0] for t in stub.inputs] == [3, 1]
+    seen = torch.cat(stub.inputs)
+    assert seen.shape == (4, 3, 299, 299) and seen.dtype == torch.float32
+    assert float(seen.min()) >= 0 and float(seen.max()) <= 255
+    u8 = np.around(np.clip((x.numpy() + 1) / 2 * 255, 0, 255)).astype(np.uint8)
+    ref = build_resizer("clean")(u8[2].transpose(1, 2, 0)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(seen[2].numpy(), ref)
+    gray = ext(x[:2, :1])
+    torch.testing.assert_close(gray[:, 0], gray[:, 1])  # a gray image is fed as three equal channels
+    torch.testing.assert_close(gray[:, 1], gray[:, 2])
+    a, b = torch.randn(400, 6, generator=g), torch.randn(400, 6, generator=g) + 0.5
+    assert clean_fid(a, b) == pytest.approx(ev.frechet_distance(a, b), rel=1e-6)
+    assert clean_fid(a, a) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="1 or 3 channels"):
         ext(torch.zeros(1, 2, 8, 8))
+
+
+def test_clean_fid_weights_are_read_from_a_path_or_its_cache_and_never_downloaded(
+    tmp_path, monkeypatch
+) -> None:
+    from lzn_core.eval.features import WEIGHTS_FILE, CleanFIDFeatures, find_inception_weights
+
+    monkeypatch.setenv("LZN_CLEANFID_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(
+        LZNError, match=r"inception-2015-12-05.pt not found .*nothing is downloaded.*--fid-weights"
+    ):
+        CleanFIDFeatures(tmp_path / "missing.pt")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / WEIGHTS_FILE).write_bytes(b"x")
+    assert find_inception_weights() == tmp_path / "cache" / WEIGHTS_FILE  # clean-fid's cache folder
+    given = tmp_path / "mine.pt"
+    given.write_bytes(b"x")
+    assert find_inception_weights(given) == given and find_inception_weights(tmp_path / "cache") == (
+        tmp_path / "cache" / WEIGHTS_FILE
+    )
 
 
 # ---------------------------------------------------------------- model-based metrics (tiny random model)
@@ -317,7 +358,7 @@ def test_reconstruction_error_value_and_draws(monkeypatch) -> None:
     calls = []
 
     def fake(images, z, cond, **kw):
-        calls.append((z.clone(), cond))
+        calls.append((z.clone(), cond, kw))
         return images + 0.1
 
     monkeypatch.setattr(dec, "reconstruct", fake)
@@ -325,14 +366,25 @@ def test_reconstruction_error_value_and_draws(monkeypatch) -> None:
     assert err == pytest.approx(0.1 * 8, rel=1e-5)  # ‖0.1·1‖₂ over 64 pixels
     assert len(calls) == 3 and not torch.equal(calls[0][0], calls[1][0])  # fresh ε per draw
     assert torch.equal(calls[0][1], torch.nn.functional.one_hot(y, 10).float())  # true-label one-hot
+    assert calls[0][2]["clip"] is False  # the paper scores the unclipped regeneration
+    calls.clear()
+    zoned = []
+    real_latents = model.latents
+    monkeypatch.setattr(model, "latents", lambda a, **kw: zoned.append(len(a)) or real_latents(a, **kw))
+    em.reconstruction_error(model, "image", x, y, draws=2, batch_size=8, chunk=6, clip=True)
+    assert zoned == [8, 8, 4, 8, 8, 4]  # latents over inference batches of 8 (20 items), per draw
+    assert [len(c[0]) for c in calls] == [6, 6, 6, 2] * 2 and calls[0][2]["clip"] is True
     with pytest.raises(ValueError, match="conditioned on 'label': pass its items"):
         em.reconstruction_error(model, "image", x, None, draws=1)
-    with pytest.raises(ValueError, match="draws must be"):
+    with pytest.raises(ValueError, match="draws, batch_size and chunk must be >= 1"):
         em.reconstruction_error(model, "image", x, y, draws=0)
 
 
 def test_reconstruction_error_real_decoder_runs() -> None:
+    from lzn_image.unet import variance_scaling_
+
     model = _tiny_model(cond=False)
+    variance_scaling_(model.decoders["image"].up.conv_out.weight, 0.01)  # NCSN++ starts it at ~0: x̂ = x
     x = torch.rand(6, 1, 8, 8) * 2 - 1
     err = em.reconstruction_error(model, "image", x, draws=2, steps=3)
     assert np.isfinite(err) and 0 < err < 2 * 8  # bounded by the [-1, 1] range
@@ -430,11 +482,14 @@ def digits_shards(tmp_path_factory):
     return out
 
 
-def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys) -> None:
+def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys, monkeypatch) -> None:
     import json
 
     from lzn_core.cli import main
+    from lzn_core.eval.features import DIGIT_FEATURES
     from lzn_core.weights import write_model
+
+    monkeypatch.setenv("LZN_CLEANFID_CACHE", str(tmp_path / "no-cache"))  # auto: the digit features
 
     model = _tiny_model()
     model.recipe.data.train = str(digits_shards / "train-*.tar")
@@ -473,8 +528,16 @@ def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys) -> None:
     assert 0 <= res["accuracy"] <= 1 and 0 <= res["ece"] <= 1
     assert set(res["ood_auroc"]) == {"noise_mixed", "noise_separate", "inverted_mixed", "inverted_separate"}
     assert 0 <= gen["class_consistency"] <= 1
-    assert gen["fid_features"] == "classifier-on-real-items" and gen["fid"] > gen["fid_real_test_vs_train"]
-    assert gen["recon_error"] > 0
+    assert gen["fid_features"] == DIGIT_FEATURES and gen["fid"] > gen["fid_real_test_vs_train"]
+    assert gen["fid_samples"] == 80 and gen["fid_real"] == 1497
+    assert gen["recon_error"] > 0  # the paper's setting: training items, unclipped, inference batch 2000
+    assert gen["recon_setting"] == {
+        "items": 8,
+        "split": "train",
+        "draws": 2,
+        "batch_size": 2000,
+        "clipped": False,
+    }
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["classification"]["image -> label"]["accuracy"] == res["accuracy"]
     assert (out / "reliability-image-label.png").exists() and (out / "samples-image.png").exists()
@@ -493,12 +556,23 @@ def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys) -> None:
                 "0",
                 "--limit",
                 "100",
+                "--recon",
+                "0",
             ]
         )
         == 0
     )
     table = capsys.readouterr().out
     assert "accuracy (α=0.0, batch 100)" in table and "OOD AUROC noise_mixed" in table
+    argv = ["eval", str(run), "--preset", "quick", "--samples", "40", "--per-class", "0", "--steps", "2"]
+    assert main([*argv, "--limit", "100", "--recon", "4", "--batch-sizes", "50"]) == 0
+    table = capsys.readouterr().out
+    assert f"FID/KID implementation: {DIGIT_FEATURES} (40 samples vs 1497 real training items)" in table
+    assert f"fid [{DIGIT_FEATURES}]" in table
+    assert "recon_error (4 test items, 4 draws, batch 256, clipped)" in table  # the quick preset
+    assert main([*argv, "--limit", "100", "--recon", "0", "--fid", "clean-fid"]) == 1
+    err = capsys.readouterr().err
+    assert "inception-2015-12-05.pt not found" in err and "nothing is downloaded" in err
 
 
 def test_cli_eval_errors(tmp_path, capsys) -> None:
@@ -630,7 +704,13 @@ def test_evaluate_without_classification_or_data(tmp_path) -> None:
     model = _tiny_model()
     x, y = _class_images(2)
     res = evaluate(
-        model, {"image": x, "label": y}, {"image": x, "label": y}, samples=0, per_class=0, classify=False
+        model,
+        {"image": x, "label": y},
+        {"image": x, "label": y},
+        samples=0,
+        per_class=0,
+        recon=0,
+        classify=False,
     )
     assert res == {"n_test": 20, "classification": {}, "generation": {"image": {}}}
     assert evaluate(model, {}, {}) == {"n_test": 0, "classification": {}, "generation": {}}

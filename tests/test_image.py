@@ -42,22 +42,22 @@ def _png(arr: list[int], mode: str, size: tuple[int, int], fmt: str = "PNG") -> 
 def tiny_decoder() -> ImageDecoder:
     """An untrained tiny decoder whose velocity field is clearly nonlinear in x but smooth in t.
 
-    The residual branches' last layers start shrunk (×0.1); they are scaled ×3 here so the ODE is
-    not nearly constant, and the time features are low-frequency Fourier features of log σ
-    (frequency scale 0.25; the positional embedding of 999·t of an untrained net oscillates in t
-    and would need hundreds of RK45 steps).
+    The residual branches' last layers start at NCSN++'s "zero" (1e-10 scale) init, which makes
+    the velocity nearly constant in x; they are re-drawn here at variance scale 0.01, and the
+    time features are low-frequency Fourier features of log σ (frequency scale 0.25; the
+    positional embedding of 999·t of an untrained net oscillates in t and would need hundreds of
+    RK45 steps).
     """
-    from lzn_image.unet import AttnBlock, ResBlock
+    from lzn_image.unet import AttnBlock, ResBlock, variance_scaling_
 
     torch.manual_seed(0)
     dec = ImageDecoder(_tiny(time_embedding="fourier", fourier_scale=0.25), Q).eval()
-    with torch.no_grad():
-        for m in dec.modules():
-            if isinstance(m, ResBlock):
-                m.conv1.weight.mul_(3)
-            elif isinstance(m, AttnBlock):
-                m.out.weight.mul_(3)
-        dec.up.conv_out.weight.mul_(3)
+    for m in dec.modules():
+        if isinstance(m, ResBlock):
+            variance_scaling_(m.conv1.weight, 0.01)
+        elif isinstance(m, AttnBlock):
+            variance_scaling_(m.out.weight, 0.01)
+    variance_scaling_(dec.up.conv_out.weight, 0.01)
     return dec
 
 
@@ -323,11 +323,17 @@ def test_decode_sample_rejects_corrupt_bytes(bad: bytes | None) -> None:
         decode_sample("x.png")  # type: ignore[arg-type]
 
 
-def test_collate_promotes_gray_and_rejects_mixed_sizes() -> None:
+def test_collate_promotes_gray_and_keeps_mixed_sizes_ragged() -> None:
+    from lzn_image.io import fit_batch
+
     batch = collate([torch.zeros(1, 4, 4), torch.ones(3, 4, 4)])
     assert batch.shape == (2, 3, 4, 4)
-    with pytest.raises(ValueError, match=r"must share H×W, got sizes \[\(4, 4\), \(8, 8\)\]"):
-        collate([torch.zeros(1, 4, 4), torch.zeros(1, 8, 8)])
+    ragged = collate([torch.zeros(1, 4, 4), torch.ones(3, 8, 6)])
+    assert isinstance(ragged, list) and [tuple(x.shape) for x in ragged] == [(3, 4, 4), (3, 8, 6)]
+    with pytest.raises(ValueError, match=r"images of sizes \[\(4, 4\), \(8, 6\)\].*set eval_resize"):
+        fit_batch(ragged, ImageConfig(resolution=4, channels=3))
+    fitted = fit_batch(ragged, ImageConfig(resolution=4, channels=3, eval_resize=4))
+    assert fitted.shape == (2, 3, 4, 4) and torch.equal(fitted[0], ragged[0])
     with pytest.raises(ValueError, match="empty list"):
         collate([])
 
@@ -366,3 +372,191 @@ def test_augment_simclr_rgb_32() -> None:
     v = augment(x, cfg, generator=torch.Generator().manual_seed(0))
     assert v.shape == x.shape and bool(torch.isfinite(v).all()) and float(v.abs().max()) <= 1.0
     assert float((v - x).abs().mean()) > 0.05
+
+
+def test_simclr_views_crop_ragged_full_images_reproducibly() -> None:
+    cfg = ImageConfig(encoder="resnet18", decoder=False, resolution=32, channels=3, eval_resize=36)
+    assert cfg.augment_kind == "simclr"
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.rand(3, 40 + 7 * i, 64 - 5 * i, generator=g) * 2 - 1 for i in range(3)]
+    v = augment(imgs, cfg, generator=torch.Generator().manual_seed(1))
+    assert v.shape == (3, 3, 32, 32) and float(v.abs().max()) <= 1.0
+    assert torch.equal(v, augment(imgs, cfg, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(v, augment(imgs, cfg, generator=torch.Generator().manual_seed(2)))
+
+
+# ---------------------------------------------------------------------- training flips
+def test_flip_mirrors_cifar_batches_and_leaves_digits_alone() -> None:
+    """The CIFAR recipes flip (on by default there, off by override), the digits recipes do not;
+    each row is either itself or its mirror image, about half of them mirrored."""
+    from lzn_image.plugin import SPEC
+
+    from lzn_core.recipe import load_recipe
+
+    for name in ("cifar_gen", "cifar_joint"):
+        assert load_recipe(name).modalities["image"].config.flip is True
+        assert (
+            load_recipe(name, ["modalities.image.config.flip=false"]).modalities["image"].config.flip is False
+        )
+    for name in ("digits_joint", "digits_rf_baseline", "digits_text"):
+        assert load_recipe(name).modalities["image"].config.flip is False
+    cifar, digits = ImageConfig(preset="cifar", flip=True), ImageConfig(preset="digits")
+    x = _images(64, c=3, side=32)
+    out = SPEC.transform(x, cifar, generator=torch.Generator().manual_seed(0), rows=(0, 64))
+    mirrored = torch.tensor([torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x, strict=True)])
+    kept = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x, strict=True)])
+    assert bool((mirrored ^ kept).all()) and 20 <= int(mirrored.sum()) <= 44
+    d = _images(8)
+    assert SPEC.transform(d, digits, generator=torch.Generator().manual_seed(0), rows=(0, 8)) is d
+
+
+def test_flip_same_seed_same_flips_and_two_ranks_see_one_ranks_rows() -> None:
+    from lzn_image.augment import flip
+
+    cfg, x = ImageConfig(preset="small32", flip=True), _images(8, c=3, side=32)
+
+    def run(rows: slice, seed: int = 3) -> torch.Tensor:
+        return flip(x[rows], cfg, generator=torch.Generator().manual_seed(seed), rows=(rows.start, 8))
+
+    whole = run(slice(0, 8))
+    assert torch.equal(whole, run(slice(0, 8)))  # a resumed step redraws the same coins
+    assert not torch.equal(whole, run(slice(0, 8), seed=4))
+    assert torch.equal(torch.cat([run(slice(0, 4)), run(slice(4, 8))]), whole)  # 2 ranks = 1 rank
+    ragged = flip(list(x), cfg, generator=torch.Generator().manual_seed(3), rows=(0, 8))
+    assert torch.equal(torch.stack(ragged), whole)
+    with pytest.raises(ValueError, match="does not contain a batch of 8"):
+        flip(x, cfg, generator=torch.Generator(), rows=(4, 8))
+
+
+# ------------------------------------------------------------------ ImageNet views (case 2)
+def test_eval_view_is_resize_256_centre_crop_224_of_a_large_image() -> None:
+    """Resize(256) + CenterCrop(224) of a 300×400 image: torchvision's tensor transforms exactly,
+    and PIL's uint8 pipeline (the authors' loader) up to rounding."""
+    import numpy as np
+    from lzn_image.io import eval_view
+    from torchvision.transforms import v2
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(3, 30, 40, generator=g)
+    img = torch.nn.functional.interpolate(base[None], size=(300, 400), mode="bicubic")[0].clamp(0, 1)
+    img = (img * 255).round() / 127.5 - 1  # a decoded PNG: uint8 levels in [-1, 1]
+    ours = eval_view(img, 224, 256)
+    ref = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224)])(img)
+    assert ours.shape == (3, 224, 224)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    pil = Image.fromarray(((img + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+    pil = pil.resize((341, 256), Image.BILINEAR).crop((58, 16, 58 + 224, 16 + 224))
+    pil_t = torch.from_numpy(np.asarray(pil, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+    assert float((ours - pil_t).abs().mean()) < 0.01  # PIL rounds to uint8 and filters slightly differently
+    tall = eval_view(torch.zeros(1, 500, 300), 224, 256)
+    assert tall.shape == (1, 224, 224)
+
+
+def test_resized_crop_boxes_follow_torchvision_and_the_crop_is_of_the_full_image() -> None:
+    import math
+
+    from lzn_image.augment import random_resized_crop, resized_crop_box
+    from torchvision.transforms.v2 import functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    boxes = [resized_crop_box(300, 400, (0.08, 1.0), g) for _ in range(400)]
+    for top, left, h, w in boxes:
+        assert 0 <= top and top + h <= 300 and 0 <= left and left + w <= 400
+        assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02 and 0.08 - 0.01 <= h * w / (300 * 400) <= 1.0
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    theirs = [
+        RandomResizedCrop.get_params(torch.zeros(3, 300, 400), [0.08, 1.0], [3 / 4, 4 / 3])
+        for _ in range(2000)
+    ]
+    ours = [resized_crop_box(300, 400, (0.08, 1.0), g) for _ in range(2000)]
+    for stat in (lambda b: b[2] * b[3] / 120000, lambda b: math.log(b[3] / b[2]), lambda b: b[0] / 300):
+        a, t = torch.tensor([stat(b) for b in ours]), torch.tensor([stat(b) for b in theirs])
+        assert abs(float(a.mean()) - float(t.mean())) < 0.02 and abs(float(a.std()) - float(t.std())) < 0.02
+    ratios = torch.tensor([math.log(w / h) for _, _, h, w in boxes])
+    assert float(ratios.min()) < -0.2 and float(ratios.max()) > 0.2
+    # a strip no crop of aspect 3/4..4/3 fits: torchvision's fallback, the centre with the clamped aspect
+    assert resized_crop_box(20, 400, (0.9, 1.0), g) == (0, 186, 20, 27)
+    img = torch.rand(3, 300, 400, generator=g) * 2 - 1
+    box = resized_crop_box(300, 400, (0.08, 1.0), torch.Generator().manual_seed(5))
+    crop = random_resized_crop([img], 224, (0.08, 1.0), torch.Generator().manual_seed(5))[0]
+    ref = TF.resized_crop(img, *box, size=[224, 224], antialias=True)
+    torch.testing.assert_close(crop, ref, rtol=0, atol=1e-5)
+
+
+def test_full_size_images_pass_the_loader_checks_and_encode_at_their_eval_view() -> None:
+    from lzn_image.io import eval_view
+    from lzn_image.plugin import SPEC, build_encoder
+
+    cfg = ImageConfig(encoder="resnet18", decoder=False, resolution=32, channels=3, eval_resize=36)
+    imgs = [torch.rand(3, 40, 50) * 2 - 1, torch.rand(3, 64, 48) * 2 - 1]
+    for x in imgs:
+        SPEC.validate_item(x, cfg)  # any size is fine with eval_resize
+    with pytest.raises(ValueError, match="40x50 image, the config expects 32x32"):
+        SPEC.validate_item(imgs[0], ImageConfig(resolution=32, channels=3))
+    torch.manual_seed(0)
+    enc = build_encoder(cfg, Q).eval()
+    batch = SPEC.collate(imgs)
+    views = torch.stack([eval_view(x, 32, 36) for x in imgs])
+    with torch.no_grad():
+        torch.testing.assert_close(enc(batch), enc(views))
+        torch.testing.assert_close(enc.features(batch), enc.features(views))
+    with pytest.raises(ValueError, match="eval_resize 30 must be >= resolution 32"):
+        ImageConfig(resolution=32, eval_resize=30)
+
+
+# --------------------------------------------------------------------- NCSN++ initialisation
+def _fans(w: torch.Tensor) -> float:
+    receptive = w[0, 0].numel() if w.ndim > 2 else 1
+    return (w.shape[0] + w.shape[1]) * receptive / 2
+
+
+def test_initialisation_is_ncsnpp_variance_scaling_with_near_zero_output_layers() -> None:
+    """Every conv/dense weight of the CIFAR-size encoder and decoder at init, per layer type,
+    against NCSN++'s default_init: U(±√(3s/fan_avg)), variance s/fan_avg, zero bias, with
+    s = 1e-10 for the residual branches' last layers and the output conv, s = 0.1 for the
+    attention's q/k/v, and torch's default for the encoder's latent-block MLPs (the authors'
+    nn.Linear)."""
+    from lzn_image.unet import AttnBlock, ResBlock
+    from torch import nn
+
+    torch.manual_seed(0)
+    cfg = ImageConfig(preset="cifar")
+    dec, enc = ImageDecoder(cfg, 200, 10), ImageEncoder(cfg, 200)
+    modules = {
+        **{f"dec.{k}": m for k, m in dec.named_modules()},
+        **{f"enc.{k}": m for k, m in enc.named_modules()},
+    }
+    seen: dict[str, int] = {}
+    for name, m in modules.items():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        w = m.weight.detach().double()
+        if ".mlp." in name:  # torch's nn.Linear default: U(±1/√fan_in), bias U(±1/√fan_in)
+            kind, var, bound = "latent_mlp", 1 / (3 * w.shape[1]), 1 / math.sqrt(w.shape[1])
+            b = m.bias.detach().abs().max()
+            assert 0 < float(b) <= bound
+        else:
+            last = name.endswith((".conv1", ".out", "conv_out")) or ".pyramid." in name
+            scale = 1e-10 if last else 1.0
+            kind = "near_zero" if last else "variance_scaling"
+            parts = [w]
+            if name.endswith(".qkv"):
+                kind, scale, parts = "qkv", 0.1, list(w.chunk(3))
+            for part in parts:
+                var, bound = scale / _fans(part), math.sqrt(3 * scale / _fans(part))
+                assert float(part.abs().max()) <= bound * (1 + 1e-6), name
+                if kind != "near_zero":
+                    assert abs(float(part.var()) / var - 1) < 0.15, (name, float(part.var()), var)
+            assert m.bias is None or float(m.bias.detach().abs().max()) == 0.0, name
+            seen[kind] = seen.get(kind, 0) + 1
+            continue
+        assert float(w.abs().max()) <= bound * (1 + 1e-6) and abs(float(w.var()) / var - 1) < 0.15, name
+        seen[kind] = seen.get(kind, 0) + 1
+    blocks = sum(isinstance(m, ResBlock) for m in modules.values())
+    attns = sum(isinstance(m, AttnBlock) for m in modules.values())
+    assert seen["near_zero"] == blocks + attns + 1  # conv1 of every block, every attention out, conv_out
+    assert seen["qkv"] == attns and seen["latent_mlp"] == 2 * len(enc.latent_blocks)
+    assert seen["variance_scaling"] > 2 * blocks
+    assert float(dec.up.conv_out.weight.detach().abs().max()) < 1e-6  # the output layer starts at ~0

@@ -178,7 +178,12 @@ def test_imagenet_repr_recipe_builds_a_resnet50_model_without_decoder() -> None:
     torch.manual_seed(0)
     model = LZNModel(small)
     assert isinstance(model.encoders["image"], ResNetEncoder) and model.decoders["image"].kind == "none"
-    assert all(n.startswith("encoders.image.") for n, _ in model.named_parameters())
+    # the image encoder, and the label anchors of the probes' label modality (no task trains them)
+    assert all(n.startswith(("encoders.image.", "encoders.label.")) for n, _ in model.named_parameters())
+    assert (
+        sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoders.label."))
+        == 1000 * model.latent_dim
+    )
     assert model.encode("image", _images(2)).shape == (2, 16)
 
 

@@ -34,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("out", help="output directory")
         p.add_argument("--split", default="train", help="split name of the shards (default train)")
         p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+        if name == "folder":
+            p.add_argument(
+                "--short-side",
+                type=int,
+                default=None,
+                help="keep each image's aspect, resized so its shorter side has this many pixels (ImageNet: "
+                "256 or more); default: one size for all, the most common one",
+            )
     p = sub.add_parser(
         "map",
         parents=[common],
@@ -58,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         fn = load_function(args.fn)
         meta = map_split(args.pattern, args.out, fn, split=args.split, source=args.fn, **kw)
     elif args.source == "folder":
-        meta = write_folder(args.root, args.out, split=args.split, **kw)
+        meta = write_folder(args.root, args.out, split=args.split, short_side=args.short_side, **kw)
     else:
         meta = write_captions(args.jsonl, args.out, split=args.split, **kw)
     for split, n in meta["splits"].items():

@@ -133,16 +133,24 @@ def write_cifar10(
 # ----------------------------------------------------------------------------- folder / captions
 
 
-def _load_image(path: Path, size: tuple[int, int] | None = None) -> tuple[bytes, bool]:
+def _load_image(
+    path: Path, size: tuple[int, int] | None = None, short_side: int | None = None
+) -> tuple[bytes, bool]:
     """Read any PIL-readable image and re-encode it as PNG (mode L kept, everything else RGB).
 
     With ``size`` (W, H), an image of another size is resized to it (bicubic; the aspect ratio is
-    not kept). Returns the PNG bytes and whether the image was resized.
+    not kept). With ``short_side``, it is resized (bicubic, aspect kept) so that its shorter side
+    has that many pixels (ImageNet: >= 256, so the random crops and the Resize(256) +
+    CenterCrop(224) evaluation view have their source). Returns the PNG bytes and whether the
+    image was resized.
     """
-
     with Image.open(path) as img:
         img.load()
         out = img if img.mode == "L" else img.convert("RGB")
+    if short_side is not None:
+        w, h = out.size
+        scale = short_side / min(w, h)
+        size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
     resized = size is not None and out.size != size
     if size is not None and resized:
         out = out.resize(size, Image.Resampling.BICUBIC)
@@ -177,13 +185,14 @@ def _image_sizes(
 def _folder_samples(
     files: Sequence[tuple[Path, int, tuple[int, int]]],
     classes: Sequence[str],
-    size: tuple[int, int],
+    size: tuple[int, int] | None,
     skipped: list[str],
     resized: list[str],
+    short_side: int | None = None,
 ) -> Iterator[Sample]:
     for i, (path, cls, own) in enumerate(files):
         try:
-            png, changed = _load_image(path, size)
+            png, changed = _load_image(path, size, short_side)
         except Exception as exc:  # PIL raises many types for corrupt files
             _log.warning("skipping corrupt image %s: %s", path, exc)
             skipped.append(f"{path} ({type(exc).__name__})")
@@ -200,6 +209,7 @@ def write_folder(
     split: str = "train",
     shard_size: int = 1000,
     progress: bool | None = None,
+    short_side: int | None = None,
 ) -> dict[str, Any]:
     """An ImageFolder tree ``ROOT/<class>/<image>`` -> ``{split}`` shards, all or nothing.
 
@@ -210,7 +220,9 @@ def write_folder(
     already converted into ``OUT`` (``meta.json``'s ``image_size``) if there is one, otherwise
     the most common size under ``ROOT`` (ties: the first met in file order); images of another
     size are resized to it (bicubic, aspect ratio not kept), counted in ``meta.json``
-    (``resized``) and reported in one ``LZNWarning``.
+    (``resized``) and reported in one ``LZNWarning``. With ``short_side`` (ImageNet-style data
+    whose models crop views from the full image) every image keeps its own aspect and is
+    resized to that shorter side instead; sizes then differ by design and nothing is warned.
 
     Returns:
         the written ``meta.json`` content.
@@ -220,6 +232,8 @@ def write_folder(
             image could be read (``OUT`` is left unchanged).
     """
     root, out = Path(root), Path(out)
+    if short_side is not None and short_side < 1:
+        raise ValueError(f"short_side must be a positive number of pixels, got {short_side}")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -240,8 +254,11 @@ def write_folder(
     skipped: list[str] = []
     resized: list[str] = []
     readable, counts = _image_sizes(files, skipped)
-    others = {k: v for k, v in (meta.get("image_size") or {}).items() if k != split}
-    if others:
+    others = {k: v for k, v in (meta.get("image_size") or {}).items() if k != split and v}
+    size: tuple[int, int] | None
+    if short_side is not None:
+        size, why = None, f"short side {short_side}"
+    elif others:
         first = sorted(others)[0]
         size, why = (
             (int(others[first][0]), int(others[first][1])),
@@ -249,12 +266,12 @@ def write_folder(
         )
     else:
         size, why = (counts.most_common(1)[0][0] if counts else (0, 0)), f"the most common size under {root}"
-    samples = _folder_samples(readable, classes, size, skipped, resized)
+    samples = _folder_samples(readable, classes, size, skipped, resized, short_side)
     with stage_split(
         out, split, samples, total=len(readable), shard_size=shard_size, progress=progress
     ) as st:
         _warn_skipped("unreadable images", skipped)
-        if resized:
+        if resized and size is not None:
             shown = "; ".join(resized[:10]) + ("; ..." if len(resized) > 10 else "")
             warnings.warn(
                 f"resized {len(resized)} images to {size[0]}x{size[1]} ({why}): {shown}",
@@ -272,7 +289,8 @@ def write_folder(
         shard_size=shard_size,
         skipped={split: len(skipped)},
         resized={split: len(resized)},
-        image_size={split: list(size)},
+        image_size={split: list(size) if size is not None else None},
+        short_side={split: short_side},
     )
 
 

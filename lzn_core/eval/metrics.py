@@ -1,5 +1,12 @@
 """Model-free metrics (tensors in, numbers out): accuracy, calibration, OOD AUROC, FID/KID,
-linear probe. The protocols that run a model are in :mod:`lzn_core.eval.protocol`."""
+probes of frozen features. The protocols that run a model are in :mod:`lzn_core.eval.protocol`.
+
+Probes: :func:`linear_probe_topk` is the paper's protocol (the authors' ``LinearProbing``: one
+linear layer trained with AdamW, lr 3e-4, no weight decay, 300 epochs, batch 8192, top-1/top-5);
+:func:`knn_accuracy` the cheap weighted kNN check (cosine, k = 20, τ = 0.07, as InstDisc/DINO);
+:func:`linear_probe` a quick scikit-learn logistic regression (the digits benchmark's, not the
+paper's protocol).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,9 @@ __all__ = [
     "frechet_distance",
     "kernel_inception_distance",
     "linear_probe",
+    "linear_probe_topk",
+    "knn_accuracy",
+    "topk_accuracy",
 ]
 
 
@@ -248,3 +258,129 @@ def linear_probe(
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
     probe.fit(xs[0], ys[0])
     return float((probe.predict(xs[1]) == ys[1]).mean())
+
+
+def _probe_data(x: Any, y: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    xt, yt = torch.as_tensor(x).float(), torch.as_tensor(y)
+    if xt.dim() != 2 or yt.shape != (xt.shape[0],) or xt.shape[0] == 0:
+        raise ValueError(
+            f"{what}: features must be (n, d) with labels (n,), n > 0; got {tuple(xt.shape)}, {tuple(yt.shape)}"
+        )
+    if yt.is_floating_point() or yt.dtype == torch.bool or bool((yt < 0).any()):
+        raise ValueError(f"{what}: labels must be non-negative class indices (int), got {yt.dtype}")
+    if not bool(torch.isfinite(xt).all()):
+        raise ValueError(f"{what}: features contain NaN or inf")
+    return xt, yt.long()
+
+
+def topk_accuracy(
+    scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """``{"top1": ..., "top5": ...}``: share of rows whose label is among the k highest scores (B, C)."""
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hit = top == labels.view(-1, 1).to(top.device)
+    return {f"top{k}": float(hit[:, :k].any(dim=1).float().mean()) for k in ks}
+
+
+def linear_probe_topk(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    num_classes: int | None = None,
+    epochs: int = 300,
+    lr: float = 3e-4,
+    weight_decay: float = 0.0,
+    batch_size: int = 8192,
+    ks: tuple[int, ...] = (1, 5),
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """The paper's linear probe on frozen features: top-k test accuracy of a trained linear layer.
+
+    As the authors' ``LinearProbing``: ``nn.Linear(d, C)`` (torch's default init) on the raw
+    features, cross-entropy, AdamW(lr, weight_decay), ``epochs`` passes over the training
+    features in shuffled batches of ``batch_size`` (seeded; the last, shorter batch is kept, so
+    a set smaller than one batch still trains), then top-k accuracy of the test features.
+
+    Args:
+        train_x: (n, d) features; train_y: (n,) class indices; test_x: (m, d); test_y: (m,).
+        num_classes: C (default: 1 + the largest label seen).
+        device: where to train (default: the features' device).
+
+    Returns:
+        ``{"top1", "top5", "train_loss"}`` (``train_loss``: mean cross-entropy of the last epoch).
+    """
+    xtr, ytr = _probe_data(train_x, train_y, "linear_probe_topk train")
+    xte, yte = _probe_data(test_x, test_y, "linear_probe_topk test")
+    if xtr.shape[1] != xte.shape[1]:
+        raise ValueError(
+            f"linear_probe_topk: train and test feature sizes differ: {xtr.shape[1]} vs {xte.shape[1]}"
+        )
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    c = int(num_classes or max(int(ytr.max()), int(yte.max())) + 1)
+    if int(ytr.max()) >= c or int(yte.max()) >= c:
+        raise ValueError(f"linear_probe_topk: a label is >= num_classes = {c}")
+    dev = torch.device(device) if device is not None else xtr.device
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(xtr.shape[1], c).to(dev)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    xtr, ytr = xtr.to(dev), ytr.to(dev)
+    loss_sum = torch.zeros((), device=dev)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            loss_sum.zero_()
+            perm = torch.randperm(xtr.shape[0], generator=gen).to(dev)
+            for rows in perm.split(batch_size):
+                loss = torch.nn.functional.cross_entropy(head(xtr[rows]), ytr[rows])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach() * rows.numel()
+    with torch.no_grad():
+        scores = torch.cat([head(chunk.to(dev)) for chunk in xte.split(batch_size)])
+    return {**topk_accuracy(scores, yte, ks), "train_loss": float(loss_sum) / xtr.shape[0]}
+
+
+def knn_accuracy(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    ks: tuple[int, ...] = (1, 5),
+    chunk: int = 1024,
+) -> dict[str, float]:
+    """Weighted k-nearest-neighbour accuracy of frozen features (InstDisc / DINO's kNN monitor).
+
+    Features are L2-normalised; each test row votes its k most cosine-similar training rows
+    with weight exp(similarity / temperature) per class; top-k of the class votes.
+
+    Returns:
+        ``{"top1", "top5"}``.
+    """
+    xtr, ytr = _probe_data(train_x, train_y, "knn_accuracy train")
+    xte, yte = _probe_data(test_x, test_y, "knn_accuracy test")
+    if xtr.shape[1] != xte.shape[1]:
+        raise ValueError(
+            f"knn_accuracy: train and test feature sizes differ: {xtr.shape[1]} vs {xte.shape[1]}"
+        )
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"k must be >= 1 and temperature > 0, got {k}, {temperature}")
+    c = int(num_classes or max(int(ytr.max()), int(yte.max())) + 1)
+    bank = torch.nn.functional.normalize(xtr, dim=1)
+    ytr = ytr.to(bank.device)
+    votes = []
+    for q in xte.split(chunk):
+        sim = torch.nn.functional.normalize(q.to(bank.device), dim=1) @ bank.T
+        top, idx = sim.topk(min(k, bank.shape[0]), dim=1)
+        v = torch.zeros(q.shape[0], c, device=bank.device)
+        votes.append(v.scatter_add_(1, ytr[idx], (top / temperature).exp()))
+    return topk_accuracy(torch.cat(votes), yte, ks)

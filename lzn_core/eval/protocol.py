@@ -13,6 +13,9 @@ offers is found from its recipe and its decoders' kinds (:func:`classification_e
 * :func:`class_samples` / :func:`unconditional_samples`: items from class zones or z ~ N(0, I).
 * :func:`ood_confidences`: zone-vote confidence of in-distribution vs altered inputs.
 * :func:`probe_features`: backbone / anchor / latent / latent α = 0 features (claim 12).
+* :func:`backbone_features` / :func:`probe_eval`: the frozen backbone's features of a shard set
+  (read batch by batch, so ImageNet need not fit in memory) and the recipe's ``eval.probe``
+  (the paper's linear probe, top-1/top-5) and ``eval.knn`` (a cheap kNN accuracy) on them.
 
 Every function is deterministic for a ``seed`` and runs under ``torch.no_grad``; classification
 and sampling go through :func:`lzn_core.compose` (one implementation of each task).
@@ -24,11 +27,12 @@ from typing import Any
 
 import torch
 
+from ..data import loader
 from ..errors import LZNError
 from ..graphs import compose
-from ..modality import BackboneFeatures, Reconstructs
+from ..modality import AnchorBank, BackboneFeatures, Reconstructs
 from ..model import LZNModel
-from .metrics import accuracy
+from .metrics import accuracy, knn_accuracy, linear_probe_topk
 
 __all__ = [
     "classification_edges",
@@ -42,7 +46,19 @@ __all__ = [
     "ood_inputs",
     "ood_confidences",
     "probe_features",
+    "backbone_features",
+    "probe_eval",
 ]
+
+
+SWEEP_ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2)
+"""α values of the authors' classification sweep (``tunable_std_class_accuracy.py``)."""
+RECON_DRAWS = 20
+"""Draws of ε per item of the paper's reconstruction error (the authors' ``num_recontruction_per_sample``)."""
+RECON_ITEMS = 2000
+"""Training images the authors score for CIFAR-10 (256 for the 256² data sets)."""
+EVAL_BATCH = 2000
+"""The authors' inference batch (``eval_batch_size``): latents of a batch depend on its other items."""
 
 
 def classification_edges(model: LZNModel) -> list[tuple[str, str]]:
@@ -147,12 +163,15 @@ def alpha_batch_sweep(
     batch: Any,
     labels: torch.Tensor,
     *,
-    alphas: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2),
-    batch_sizes: tuple[int, ...] = (32, 128, 300),
+    alphas: tuple[float, ...] = SWEEP_ALPHAS,
+    batch_sizes: tuple[int, ...] = (EVAL_BATCH,),
     steps: int | None = None,
     seed: int = 0,
 ) -> list[dict[str, float]]:
     """Test accuracy of the zonal classifier for every (α, inference batch) pair (PAPER Fig. 25).
+
+    Defaults: the authors' ``TunableStdClassAccuracy`` (α ∈ {0, 0.2, ..., 1.2} at their inference
+    batch 2000); pass smaller ``batch_sizes`` (e.g. 32, 128, 300) for a cheap look at the trend.
 
     Returns:
         rows ``{"alpha", "batch_size", "accuracy"}`` (batch sizes above n are capped at n).
@@ -186,38 +205,55 @@ def reconstruction_error(
     batch: torch.Tensor,
     condition: Any = None,
     *,
-    draws: int = 20,
+    draws: int = RECON_DRAWS,
+    batch_size: int = EVAL_BATCH,
+    chunk: int = 500,
+    clip: bool = False,
     steps: int | None = None,
     seed: int = 0,
 ) -> float:
     """Mean ℓ2 reconstruction error (PAPER.md §1.6) of items ``batch (n, ...)`` of ``name``.
 
-    z = C(x) over the batch (fresh ε each draw, α of the recipe); the decoder inverts its
-    sampler x -> noise conditioned on z (and ``condition``, items of the conditioning modality,
-    when the decoder is conditioned) and regenerates (:class:`~lzn_core.modality.Reconstructs`);
-    score = mean over items and draws of ‖x̂ − x‖₂.
+    The authors' protocol (``Reconstructions``): per draw of ε, z = C(x) over inference batches of
+    ``batch_size`` items (α of the recipe); the decoder inverts its sampler x -> noise
+    conditioned on z (and ``condition``, items of the conditioning modality, when the decoder is
+    conditioned) and regenerates (:class:`~lzn_core.modality.Reconstructs`), unclipped; score =
+    mean over items and draws of ‖x̂ − x‖₂. The paper scores 2000 CIFAR-10 *training* images
+    (:data:`RECON_ITEMS`) with 20 draws; the caller picks the items.
 
     Args:
-        batch: (n, ...) float items, zoned as one batch (the paper uses n = 256).
+        batch: (n, ...) float items.
         condition: n items of the conditioning modality (e.g. the true labels).
         draws: draws of ε (paper: 20).
+        batch_size: inference batch of the latents (paper: 2000; the last batch is shorter).
+        chunk: items per encoder / decoder call (memory only: neither depends on other items).
+        clip: clip the regenerated items to the data range first (a cheaper, non-paper variant).
         steps: the decoder's sampler steps (default from its config).
     """
     decoder = model.decoders[name]
     if not isinstance(decoder, Reconstructs):
         raise LZNError(f"the {name!r} decoder has no reconstruct(); it cannot be scored for reconstruction")
-    if draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
+    if draws < 1 or batch_size < 1 or chunk < 1:
+        raise ValueError(f"draws, batch_size and chunk must be >= 1, got {draws}, {batch_size}, {chunk}")
     cond = _condition(model, name, condition)
-    anchors = model.encode(name, batch)
+    n = _size(batch)
+    anchors = torch.cat([model.encode(name, batch[i : i + chunk]) for i in range(0, n, chunk)])
     gen = torch.Generator().manual_seed(seed)
-    errs = []
+    total = 0.0
     for _ in range(draws):
-        noise = torch.randn(anchors.shape, generator=gen, dtype=anchors.dtype)
-        z = model.latents(anchors, noise=noise)
-        rec = decoder.reconstruct(batch, z, cond, steps=steps)
-        errs.append((rec - batch.to(rec)).flatten(1).norm(dim=1).mean())
-    return float(torch.stack(errs).mean())
+        noise = torch.randn(anchors.shape, generator=gen, dtype=anchors.dtype).to(anchors.device)
+        z = torch.cat(
+            [
+                model.latents(anchors[i : i + batch_size], noise=noise[i : i + batch_size])
+                for i in range(0, n, batch_size)
+            ]
+        )
+        for i in range(0, n, chunk):
+            x = batch[i : i + chunk]
+            c = cond[i : i + chunk] if cond is not None else None
+            rec = decoder.reconstruct(x, z[i : i + chunk], c, steps=steps, clip=clip)
+            total += float((rec - x.to(rec)).flatten(1).norm(dim=1).sum())
+    return total / (n * draws)
 
 
 @torch.no_grad()
@@ -290,8 +326,17 @@ def ood_confidences(
     odd = ood_inputs(batch, kind, seed=seed)
 
     def conf(x: torch.Tensor) -> torch.Tensor:
-        kw = dict(alpha=alpha, vote_alpha=vote_alpha, draws=draws, batch_size=batch_size, seed=seed)
-        return zonal_predict(model, source, target, x, **kw)[1]
+        return zonal_predict(
+            model,
+            source,
+            target,
+            x,
+            alpha=alpha,
+            vote_alpha=vote_alpha,
+            draws=draws,
+            batch_size=batch_size,
+            seed=seed,
+        )[1]
 
     n = batch.shape[0]
     if mode == "mixed":
@@ -320,7 +365,7 @@ def probe_features(
     """
     if kind not in PROBE_KINDS:
         raise ValueError(f"unknown probe feature {kind!r}; choose one of {', '.join(PROBE_KINDS)}")
-    encoder = model.encoders[name]
+    encoder: Any = model.encoders[name]
     if kind == "backbone" and not isinstance(encoder, BackboneFeatures):
         raise LZNError(
             f"the {name!r} encoder exposes no backbone features (lzn_core.modality.BackboneFeatures)"
@@ -339,3 +384,147 @@ def probe_features(
             noise = torch.randn(a.shape, generator=gen, dtype=a.dtype)
             parts.append(model.latents(a, alpha=0.0 if kind == "latent0" else None, noise=noise))
     return torch.cat(parts).float().cpu()
+
+
+@torch.no_grad()
+def backbone_features(
+    model: LZNModel,
+    features: str,
+    labels: str,
+    pattern: str,
+    *,
+    limit: int | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backbone features of ``features``' items and the class indices of ``labels``' items, for the
+    samples of the shards matching ``pattern`` (shard order, the first ``limit``).
+
+    The items are encoded as the modality encodes a batch outside training (e.g. the image
+    plugin's Resize + CenterCrop evaluation view of full-size images); nothing is augmented.
+
+    Returns:
+        features (n, d) float32 and labels (n,) int64, on the CPU.
+
+    Raises:
+        LZNError: the encoder has no backbone features, or ``labels``' items are not class indices.
+    """
+    encoder: Any = model.encoders[features]
+    if not isinstance(encoder, BackboneFeatures):
+        raise LZNError(
+            f"the {features!r} encoder exposes no backbone features (lzn_core.modality.BackboneFeatures); "
+            "point eval.probe / eval.knn features: at a modality whose encoder has them"
+        )
+    names = dict.fromkeys((features, labels))
+    ld = loader(
+        pattern,
+        {n: model.specs[n] for n in names},
+        configs={n: model.configs[n] for n in names},
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        infinite=False,
+        num_workers=num_workers,
+    )
+    feats, ys, n = [], [], 0
+    for batch in ld:
+        y = batch[labels]
+        if not (isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point()):
+            raise LZNError(
+                f"the items of {labels!r} are not class indices (got {type(y).__name__}); "
+                "eval.probe / eval.knn labels: must name a modality whose items are ints (e.g. one reading cls)"
+            )
+        feats.append(encoder.features(batch[features]).flatten(1).float().cpu())
+        ys.append(y.long().cpu())
+        n += len(y)
+        if limit is not None and n >= limit:
+            break
+    if not feats:
+        raise LZNError(f"no samples in {pattern} for the {features!r} backbone probe")
+    return torch.cat(feats)[:limit], torch.cat(ys)[:limit]
+
+
+def _num_classes(model: LZNModel, labels: str) -> int | None:
+    encoder = model.encoders[labels]
+    return int(encoder.bank().shape[0]) if isinstance(encoder, AnchorBank) else None
+
+
+def probe_eval(
+    model: LZNModel,
+    train_pattern: str,
+    test_pattern: str,
+    *,
+    probe: Any = None,
+    knn: Any = None,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """The recipe's probes of frozen backbone features: ``{"linear_probe": {...}, "knn": {...}}``.
+
+    Args:
+        train_pattern: shards whose features train the probe / fill the kNN bank (``data.train``).
+        test_pattern: shards scored (``data.eval``).
+        probe: an ``eval.probe`` (:class:`~lzn_core.recipe.schema.ProbeConfig`) or None.
+        knn: an ``eval.knn`` (:class:`~lzn_core.recipe.schema.KnnConfig`) or None.
+
+    Each result holds top1, top5, the modalities, the item counts and the settings used.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def split(cfg: Any, pattern: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (cfg.features, cfg.labels, pattern, limit)
+        if key not in cache:
+            cache[key] = backbone_features(
+                model,
+                cfg.features,
+                cfg.labels,
+                pattern,
+                limit=limit,
+                batch_size=cfg.batch_size,
+                num_workers=num_workers,
+            )
+        return cache[key]
+
+    for what, cfg in (("knn", knn), ("linear_probe", probe)):
+        if cfg is None:
+            continue
+        (xtr, ytr), (xte, yte) = (
+            split(cfg, train_pattern, cfg.train_limit),
+            split(cfg, test_pattern, cfg.test_limit),
+        )
+        classes = _num_classes(model, cfg.labels)
+        if what == "knn":
+            res = knn_accuracy(xtr, ytr, xte, yte, k=cfg.k, temperature=cfg.temperature, num_classes=classes)
+            setting = {"k": cfg.k, "temperature": cfg.temperature}
+        else:
+            res = linear_probe_topk(
+                xtr,
+                ytr,
+                xte,
+                yte,
+                num_classes=classes,
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                batch_size=cfg.probe_batch_size,
+                seed=seed,
+                device=model.device,
+            )
+            setting = {
+                "optimizer": "AdamW",
+                "epochs": cfg.epochs,
+                "lr": cfg.lr,
+                "weight_decay": cfg.weight_decay,
+                "batch_size": cfg.probe_batch_size,
+            }
+        out[what] = {
+            **res,
+            "features": cfg.features,
+            "labels": cfg.labels,
+            "train_items": len(ytr),
+            "test_items": len(yte),
+            "feature_dim": int(xtr.shape[1]),
+            **setting,
+        }
+    return out

@@ -8,7 +8,14 @@
   grid: class-conditional (``eval.samples_per_class`` per class) when it is conditioned on a
   zonal modality, else unconditional; logged as ``grid/T``. A decoder that is also a
   :class:`~lzn_core.modality.SampleJudge` scores those samples against the real test items
-  (e.g. ``class_consistency/T``).
+  (e.g. ``class_consistency/T``);
+* the recipe's ``eval.knn`` and ``eval.probe`` (declarative: which modality's backbone, which
+  modality holds the labels, how often, on how many items) run on the EMA backbone at their
+  ``every`` (and at the last step): the kNN accuracy, logged as ``knn_top1/F`` and
+  ``knn_top5/F``, and the paper's linear probe, ``linear_probe_top1/F`` and
+  ``linear_probe_top5/F`` (F: the features' modality; :func:`~lzn_core.eval.protocol.probe_eval`).
+
+:func:`describe_metric` is the line the training summary prints for each result.
 
 Nothing here knows a modality by name: a third-party modality aligned to a label gets its own
 accuracy, an image-like one its grids.
@@ -21,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..errors import LZNError
 from ..modality import PreviewWriter, SampleJudge
 from ..model import LZNModel
 from ..recipe import Recipe
@@ -43,6 +51,33 @@ class TrainingEvaluator:
         names = needed_modalities(model)
         pattern = self.recipe.data.eval
         self.test: dict[str, Any] = load_split(model, pattern, names) if pattern and names else {}
+        ecfg = self.recipe.eval
+        if (ecfg.probe is not None or ecfg.knn is not None) and not pattern:
+            raise LZNError("eval.probe / eval.knn need evaluation shards: set data.eval")
+
+    def _due(self, cfg: Any, step: int) -> bool:
+        return cfg is not None and (
+            step >= self.recipe.train.iterations or not cfg.every or step % cfg.every == 0
+        )
+
+    def _probes(self, model: LZNModel, step: int) -> dict[str, float]:
+        ecfg, out = self.recipe.eval, dict[str, float]()
+        knn = ecfg.knn if self._due(ecfg.knn, step) else None
+        probe = ecfg.probe if self._due(ecfg.probe, step) else None
+        if knn is None and probe is None:
+            return out
+        res = p.probe_eval(
+            model,
+            self.recipe.data.train,
+            str(self.recipe.data.eval),
+            probe=probe,
+            knn=knn,
+            num_workers=self.recipe.data.num_workers,
+            seed=self.recipe.seed,
+        )
+        for what, r in res.items():
+            out.update({f"{what}_{k}/{r['features']}": float(r[k]) for k in ("top1", "top5")})
+        return out
 
     @torch.no_grad()
     def __call__(
@@ -68,6 +103,7 @@ class TrainingEvaluator:
                             seed=seed,
                         )
                         out[f"accuracy/{source}->{target}"] = metrics.accuracy(pred, self.test[target])
+                out.update(self._probes(model, step))
             if samples and ecfg.samples_per_class > 0:
                 for target in p.generation_targets(model):
                     out.update(self._samples(model, target, step))
@@ -93,3 +129,24 @@ class TrainingEvaluator:
             items = p.unconditional_samples(model, target, 10 * spc, seed=seed)
         out[f"grid/{target}"] = str(decoder.save_preview(items, path, nrow=spc))
         return out
+
+
+def describe_metric(recipe: Recipe, key: str, value: Any) -> str:
+    """The summary line of one result ``key`` (``what/modality``) of :class:`TrainingEvaluator`."""
+    what, _, name = key.partition("/")
+    ecfg = recipe.eval
+    if what == "accuracy":
+        return f"test accuracy {name} (zonal flow, alpha={ecfg.alpha}): {value:.4f}"
+    if what == "grid":
+        return f"samples of {name}: {value}"
+    probe, _, k = what.rpartition("_")
+    if probe == "linear_probe" and ecfg.probe is not None:
+        lp = ecfg.probe
+        return (
+            f"linear probe {k} of the {name} backbone -> {lp.labels} (AdamW lr {lp.lr:g}, wd {lp.weight_decay:g}, "
+            f"{lp.epochs} epochs, batch {lp.probe_batch_size}): {value:.4f}"
+        )
+    if probe == "knn" and ecfg.knn is not None:
+        kn = ecfg.knn
+        return f"kNN {k} of the {name} backbone -> {kn.labels} (k={kn.k}, T={kn.temperature:g}): {value:.4f}"
+    return f"{what} of the {name} samples: {value:.4f}" if isinstance(value, float) else f"{key}: {value}"

@@ -274,6 +274,30 @@ def reference_problems(data: dict[str, Any]) -> list[str]:
     train = data.get("train")
     if isinstance(train, dict):
         problems += _module_key_problems(train, names)
+    problems += _probe_problems(data.get("eval"), train if isinstance(train, dict) else {}, names)
+    return problems
+
+
+def _probe_problems(ev: Any, train: dict[str, Any], names: list[str]) -> list[str]:
+    """``eval.probe`` / ``eval.knn``: modalities the recipe has, a period that evaluation reaches."""
+    problems = []
+    for what in ("probe", "knn"):
+        probe = ev.get(what) if isinstance(ev, dict) else None
+        if not isinstance(probe, dict):
+            continue
+        for field in ("features", "labels"):
+            ref = probe.get(field)
+            if isinstance(ref, str) and ref not in names:
+                problems.append(
+                    f"eval.{what}.{field}: unknown modality {ref!r}{did_you_mean(ref, names)} "
+                    f"(the recipe has: {', '.join(names)})"
+                )
+        every, period = probe.get("every"), train.get("eval_every")
+        if isinstance(every, int) and every and isinstance(period, int) and period and every % period:
+            problems.append(
+                f"eval.{what}.every: {every} is not a multiple of train.eval_every = {period} "
+                "(evaluation runs only every train.eval_every iterations)"
+            )
     return problems
 
 

@@ -196,6 +196,61 @@ class TrainConfig(BaseModel):
         raise KeyError(f"train.lr has no rate for {modality}.{part} and no 'default'")
 
 
+class FeatureProbe(BaseModel):
+    """What a probe of frozen backbone features reads (case 2): which modality, which labels.
+
+    Attributes:
+        features: modality whose encoder's backbone features are probed
+            (:class:`~lzn_core.modality.BackboneFeatures`).
+        labels: modality whose items are the class indices (e.g. a label modality reading ``cls``).
+        every: iterations between runs during training (0: at every evaluation,
+            ``train.eval_every``); a multiple of ``train.eval_every``. Always at the last step.
+        train_limit: training items whose features train the probe (None: the whole split;
+            ``data.train`` read at the evaluation view, no augmentation).
+        test_limit: evaluation items scored (None: all of ``data.eval``).
+        batch_size: items per feature-extraction batch.
+    """
+
+    model_config = _STRICT
+
+    features: str = Field(min_length=1)
+    labels: str = Field(min_length=1)
+    every: int = Field(default=0, ge=0)
+    train_limit: int | None = Field(default=None, gt=0)
+    test_limit: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+
+
+class ProbeConfig(FeatureProbe):
+    """The paper's linear probe (the authors' ``LinearProbing``, PAPER §4 case 2): a linear
+    layer on the frozen features, top-1/top-5 (:func:`~lzn_core.eval.metrics.linear_probe_topk`).
+
+    Attributes:
+        epochs: passes over the training features (paper: 300).
+        lr: AdamW learning rate (paper: 3e-4).
+        weight_decay: AdamW weight decay (paper: 0).
+        probe_batch_size: batch of the linear layer's training (paper: 8192).
+    """
+
+    epochs: int = Field(default=300, gt=0)
+    lr: float = Field(default=3e-4, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    probe_batch_size: int = Field(default=8192, gt=0)
+
+
+class KnnConfig(FeatureProbe):
+    """A cheap weighted kNN accuracy of the frozen features for frequent checks during training
+    (:func:`~lzn_core.eval.metrics.knn_accuracy`).
+
+    Attributes:
+        k: neighbours (20).
+        temperature: τ of the vote weights exp(cos / τ) (0.07).
+    """
+
+    k: int = Field(default=20, gt=0)
+    temperature: float = Field(default=0.07, gt=0.0)
+
+
 class EvalConfig(BaseModel):
     """Periodic and final evaluation.
 
@@ -204,6 +259,8 @@ class EvalConfig(BaseModel):
         alpha: α of the test latents (0: the zone centre, best for classification).
         steps: Euler steps of the label flow.
         samples_per_class: class-conditional samples per class in the sample grid.
+        probe: a linear probe of a modality's frozen backbone features (None: none).
+        knn: a kNN accuracy of a modality's frozen backbone features (None: none).
     """
 
     model_config = _STRICT
@@ -212,6 +269,8 @@ class EvalConfig(BaseModel):
     alpha: float = Field(default=0.0, ge=0.0)
     steps: int = Field(default=100, gt=0)
     samples_per_class: int = Field(default=10, ge=0)
+    probe: ProbeConfig | None = None
+    knn: KnnConfig | None = None
 
 
 class Recipe(BaseModel):
@@ -241,7 +300,12 @@ class Recipe(BaseModel):
         raw = {
             "modalities": {k: {"plugin": e.plugin, "config": e.config} for k, e in self.modalities.items()},
             "tasks": [t.model_dump() for t in self.tasks],
-            "train": {"lr": dict(self.train.lr), "freeze": dict(self.train.freeze)},
+            "train": {
+                "lr": dict(self.train.lr),
+                "freeze": dict(self.train.freeze),
+                "eval_every": self.train.eval_every,
+            },
+            "eval": self.eval.model_dump(),
         }
         specs, configs, problems = resolve_plugins(raw["modalities"])
         problems += reference_problems(raw) + condition_problems(specs, raw["tasks"])

@@ -1,10 +1,21 @@
-"""Random views of an image batch for two-view alignment (case 2), in torch, per-sample parameters.
+"""Training-time randomness of image batches, in torch, all drawn from a given generator.
 
-``simclr`` (SimCLR v2 style, for >= 32 px): random resized crop (scale 0.08–1, aspect 3/4–4/3),
+:func:`flip` (``spec.transform``, every training batch of cases 1 and 3): with ``config.flip``
+each image is mirrored left-right with probability ½, as the authors' CIFAR-10 pipeline
+(``RandomHorizontalFlip``); the coins are drawn for the whole global batch and sliced to this
+rank's rows, so W ranks and a resumed run flip exactly what one process flips.
+
+:func:`augment` (``spec.augment``, the two views of case 2), per-sample parameters:
+
+``simclr`` (SimCLR v2 style, for >= 32 px; the authors' ImageNet views): ``RandomResizedCrop``
+of the *full* image to ``resolution`` (torchvision's sampler: scale 0.08–1, aspect 3/4–4/3,
+10 tries, else the centre crop of the clamped aspect; bilinear resize with antialiasing),
 horizontal flip, colour jitter (0.8, 0.8, 0.8, 0.2) with p = 0.8 (RGB; brightness/contrast only
 for grayscale), grayscale p = 0.2 (RGB), Gaussian blur on every view (σ in [0.1, 2], kernel
 ≈ 10% of the side: 23 at 224 px), as PAPER.md §4 case 2. Jitter order is fixed (brightness,
-contrast, saturation, hue); torchvision shuffles it.
+contrast, saturation, hue); torchvision shuffles it. Images of any size (a ragged batch) are
+cropped from their own full extent (on the CPU, where the training loop leaves a ragged batch);
+the crops then move to the current CUDA device when there is one, for the rest of the view.
 ``small`` (tiny images such as the 8×8 digits): crop scale 0.7–1 with shifts of up to ~1 px
 per 8 px, no flip, brightness/contrast jitter 0.3 with p = 0.8, no blur.
 """
@@ -17,10 +28,16 @@ import torch
 import torch.nn.functional as F
 
 from .config import ImageConfig
+from .io import fit_batch
+
+
+def _u(n: int, g: torch.Generator | None, dev: torch.device) -> torch.Tensor:
+    """n uniforms from ``g`` (drawn on the generator's device, e.g. training's CPU generators), on ``dev``."""
+    return torch.rand(n, generator=g, device=g.device if g is not None else dev).to(dev)
 
 
 def _rand(n: int, lo: float, hi: float, g: torch.Generator | None, dev: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=dev) * (hi - lo) + lo
+    return _u(n, g, dev) * (hi - lo) + lo
 
 
 def _crop_flip(
@@ -33,11 +50,11 @@ def _crop_flip(
     ratio = torch.exp(log_r)
     sw = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width / image width
     sh = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = (torch.rand(b, generator=g, device=dev) * 2 - 1) * (1 - sw)
-    cy = (torch.rand(b, generator=g, device=dev) * 2 - 1) * (1 - sh)
+    cx = (_u(b, g, dev) * 2 - 1) * (1 - sw)
+    cy = (_u(b, g, dev) * 2 - 1) * (1 - sh)
     sx = sw
     if flip:
-        sx = torch.where(torch.rand(b, generator=g, device=dev) < 0.5, -sw, sw)
+        sx = torch.where(_u(b, g, dev) < 0.5, -sw, sw)
     theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
     theta[:, 0, 0], theta[:, 0, 2] = sx, cx
     theta[:, 1, 1], theta[:, 1, 2] = sh, cy
@@ -55,7 +72,7 @@ def _jitter(
 ) -> torch.Tensor:
     """Colour jitter on images in [0, 1]: brightness, contrast, saturation, hue (fixed order)."""
     b, dev = x.shape[0], x.device
-    on = (torch.rand(b, generator=g, device=dev) < p).view(b, 1, 1, 1)
+    on = (_u(b, g, dev) < p).view(b, 1, 1, 1)
     bright = _rand(b, 1 - s[0], 1 + s[0], g, dev).view(b, 1, 1, 1)
     contr = _rand(b, 1 - s[1], 1 + s[1], g, dev).view(b, 1, 1, 1)
     satur = _rand(b, 1 - s[2], 1 + s[2], g, dev).view(b, 1, 1, 1)
@@ -90,7 +107,7 @@ def _blur(x: torch.Tensor, p: float, g: torch.Generator | None) -> torch.Tensor:
     dev = x.device
     k = blur_kernel_size(h)
     sigma = _rand(b, 0.1, 2.0, g, dev)
-    on = (torch.rand(b, generator=g, device=dev) < p).view(b, 1, 1, 1)
+    on = (_u(b, g, dev) < p).view(b, 1, 1, 1)
     r = torch.arange(k, device=dev, dtype=x.dtype) - k // 2
     ker = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None] ** 2))
     ker = (ker / ker.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (B·C, k)
@@ -100,28 +117,118 @@ def _blur(x: torch.Tensor, p: float, g: torch.Generator | None) -> torch.Tensor:
     return torch.where(on, y.view(b, c, h, w), x)
 
 
-def augment(
-    images: torch.Tensor, config: ImageConfig, *, generator: torch.Generator | None = None
+def flip(
+    images: torch.Tensor | list[torch.Tensor],
+    config: ImageConfig,
+    *,
+    generator: torch.Generator | None = None,
+    rows: tuple[int, int] | None = None,
+) -> torch.Tensor | list[torch.Tensor]:
+    """``spec.transform``: mirror each image left-right with probability ½ when ``config.flip``.
+
+    Args:
+        images: (B, C, H, W), or a ragged batch (list of (C, H, W)).
+        generator: source of the coins (global RNG when None).
+        rows: ``(start, total)``: these B images are rows [start, start + B) of a global batch of
+            ``total``; ``total`` coins are drawn and rows [start, start + B) used.
+
+    Returns:
+        the batch in the same form; unchanged (the same object) when ``config.flip`` is False.
+    """
+    if not config.flip:
+        return images
+    b = len(images)
+    start, total = rows if rows is not None else (0, b)
+    if not (0 <= start and start + b <= total):
+        raise ValueError(f"rows=(start, total)={rows} does not contain a batch of {b} images")
+    coins = (_u(total, generator, torch.device("cpu")) < 0.5)[start : start + b]
+    if isinstance(images, torch.Tensor):
+        mask = coins.to(images.device).view(-1, *([1] * (images.ndim - 1)))
+        return torch.where(mask, images.flip(-1), images)
+    return [x.flip(-1) if c else x for x, c in zip(images, coins.tolist(), strict=True)]
+
+
+def resized_crop_box(
+    h: int, w: int, scale: tuple[float, float], g: torch.Generator | None
+) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params`` from ``g``: (top, left, height, width).
+
+    Up to 10 tries of area ∈ scale·h·w and log-uniform aspect in [3/4, 4/3]; a crop that fits is
+    placed uniformly. When none fits: the centre crop of the whole image with its aspect clamped
+    to [3/4, 4/3]. The same number of numbers (40) is drawn whatever happens.
+    """
+    u = torch.rand(10, 4, generator=g, device=g.device if g is not None else None).double().cpu()
+    lo, hi = math.log(3 / 4), math.log(4 / 3)
+    for area_u, ratio_u, top_u, left_u in u.tolist():
+        area = h * w * (scale[0] + (scale[1] - scale[0]) * area_u)
+        ratio = math.exp(lo + (hi - lo) * ratio_u)
+        cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(top_u * (h - ch + 1)), int(left_u * (w - cw + 1)), ch, cw
+    if w / h < 3 / 4:
+        cw, ch = w, int(round(w / (3 / 4)))
+    elif w / h > 4 / 3:
+        ch, cw = h, int(round(h * 4 / 3))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def random_resized_crop(
+    images: torch.Tensor | list[torch.Tensor],
+    side: int,
+    scale: tuple[float, float],
+    g: torch.Generator | None,
 ) -> torch.Tensor:
-    """One random view of every image: (B, C, H, W) in [-1, 1] -> (B, C, H, W) in [-1, 1].
+    """Per-image :func:`resized_crop_box` of each image's full extent, resized to side × side
+    (bilinear, antialiased): a tensor or ragged batch -> (B, C, side, side) (channels promoted)."""
+    items = list(images)
+    c = max(x.shape[0] for x in items)
+    out = []
+    for x in items:
+        top, left, ch, cw = resized_crop_box(int(x.shape[-2]), int(x.shape[-1]), scale, g)
+        crop = x.expand(c, -1, -1)[None, :, top : top + ch, left : left + cw].float()
+        out.append(
+            F.interpolate(crop, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        )
+    return torch.cat(out)
+
+
+def augment(
+    images: torch.Tensor | list[torch.Tensor],
+    config: ImageConfig,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One random view of every image: (B, C, H, W) or a ragged batch in [-1, 1] -> (B, C, res, res).
 
     The kind comes from ``config.augment_kind`` ("simclr", "small" or "none"; see the module doc).
-    Randomness is drawn from ``generator`` (global RNG when None).
+    "simclr" crops each image from its full extent; "small" and "none" work on the batch fitted
+    to the configured side (:func:`lzn_image.io.fit_batch`). Randomness is drawn from
+    ``generator`` (global RNG when None).
     """
-    if images.ndim != 4:
-        raise ValueError(f"augment expects (B, C, H, W), got shape {tuple(images.shape)}")
+    if isinstance(images, torch.Tensor) and images.ndim != 4:
+        raise ValueError(
+            f"augment expects (B, C, H, W) or a list of (C, H, W), got shape {tuple(images.shape)}"
+        )
     kind = config.augment_kind
-    if kind == "none":
-        return images
-    x = (images.float() + 1) / 2
-    if kind == "small":
-        x = _crop_flip(x, (0.7, 1.0), flip=False, g=generator)
-        x = _jitter(x, (0.3, 0.3, 0.0, 0.0), 0.8, generator)
-    else:
-        x = _crop_flip(x, (0.08, 1.0), flip=True, g=generator)
+    dtype = images.dtype if isinstance(images, torch.Tensor) else images[0].dtype
+    if kind == "simclr":
+        x = (random_resized_crop(images, config.resolution, (0.08, 1.0), generator) + 1) / 2
+        if not isinstance(images, torch.Tensor) and torch.cuda.is_available():
+            x = x.to(torch.cuda.current_device())  # a ragged batch stays on the CPU in the loop
+        flipped = _u(x.shape[0], generator, x.device) < 0.5
+        x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x)
         x = _jitter(x, (0.8, 0.8, 0.8, 0.2), 0.8, generator)
         if x.shape[1] == 3:
-            gray = (torch.rand(x.shape[0], generator=generator, device=x.device) < 0.2).view(-1, 1, 1, 1)
-            x = torch.where(gray, _gray(x).expand_as(x), x)
+            gray = _u(x.shape[0], generator, x.device) < 0.2
+            x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
         x = _blur(x, 1.0, generator)  # case 2 blurs every view
-    return (x * 2 - 1).clamp(-1, 1).to(images.dtype)
+        return (x * 2 - 1).clamp(-1, 1).to(dtype)
+    fitted = fit_batch(images, config, channels=max(int(x.shape[0]) for x in images))
+    if kind == "none":
+        return fitted
+    x = (fitted.float() + 1) / 2
+    x = _crop_flip(x, (0.7, 1.0), flip=False, g=generator)
+    x = _jitter(x, (0.3, 0.3, 0.0, 0.0), 0.8, generator)
+    return (x * 2 - 1).clamp(-1, 1).to(dtype)

@@ -111,6 +111,14 @@ class ImageConfig(BaseModel):
             baseline with the same network (recipes/digits_rf_baseline.yaml).
         augment: view augmentation for two-view alignment; "auto" picks "simclr" at
             resolution >= 32 and "small" (small shifts and crops, no flip) below.
+        flip: mirror every training image left-right with probability ½ (``spec.transform``,
+            seeded per global row; the authors' CIFAR-10 pipeline). Off by default: the digits
+            are not mirror-symmetric.
+        eval_resize: accept images of any size (shards of full-size images, e.g. ImageNet):
+            two-view training views are random resized crops of the full image (``augment``)
+            and every other batch is encoded as Resize(eval_resize) + CenterCrop(resolution)
+            (the standard evaluation view, 256 -> 224 on ImageNet). None: every image must be
+            ``resolution`` × ``resolution``.
         encoder: "unet" (U-Net down path + latent blocks) or "resnet50" / "resnet18"
             (GroupNorm ResNet + projection head, paper case 2).
         proj_hidden: hidden width of the ResNet encoders' projection head (paper: 2048).
@@ -143,6 +151,8 @@ class ImageConfig(BaseModel):
     rtol: float = Field(1e-5, gt=0.0)
     atol: float = Field(1e-5, gt=0.0)
     augment: Literal["auto", "simclr", "small", "none"] = "auto"
+    flip: bool = False
+    eval_resize: int | None = Field(None, ge=1)
     use_latent: bool = True
     encoder: EncoderName = "unet"
     proj_hidden: int = Field(2048, ge=1)
@@ -179,6 +189,11 @@ class ImageConfig(BaseModel):
             )
         if self.nf % 4:
             raise ValueError(f"nf must be a multiple of 4 (GroupNorm groups), got {self.nf}")
+        if self.eval_resize is not None and self.eval_resize < self.resolution:
+            raise ValueError(
+                f"eval_resize {self.eval_resize} must be >= resolution {self.resolution} "
+                "(the short side is resized to it, then the centre resolution x resolution is cropped)"
+            )
         if self.encoder == "unet" and self.checkpoint:
             raise ValueError(
                 "checkpoint: true applies to the ResNet encoders only; set encoder: resnet50 "

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ImageConfig
-from .io import save_grid, to_config_channels
+from .io import fit_batch, save_grid, to_config_channels
 from .sampling import SolveStats, dopri5, euler
-from .unet import DownPath, UpPath, timestep_embedding
+from .unet import DownPath, UpPath, ncsnpp_init, timestep_embedding
 
 
 class ImageDecoder(nn.Module):
@@ -51,8 +51,10 @@ class ImageDecoder(nn.Module):
         else:
             emb_dim = nf
         self.emb_dim = emb_dim
-        self.temb = nn.Sequential(
-            nn.Linear(emb_dim + latent_dim + condition_dim, 4 * nf), nn.SiLU(), nn.Linear(4 * nf, 4 * nf)
+        self.temb = nn.Sequential(  # NCSN++ Dense layers: variance scaling, zero bias
+            ncsnpp_init(nn.Linear(emb_dim + latent_dim + condition_dim, 4 * nf)),
+            nn.SiLU(),
+            ncsnpp_init(nn.Linear(4 * nf, 4 * nf)),
         )
         self.down = DownPath(config, temb_dim=4 * nf)
         self.up = UpPath(config, self.down, temb_dim=4 * nf)
@@ -123,7 +125,7 @@ class ImageDecoder(nn.Module):
             images: (B, C, H, W) in [-1, 1].
             cond: optional (B, d).
         """
-        x = to_config_channels(images, self.config.channels, self.config.resolution).to(z.dtype)
+        x = fit_batch(images, self.config).to(device=z.device, dtype=z.dtype)
         b = x.shape[0]
         start, total = rows if rows is not None else (0, b)
         if not (0 <= start and start + b <= total):
@@ -177,6 +179,7 @@ class ImageDecoder(nn.Module):
         generator: torch.Generator | None = None,
         rtol: float | None = None,
         atol: float | None = None,
+        clip: bool = True,
     ) -> torch.Tensor:
         """Generate images (B, C, H, W) in [-1, 1] from latents z: (B, q), integrating t: rf_t_min -> 1.
 
@@ -189,6 +192,7 @@ class ImageDecoder(nn.Module):
             method: "euler" or "rk45" (adaptive Dormand–Prince; default ``config.sample_method``).
             noise: the starting ε (B, C, H, W); drawn from ``generator`` when None.
             rtol, atol: RK45 tolerances (default from the config, paper 1e-5).
+            clip: clamp the result to [-1, 1] (False: the ODE's end point as it is).
         """
         cfg = self.config
         shape = (z.shape[0], cfg.channels, cfg.resolution, cfg.resolution)
@@ -198,7 +202,7 @@ class ImageDecoder(nn.Module):
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
         x = self._solve(noise.to(z.dtype), z, cond, cfg.rf_t_min, 1.0, steps, method, rtol, atol)
-        return x.clamp(-1.0, 1.0)
+        return x.clamp(-1.0, 1.0) if clip else x
 
     def save_preview(self, images: torch.Tensor, path: str | Path, *, nrow: int | None = None) -> Path:
         """``PreviewWriter``: a PNG grid of images (B, C, H, W) in [-1, 1] (see :func:`lzn_image.io.save_grid`)."""
@@ -226,7 +230,7 @@ class ImageDecoder(nn.Module):
         method: str | None = None,
     ) -> torch.Tensor:
         """Run the ODE backwards (t: 1 -> rf_t_min): images (B, C, H, W) -> noise (B, C, H, W)."""
-        x = to_config_channels(images, self.config.channels, self.config.resolution).to(z.dtype)
+        x = fit_batch(images, self.config).to(device=z.device, dtype=z.dtype)
         return self._solve(x, z, cond, 1.0, self.config.rf_t_min, steps, method, None, None)
 
     def reconstruct(
@@ -237,7 +241,11 @@ class ImageDecoder(nn.Module):
         *,
         steps: int | None = None,
         method: str | None = None,
+        clip: bool = True,
     ) -> torch.Tensor:
-        """invert then sample with the same z: (B, C, H, W) -> (B, C, H, W) in [-1, 1] (the recon metric)."""
+        """``Reconstructs``: invert then sample with the same z: (B, C, H, W) -> (B, C, H, W).
+
+        ``clip=False`` returns the regenerated images unclamped (the authors score those).
+        """
         noise = self.invert(images, z, cond, steps=steps, method=method)
-        return self.sample(z, cond, steps=steps, method=method, noise=noise)
+        return self.sample(z, cond, steps=steps, method=method, noise=noise, clip=clip)

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .config import ImageConfig
-from .io import to_config_channels
-from .unet import DownPath
+from .io import fit_batch
+from .unet import DownPath, ncsnpp_init
 
 
 class LatentBlock(nn.Module):
@@ -25,7 +25,7 @@ class LatentBlock(nn.Module):
 
     def __init__(self, channels: int, side: int, latent_channels: int, hidden: int, q: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, latent_channels, 1)
+        self.conv = ncsnpp_init(nn.Conv2d(channels, latent_channels, 1))  # NCSN++ conv1x1; MLP: torch default
         self.mlp = nn.Sequential(
             nn.Linear(latent_channels * side * side, hidden), nn.SiLU(), nn.Linear(hidden, q)
         )
@@ -62,16 +62,18 @@ class ImageEncoder(nn.Module):
             for i in self.block_index
         )
 
+    def _fit(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """A tensor or ragged batch -> (B, C, res, res) on the encoder's device (:func:`fit_batch`)."""
+        return fit_batch(images, self.config).to(self.down.conv_in.weight.device)
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``BackboneFeatures``: the down path's last (middle) feature map, averaged over space: (B, ch)."""
-        x = to_config_channels(images, self.config.channels, self.config.resolution)
-        _, mid = self.down(x)
+        _, mid = self.down(self._fit(images))
         return mid.mean(dim=(2, 3))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images: (B, C, H, W) in [-1, 1] -> anchors (B, q)."""
-        x = to_config_channels(images, self.config.channels, self.config.resolution)
-        hs, mid = self.down(x)
+        """images: (B, C, H, W) in [-1, 1] (or a ragged batch, see :func:`fit_batch`) -> anchors (B, q)."""
+        hs, mid = self.down(self._fit(images))
         maps = [*hs, mid]
         out = [blk(maps[i]) for i, blk in zip(self.block_index, self.latent_blocks, strict=True)]
         return torch.stack(out).sum(dim=0)

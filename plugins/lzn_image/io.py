@@ -5,6 +5,12 @@ image in its *own* channel count (grayscale -> (1, H, W), colour -> (3, H, W)).
 ``collate`` promotes a mixed list to 3 channels, and the encoder and decoder convert a
 batch to the configured ``channels`` (1 -> 3 by repetition, 3 -> 1 by ITU-R 601 luma)
 with :func:`to_config_channels`.
+
+Sizes: a batch is a tensor (B, C, H, W) when its images share H×W and a *ragged batch*, a list
+of (C, H, W) tensors, when they do not (shards of full-size images, ``eval_resize`` set).
+:func:`fit_batch` turns either into (B, C, resolution, resolution): images of the configured
+side pass unchanged; with ``eval_resize`` every other image gets the evaluation view
+(:func:`eval_view`: Resize + CenterCrop, as torchvision's ``Resize(256), CenterCrop(224)``).
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from .config import ImageConfig
 
 _LUMA = (0.299, 0.587, 0.114)
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "La"}
@@ -46,23 +54,85 @@ def decode_sample(data: bytes) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-def collate(items: Sequence[torch.Tensor]) -> torch.Tensor:
+def collate(items: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
     """Stack decoded images (C, H, W) into (B, C, H, W); gray items are repeated to RGB if any item is RGB.
 
-    Raises:
-        ValueError: when the items differ in height/width (resize when writing the shards).
+    Items of different H×W give a ragged batch: the list of (C, H, W) items (channels promoted
+    the same way). Only a config with ``eval_resize`` lets such items through ``validate_item``;
+    the encoders, decoder and ``augment`` accept both forms (:func:`fit_batch`).
     """
     import torch
 
     if not items:
         raise ValueError("cannot collate an empty list of images")
-    sizes = {tuple(x.shape[-2:]) for x in items}
-    if len(sizes) > 1:
-        raise ValueError(
-            f"images in one batch must share H×W, got sizes {sorted(sizes)}; resize them in the shards"
-        )
     c = max(x.shape[0] for x in items)
-    return torch.stack([x.expand(c, -1, -1) if x.shape[0] != c else x for x in items])
+    same = [x.expand(c, -1, -1) if x.shape[0] != c else x for x in items]
+    if len({tuple(x.shape[-2:]) for x in items}) > 1:
+        return same
+    return torch.stack(same)
+
+
+def eval_view(image: torch.Tensor, side: int, resize: int) -> torch.Tensor:
+    """The evaluation view of an image (C, H, W) -> (C, side, side), or of a batch (B, C, H, W).
+
+    Resize the short edge to ``resize`` (the long edge to ``int(resize · long / short)``,
+    bilinear with antialiasing, as torchvision's ``Resize(resize)``), then cut the centre
+    ``side`` × ``side`` (``CenterCrop(side)``: offsets ``round((size − side) / 2)``).
+    """
+    import torch.nn.functional as F
+
+    h, w = (int(v) for v in image.shape[-2:])
+    short, long = min(h, w), max(h, w)
+    new_long = int(resize * long / short)
+    nh, nw = (resize, new_long) if h <= w else (new_long, resize)
+    if (nh, nw) != (h, w):
+        x = image.float() if image.ndim == 4 else image[None].float()
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        image = (x if image.ndim == 4 else x[0]).to(image.dtype)
+    top, left = int(round((nh - side) / 2.0)), int(round((nw - side) / 2.0))
+    return image[..., top : top + side, left : left + side]
+
+
+def fit_batch(images: Any, config: ImageConfig, channels: int | None = None) -> torch.Tensor:
+    """A tensor or ragged batch -> (B, channels, resolution, resolution) (``channels``: the config's).
+
+    Images of the configured side pass unchanged; other sizes need ``config.eval_resize``
+    and get :func:`eval_view`.
+
+    Raises:
+        ValueError: a size other than ``resolution`` without ``eval_resize``, a batch that is
+            neither a 4-D tensor nor a list of 3-D tensors, or an unsupported channel count.
+    """
+    import torch
+
+    side, resize = config.resolution, config.eval_resize
+    channels = channels or config.channels
+    if isinstance(images, (list, tuple)):
+        if not images or not all(isinstance(x, torch.Tensor) and x.ndim == 3 for x in images):
+            raise ValueError("a ragged image batch must be a non-empty list of (C, H, W) tensors")
+        if resize is None:
+            sizes = sorted({tuple(x.shape[-2:]) for x in images})
+            raise ValueError(
+                f"images of sizes {sizes[:4]} in one batch, the config expects {side}x{side}; resize "
+                "them in the shards or set eval_resize (images of any size, evaluated at Resize + CenterCrop)"
+            )
+        c = max(x.shape[0] for x in images)
+        images = torch.stack(
+            [
+                eval_view(x.expand(c, -1, -1), side, resize)
+                if x.shape[-2:] != (side, side)
+                else x.expand(c, -1, -1)
+                for x in images
+            ]
+        )
+    elif (
+        resize is not None
+        and isinstance(images, torch.Tensor)
+        and images.ndim == 4
+        and tuple(images.shape[-2:]) != (side, side)
+    ):
+        images = eval_view(images, side, resize)  # one size for the whole batch: one interpolation
+    return to_config_channels(images, channels, side)
 
 
 def to_config_channels(x: torch.Tensor, channels: int, resolution: int) -> torch.Tensor:

@@ -46,14 +46,15 @@ def build_decoder(config: ImageConfig, latent_dim: int, condition_dim: int = 0) 
 
 
 def validate_image(image: Any, config: ImageConfig) -> None:
-    """``ModalitySpec.validate_item``: a decoded image must have the configured side.
+    """``ModalitySpec.validate_item``: a decoded image must have the configured side, unless the
+    config takes images of any size (``eval_resize``: full-size shards such as ImageNet).
 
     Raises:
         ValueError: an image of another H×W (the loader skips and counts it; resize when
-            writing the shards).
+            writing the shards, or set ``eval_resize``).
     """
     side = config.resolution
-    if tuple(image.shape[-2:]) != (side, side):
+    if config.eval_resize is None and tuple(image.shape[-2:]) != (side, side):
         raise ValueError(
             f"image: {image.shape[-2]}x{image.shape[-1]} image, the config expects {side}x{side}"
         )
@@ -63,6 +64,12 @@ def _augment(batch: Any, config: ImageConfig, *, generator: Any = None) -> Any:
     from .augment import augment
 
     return augment(batch, config, generator=generator)
+
+
+def _transform(batch: Any, config: ImageConfig, *, generator: Any = None, rows: Any = None) -> Any:
+    from .augment import flip
+
+    return flip(batch, config, generator=generator, rows=rows)
 
 
 def example_items(n: int) -> list[bytes]:
@@ -88,6 +95,7 @@ SPEC = ModalitySpec(
     decode_sample=decode_sample,
     validate_item=validate_image,
     collate=collate,
+    transform=_transform,
     augment=_augment,
     accepts_condition=True,
     description="images: U-Net encoder + latent blocks, rectified-flow U-Net decoder",

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .config import ImageConfig
-from .io import to_config_channels
+from .io import fit_batch
 
 #: backbone output width per architecture
 FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512}
@@ -118,7 +118,9 @@ class ResNetEncoder(nn.Module):
     """Images (B, C, H, W) in [-1, 1] -> anchors (B, q) (case 2's encoder).
 
     Pixels are mapped to [0, 1] and grayscale batches repeated to 3 channels before the
-    backbone; the batch side must equal ``config.resolution`` (as for the U-Net encoder).
+    backbone; the batch side must equal ``config.resolution``, or ``config.eval_resize`` is
+    set and other sizes (a ragged batch included) are encoded at their evaluation view
+    (:func:`lzn_image.io.fit_batch`).
 
     Args:
         config: an :class:`ImageConfig` with ``encoder`` "resnet50" or "resnet18".
@@ -141,7 +143,7 @@ class ResNetEncoder(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The representation for linear probing (backbone, no head): images -> (B, w)."""
-        x = to_config_channels(images, 3, self.config.resolution)
+        x = fit_batch(images, self.config, channels=3).to(self.backbone.stem[0].weight.device)
         return self.backbone((x + 1) / 2)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,12 @@ The 256² NCSN++ options (``fir``, ``progressive`` in :class:`ImageConfig`):
   up-sampled pyramid; the pyramid is the output).
 
 Every ResNet block optionally receives ``temb: (B, 4nf)``. Feature maps: ``(B, ch, s, s)``.
+
+Initialisation as NCSN++ (their ``default_init``, :func:`variance_scaling_`): every conv and
+dense weight U(±√(3·scale/fan_avg)) with a zero bias, scale 1, except the attention's q/k/v
+maps (scale 0.1, NCSN++'s ``NIN`` default) and the last layer of every residual branch (the
+ResNet blocks' second conv, the attention output, the output conv / pyramid convs), whose
+scale is "0" = 1e-10; GroupNorm weight 1, bias 0.
 """
 
 from __future__ import annotations
@@ -41,11 +47,42 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(channels // 4, 32), channels, eps=1e-6)
 
 
-def _small(module: nn.Conv2d | nn.Linear, scale: float = 0.1) -> nn.Module:
-    """Shrink a residual branch's last layer at init (default init × scale, zero bias); not exactly
-    zero, so gradients reach z and the earlier layers from the first step."""
+def _fan_avg(weight: torch.Tensor) -> float:
+    receptive = weight[0, 0].numel() if weight.ndim > 2 else 1
+    return (weight.shape[0] + weight.shape[1]) * receptive / 2
+
+
+def variance_scaling_(
+    weight: torch.Tensor, scale: float = 1.0, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """NCSN++'s ``default_init``, drawn anew in place: U(−√(3v), √(3v)) with v = scale / fan_avg.
+
+    fan_avg = (fan_in + fan_out) / 2 with fan_in = in · k·k and fan_out = out · k·k for a weight
+    (out, in, k, k) (k = 1 for a Linear (out, in)); ``scale = 0`` means 1e-10 (their "zero" init
+    of the residual branches' last layers and of the output convolution).
+    """
+    scale = 1e-10 if scale == 0 else scale
+    bound = math.sqrt(3.0 * scale / _fan_avg(weight))
     with torch.no_grad():
-        module.weight.mul_(scale)
+        return weight.uniform_(-bound, bound, generator=generator)
+
+
+def ncsnpp_init(module: nn.Conv2d | nn.Linear, scale: float = 1.0, *, parts: int = 1) -> nn.Module:
+    """NCSN++'s conv1x1 / conv3x3 / Dense initialisation of a freshly built layer: the weight
+    ~ U(±√(3s/fan_avg)) (:func:`variance_scaling_`; ``parts``: of each of that many equal row
+    blocks, e.g. 3 for a fused q/k/v map), the bias 0.
+
+    The weight is torch's default draw U(±1/√fan_in) rescaled to that bound (a uniform variable
+    times a constant: the same distribution as a fresh draw), so building the U-Net consumes the
+    global RNG exactly as torch's defaults do and the other modules' initial weights (e.g. a label
+    modality's anchors built after it) do not move.
+    """
+    scale = 1e-10 if scale == 0 else scale
+    w = module.weight
+    fan_in = w[0].numel()  # torch's default bound: kaiming_uniform_(a=√5) -> 1/√fan_in
+    with torch.no_grad():
+        for block in w.chunk(parts):
+            block.mul_(math.sqrt(3.0 * scale / _fan_avg(block)) * math.sqrt(fan_in))
         if module.bias is not None:
             module.bias.zero_()
     return module
@@ -115,13 +152,13 @@ class ResBlock(nn.Module):
         self.fir = fir
         self.skip_rescale = skip_rescale
         self.norm0 = group_norm(in_ch)
-        self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.dense = nn.Linear(temb_dim, out_ch) if temb_dim else None
+        self.conv0 = ncsnpp_init(nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.dense = ncsnpp_init(nn.Linear(temb_dim, out_ch)) if temb_dim else None
         self.norm1 = group_norm(out_ch)
         self.dropout = nn.Dropout(dropout)
-        self.conv1 = _small(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.conv1 = ncsnpp_init(nn.Conv2d(out_ch, out_ch, 3, padding=1), scale=0.0)
         needs_skip = in_ch != out_ch or resample is not None
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if needs_skip else None
+        self.skip = ncsnpp_init(nn.Conv2d(in_ch, out_ch, 1)) if needs_skip else None
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
         return resample(x, self.resample, fir=self.fir)
@@ -146,8 +183,8 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, *, skip_rescale: bool = True) -> None:
         super().__init__()
         self.norm = group_norm(channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        self.out = _small(nn.Linear(channels, channels))
+        self.qkv = ncsnpp_init(nn.Linear(channels, 3 * channels), 0.1, parts=3)  # NCSN++'s NIN_0..2
+        self.out = ncsnpp_init(nn.Linear(channels, channels), scale=0.0)  # NIN_3
         self.skip_rescale = skip_rescale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +210,7 @@ class DownPath(nn.Module):
         super().__init__()
         block = dict(temb_dim=temb_dim, dropout=cfg.dropout, skip_rescale=cfg.skip_rescale, fir=cfg.fir)
         self.fir = cfg.fir
-        self.conv_in = nn.Conv2d(cfg.channels, cfg.nf, 3, padding=1)
+        self.conv_in = ncsnpp_init(nn.Conv2d(cfg.channels, cfg.nf, 3, padding=1))
         # progressive input: a 1×1 conv (C -> ch) of the resampled image after each down block
         self.combine = nn.ModuleList() if cfg.progressive else None
         self.layers = nn.ModuleList()  # (ResBlock, AttnBlock | None) per skip, in order
@@ -194,7 +231,7 @@ class DownPath(nn.Module):
             if level != len(cfg.ch_mult) - 1:
                 self.layers.append(nn.ModuleList([ResBlock(ch, resample="down", **block), None]))
                 if self.combine is not None:
-                    self.combine.append(nn.Conv2d(cfg.channels, ch, 1))
+                    self.combine.append(ncsnpp_init(nn.Conv2d(cfg.channels, ch, 1)))
                 self.skip_channels.append(ch)
                 self.skip_sides.append(side // 2)
         self.mid = nn.ModuleList(
@@ -245,12 +282,12 @@ class UpPath(nn.Module):
             up = ResBlock(ch, resample="up", **block) if level != 0 else None
             self.levels.append(nn.ModuleList([blocks, attn, up]))
             if self.pyramid is not None:
-                conv = _small(nn.Conv2d(ch, cfg.channels, 3, padding=1))
+                conv = ncsnpp_init(nn.Conv2d(ch, cfg.channels, 3, padding=1), scale=0.0)
                 self.pyramid.append(nn.Sequential(group_norm(ch), nn.SiLU(), conv))
         assert not skips, "U-Net skip bookkeeping is inconsistent"
         if self.pyramid is None:
             self.norm_out = group_norm(ch)
-            self.conv_out = _small(nn.Conv2d(ch, cfg.channels, 3, padding=1))
+            self.conv_out = ncsnpp_init(nn.Conv2d(ch, cfg.channels, 3, padding=1), scale=0.0)
 
     def forward(self, h: torch.Tensor, hs: list[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
         """h: middle (B, ch, s, s); hs: skips (consumed from the end); temb: (B, 4nf) -> (B, C, H, W)."""
