@@ -12,6 +12,21 @@ os.environ.setdefault("LZN_STRICT_PLUGINS", "1")
 
 import pytest  # noqa: E402
 
+_DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _no_launcher_env_leaks():
+    """A training run in this process fills the launcher's variables (setup_distributed); a later
+    test's subprocess must not inherit them (it would try to bind the same port)."""
+    before = {k: os.environ.get(k) for k in _DIST_ENV}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:

@@ -255,7 +255,7 @@ def test_folder_converter_keeps_full_images_or_a_fixed_short_side(tmp_path) -> N
         batch = next(iter(ld))["image"]
         return [tuple(x.shape[-2:]) for x in batch]
 
-    write_folder(tmp_path / "src", tmp_path / "full", progress=False)
+    write_folder(tmp_path / "src", tmp_path / "full", progress=False, keep_sizes=True)
     assert sizes(tmp_path / "full") == [(200, 300), (260, 120)]
     write_folder(tmp_path / "src", tmp_path / "short", progress=False, short_side=64)
     assert sizes(tmp_path / "short") == [(64, 96), (139, 64)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -136,7 +137,9 @@ def test_third_party_modality_trains_beside_image_and_label_and_serves(name: str
     )
     assert checked.returncode == 0, checked.stderr
 
-    port = str(29700 + os.getpid() % 200)
+    with socket.socket() as s:  # a free port for the launcher's rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     launch = [
         str(VENV_BIN / "deepspeed"),
         "--master_port",

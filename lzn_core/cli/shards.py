@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help="keep each image's aspect, resized so its shorter side has this many pixels (ImageNet: "
                 "256 or more); default: one size for all, the most common one",
             )
+            p.add_argument(
+                "--keep-sizes", action="store_true", help="keep every image at its full size (no common size)"
+            )
     p = sub.add_parser(
         "map",
         parents=[common],
@@ -66,7 +69,14 @@ def run(args: argparse.Namespace) -> int:
         fn = load_function(args.fn)
         meta = map_split(args.pattern, args.out, fn, split=args.split, source=args.fn, **kw)
     elif args.source == "folder":
-        meta = write_folder(args.root, args.out, split=args.split, short_side=args.short_side, **kw)
+        meta = write_folder(
+            args.root,
+            args.out,
+            split=args.split,
+            short_side=args.short_side,
+            keep_sizes=args.keep_sizes,
+            **kw,
+        )
     else:
         meta = write_captions(args.jsonl, args.out, split=args.split, **kw)
     for split, n in meta["splits"].items():

@@ -210,6 +210,7 @@ def write_folder(
     shard_size: int = 1000,
     progress: bool | None = None,
     short_side: int | None = None,
+    keep_sizes: bool = False,
 ) -> dict[str, Any]:
     """An ImageFolder tree ``ROOT/<class>/<image>`` -> ``{split}`` shards, all or nothing.
 
@@ -222,7 +223,9 @@ def write_folder(
     size are resized to it (bicubic, aspect ratio not kept), counted in ``meta.json``
     (``resized``) and reported in one ``LZNWarning``. With ``short_side`` (ImageNet-style data
     whose models crop views from the full image) every image keeps its own aspect and is
-    resized to that shorter side instead; sizes then differ by design and nothing is warned.
+    resized to that shorter side instead, and with ``keep_sizes`` every image keeps its full
+    size; sizes then differ by design and nothing is warned (the image config's
+    ``eval_resize`` crops them to one size).
 
     Returns:
         the written ``meta.json`` content.
@@ -256,8 +259,10 @@ def write_folder(
     readable, counts = _image_sizes(files, skipped)
     others = {k: v for k, v in (meta.get("image_size") or {}).items() if k != split and v}
     size: tuple[int, int] | None
-    if short_side is not None:
-        size, why = None, f"short side {short_side}"
+    if short_side is not None and keep_sizes:
+        raise ValueError("give short_side or keep_sizes, not both")
+    if short_side is not None or keep_sizes:
+        size, why = None, "each image's own size"
     elif others:
         first = sorted(others)[0]
         size, why = (
