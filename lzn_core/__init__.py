@@ -96,7 +96,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import LZNError
-    from .graphs import compose, possible_edges
+    from .graphs.compose import compose, possible_edges
     from .hookspecs import hookimpl
     from .hub.pretrained import from_pretrained, load, push_to_hub, save_pretrained
     from .modality import Decoder, Encoder, ModalitySpec

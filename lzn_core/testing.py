@@ -173,9 +173,9 @@ def _check_transform(spec: ModalitySpec, config: Any, batch: Any, rep: Conforman
     import torch
 
     b = _batch_len(batch) or 0
+    transform: Any = spec.transform
     outs = [
-        spec.transform(batch, config, generator=torch.Generator().manual_seed(3), rows=(0, b))
-        for _ in range(2)
+        transform(batch, config, generator=torch.Generator().manual_seed(3), rows=(0, b)) for _ in range(2)
     ]
     if _batch_len(outs[0]) != b:
         raise _fail(spec, f"transform of a batch of {b} returned a batch of length {_batch_len(outs[0])}")

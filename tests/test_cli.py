@@ -243,6 +243,13 @@ def test_bad_paths_and_models_give_one_line_errors(capsys, workdir: Path) -> Non
     bad = workdir / "bad.png"
     bad.write_bytes(b"not an image")
     cases.append((["classify", str(workdir / "model"), str(bad)], "bad.png: not a valid PNG/JPEG image"))
+    big = _png(torch.zeros(1, 16, 16), workdir / "big16.png")  # decodes, but the model's images are 8x8
+    cases.append(
+        (
+            ["classify", str(workdir / "model"), str(big)],
+            "big16.png: image: 16x16 image, the config expects 8x8",
+        )
+    )
     broken = workdir / "broken"
     broken.mkdir(exist_ok=True)
     (broken / "model.safetensors").write_bytes(b"garbage")

@@ -761,3 +761,38 @@ def test_train_help() -> None:
         timeout=60,
     )
     assert out.returncode == 0 and "--resume" in out.stdout and "key=value" in out.stdout
+
+
+def test_step_profile_splits_a_real_step(workdir, monkeypatch, tmp_path) -> None:
+    """benchmarks/step_profile.py (issue 15): the parts of a real digits_joint step add up to the step."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "profile.json"
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve().parents[1] / "benchmarks" / "step_profile.py"),
+        "--recipe",
+        "digits_joint.yaml",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+        "train.batch_size=16",
+        "latent.dim=8",
+        "tasks.1.steps=5",
+    ]
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    (res,) = json.loads(out.read_text())
+    parts = {k: v for k, v in res["seconds"].items() if k != "total"}
+    assert (
+        all(v >= 0 for v in parts.values()) and parts["solver forward"] > 0 and parts["decoder forward"] > 0
+    )
+    assert parts["solver backward"] > 0 and parts["optimiser step"] > 0
+    assert abs(sum(parts.values()) - res["seconds"]["total"]) < 0.2 * res["seconds"]["total"]
+    assert "| solver backward |" in out.with_suffix(".md").read_text()

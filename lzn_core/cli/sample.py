@@ -71,14 +71,12 @@ def run(args: argparse.Namespace) -> int:
     target = _target(model, args.target)
     opts: dict[str, Any] = dict(batch_size=args.batch_size, progress=True)
     if args.label is None:
-        out, nrow = (
-            compose(f"latent -> {target}", model=model, **opts)(args.num, steps=args.steps, seed=args.seed),
-            None,
-        )
+        graph: Any = compose(f"latent -> {target}", model=model, **opts)
+        out, nrow = graph(args.num, steps=args.steps, seed=args.seed), None
     else:
         zonal = zonal_modality(model, args.zonal)
         classes = torch.tensor(args.label, dtype=torch.int64).repeat_interleave(args.num)
-        graph: Any = compose(f"{zonal} -> {target}", model=model, alpha=args.alpha, **opts)
+        graph = compose(f"{zonal} -> {target}", model=model, alpha=args.alpha, **opts)
         out, nrow = graph(classes, steps=args.steps, seed=args.seed), args.num
     path = args.output if args.output is not None else None
     write_output(model, target, out, path, "sample", nrow=nrow)

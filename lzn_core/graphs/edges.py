@@ -119,7 +119,8 @@ def decoder_condition(
     if given is None and cname == source:
         given = batch
     if given is None:
-        given = model.decoders[cname].sample(z)
+        zonal: Any = model.decoders[cname]
+        given = zonal.sample(z)
     return model.condition(cname, as_batch(given, z.device))
 
 
@@ -200,7 +201,7 @@ class Represent(Graph):
         o = self._opts(locals())
         if o["what"] not in WHAT:
             raise ComposeError(f"unknown representation what={o['what']!r}; choose one of {', '.join(WHAT)}")
-        encoder = self.model.encoders[self.source]
+        encoder: Any = self.model.encoders[self.source]
         if o["what"] == "backbone" and not isinstance(encoder, BackboneFeatures):
             raise ComposeError(
                 f"the {self.source!r} encoder ({type(encoder).__name__}) exposes no backbone features "
@@ -265,7 +266,7 @@ class Classify(Graph):
             raise ComposeError(f"draws must be >= 0, got {o['draws']}")
         gen = make_generator(seed, generator)
         batch = as_batch(batch, self.model.device)
-        decoder = self.model.decoders[self.target]
+        decoder: Any = self.model.decoders[self.target]
         parts = []
         with inference_mode(self.model):
             for rows in chunks(len(batch), o["batch_size"], o["progress"], self.edge):
@@ -323,7 +324,7 @@ class Generate(Graph):
                 raise ComposeError(f"number of samples must be >= 1, got {n_or_z}")
             z = torch.randn((int(n_or_z), self.model.latent_dim), generator=gen).to(dev)
         cond_all = None if condition is None else as_batch(condition, dev)
-        decoder = self.model.decoders[self.target]
+        decoder: Any = self.model.decoders[self.target]
         parts = []
         with inference_mode(self.model):
             for rows in chunks(z.shape[0], o["batch_size"], o["progress"], self.edge):
@@ -379,7 +380,7 @@ class Decode(Graph):
         alpha = o["alpha"] if o["alpha"] is not None else (0.0 if self.source == self.target else 1.0)
         if o["mode"] not in ("latent", "invert"):
             raise ComposeError(f"unknown mode {o['mode']!r}; choose 'latent' or 'invert'")
-        decoder = self.model.decoders[self.target]
+        decoder: Any = self.model.decoders[self.target]
         if o["mode"] == "invert" and (self.source != self.target or not isinstance(decoder, Reconstructs)):
             raise ComposeError(
                 f"mode='invert' needs 'X -> X' and a decoder with reconstruct() "

@@ -207,6 +207,7 @@ class Engine:
             betas=tuple(opt_params.get("betas", (0.9, 0.999))),
             eps=float(opt_params.get("eps", 1e-8)),
             weight_decay=float(opt_params.get("weight_decay", 0.0)),
+            foreach=True,  # one kernel per group, not per tensor (CPU defaults to the per-tensor loop)
         )
         optimizer.register_step_pre_hook(_skip_frozen_groups)
         # the modules' own parameters (ZeRO replaces each group's list by its flat partition)
