@@ -66,7 +66,7 @@ class OnePass:
         precision: ``"fp32"`` or ``"bf16"`` (autocast around the encoders and decoders).
     """
 
-    def __init__(self, model: nn.Module, precision: str = "fp32") -> None:
+    def __init__(self, model: Any, precision: str = "fp32") -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.model = model
@@ -167,7 +167,7 @@ class TwoPass(OnePass):
         precision: ``"fp32"`` or ``"bf16"``.
     """
 
-    def __init__(self, model: nn.Module, micro: int, precision: str = "fp32") -> None:
+    def __init__(self, model: Any, micro: int, precision: str = "fp32") -> None:
         super().__init__(model, precision)
         if isinstance(micro, bool) or not isinstance(micro, int) or micro < 1:
             raise ValueError(f"micro-batch size must be a positive int, got {micro!r}")
@@ -209,12 +209,12 @@ class TwoPass(OnePass):
         b, (start, total) = z.shape[0], rows
         state = generator.get_state() if generator is not None else None
         dz = torch.zeros_like(z)
-        grad_cond = cond is not None and cond.requires_grad
-        dcond = torch.zeros_like(cond) if grad_cond else None
+        dcond = torch.zeros_like(cond) if cond is not None and cond.requires_grad else None
+        grad_cond = dcond is not None
         grads: list[torch.Tensor | None] = [None] * len(params)
         value = z.new_zeros(())
         for lo, hi in row_blocks(b, self.micro):
-            if generator is not None:
+            if generator is not None and state is not None:
                 generator.set_state(state)
             zj = z.detach()[lo:hi].requires_grad_()
             cj = None if cond is None else cond.detach()[lo:hi].requires_grad_(grad_cond)
@@ -222,7 +222,7 @@ class TwoPass(OnePass):
                 part = super().decoder_loss(
                     name, zj, _rows(batch, lo, hi), cj, generator=generator, rows=(start + lo, total)
                 ) * ((hi - lo) / b)
-            wrt = [*params, zj] + ([cj] if grad_cond else [])
+            wrt: list[torch.Tensor] = [*params, zj] + ([cj] if grad_cond and cj is not None else [])
             got = torch.autograd.grad(part, wrt, allow_unused=True)
             _accumulate(grads, got[: len(params)])
             if got[len(params)] is not None:
