@@ -52,22 +52,63 @@ def _timed(store: dict[str, float], key: str, fn: Callable[..., Any]) -> Callabl
     return wrapper
 
 
-def _replay(model: Any, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]], reps: int = 5) -> float:
-    """Median backward seconds of the recorded solver calls, replayed with leaf inputs."""
+def replay_solver(
+    model: Any,
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]],
+    reps: int = 5,
+    sync: Callable[[], None] = lambda: None,
+) -> tuple[float, float]:
+    """Median (forward, backward) seconds of the recorded solver calls, replayed with leaf inputs.
+
+    ``sync`` waits for the device (``torch.cuda.synchronize`` on a GPU) around each timed part.
+    """
     import torch
 
-    times = []
+    fwd, bwd = [], []
     for _ in range(reps):
         outs = []
+        sync()
+        t = time.perf_counter()
         for name, args, kwargs in calls:
             leaf_args = tuple(a.detach().clone().requires_grad_(a.is_floating_point()) for a in args)
             out = getattr(model, name)(*leaf_args, **kwargs)
             outs.append(out if name == "latents" else out.target_probs)
         loss = sum((o * torch.randn_like(o)).sum() for o in outs if o is not None)
+        sync()
+        fwd.append(time.perf_counter() - t)
         t = time.perf_counter()
         loss.backward()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        sync()
+        bwd.append(time.perf_counter() - t)
+    return statistics.median(fwd), statistics.median(bwd)
+
+
+def record_solver_calls(
+    model: Any, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]
+) -> dict[str, Callable[..., Any]]:
+    """``model.latents`` / ``model.reverse`` wrapped so that each call appends (name, args, kwargs)
+    to ``calls`` (tensors detached) for :func:`replay_solver`; returns the wrappers by name."""
+    import torch
+
+    solver = {"latents": model.latents, "reverse": model.reverse}
+
+    def recorded(name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(
+                (
+                    name,
+                    tuple(a.detach() for a in args),
+                    {
+                        k: v.detach() if isinstance(v, torch.Tensor) and k in ("weights", "targets") else v
+                        for k, v in kwargs.items()
+                    },
+                )
+            )
+            return solver[name](*args, **kwargs)
+
+        return call
+
+    return {name: recorded(name) for name in solver}
 
 
 def profile(recipe_name: str, steps: int, warmup: int, overrides: list[str]) -> dict[str, Any]:
@@ -99,26 +140,9 @@ def profile(recipe_name: str, steps: int, warmup: int, overrides: list[str]) -> 
     t: dict[str, float] = defaultdict(float)
     model.encode = _timed(t, "encode", model.encode)  # type: ignore[method-assign]
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-    solver = {"latents": model.latents, "reverse": model.reverse}
-
-    def recorded(name: str) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            calls.append(
-                (
-                    name,
-                    tuple(a.detach() for a in args),
-                    {
-                        k: v.detach() if isinstance(v, torch.Tensor) and k in ("weights", "targets") else v
-                        for k, v in kwargs.items()
-                    },
-                )
-            )
-            return solver[name](*args, **kwargs)
-
-        return call
-
-    model.latents = _timed(t, "solver forward", recorded("latents"))  # type: ignore[method-assign]
-    model.reverse = _timed(t, "solver forward", recorded("reverse"))  # type: ignore[method-assign]
+    wrapped = record_solver_calls(model, calls)
+    model.latents = _timed(t, "solver forward", wrapped["latents"])  # type: ignore[method-assign]
+    model.reverse = _timed(t, "solver forward", wrapped["reverse"])  # type: ignore[method-assign]
     for dec in model.decoders.values():
         if dec.kind == "generative":
             dec.loss = _timed(t, "decoder forward", dec.loss)  # type: ignore[method-assign]
@@ -157,7 +181,7 @@ def profile(recipe_name: str, steps: int, warmup: int, overrides: list[str]) -> 
         rows.append(row)
     med = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     replayed = [c for c in calls]  # the last step's solver calls
-    solver_bwd = _replay(model, replayed)
+    _, solver_bwd = replay_solver(model, replayed)
     med["solver backward"] = solver_bwd
     med["backward (networks)"] = max(0.0, med["backward (networks)"] - solver_bwd)
     return {

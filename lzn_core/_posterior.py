@@ -41,11 +41,19 @@ Numerics (see DESIGN.md §3):
   calling thread only (measured with 2 OpenMP threads: in a parallel elementwise op the worker
   still produced subnormals), and OpenMP workers started while it is on keep it after it is
   restored, so a "scoped" use can leak out of the kernel.
+* Full float32 whatever the caller set (:func:`exact_float32`, forward and backward): autocast
+  is off for the kernel's device type and float32 matmuls run in IEEE precision, not TF32.
+  Under bf16 autocast ``addmm``/``mm`` would run in bf16 (latents off by up to 11.8 at std 1,
+  measured on CPU) and TF32 moves them by up to 1.33: the logits are scaled by 1/τ² (10⁶ at
+  τ = 10⁻³), so the inputs' rounding is amplified. Mixed-precision training autocasts the
+  networks only; the anchors reach the solver in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -54,6 +62,25 @@ import torch
 _AUTO_CHUNK_ELEMENTS = 1 << 25
 # entries of the product buffer of one slice in _row_dot
 _ROW_DOT_ELEMENTS = 1 << 20
+
+
+@contextlib.contextmanager
+def exact_float32(device_type: str) -> Iterator[None]:
+    """Autocast off for ``device_type`` and float32 matmuls in IEEE precision (no TF32) inside.
+
+    ``torch.set_float32_matmul_precision`` is the switch both of torch's TF32 APIs read (the
+    legacy ``allow_tf32`` flag and ``fp32_precision``), so it is safe whichever one a user set;
+    it is touched only when it is not already ``"highest"`` (the default), and restored.
+    """
+    previous = torch.get_float32_matmul_precision()
+    if previous != "highest":
+        torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    finally:
+        if previous != "highest":
+            torch.set_float32_matmul_precision(previous)
 
 
 def _coefs(tau: float) -> tuple[float, float]:
@@ -154,6 +181,20 @@ class _PosteriorMean(torch.autograd.Function):
         want_probs: bool,
         chunk: int | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with exact_float32(x.device.type):
+            return _PosteriorMean._forward(ctx, x, anchors, log_w, tau, targets, want_probs, chunk)
+
+    @staticmethod
+    def _forward(
+        ctx: Any,
+        x: torch.Tensor,
+        anchors: torch.Tensor,
+        log_w: torch.Tensor | None,
+        tau: float,
+        targets: torch.Tensor | None,
+        want_probs: bool,
+        chunk: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         beta, gamma = _coefs(tau)
         bias = _bias(anchors, log_w, gamma)
         rows, q = x.shape
@@ -175,7 +216,7 @@ class _PosteriorMean(torch.autograd.Function):
             if want_probs:
                 torch.div(e, z, out=probs[lo:hi])
         ctx.save_for_backward(x, anchors, log_w, targets, tops, idxs, norms)
-        ctx.tau, ctx.chunk = tau, chunk
+        ctx.tau, ctx.chunk, ctx.device_type = tau, chunk, x.device.type
         ctx.set_materialize_grads(False)
         if not want_probs:
             ctx.mark_non_differentiable(probs)
@@ -185,6 +226,13 @@ class _PosteriorMean(torch.autograd.Function):
 
     @staticmethod
     def backward(  # type: ignore[override]
+        ctx: Any, dm: torch.Tensor | None, dpt: torch.Tensor | None, dprobs: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        with exact_float32(ctx.device_type):
+            return _PosteriorMean._backward(ctx, dm, dpt, dprobs)
+
+    @staticmethod
+    def _backward(
         ctx: Any, dm: torch.Tensor | None, dpt: torch.Tensor | None, dprobs: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         x, anchors, log_w, targets, tops, idxs, norms = ctx.saved_tensors

@@ -26,6 +26,9 @@ rows=)``
 ``decoder.loss(z, batch, cond, generator=,       training (``generate`` tasks)
 rows=)``
 ``decoder.sample(z, cond, steps=, generator=)``  compose, evaluation
+``batch[lo:hi]``                                 two-pass training (``train.micro_batch_size``):
+                                                 encoder and loss on row blocks; rows must be
+                                                 independent (no batch statistics)
 ===============================================  ==============================================
 
 Optional capabilities are named protocols below; the framework tests for one with

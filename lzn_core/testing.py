@@ -20,6 +20,10 @@ the framework makes it, then, for a registered modality, *trains and serves* it:
    parameters and to z, the same value for the same generator, conditioned too when
    ``accepts_condition``), ``sample`` (B items; zonal: (B,) int64 bank indices),
    ``reconstruct``, ``save_preview`` and ``judge_samples`` where declared;
+   micro-batches (``train.micro_batch_size``, :mod:`lzn_core.train.passes`): ``batch[lo:hi]``
+   cuts a batch into rows, the encoder treats rows independently (no batch statistics), and a
+   generative loss over all rows is the row-weighted sum of its losses over row blocks drawn
+   from the same generator state with ``rows`` shifted;
 5. training: tiny shards with the modality's key beside a partner modality's (a zonal one,
    e.g. label, found by capability; or a generative one for a zonal modality under test), a
    recipe with the tasks that make sense (generate; align to the partner and back; two views
@@ -410,6 +414,65 @@ def _check_decoder(
         rep.checks.append(f"zonal decoder.sample returns ({b},) int64 indices into the bank of {m}")
 
 
+def _check_micro_batches(
+    spec: ModalitySpec, encoder: Any, decoder: Any, batch: Any, q: int, rep: ConformanceReport
+) -> None:
+    """What a two-pass step (``train.micro_batch_size``) relies on; modules in eval mode (no dropout)."""
+    import torch
+
+    b = _batch_len(batch) or 0
+    if b < 2:
+        return
+    blocks = [(0, 1), (1, b)]
+    hint = "(train.micro_batch_size encodes and decodes a batch in row blocks; lzn_core.train.passes)"
+    for lo, hi in blocks:
+        if _batch_len(batch[lo:hi]) != hi - lo:
+            raise _fail(
+                spec, f"batch[{lo}:{hi}] has length {_batch_len(batch[lo:hi])}, expected {hi - lo} {hint}"
+            )
+    modes = encoder.training, getattr(decoder, "training", False)
+    encoder.eval()
+    if hasattr(decoder, "eval"):
+        decoder.eval()
+    try:
+        with torch.no_grad():
+            whole = encoder(batch)
+            parts = torch.cat([encoder(batch[lo:hi]) for lo, hi in blocks])
+            gap = float((parts - whole).abs().max())
+            if gap > 1e-4 * (1.0 + float(whole.abs().max())):
+                raise _fail(
+                    spec,
+                    f"encoder(batch[1:{b}]) differs from rows 1:{b} of encoder(batch) by {gap:.3g}: encode "
+                    f"each row independently (no batch statistics) {hint}",
+                )
+            if decoder.kind == "generative":
+                z = torch.randn(b, q, generator=torch.Generator().manual_seed(2))
+                full = decoder.loss(z, batch, None, generator=torch.Generator().manual_seed(3), rows=(0, b))
+                split = sum(
+                    decoder.loss(
+                        z[lo:hi], batch[lo:hi], None, generator=torch.Generator().manual_seed(3), rows=(lo, b)
+                    )
+                    * ((hi - lo) / b)
+                    for lo, hi in blocks
+                )
+                if not torch.allclose(full, split, rtol=1e-4, atol=1e-6):
+                    raise _fail(
+                        spec,
+                        f"decoder.loss over rows 0:{b} is {float(full):.6g}, but its row blocks 0:1 and 1:{b} "
+                        f"(same generator state, rows=(lo, {b})) average to {float(split):.6g}: draw the "
+                        f"global batch's randoms from `generator` and take rows[0]:rows[0]+len(z); the loss "
+                        f"is a mean over rows {hint}",
+                    )
+    finally:
+        encoder.train(modes[0])
+        if hasattr(decoder, "train"):
+            decoder.train(modes[1])
+    rep.checks.append(
+        "micro-batches: batch[lo:hi] cuts rows, rows encode independently"
+        + (", the loss of row blocks adds up to the whole batch's" if decoder.kind == "generative" else "")
+    )
+
+
 # ----------------------------------------------------------------------------- training and serving
 
 
@@ -649,6 +712,7 @@ def check_modality(
     rep.decoder_kind = str(decoder.kind)
     _check_encoder(spec, config, encoder, batch, latent_dim, rep)
     _check_decoder(spec, config, encoder, decoder, batch, latent_dim, sample_steps, rep)
+    _check_micro_batches(spec, encoder, decoder, batch, latent_dim, rep)
     registered = spec.name in list_modalities() and get_modality(spec.name) == spec
     if train is None:
         train = registered

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _posterior
+from .errors import checks_values
 from .latent import time_grid
 
 __all__ = ["Assignment", "latents", "assign", "velocity", "posterior"]
@@ -85,7 +86,7 @@ def _check_index(name: str, idx: torch.Tensor, n: int, anchors: torch.Tensor, ro
         raise ValueError(f"{name} must have {rows} entries (one per row), got {idx.shape[0]}")
     if idx.device != anchors.device:
         raise ValueError(f"{name} is on {idx.device}, the anchors on {anchors.device}")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+    if idx.numel() and checks_values(idx) and (int(idx.min()) < 0 or int(idx.max()) >= n):
         raise ValueError(f"{name} must be in [0, {n}), got values in [{int(idx.min())}, {int(idx.max())}]")
 
 
@@ -101,7 +102,9 @@ def _log_weights(weights: torch.Tensor | None, anchors: torch.Tensor) -> torch.T
         raise ValueError(f"weights are on {weights.device}, the anchors on {anchors.device}")
     w = weights.to(anchors.dtype)
     wd = w.detach()
-    if not bool(torch.isfinite(wd).all()) or bool((wd < 0).any()) or not float(wd.sum()) > 0:
+    if checks_values(wd) and (
+        not bool(torch.isfinite(wd).all()) or bool((wd < 0).any()) or not float(wd.sum()) > 0
+    ):
         raise ValueError("weights must be finite, non-negative and not all zero")
     w = w / w.sum()
     tiny = torch.finfo(w.dtype).tiny

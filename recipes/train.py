@@ -18,7 +18,11 @@ A step, for the global batch k split across ranks (rank r holds rows [r·b, (r+1
     (label classes, with class weights of the global batch) or T's anchors of the same rows
     (a second augmented view when S == T).
 Total loss = Σ weight · term; the engine (lzn_core.train.engine) does the clipped Adam step,
-EMA, freezing, non-finite skipping and atomic checkpoints. A run directory that holds a run is
+EMA, freezing, non-finite skipping and atomic checkpoints. The networks are called through
+``nets`` (lzn_core.train.passes): all rows at once, or, with train.micro_batch_size, in two
+passes over micro-batches that give the same gradient (the paper's batch on fewer GPUs);
+train.precision: bf16 autocasts the networks, never the zoning. Every random draw of the step
+comes from a (seed, step)-seeded generator on the model's device. A run directory that holds a run is
 resumed (--resume) or started over (--fresh, the old files moved aside), never silently
 restarted (lzn_core.train.rundir). Resume is exact: each rank's generators are restored last,
 and draws that must not move them (data workers' seeds, evaluation) run ``untouched()``.
@@ -51,6 +55,7 @@ from lzn_core.recipe import load_recipe
 from lzn_core.train.engine import Engine, setup_distributed
 from lzn_core.train.failures import reported
 from lzn_core.train.monitor import TrainingMonitor
+from lzn_core.train.passes import OnePass, network_passes
 from lzn_core.train.rng import seed_rank, untouched
 from lzn_core.train.rundir import RunDir
 from lzn_core.weights import fill_banks, write_model
@@ -85,20 +90,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def seeded(seed: int, step: int, salt: int) -> torch.Generator:
-    """A CPU generator for (seed, step, purpose): the same on every rank and after a resume."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + salt) % (2**63 - 1))
+def seeded(seed: int, step: int, salt: int, device: Any = "cpu") -> torch.Generator:
+    """A generator on ``device`` for (seed, step, purpose): the same on every rank and after a resume."""
+    value = ((seed * 1_000_003 + step) * 1_009 + salt) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(value)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def home(batch: Any) -> torch.device:
+    """Where a batch is: a tensor's device; a ragged batch (a list) stays on the CPU."""
+    return batch.device if isinstance(batch, torch.Tensor) else torch.device("cpu")
+
+
 # --------------------------------------------------------------------------- one step's losses
 def task_losses(
-    model, recipe, batch: dict[str, Any], step: int, rank: int, world: int
+    model, recipe, batch: dict[str, Any], step: int, rank: int, world: int, nets: OnePass | None = None
 ) -> dict[str, torch.Tensor]:
     """Loss term per task for this rank's rows of global batch ``step`` (means over own rows)."""
+    nets = nets or OnePass(model)
     b = len(next(iter(batch.values())))
     total, start = b * world, rank * b
     device = next(model.parameters()).device
@@ -106,27 +118,34 @@ def task_losses(
     for i, name in enumerate(model.names):  # training-time augmentation (e.g. CIFAR's random flips)
         spec = model.specs[name]
         if spec.transform is not None:
-            gen = seeded(recipe.seed, step, 500 + i)
+            gen = seeded(recipe.seed, step, 500 + i, home(batch[name]))
             batch[name] = spec.transform(batch[name], model.configs[name], generator=gen, rows=(start, total))
     anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (own rows (b, q), all rows (B, q))
     noise: dict[str, torch.Tensor] = {}  # name -> ε of own rows (b, q), drawn for the global batch
+    zs: dict[tuple[str, float], torch.Tensor] = {}  # (anchors key, α) -> z of own rows (b, q)
 
     def encoded(name: str, view: Any = None, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         key = key or name
         if key not in anchors:
-            a = model.encode(name, batch[name] if view is None else view)
+            a = nets.encode(name, batch[name] if view is None else view)
             anchors[key] = (a, gather_anchors(a))
         return anchors[key]
 
     def latents(name: str, alpha: float, view: Any = None, key: str | None = None) -> torch.Tensor:
-        _, a_all = encoded(name, view, key)  # z of own rows: (b, q)
+        if (key or name, alpha) in zs:  # e.g. cifar_joint's image latents: decoder and label alignment
+            return zs[(key or name, alpha)]
+        _, a_all = encoded(name, view, key)
         if name not in noise:
-            gen = seeded(recipe.seed, step, model.names.index(name))
-            noise[name] = torch.randn((total, model.latent_dim), generator=gen)[start : start + b].to(device)
-        return model.latents(a_all, alpha=alpha, noise=noise[name].to(a_all.dtype), index=own)
+            gen = seeded(recipe.seed, step, model.names.index(name), device)
+            noise[name] = torch.randn((total, model.latent_dim), generator=gen, device=device)[
+                start : start + b
+            ]
+        z = model.latents(a_all, alpha=alpha, noise=noise[name].to(a_all.dtype), index=own)
+        zs[(key or name, alpha)] = z
+        return z
 
     def view(name: str, k: int) -> Any:  # augmented view k of own rows; seeded by (seed, step, rank, k)
-        gen = seeded(recipe.seed, step, 1000 + 10 * rank + k)
+        gen = seeded(recipe.seed, step, 1000 + 10 * rank + k, home(batch[name]))
         return model.specs[name].augment(batch[name], model.configs[name], generator=gen)
 
     losses: dict[str, torch.Tensor] = {}
@@ -134,10 +153,10 @@ def task_losses(
         if task.kind == "generate":
             z = latents(task.target, recipe.latent.alpha)
             cond = model.condition(task.condition, batch[task.condition]) if task.condition else None
-            decoder = model.decoders[task.target]
+            gen = seeded(recipe.seed, step, 100 + i, device)
             key = f"gen_{task.target}"
-            losses[f"{key}_{i}" if key in losses else key] = decoder.loss(
-                z, batch[task.target], cond, generator=seeded(recipe.seed, step, 100 + i), rows=(start, total)
+            losses[f"{key}_{i}" if key in losses else key] = nets.decoder_loss(
+                task.target, z, batch[task.target], cond, generator=gen, rows=(start, total)
             )
             continue
         src, tgt = task.source, task.target
@@ -212,6 +231,7 @@ def train(args: argparse.Namespace) -> int:
     )
     engine = Engine(model, recipe, run.ckpt, world_size=world)
     model, device = engine.model, engine.device
+    nets = network_passes(model, tr, world)  # all rows at once, or two passes over micro-batches
     monitor = TrainingMonitor(engine)  # the DeepSpeed config's TensorBoard / W&B / CSV sections
     if rank == 0:
         write_recipe(recipe, run.path / "recipe.yaml")
@@ -229,10 +249,10 @@ def train(args: argparse.Namespace) -> int:
         for step in range(start.step, tr.iterations):
             with untouched():  # a DataLoader draws its workers' seed from the global generator
                 batch = to_device(next(batches), device)
-            losses = task_losses(model, recipe, batch, step, rank, world)
+            losses = task_losses(model, recipe, batch, step, rank, world, nets)
             weights = {t: task.weight for t, task in zip(losses, recipe.tasks, strict=True)}
             total = sum(weights[k] * v for k, v in losses.items()) * fault_injection(step, rank)
-            engine.step(total)
+            engine.step(total, nets)
             it = step + 1
             if it % tr.log_every == 0 or it == tr.iterations:
                 terms = torch.stack([total.detach(), *[v.detach() for v in losses.values()]])

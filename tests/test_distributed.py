@@ -44,7 +44,9 @@ def _global_batch() -> dict[str, torch.Tensor]:
     }
 
 
-def _worker(rank: int, world: int, port: int, out: Path) -> None:
+def _worker(rank: int, world: int, port: int, out: Path, mode: str = "", micro: int = 0) -> None:
+    """One rank's step of the global batch. ``mode`` "": one pass, DeepSpeed's backward (ZeRO 0).
+    Else :func:`_passes_worker` (``micro`` rows per micro-batch, 0: one pass)."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -62,6 +64,8 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
     setup_distributed()
+    if mode:
+        return _passes_worker(train, rank, world, out, mode, micro)
     recipe = load_recipe("digits_joint.yaml", OVERRIDES)
     torch.manual_seed(0)
     engine = Engine(LZNModel(recipe), recipe, out / f"ckpt{world}", world_size=world)
@@ -75,6 +79,60 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     grads = {n: p.grad.detach().clone() for n, p in engine.model.named_parameters() if p.grad is not None}
     if rank == 0:
         torch.save({"terms": terms / world, "names": list(losses), "grads": grads}, out / f"world{world}.pt")
+    torch.distributed.barrier()
+
+
+def _passes_worker(train, rank: int, world: int, out: Path, mode: str, micro: int) -> None:
+    """``mode`` "zero0" / "zero1": the engine's own backward and reduction with that ZeRO stage, the
+    reduced gradients read back with DeepSpeed's ``safe_get_full_grad`` (ZeRO 0 in float32, whose
+    reduction refuses float64; ZeRO 1 on a float64 model, whose gradient buffers are float32);
+    "float64": no DeepSpeed, float64 throughout, the gradients all-reduced (averaged) here."""
+    from deepspeed.utils import safe_get_full_grad
+
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import load_recipe
+    from lzn_core.train.engine import Engine
+    from lzn_core.train.passes import network_passes
+
+    stage = 1 if mode == "zero1" else 0
+    ds = f"deepspeed={{zero_optimization: {{stage: {stage}}}}}"
+    recipe = load_recipe("digits_joint.yaml", [*OVERRIDES, ds, f"train.micro_batch_size={micro or 'null'}"])
+    dtype = torch.float32 if mode == "zero0" else torch.float64
+    torch.manual_seed(0)
+    model = LZNModel(recipe).to(dtype)
+    engine = (
+        None
+        if mode == "float64"
+        else Engine(model, recipe, out / f"ckpt-{mode}-{world}-{micro}", world_size=world)
+    )
+    model = model if engine is None else engine.model
+    nets = network_passes(model, recipe.train, world)
+    b = 8 // world
+    batch = {k: v[rank * b : (rank + 1) * b] for k, v in _global_batch().items()}
+    batch["image"] = batch["image"].to(dtype)
+    losses = train.task_losses(model, recipe, batch, STEP, rank, world, nets)
+    total = sum(t.weight * v for t, v in zip(recipe.tasks, losses.values(), strict=True))
+    if engine is not None:
+        engine.ds.backward(nets.loss_for_backward(total))
+        grads = {n: safe_get_full_grad(p) for n, p in model.named_parameters()}  # a collective under ZeRO
+    else:
+        nets.loss_for_backward(total).backward()
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        for g in grads.values():
+            if g is not None:
+                torch.distributed.all_reduce(g)
+                g /= world
+    mean = total.detach().clone()
+    torch.distributed.all_reduce(mean)
+    if rank == 0:
+        torch.save(
+            {
+                "kind": type(nets).__name__,
+                "total": mean / world,
+                "grads": {n: g.detach().clone() for n, g in grads.items() if g is not None},
+            },
+            out / f"{mode}-{world}-{micro}.pt",
+        )
     torch.distributed.barrier()
 
 
@@ -118,6 +176,72 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
     for k, g in one["grads"].items():  # tensors with a real gradient agree on their own scale too
         if g.abs().max() > 1e-2 * top:
             torch.testing.assert_close(two["grads"][k], g, rtol=0, atol=1e-3 * float(g.abs().max()), msg=k)
+
+
+# (mode, ranks, micro-batch rows; 0: one pass): each mode's reference is its one pass on 1 rank
+PASS_RUNS = [
+    ("float64", 1, 0),
+    ("float64", 2, 2),
+    ("float64", 2, 3),
+    ("zero0", 1, 0),
+    ("zero0", 2, 2),
+    ("zero1", 1, 0),
+    ("zero1", 2, 3),
+]
+
+
+@pytest.mark.slow
+def test_two_ranks_of_micro_batches_equal_one_rank_of_the_whole_batch(tmp_path: Path) -> None:
+    """The two-pass step (train.micro_batch_size) on 2 gloo ranks of 4 rows, in micro-batches of 2
+    and of 3 (3 + 1), gives the gradient of one rank's one-pass step on all 8 rows:
+
+    * float64, gradients averaged over the ranks by hand: to 1e-10 relative (measured ~1e-14);
+    * through the engine's own backward and DeepSpeed's reduction: ZeRO 1 on a float64 model (its
+      gradient buffers are float32): to float32 rounding of the gradient, 1e-6 (measured ~4e-8);
+      ZeRO 0 in float32 (its reduction refuses float64): to the float32 tolerance of the one-pass
+      2-vs-1 comparison above (measured ~3e-5; the flow's τ = 1e-4 start amplifies rounding).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"}
+    procs = []
+    for mode, world, micro in PASS_RUNS:
+        port = _free_port()
+        for rank in range(world):
+            cmd = [
+                sys.executable,
+                __file__,
+                str(rank),
+                str(world),
+                str(port),
+                str(tmp_path),
+                mode,
+                str(micro),
+            ]
+            procs.append(
+                subprocess.Popen(
+                    cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+            )
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out[-3000:]
+    got = {(m, w, k): torch.load(tmp_path / f"{m}-{w}-{k}.pt", weights_only=True) for m, w, k in PASS_RUNS}
+    tolerance = {"float64": (1e-10, 1e-12), "zero1": (1e-6, 1e-12), "zero0": (5e-4, 1e-5)}
+    for (mode, _, micro), run in got.items():
+        ref = got[(mode, 1, 0)]
+        assert run["kind"] == ("TwoPass" if micro else "OnePass")
+        if not micro:
+            continue
+        grads = ref["grads"]
+        assert any(k.startswith("encoders.image") for k in grads) and "encoders.label.anchors" in grads
+        assert any(k.startswith("decoders.image") for k in grads) and run["grads"].keys() == grads.keys()
+        g1 = torch.cat([g.flatten() for g in grads.values()])
+        g2 = torch.cat([run["grads"][k].flatten() for k in grads])
+        rel = float((g2 - g1).norm() / g1.norm())
+        print(f"{mode}: 2 ranks x micro-batches of {micro} vs 1 rank x 8 rows: gradient rel. L2 {rel:.1e}")
+        grad_tol, loss_tol = tolerance[mode]
+        assert rel < grad_tol
+        torch.testing.assert_close(run["total"], ref["total"], rtol=loss_tol, atol=0)
+    assert got[("float64", 1, 0)]["grads"]["encoders.label.anchors"].dtype == torch.float64
 
 
 # ----------------------------------------------------------------------------- bad data on 2 ranks
@@ -258,7 +382,8 @@ def _cumulative_skips() -> list[int]:
 
 
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    mode, micro = (sys.argv[5], int(sys.argv[6])) if len(sys.argv) > 5 else ("", 0)
+    _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), mode, micro)
 
 
 # ----------------------------------------------------------------------------- exact resume after kill -9

@@ -210,6 +210,61 @@ def test_decoder_conditioning_and_input_errors(tiny_decoder: ImageDecoder) -> No
     assert cond_dec.sample(z, onehot, steps=2).shape == (2, 1, 8, 8)
 
 
+def test_unet_checkpointing_gives_the_same_anchors_loss_and_gradients_with_dropout() -> None:
+    """checkpoint: true recomputes every U-Net block in backward (encoder and decoder): the same
+    values and gradients, dropout 0.3 included (the recompute redraws the forward's masks)."""
+    cfg = dict(resolution=8, channels=1, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
+    x, z = _images(3), torch.randn(3, Q, generator=torch.Generator().manual_seed(2))
+    outs = []
+    for checkpoint in (False, True):
+        torch.manual_seed(0)
+        enc = ImageEncoder(ImageConfig(**cfg, dropout=0.3, checkpoint=checkpoint), Q)
+        dec = ImageDecoder(ImageConfig(**cfg, dropout=0.3, checkpoint=checkpoint), Q)
+        assert enc.down.recompute is checkpoint and dec.up.recompute is checkpoint
+        torch.manual_seed(1)
+        a = enc(x)
+        loss = dec.loss(z, x, generator=torch.Generator().manual_seed(3)) + a.square().mean()
+        loss.backward()
+        outs.append((a.detach(), loss.detach(), [p.grad for m in (enc, dec) for p in m.parameters()]))
+    (a0, l0, g0), (a1, l1, g1) = outs
+    assert torch.equal(a0, a1) and torch.equal(l0, l1)
+    assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-7) for u, v in zip(g0, g1, strict=True))
+
+
+def test_attention_runs_4d_one_head_and_equals_softmax_attention() -> None:
+    """The attention block hands scaled_dot_product_attention (B, 1 head, L, ch), the layout of the
+    fused CUDA kernels, and computes softmax(q·kᵀ/√ch)·v over the s·s positions (float64); its
+    state-dict keys are the fused qkv and out maps (what the official importer fills)."""
+    from lzn_image.unet import AttnBlock
+
+    torch.manual_seed(0)
+    block = AttnBlock(16).double()
+    for w in (block.qkv.weight, block.out.weight):
+        torch.nn.init.normal_(w, std=0.3)
+    assert sorted(block.state_dict()) == [
+        "norm.bias", "norm.weight", "out.bias", "out.weight", "qkv.bias", "qkv.weight"
+    ]  # fmt: skip
+    x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        seen.append((tuple(q.shape), q.stride(-1)))
+        return real(q, k, v, *a, **kw)
+
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        out = block(x)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = real
+    assert seen == [((2, 1, 16, 16), 1)]
+    h = block.norm(x).flatten(2).transpose(1, 2)
+    q, k, v = block.qkv(h).chunk(3, dim=-1)
+    ref = torch.softmax(q @ k.transpose(1, 2) / 4.0, dim=-1) @ v
+    ref = x + block.out(ref).transpose(1, 2).reshape(2, 16, 4, 4)
+    torch.testing.assert_close(out, ref / math.sqrt(2.0), rtol=1e-12, atol=1e-12)
+
+
 def test_fourier_time_embedding_builds_and_trains() -> None:
     dec = ImageDecoder(_tiny(time_embedding="fourier"), Q)
     loss = dec.loss(torch.randn(2, Q), _images(2))

@@ -130,11 +130,6 @@ def test_config_rejects_an_unknown_encoder() -> None:
     assert ImageConfig(encoder="resnet50").proj_hidden == 2048
 
 
-def test_checkpoint_flag_needs_a_resnet_encoder() -> None:
-    with pytest.raises(ValidationError, match="checkpoint: true applies to the ResNet encoders only"):
-        ImageConfig(checkpoint=True)
-
-
 def test_encoders_refuse_the_other_kind_of_config() -> None:
     with pytest.raises(ValueError, match="ImageEncoder is the U-Net encoder; config.encoder is 'resnet18'"):
         ImageEncoder(_cfg(), Q)

@@ -431,6 +431,14 @@ def _kit_bad_cases():
             {"dec_sample": lambda m, z: m.lin(z)[:1]},
             "decoder.sample of 4 latents returned a batch of length 1",
         ),
+        (  # depends on the batch (its size here; the toy's items are equal): micro-batches would differ
+            {"enc_out": lambda m, x: m.lin(x) / len(x)},
+            "encoder(batch[1:4]) differs from rows 1:4 of encoder(batch)",
+        ),
+        (  # a sum over rows, not a mean: row blocks would not add up to the whole batch's loss
+            {"dec_loss": lambda m, z, x: ((m.lin(z) - x) ** 2).sum()},
+            "decoder.loss over rows 0:4 is",
+        ),
     ]
 
 

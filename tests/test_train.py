@@ -522,6 +522,40 @@ def test_deepspeed_json_problems_have_field_paths() -> None:
     ]
 
 
+def test_half_precision_is_train_precision_not_deepspeeds() -> None:
+    """DeepSpeed's fp16/bf16 would cast the whole model (bf16 anchors, a bf16 EMA) and its
+    torch_autocast wraps an engine forward the script never calls: each is refused with the
+    recipe key to use; accumulation steps are refused with the key that micro-batches exactly."""
+    from lzn_core.errors import RecipeError
+    from lzn_core.recipe import load_recipe
+    from lzn_core.recipe.ds_config import deepspeed_problems
+
+    cfg = {"bf16": {"enabled": True}, "fp16": {"enabled": True}, "torch_autocast": {"enabled": True}}
+    problems = deepspeed_problems(cfg)
+    assert [p.split(":")[0] for p in problems] == [
+        "deepspeed.fp16.enabled",
+        "deepspeed.bf16.enabled",
+        "deepspeed.torch_autocast.enabled",
+    ]
+    assert all("train.precision: bf16" in p for p in problems)
+    assert "set train.micro_batch_size" in deepspeed_problems({"gradient_accumulation_steps": 4})[0]
+    recipe = load_recipe("cifar_joint", ["train.precision=bf16", "train.micro_batch_size=250"])
+    assert (recipe.train.precision, recipe.train.micro_batch_size) == ("bf16", 250)
+    assert (
+        load_recipe("digits_joint").train.precision,
+        load_recipe("digits_joint").train.micro_batch_size,
+    ) == (
+        "fp32",
+        None,
+    )
+    with pytest.raises(RecipeError) as info:
+        load_recipe("cifar_joint", ["train.precision=fp16", "train.micro_batch_size=0"])
+    assert sorted(info.value.problems) == [
+        "train.micro_batch_size: Input should be greater than 0 (got 0)",
+        "train.precision: 'fp16' is not one of 'fp32', 'bf16'; did you mean 'bf16'?",
+    ]
+
+
 def test_lzn_validate_reports_deepspeed_problems_with_the_rest(workdir, monkeypatch, capsys) -> None:
     """A DeepSpeed file with a typo and an invalid type, an inline config with a bad stage, and a recipe
     typo: `lzn validate` lists them all at once (and load_recipe raises with the same lines)."""

@@ -12,7 +12,9 @@ per module (so only ``optimizer.params`` betas/eps/weight_decay are read), the l
 * wrong types of the fields the project relies on (``zero_optimization.stage`` an int 0..3,
   ``fp16.enabled`` / ``bf16.enabled`` booleans, ``gradient_clipping`` a number, ...);
 * settings the engine would silently override or ignore (another optimiser type, AdamW mode,
-  an ``lr``, a ``scheduler``, batch sizes or clipping that disagree with ``train:``).
+  an ``lr``, a ``scheduler``, batch sizes or clipping that disagree with ``train:``);
+* half precision the LZN math cannot take: ``fp16``/``bf16`` enabled would cast the whole model
+  (the solver needs float32 anchors, the EMA float32); mixed precision is ``train.precision``.
 
 The key lists are DeepSpeed 0.19's (``deepspeed.runtime.config`` and its pydantic models).
 """
@@ -165,8 +167,18 @@ def deepspeed_problems(cfg: Mapping[str, Any], train: Any = None) -> list[str]:
             )
         elif section.get("enabled") is True:
             enabled.append(key)
-    if len(enabled) > 1:
-        problems.append(f"deepspeed: {' and '.join(enabled)} are both enabled; enable at most one")
+    for key in enabled:
+        problems.append(
+            f"deepspeed.{key}.enabled: true casts the whole model to half precision (the zoning solver "
+            "takes float32 anchors, the EMA stays float32); set it false and use train.precision: bf16 "
+            "(autocast around the networks only)"
+        )
+    autocast = cfg.get("torch_autocast")
+    if isinstance(autocast, Mapping) and autocast.get("enabled") is True:
+        problems.append(
+            "deepspeed.torch_autocast.enabled: not used (the training script calls the networks, not "
+            "the engine's forward); set train.precision: bf16 instead"
+        )
 
     opt = _section(cfg, "optimizer", problems)
     problems += _optimizer_problems(opt) if opt is not None else []
@@ -244,7 +256,9 @@ def _engine_fills(cfg: Mapping[str, Any], train: Any) -> list[str]:
         return out
     if cfg.get("gradient_accumulation_steps", 1) != 1:
         out.append(
-            "deepspeed.gradient_accumulation_steps: must be 1 (the engine takes one micro-batch per step)"
+            "deepspeed.gradient_accumulation_steps: must be 1 (every latent depends on every anchor of the "
+            "global batch, so accumulated steps would change the method); set train.micro_batch_size to "
+            "micro-batch the step exactly"
         )
     if train is None:
         return out

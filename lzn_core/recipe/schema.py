@@ -167,6 +167,12 @@ class TrainConfig(BaseModel):
         freeze: module -> iteration from which it is frozen (case 3: image.decoder at 60k).
         log_every, eval_every, sample_every, ckpt_every: periods in iterations (0: never).
         keep_checkpoints: checkpoints kept on disk (older ones are removed).
+        micro_batch_size: rows per micro-batch on each rank (None: all of the rank's rows at
+            once). A rank holding more rows runs the step in two passes over micro-batches
+            (:mod:`lzn_core.train.passes`): the gradient of the whole global batch, exactly,
+            with the activation memory of one micro-batch.
+        precision: "fp32", or "bf16": the encoders and decoders run under bf16 autocast; the
+            weights, the anchors, the zoning solver, the alignment and the EMA stay float32.
     """
 
     model_config = _STRICT
@@ -183,6 +189,8 @@ class TrainConfig(BaseModel):
     sample_every: int = Field(default=500, ge=0)
     ckpt_every: int = Field(default=500, ge=0)
     keep_checkpoints: int = Field(default=2, gt=0)
+    micro_batch_size: int | None = Field(default=None, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def lr_for(self, modality: str, part: str) -> float:
         """Learning rate of ``<modality>.<part>`` (part "encoder" | "decoder"): most specific key wins.

@@ -10,7 +10,9 @@ reader does not need to see there:
   lr/5000 (PAPER §4), a freeze schedule (lr 0 and no gradients from iteration k),
   gradient clipping, and ``deepspeed.initialize`` around them (fp32, torch Adam); the
   DeepSpeed config's monitor sections write into the run directory (``train/monitor.py``).
-* ``Engine.step(loss)`` skips the step on every rank when the loss is non-finite on any.
+* ``Engine.step(loss, nets)`` skips the step on every rank when the loss is non-finite on any;
+  otherwise one DeepSpeed backward (of ``nets.loss_for_backward(loss)``: the loss, or a two-pass
+  step's surrogate, :mod:`lzn_core.train.passes`) and the optimiser step.
 * A frozen module (``train.freeze``: from iteration k) stops: no gradient, lr 0, its Adam
   state is not stepped (its group is skipped, under ZeRO too) and its EMA stays where it was
   after iteration k - 1.
@@ -238,21 +240,33 @@ class Engine:
         """Current lr per group name (``image.encoder`` -> lr)."""
         return {g["name"]: g["lr"] for g in self.optimizer.param_groups}
 
-    def step(self, loss: torch.Tensor) -> bool:
-        """Backward + clipped optimiser step + EMA; ``False`` (skipped on all ranks) for a non-finite loss."""
+    def step(self, loss: torch.Tensor, nets: Any = None) -> bool:
+        """Backward + clipped optimiser step + EMA; ``False`` (skipped on all ranks) for a non-finite loss.
+
+        Args:
+            loss: the step's total loss.
+            nets: the step's :class:`~lzn_core.train.passes.OnePass` / ``TwoPass``: what DeepSpeed
+                differentiates is ``nets.loss_for_backward(loss)`` (a two-pass step's gradients,
+                taken micro-batch by micro-batch, go through one DeepSpeed backward). None: ``loss``.
+
+        The skip decision is the step's one host sync: the finite flag is read once, after the
+        forward (all ranks' flags reduced first), before anything is reduced.
+        """
         i = self.iteration  # 0-based index of this iteration
         self._freeze_due(i)
-        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+        bad = (~torch.isfinite(loss.detach()).all()).to(torch.float32).reshape(1)  # on the device
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         self.iteration += 1
         if bad.item() > 0:
             self.skipped += 1
+            if nets is not None:
+                nets.discard()
             with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()  # keep the lr schedule on the iteration count
             return False
-        self.ds.backward(loss)
+        self.ds.backward(loss if nets is None else nets.loss_for_backward(loss))
         self.ds.step()
         self._update_ema(i)
         return True

@@ -64,6 +64,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def torch_state() -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What modules draw from by themselves (dropout): torch's CPU state and this process's CUDA
+    state (None before CUDA is used). Host-side reads: no wait for the device."""
+    device = _cuda_device()
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device is not None else None
+
+
+def set_torch_state(state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    """Restore what :func:`torch_state` returned (e.g. to redraw a micro-batch's dropout masks)."""
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    device = _cuda_device()
+    if cuda is not None and device is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
 @contextlib.contextmanager
 def untouched() -> Iterator[None]:
     """Run a block without moving the global generators (its draws are forgotten afterwards)."""

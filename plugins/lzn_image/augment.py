@@ -141,10 +141,12 @@ def flip(
     start, total = rows if rows is not None else (0, b)
     if not (0 <= start and start + b <= total):
         raise ValueError(f"rows=(start, total)={rows} does not contain a batch of {b} images")
-    coins = (_u(total, generator, torch.device("cpu")) < 0.5)[start : start + b]
-    if isinstance(images, torch.Tensor):
-        mask = coins.to(images.device).view(-1, *([1] * (images.ndim - 1)))
-        return torch.where(mask, images.flip(-1), images)
+    if isinstance(images, torch.Tensor):  # coins drawn on the generator's device, used on the batch's
+        coins = (_u(total, generator, images.device) < 0.5)[start : start + b]
+        return torch.where(coins.view(-1, *([1] * (images.ndim - 1))), images.flip(-1), images)
+    coins = (_u(total, generator, torch.device("cpu")) < 0.5)[
+        start : start + b
+    ]  # a ragged batch is on the CPU
     return [x.flip(-1) if c else x for x, c in zip(images, coins.tolist(), strict=True)]
 
 
@@ -158,8 +160,15 @@ def resized_crop_box(
     to [3/4, 4/3]. The same number of numbers (40) is drawn whatever happens.
     """
     u = torch.rand(10, 4, generator=g, device=g.device if g is not None else None).double().cpu()
+    return _crop_box(h, w, scale, u.tolist())
+
+
+def _crop_box(
+    h: int, w: int, scale: tuple[float, float], tries: list[list[float]]
+) -> tuple[int, int, int, int]:
+    """:func:`resized_crop_box` from its 10 drawn tries (area, ratio, top, left uniforms)."""
     lo, hi = math.log(3 / 4), math.log(4 / 3)
-    for area_u, ratio_u, top_u, left_u in u.tolist():
+    for area_u, ratio_u, top_u, left_u in tries:
         area = h * w * (scale[0] + (scale[1] - scale[0]) * area_u)
         ratio = math.exp(lo + (hi - lo) * ratio_u)
         cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
@@ -184,9 +193,12 @@ def random_resized_crop(
     (bilinear, antialiased): a tensor or ragged batch -> (B, C, side, side) (channels promoted)."""
     items = list(images)
     c = max(x.shape[0] for x in items)
+    # every image's 10 tries in one draw (the same numbers as one draw per image on a CPU generator),
+    # read back once: on a device generator a draw per image would wait for the device B times
+    tries = torch.rand(len(items), 10, 4, generator=g, device=g.device if g is not None else None)
     out = []
-    for x in items:
-        top, left, ch, cw = resized_crop_box(int(x.shape[-2]), int(x.shape[-1]), scale, g)
+    for x, u in zip(items, tries.double().cpu().tolist(), strict=True):
+        top, left, ch, cw = _crop_box(int(x.shape[-2]), int(x.shape[-1]), scale, u)
         crop = x.expand(c, -1, -1)[None, :, top : top + ch, left : left + cw].float()
         out.append(
             F.interpolate(crop, size=(side, side), mode="bilinear", antialias=True, align_corners=False)

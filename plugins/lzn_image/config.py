@@ -122,7 +122,9 @@ class ImageConfig(BaseModel):
         encoder: "unet" (U-Net down path + latent blocks) or "resnet50" / "resnet18"
             (GroupNorm ResNet + projection head, paper case 2).
         proj_hidden: hidden width of the ResNet encoders' projection head (paper: 2048).
-        checkpoint: recompute the ResNet stages in backward (gradient checkpointing).
+        checkpoint: activation checkpointing: recompute in backward the ResNet encoders' 4 stages,
+            or every ResNet and attention block of the U-Nets (encoder and decoder), keeping only
+            their inputs (memory for about one more forward pass).
         decoder: False builds no decoder (its ``loss``/``sample`` raise ``ContractError``).
     """
 
@@ -193,11 +195,6 @@ class ImageConfig(BaseModel):
             raise ValueError(
                 f"eval_resize {self.eval_resize} must be >= resolution {self.resolution} "
                 "(the short side is resized to it, then the centre resolution x resolution is cropped)"
-            )
-        if self.encoder == "unet" and self.checkpoint:
-            raise ValueError(
-                "checkpoint: true applies to the ResNet encoders only; set encoder: resnet50 "
-                "(or resnet18) or remove it"
             )
         return self
 

@@ -36,6 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ImageConfig
 
@@ -191,11 +192,21 @@ class AttnBlock(nn.Module):
         """x: (B, ch, s, s) -> (B, ch, s, s)."""
         b, c, hh, ww = x.shape
         h = self.norm(x).flatten(2).transpose(1, 2)  # (B, s·s, ch)
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
-        h = F.scaled_dot_product_attention(q, k, v)
+        q, k, v = self.qkv(h).unflatten(-1, (3, 1, c)).permute(2, 0, 3, 1, 4)  # each (B, 1 head, s·s, ch)
+        # 4-D (B, heads, L, d): the layout CUDA's fused attention kernels take (3-D inputs fall
+        # back to materialising the (B, L, L) scores)
+        h = F.scaled_dot_product_attention(q, k, v)[:, 0]
         h = self.out(h).transpose(1, 2).reshape(b, c, hh, ww)
         out = x + h
         return out / _SQRT2 if self.skip_rescale else out
+
+
+def _run(module: nn.Module, recompute: bool, *args: torch.Tensor | None) -> torch.Tensor:
+    """``module(*args)``, recomputed in backward (activation checkpointing) when ``recompute``, the
+    module trains and a graph is being built; dropout draws the same masks when recomputed."""
+    if recompute and module.training and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
 
 
 class DownPath(nn.Module):
@@ -203,11 +214,14 @@ class DownPath(nn.Module):
 
     ``forward(x, temb) -> (hs, h)``: ``hs`` are the skip feature maps (conv_in output,
     every ResNet(+attention) block, every down-sampling block, with the input pyramid's
-    1×1 conv added when ``progressive``) and ``h`` the middle output.
+    1×1 conv added when ``progressive``) and ``h`` the middle output. With ``cfg.checkpoint``
+    every ResNet and attention block is recomputed in backward instead of keeping its
+    activations (only the block inputs are kept).
     """
 
     def __init__(self, cfg: ImageConfig, temb_dim: int | None) -> None:
         super().__init__()
+        self.recompute = cfg.checkpoint
         block = dict(temb_dim=temb_dim, dropout=cfg.dropout, skip_rescale=cfg.skip_rescale, fir=cfg.fir)
         self.fir = cfg.fir
         self.conv_in = ncsnpp_init(nn.Conv2d(cfg.channels, cfg.nf, 3, padding=1))
@@ -246,24 +260,28 @@ class DownPath(nn.Module):
         hs = [self.conv_in(x)]
         pyramid, level = x, 0
         for res, attn in self.layers:
-            h = res(hs[-1], temb)
+            h = _run(res, self.recompute, hs[-1], temb)
             if attn is not None:
-                h = attn(h)
+                h = _run(attn, self.recompute, h)
             if self.combine is not None and res.resample == "down":
                 pyramid = resample(pyramid, "down", fir=self.fir)
                 h = self.combine[level](pyramid) + h
                 level += 1
             hs.append(h)
-        h = self.mid[0](hs[-1], temb)
-        h = self.mid[2](self.mid[1](h), temb)
+        h = _run(self.mid[0], self.recompute, hs[-1], temb)
+        h = _run(self.mid[2], self.recompute, _run(self.mid[1], self.recompute, h), temb)
         return hs, h
 
 
 class UpPath(nn.Module):
-    """The decoder half: reads the middle output and the skips of :class:`DownPath`, returns (B, C, H, W)."""
+    """The decoder half: reads the middle output and the skips of :class:`DownPath`, returns (B, C, H, W).
+
+    ``cfg.checkpoint`` recomputes its ResNet and attention blocks in backward, as in :class:`DownPath`.
+    """
 
     def __init__(self, cfg: ImageConfig, down: DownPath, temb_dim: int) -> None:
         super().__init__()
+        self.recompute = cfg.checkpoint
         block = dict(temb_dim=temb_dim, dropout=cfg.dropout, skip_rescale=cfg.skip_rescale, fir=cfg.fir)
         self.fir = cfg.fir
         skips = list(down.skip_channels)
@@ -295,14 +313,14 @@ class UpPath(nn.Module):
         pyramid: torch.Tensor | None = None
         for i, (blocks, attn, up) in enumerate(self.levels):
             for res in blocks:
-                h = res(torch.cat([h, hs.pop()], dim=1), temb)
+                h = _run(res, self.recompute, torch.cat([h, hs.pop()], dim=1), temb)
             if attn is not None:
-                h = attn(h)
+                h = _run(attn, self.recompute, h)
             if self.pyramid is not None:
                 out = self.pyramid[i](h)
                 pyramid = out if pyramid is None else resample(pyramid, "up", fir=self.fir) + out
             if up is not None:
-                h = up(h, temb)
+                h = _run(up, self.recompute, h, temb)
         if pyramid is not None:
             return pyramid
         return self.conv_out(F.silu(self.norm_out(h)))

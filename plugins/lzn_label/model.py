@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lzn_core.errors import ContractError
+from lzn_core.errors import ContractError, checks_values
 
 from .config import LabelConfig
 
@@ -29,7 +29,11 @@ def _check_labels(labels: Any, num_classes: int) -> torch.Tensor:
         raise ValueError(
             f"label: expected an integer tensor of shape (B,), got {labels.dtype} {tuple(labels.shape)}"
         )
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    if (
+        labels.numel()
+        and checks_values(labels)
+        and (int(labels.min()) < 0 or int(labels.max()) >= num_classes)
+    ):
         raise ValueError(
             f"label: class indices must be in [0, {num_classes - 1}] (num_classes={num_classes}), "
             f"got values in [{int(labels.min())}, {int(labels.max())}]"
