@@ -80,14 +80,9 @@ def train():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     yield mod
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    try:  # let a later DeepSpeed user start its own group
-        import deepspeed.comm.comm as ds_comm
+    from lzn_core.train.engine import teardown_distributed
 
-        ds_comm.cdb = None
-    except ImportError:  # pragma: no cover
-        pass
+    teardown_distributed()  # a later module's engine starts its own group
 
 
 def _synthetic(out: Path, n: int, side: int, channels: int) -> None:

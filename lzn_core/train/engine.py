@@ -74,6 +74,19 @@ def setup_distributed() -> tuple[int, int, int]:
     return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def teardown_distributed() -> None:
+    """End this process's group so that a later run in the same process (a notebook, a test
+    session) starts a fresh one: the torch group, DeepSpeed's communication backend and the clone
+    of the world group DeepSpeed caches (a stale clone fails the next engine's broadcast)."""
+    import deepspeed.comm.comm as ds_comm
+    import deepspeed.utils.groups as ds_groups
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    ds_comm.cdb = None
+    ds_groups._WORLD_GROUP = None
+
+
 def _module_key(param_name: str) -> tuple[str, str]:
     """``encoders.image.blocks.0.w`` -> ("image", "encoder")."""
     side, mod = param_name.split(".")[:2]
