@@ -2,8 +2,8 @@
 
 ``write_report`` takes what ``digits.py`` collected (``{"variants": {name: {"runs": [result JSON
 of each seed]}}, ...}``), computes the claims table, the LZN-vs-CE gap table and the text
-comparison, writes ``digits.json``, the figures, ``docs/results.md`` and ``text.md``.
-``rewrite_docs`` redoes the pages from ``digits.json`` alone.
+comparison, writes ``digits.json``, the figures, ``docs/results.md`` and ``text.md``. A variant
+without finished runs is reported as not run (no verdict that needs it, a *Not run* section).
 """
 
 from __future__ import annotations
@@ -54,6 +54,22 @@ def vals(res: dict[str, Any], name: str, key: str) -> list[float]:
     """The metric over the seeds of a variant (seed order; seeds without it left out)."""
     runs = res["variants"].get(name, {}).get("runs", [])
     return [x for x in (metric(r, key) for r in runs) if x is not None]
+
+
+def ran(res: dict[str, Any], name: str) -> bool:
+    """Whether at least one seed of the variant finished."""
+    return bool(res["variants"].get(name, {}).get("runs"))
+
+
+NOT_RUN = "not run"
+
+
+def _mark_not_run(res: dict[str, Any], row: dict[str, str], needs: tuple[str, ...]) -> dict[str, str]:
+    """A claim row whose variants did not all run: no test, the verdict says which are missing."""
+    missing = [n for n in needs if not ran(res, n)]
+    if missing:
+        row.update(test="–", verdict=f"{NOT_RUN} (`{'`, `'.join(missing)}` not run)")
+    return row
 
 
 def paired_vals(res: dict[str, Any], name: str, a: str, b: str) -> tuple[list[float], list[float]]:
@@ -188,7 +204,17 @@ def claim_rows(res: dict[str, Any]) -> list[dict[str, str]]:
             verdict=same.pop() if len(same) == 1 else "; ".join(f"{a} > {b}: {v}" for a, b, v in verdicts),
         )
     )
-    return rows
+    needs = (
+        ("joint", "ce"),
+        ("joint", "align_only"),
+        ("joint", "rf_baseline"),
+        ("joint", "cutoff05"),
+        ("cw_on", "cw_off"),
+        ("joint",),
+        ("joint", "rf_baseline"),
+        ("joint",),
+    )
+    return [_mark_not_run(res, row, need) for row, need in zip(rows, needs, strict=True)]
 
 
 # ----------------------------------------------------------------------------- the LZN-vs-CE gap
@@ -206,6 +232,9 @@ def gap_rows(res: dict[str, Any]) -> list[dict[str, str]]:
             else ("open" if verdict.startswith("does not") else "within the spread")
         )
         vs_joint = "–" if lzn == "joint" else directional(welch(a, joint), 1)
+        missing = [n for n in (lzn, ce) if not ran(res, n)]
+        if missing:
+            gap, vs_joint = f"{NOT_RUN} (`{'`, `'.join(missing)}`)", "–"
         rows.append(
             dict(
                 change=what,
@@ -234,6 +263,9 @@ def gap_reading(rows: list[dict[str, str]], res: dict[str, Any]) -> list[str]:
     raised = [r["change"] for r in rows if r["vs_joint"] == "raises LZN"]
     lowered = [r["change"] for r in rows if r["vs_joint"] == "lowers LZN"]
     base = rows[0]
+    if base["gap"].startswith(NOT_RUN):
+        return [f"* The base row did not run ({base['gap']}): no reading."]
+    skipped = [r["change"] for r in rows if r["gap"].startswith(NOT_RUN)]
     j_tr, j_te = summary(vals(res, "joint", "train_accuracy")), summary(vals(res, "joint", "accuracy"))
     probe = summary(vals(res, "joint", "probe_anchor"))
     out = [
@@ -251,6 +283,8 @@ def gap_reading(rows: list[dict[str, str]], res: dict[str, Any]) -> list[str]:
         f"(CE: {base['ce_train']} vs {base['ce_acc']}); a linear probe on the same anchors reaches "
         f"{pct(probe)} (the label flow reads {pct(j_te)} out of them).",
     ]
+    if skipped:
+        out.append("* Rows not run (see *Not run* above): " + ", ".join(skipped) + ".")
     return out
 
 
@@ -328,7 +362,8 @@ def sweep_png(res: dict[str, Any], path: Path) -> Path:
             )
     ax.set(xlabel="α (noise scale of the test latents)", ylabel="test accuracy (%)")
     ax.set_title("label-flow accuracy vs α and inference batch (mean ± std over seeds)", fontsize=9)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -368,7 +403,8 @@ def gap_png(res: dict[str, Any], path: Path) -> Path:
     ax.set_yticks([-i for i in range(len(rows))], [r[0] for r in rows], fontsize=8)
     ax.set_xlabel("test accuracy (%)")
     ax.set_title("the LZN-vs-CE gap: one change of digits_joint per row", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -404,7 +440,8 @@ def text_png(res: dict[str, Any], path: Path) -> Path:
     ax.set_yticks([-i for i in range(len(keys))], [k for k, _, _ in keys], fontsize=7)
     ax.set_xlabel("%")
     ax.set_title("digits_text on template vs attribute captions (mean ± std over seeds)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -449,6 +486,13 @@ def _rel(path: str | Path, docs: Path) -> str:
     return os.path.relpath(Path(path).resolve(), docs.parent.resolve())
 
 
+def _img(figs: dict[str, str], key: str, docs: Path, alt: str, after: str = "") -> str:
+    """A figure's markdown, or a line saying it was not drawn (its model did not run)."""
+    if key not in figs or not Path(figs[key]).is_file():
+        return f"(figure {alt!r} not drawn: no seed-0 model for it)"
+    return f"![{alt}]({_rel(figs[key], docs)}){after}"
+
+
 def _command() -> str:
     """The command line of this process, with the benchmark script's path relative to the repository."""
     args = [a for a in sys.argv[1:] if a != "--report-only"]
@@ -468,6 +512,8 @@ def cost(res: dict[str, Any]) -> dict[str, Any]:
     """Training / evaluation time per variant (mean over seeds) and in all; the span of the jobs."""
     per, starts, ends, total = {}, [], [], 0.0
     for name, v in res["variants"].items():
+        if not v["runs"]:
+            continue
         tr = [r.get("train_seconds") or 0.0 for r in v["runs"]]
         ev = [r.get("eval_seconds") or 0.0 for r in v["runs"]]
         if v.get("measure") == "ce":  # trained inside the evaluation job
@@ -484,7 +530,8 @@ def cost(res: dict[str, Any]) -> dict[str, Any]:
                 ends.append(end)
                 starts.append(r.get("train_start") or end - (r.get("eval_seconds") or 0.0))
     span = (max(ends) - min(starts)) / 60 if ends else float("nan")
-    return {"per_variant": per, "job_minutes": total / 60, "span_minutes": span}
+    jobs = sum(len(v["runs"]) for v in res["variants"].values())
+    return {"per_variant": per, "job_minutes": total / 60, "span_minutes": span, "jobs": jobs}
 
 
 def text_section(res: dict[str, Any], figs: dict[str, str], docs: Path, level: str = "##") -> list[str]:
@@ -514,7 +561,7 @@ def text_section(res: dict[str, Any], figs: dict[str, str], docs: Path, level: s
         "",
         *suite_table(sets),
         "",
-        f"![text metrics]({_rel(figs['text'], docs)})",
+        _img(figs, "text", docs, "text metrics", ""),
         "",
     ]
     for name in sets:
@@ -526,7 +573,7 @@ def text_section(res: dict[str, Any], figs: dict[str, str], docs: Path, level: s
                 f"![{key}]({_rel(figs[key], docs)})",
                 "",
             ]
-    ex = sets.get("attributes", [{}])[0].get("examples", [])
+    ex = (sets.get("attributes") or [{}])[0].get("examples", [])
     if ex:
         lines += [
             "Attribute model, seed 0, the first test images:",
@@ -539,6 +586,33 @@ def text_section(res: dict[str, Any], figs: dict[str, str], docs: Path, level: s
     return lines
 
 
+def not_run_section(res: dict[str, Any]) -> list[str]:
+    """What the benchmark planned but had not finished when the page was written (empty if none)."""
+    missing = res.get("not_run") or {}
+    if not missing:
+        return []
+    planned = sum(len(v["planned"]) for v in res["variants"].values())
+    lines = [
+        "## Not run",
+        "",
+        f"Of the {planned} planned jobs, these had not finished when this page was written: the jobs run in "
+        "priority order (claims, text, the gap ablations, then the longer iteration runs) and the full set does "
+        "not fit the time this page was given on 2 CPU cores. Nothing is extrapolated for them: their cells "
+        "read – or *not run*, and a claim that needs them has no verdict. The same command with `--reuse` runs "
+        "them and keeps the finished ones.",
+        "",
+    ]
+    for name, seeds in missing.items():
+        v = res["variants"][name]
+        what = (
+            "every seed"
+            if not v["seeds"]
+            else f"seed(s) {', '.join(map(str, seeds))}; finished: " + ", ".join(map(str, v["seeds"]))
+        )
+        lines.append(f"* `{name}` ({v['description']}): {what}")
+    return [*lines, ""]
+
+
 def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
     """The docs/results.md text."""
     s = res["settings"]
@@ -546,17 +620,21 @@ def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
     seeds = len(s["seeds"])
     rows = claim_rows(res)
     gaps = gap_rows(res)
-    wall = res["wall_minutes"]
-    resumed = " (resumed: finished jobs of earlier invocations were kept)" if res.get("reused") else ""
+    if res.get("invocation_minutes") is not None:
+        resumed = " (resumed: finished jobs of earlier invocations were kept)" if res.get("reused") else ""
+        invocation = f"This invocation: {res['invocation_minutes']} min wall{resumed}. "
+    else:
+        invocation = "Pages written from the finished jobs' results (`--report-only`). "
     lines = [
         "# Results: the paper's claims at toy scale, with error bars",
         "",
         f"Generated by `{res.get('command') or _command()}` on {res.get('date') or time.strftime('%Y-%m-%d')}, "
         f"{res.get('cores') or os.cpu_count()} CPU cores ({platform.machine()}), 2 jobs at a time, one torch "
-        f"thread each. This invocation: {wall['total']} min wall{resumed}. Every job (a variant trained with one "
-        f"seed, then evaluated): {c['job_minutes']:.0f} min of process time in all, {c['span_minutes']:.0f} min "
-        "from the first job's start to the last one's end, i.e. the cost of regenerating the page from scratch "
-        "on 2 cores. Resume a killed run with `--reuse` (finished jobs are kept). Raw numbers: "
+        f"thread each. {invocation}Measured over the {c['jobs']} finished jobs (a variant trained with one "
+        f"seed, then evaluated): {c['job_minutes']:.0f} min of process time in all, **{c['span_minutes']:.0f} min "
+        "wall** from the first job's start to the last one's end on the 2 cores (what regenerating these "
+        "results takes; it includes any pause between resumed invocations). Resume a stopped run with "
+        "`--reuse` (finished jobs are kept). Raw numbers: "
         "`benchmarks/results/digits.json`, per job `benchmarks/results/digits_runs/`.",
         "",
         "Data: scikit-learn's bundled 8×8 digits (1497 train / 300 test, `lzn shards digits`). Every variant "
@@ -573,6 +651,7 @@ def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
         f"{100 * RECON_MARGIN:.0f}% of the reconstruction error, {100 * FID_MARGIN:.0f}% of the FID. "
         '"Within the spread": neither.',
         "",
+        *not_run_section(res),
         "## The claims",
         "",
         _table(
@@ -586,7 +665,7 @@ def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
             [(r["claim"], r["paper"], r["measured"], r["test"], r["verdict"]) for r in rows],
         ),
         "",
-        f"![claim variants]({_rel(figs['claims'], docs)})",
+        _img(figs, "claims", docs, "claim variants", ""),
         "",
         "Variants: "
         + "; ".join(
@@ -642,7 +721,7 @@ def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
         "",
         *gap_reading(gaps, res),
         "",
-        f"![gap]({_rel(figs['gap'], docs)})",
+        _img(figs, "gap", docs, "gap", ""),
         "",
         "## Classification: accuracy against α and the inference batch",
         "",
@@ -657,7 +736,7 @@ def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
             [(a, *(pct(summary(vals(res, "joint", f"sweep/{a}@{b}"))) for b in sizes)) for a in alphas],
         ),
         "",
-        f"![accuracy vs alpha]({_rel(figs['sweep'], docs)})",
+        _img(figs, "sweep", docs, "accuracy vs alpha", ""),
         "",
         "## Calibration and out-of-distribution rejection (not in the paper)",
         "",
@@ -681,7 +760,7 @@ def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
             ],
         ),
         "",
-        f"![reliability diagram]({_rel(figs['reliability'], docs)}) (seed 0)",
+        _img(figs, "reliability", docs, "reliability diagram", " (seed 0)"),
         "",
         "## Generation",
         "",
@@ -712,15 +791,15 @@ def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
         "",
         "Class-conditional samples of RF+LZN (seed 0; one row per class, zone latents of the class):",
         "",
-        f"![samples joint]({_rel(figs['samples_joint'], docs)})",
+        _img(figs, "samples_joint", docs, "samples joint", ""),
         "",
         "and of the RF baseline (one-hot conditioning only):",
         "",
-        f"![samples rf]({_rel(figs['samples_rf_baseline'], docs)})",
+        _img(figs, "samples_rf_baseline", docs, "samples rf", ""),
         "",
         "Reconstructions (top: test images; then RF+LZN; then RF without the latent):",
         "",
-        f"![reconstructions]({_rel(figs['recon'], docs)})",
+        _img(figs, "recon", docs, "reconstructions", ""),
         "",
         *text_section(res, figs, docs),
         "## Cost",
@@ -737,7 +816,7 @@ def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
             ],
         ),
         "",
-        f"![loss curves]({_rel(figs['losses'], docs)}) (seed 0)",
+        _img(figs, "losses", docs, "loss curves", " (seed 0)"),
         "",
     ]
     return "\n".join(lines)
@@ -770,24 +849,6 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
-
-
-def _summaries(c: dict[str, Any]) -> dict[str, Any]:
-    """JSON cost back to Summary objects (``rewrite_docs``)."""
-    per = {
-        k: {**p, "train_min": Summary(**p["train_min"]), "eval_min": Summary(**p["eval_min"])}
-        for k, p in c["per_variant"].items()
-    }
-    return {**c, "per_variant": per}
-
-
-def rewrite_docs(out: Path, docs: Path) -> None:
-    """Rewrite the pages from an existing ``out/digits.json`` (no training, no evaluation)."""
-    res = json.loads((out / "digits.json").read_text())
-    res["cost"] = _summaries(res["cost"])
-    figs = {k: str(out / v) for k, v in res["figures"].items()}
-    docs.write_text(markdown(res, figs, docs))
-    (out / "text.md").write_text(text_page(res, figs, out / "text.md"))
 
 
 def write_report(res: dict[str, Any], runs: Path, out: Path, docs: Path | None) -> None:

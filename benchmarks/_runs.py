@@ -70,7 +70,7 @@ def set_key(d: dict[str, Any], dotted: str, value: Any) -> None:
 
 def shown(path: Path) -> str:
     """A path relative to the repository when inside it (recipes and pages stay portable)."""
-    p = Path(path).resolve()
+    p = Path(os.path.abspath(path))  # not resolved: a checkout whose runs/ is a link writes the same recipes
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
@@ -139,7 +139,6 @@ class Job:
     result: Path
     eval_key: str  # digest of the evaluation settings (a changed setting re-evaluates)
     eval_cmd: list[str]
-    cost: float = 1.0  # relative cost: long jobs start first
 
     @property
     def key(self) -> str:
@@ -221,24 +220,21 @@ def run_job(job: Job, logs: Path, reuse: bool) -> dict[str, Any]:
     return res
 
 
-def run_all(jobs: list[Job], logs: Path, *, reuse: bool, parallel: int) -> dict[str, dict[str, Any]]:
-    """Every job, ``parallel`` at a time, the costliest first; ``{job key: result}``. Jobs that fail
-    are reported together at the end (the others still run and keep their results)."""
-    results: dict[str, dict[str, Any]] = {}
+def run_all(jobs: list[Job], logs: Path, *, reuse: bool, parallel: int) -> list[str]:
+    """Every job, ``parallel`` at a time, in the given order (priority: a benchmark stopped early
+    has the first ones); returns the failures as "variant/seedK: why" (the other jobs still run
+    and keep their results)."""
     failed: list[str] = []
-    order = sorted(jobs, key=lambda j: -j.cost)
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        futures = {pool.submit(run_job, j, logs, reuse): j for j in order}
+        futures = {pool.submit(run_job, j, logs, reuse): j for j in jobs}
         for fut in as_completed(futures):
             job = futures[fut]
             try:
-                results[job.key] = fut.result()
-            except Exception as exc:  # noqa: BLE001 (reported below, the other jobs go on)
+                fut.result()
+            except Exception as exc:  # noqa: BLE001 (reported by the caller, the other jobs go on)
                 log(f"{job.key}: FAILED: {exc}")
                 failed.append(f"{job.key}: {exc}")
-    if failed:
-        raise SystemExit("[bench] failed jobs:\n  " + "\n  ".join(failed))
-    return results
+    return failed
 
 
 def write_result(path: Path, job_info: dict[str, Any], metrics: dict[str, Any]) -> None:

@@ -1,10 +1,10 @@
 """The embedded digits benchmark: the paper's small-scale claims with seed error bars, measured on CPU.
 
-    python benchmarks/digits.py            # full: every variant × 3 seeds, 2 jobs at a time; writes
-                                           # docs/results.md (the page says how long it took)
+    python benchmarks/digits.py --iterations 400 --reuse   # every variant × 3 seeds, 2 jobs at a time;
+                                           # writes docs/results.md (the page says how long it took)
     python benchmarks/digits.py --reuse    # resume: finished jobs are kept, missing ones run
     python benchmarks/digits.py --quick    # tiny settings: a smoke run of the whole pipeline
-    python benchmarks/digits.py --report-only   # rewrite the pages from digits.json
+    python benchmarks/digits.py --iterations 400 --report-only   # the pages from the finished jobs
 
 Every variant is trained with every seed (the recipe's ``seed``: initialisation, data order and
 noise) by ``recipes/train.py`` in a subprocess, evaluated in a second subprocess, and its result
@@ -19,10 +19,14 @@ Variants (digits shards, digits_joint's batch and iterations unless noted):
   decoder without the latent; claims 6/9), ``cw_on`` / ``cw_off`` (alignment only at a small
   batch with / without class weights; claim 11), ``ce`` (the same image encoder + a linear head
   trained with cross-entropy, in the evaluation job);
-* the LZN-vs-CE gap: one change of joint each (training α, label-flow steps, cutoff, loss kind,
-  the encoder size, iterations), with the CE head at the same encoder size and iterations;
 * text: ``digits_text`` trained on the template captions and on the attribute captions
-  (``lzn shards digits --captions attributes``), measured by ``benchmarks/text.py``.
+  (``lzn shards digits --captions attributes``), measured by ``benchmarks/text.py``;
+* the LZN-vs-CE gap: one change of joint each (training α, label-flow steps, cutoff, loss kind,
+  the encoder size), then the iterations × 2 and × 5, each with its CE head at the same encoder
+  size and iterations.
+
+Jobs run in that order (priority), so a run stopped early has the claims first; the report marks
+what did not finish as not run.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ QUICK = dict(
     alphas=(0.0, 1.0),
     batch_sizes=(30, 300),
 )
-SHORT, LONG = 0.5, 2.5  # iteration ablation: × the base iterations (digits_joint: 400 and 2000)
+ITERATION_FACTORS = (2, 5)  # iteration ablation: × the base iterations (400 -> 800 and 2000)
 CAPTION_DATA = {"templates": "digits", "attributes": "digits-attributes"}
 
 
@@ -83,7 +87,8 @@ def base_iterations(cfg: dict[str, Any]) -> int:
 
 
 def variants(cfg: dict[str, Any]) -> dict[str, Variant]:
-    """name -> :class:`Variant` (see the module docstring)."""
+    """name -> :class:`Variant` (see the module docstring), in the order the jobs run: when the
+    time runs out, the variants at the end are the ones left out (the page says which)."""
     align = {
         "kind": "align",
         "source": "image",
@@ -98,170 +103,83 @@ def variants(cfg: dict[str, Any]) -> dict[str, Variant]:
     gen = {"kind": "generate", "target": "image", "weight": 1.0, "condition": "label"}
     no_gen = {"tasks": [align], "eval.samples_per_class": 0}
     small = {**no_gen, "train.batch_size": cfg["small_batch"]}
-    its = base_iterations(cfg)
-    short, long = max(1, round(its * SHORT)), max(1, round(its * LONG))
     wide = {"modalities.image.config": {"preset": "digits"}}
+    joint = "digits_joint"
+    small_batch = cfg["small_batch"]
     v = [
-        Variant("joint", "digits_joint", {}, "RF generation + label alignment (digits_joint)", "full"),
-        Variant("align_only", "digits_joint", no_gen, "label alignment only, no generation loss", "accuracy"),
+        # 1. the claims
+        Variant("joint", joint, {}, "RF generation + label alignment (digits_joint)", "full"),
+        Variant("ce", joint, {}, "joint's image encoder + Linear(q→10), cross-entropy", "ce", trains=False),
+        Variant("align_only", joint, no_gen, "label alignment only, no generation loss", "accuracy"),
         Variant(
-            "cutoff05",
-            "digits_joint",
-            {"tasks.1.cutoff": 0.05},
-            "joint, cutoff 0.05 (paper: u = 5 of 100)",
-            "recon",
+            "cutoff05", joint, {"tasks.1.cutoff": 0.05}, "joint, cutoff 0.05 (paper: u = 5 of 100)", "recon"
         ),
         Variant(
             "rf_baseline",
-            "digits_joint",
+            joint,
             {"tasks": [gen], "modalities.image.config.use_latent": False},
             "same decoder, no latent (use_latent: false; recipes/digits_rf_baseline.yaml)",
             "generation",
         ),
-        Variant(
-            "cw_on",
-            "digits_joint",
-            small,
-            f"alignment only, batch {cfg['small_batch']}, class weights on",
-            "accuracy",
-        ),
+        Variant("cw_on", joint, small, f"alignment only, batch {small_batch}, class weights on", "accuracy"),
         Variant(
             "cw_off",
-            "digits_joint",
+            joint,
             {**small, "tasks": [{**align, "class_weights": False}]},
-            f"alignment only, batch {cfg['small_batch']}, class weights off",
+            f"alignment only, batch {small_batch}, class weights off",
             "accuracy",
-        ),
-        Variant(
-            "ce",
-            "digits_joint",
-            {},
-            "joint's image encoder + Linear(q→10), cross-entropy",
-            "ce",
-            trains=False,
-        ),
-        # the LZN-vs-CE gap: one change of joint each
-        Variant(
-            "alpha05",
-            "digits_joint",
-            {"tasks.1.alpha": 0.5},
-            "joint, training α 0.5",
-            "accuracy",
-            group="gap",
-        ),
-        Variant(
-            "alpha0", "digits_joint", {"tasks.1.alpha": 0.0}, "joint, training α 0", "accuracy", group="gap"
-        ),
-        Variant(
-            "steps100",
-            "digits_joint",
-            {"tasks.1.steps": 100},
-            "joint, 100 label-flow steps",
-            "accuracy",
-            group="gap",
-        ),
-        Variant(
-            "cutoff50", "digits_joint", {"tasks.1.cutoff": 0.5}, "joint, cutoff 0.5", "accuracy", group="gap"
-        ),
-        Variant(
-            "loss_log",
-            "digits_joint",
-            {"tasks.1.loss": "log"},
-            "joint, log loss (Eq. 5)",
-            "accuracy",
-            group="gap",
-        ),
-        Variant(
-            "wide",
-            "digits_joint",
-            wide,
-            "joint, image preset digits (nf 32, 2 blocks)",
-            "accuracy",
-            group="gap",
-        ),
-        Variant(
-            "ce_wide",
-            "digits_joint",
-            wide,
-            "CE head on the preset-digits encoder",
-            "ce",
-            trains=False,
-            group="gap",
-        ),
-        Variant(
-            "short",
-            "digits_joint",
-            {"train.iterations": short},
-            f"joint, {short} iterations",
-            "accuracy",
-            group="gap",
-        ),
-        Variant(
-            "ce_short",
-            "digits_joint",
-            {"train.iterations": short},
-            f"CE, {short} iterations",
-            "ce",
-            False,
-            group="gap",
-        ),
-        Variant(
-            "long",
-            "digits_joint",
-            {"train.iterations": long},
-            f"joint, {long} iterations",
-            "accuracy",
-            group="gap",
-        ),
-        Variant(
-            "ce_long",
-            "digits_joint",
-            {"train.iterations": long},
-            f"CE, {long} iterations",
-            "ce",
-            False,
-            group="gap",
         ),
     ]
+    # 2. text on the template and on the attribute captions
     ctx = {"modalities.text.config.context_length": cfg["text_context"]}
     for captions, data in CAPTION_DATA.items():
+        what = f"digits_text, {captions} captions"
+        v.append(Variant(f"text_{captions}", "digits_text", ctx, what, "text", data=data, group="text"))
+    # 3. the LZN-vs-CE gap at the base iterations: one change of joint each
+    gap = [
+        ("alpha05", {"tasks.1.alpha": 0.5}, "joint, training α 0.5"),
+        ("alpha0", {"tasks.1.alpha": 0.0}, "joint, training α 0"),
+        ("steps100", {"tasks.1.steps": 100}, "joint, 100 label-flow steps"),
+        ("cutoff50", {"tasks.1.cutoff": 0.5}, "joint, cutoff 0.5"),
+        ("loss_log", {"tasks.1.loss": "log"}, "joint, log loss (Eq. 5)"),
+        ("wide", wide, "joint, image preset digits (nf 32, 2 blocks)"),
+    ]
+    v += [Variant(name, joint, changes, what, "accuracy", group="gap") for name, changes, what in gap]
+    v.append(
+        Variant(
+            "ce_wide", joint, wide, "CE head on the preset-digits encoder", "ce", trains=False, group="gap"
+        )
+    )
+    # 4. more iterations, each with its CE head at the same iterations
+    for its in iteration_ablation(cfg):
+        longer = {"train.iterations": its}
+        v.append(Variant(f"its{its}", joint, longer, f"joint, {its} iterations", "accuracy", group="gap"))
         v.append(
-            Variant(
-                f"text_{captions}",
-                "digits_text",
-                ctx,
-                f"digits_text, {captions} captions",
-                "text",
-                data=data,
-                group="text",
-            )
+            Variant(f"ce_its{its}", joint, longer, f"CE, {its} iterations", "ce", trains=False, group="gap")
         )
     return {x.name: x for x in v}
 
 
-GAP_ROWS = (  # (what changes, LZN variant, CE variant at the same encoder size and iterations)
-    ("none (digits_joint)", "joint", "ce"),
-    ("training α 1 -> 0.5", "alpha05", "ce"),
-    ("training α 1 -> 0", "alpha0", "ce"),
-    ("label-flow steps 50 -> 100", "steps100", "ce"),
-    ("cutoff 0.2 -> 0.05", "cutoff05", "ce"),
-    ("cutoff 0.2 -> 0.5", "cutoff50", "ce"),
-    ("loss prob -> log", "loss_log", "ce"),
-    ("generation loss off", "align_only", "ce"),
-    ("encoder tiny -> digits preset", "wide", "ce_wide"),
-    ("iterations × 0.5", "short", "ce_short"),
-    ("iterations × 2.5", "long", "ce_long"),
-)
-
-_COST = {"full": 1.0, "recon": 1.0, "accuracy": 1.0, "generation": 0.4, "ce": 0.1, "text": 2.5}
+def iteration_ablation(cfg: dict[str, Any]) -> list[int]:
+    """The iterations of the iteration ablation: :data:`ITERATION_FACTORS` × the base."""
+    return [f * base_iterations(cfg) for f in ITERATION_FACTORS]
 
 
-def _cost(v: Variant, recipe: dict[str, Any]) -> float:
-    tr = recipe["train"]
-    factor = _COST[v.measure] * (0.5 if len(recipe["tasks"]) == 1 and v.measure != "generation" else 1.0)
-    if recipe["modalities"]["image"]["config"].get("preset") == "digits":
-        factor *= 2.0
-    return factor * tr["iterations"] * tr["batch_size"] / 128
+def gap_rows(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(what changes, LZN variant, CE variant at the same encoder size and iterations) per row."""
+    its = base_iterations(cfg)
+    return [
+        ("none (digits_joint)", "joint", "ce"),
+        ("training α 1 -> 0.5", "alpha05", "ce"),
+        ("training α 1 -> 0", "alpha0", "ce"),
+        ("label-flow steps 50 -> 100", "steps100", "ce"),
+        ("cutoff 0.2 -> 0.05", "cutoff05", "ce"),
+        ("cutoff 0.2 -> 0.5", "cutoff50", "ce"),
+        ("loss prob -> log", "loss_log", "ce"),
+        ("generation loss off", "align_only", "ce"),
+        ("encoder tiny -> digits preset", "wide", "ce_wide"),
+        *((f"iterations {its} -> {n}", f"its{n}", f"ce_its{n}") for n in iteration_ablation(cfg)),
+    ]
 
 
 def make_jobs(
@@ -274,8 +192,6 @@ def make_jobs(
 ) -> list[Job]:
     """Every (variant, seed) job; ``write``: write the recipes first (seed 0's also into
     ``out/recipes`` for the page). An evaluation job only reads them (a training may be reading)."""
-    import yaml
-
     out, runs = paths["out"], paths["runs"]
     jobs = []
     eval_settings = {k: v for k, v in cfg.items() if k not in ("seeds", "text_seeds")}
@@ -298,7 +214,6 @@ def make_jobs(
                     out / "digits_runs" / v.name / f"seed{seed}.json",
                     key,
                     [sys.executable, str(Path(__file__).resolve()), *argv, "--eval-job", v.name, str(seed)],
-                    _cost(v, yaml.safe_load(recipe.read_text())),
                 )
             )
     return jobs
@@ -497,8 +412,8 @@ def eval_main(name: str, seed: int, cfg: dict[str, Any], paths: dict[str, Any]) 
 
 
 # ----------------------------------------------------------------------------- the whole benchmark
-def figures(cfg: dict[str, Any], paths: dict[str, Any]) -> dict[str, str]:
-    """Reconstructions and class-conditional samples of seed 0's joint and rf_baseline."""
+def figures(cfg: dict[str, Any], paths: dict[str, Any], names: list[str]) -> dict[str, str]:
+    """Reconstructions and class-conditional samples of seed 0's ``names`` (joint, rf_baseline)."""
     import torch
     from _digits_report import recon_rows_png, sample_grid_png
 
@@ -506,8 +421,8 @@ def figures(cfg: dict[str, Any], paths: dict[str, Any]) -> dict[str, str]:
     from lzn_core.eval.report import load_split
     from lzn_core.weights import load
 
-    models = {n: load(run_dir(paths["runs"], n, 0) / "final") for n in ("joint", "rf_baseline")}
-    test = load_split(models["joint"], str(paths["data"]["digits"] / "test-*.tar"), ["image", "label"])
+    models = {n: load(run_dir(paths["runs"], n, 0) / "final") for n in names}
+    test = load_split(models[names[0]], str(paths["data"]["digits"] / "test-*.tar"), ["image", "label"])
     sub, ysub = test["image"][:256], test["label"][:256]  # zone the shown images within a test batch
     idx = torch.tensor([int((ysub == k).nonzero()[0]) for k in range(10) if bool((ysub == k).any())])
     recs = {}
@@ -527,19 +442,77 @@ def figures(cfg: dict[str, Any], paths: dict[str, Any]) -> dict[str, str]:
     return figs
 
 
-def collect(cfg: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
-    """``{variant: {"seeds": [...], "metrics": [per seed], "train_seconds", "eval_seconds", ...}}``."""
+def finished(job: Job) -> dict[str, Any] | None:
+    """The job's result when it was written with these evaluation settings (and, when its recipe
+    is on disk, for that recipe); else None (not run, or stale)."""
+    if not job.result.is_file():
+        return None
+    res = json.loads(job.result.read_text())
+    if res.get("eval_key") != job.eval_key:
+        return None
+    if job.recipe.is_file() and res.get("recipe_sha1") != job.recipe_sha1():
+        return None
+    return res
+
+
+def collect(jobs: list[Job]) -> dict[str, Any]:
+    """``{variant: {"description", "group", "measure", "seeds": [finished], "planned": [all],
+    "runs": [result JSON per finished seed]}}`` in the jobs' order; a variant none of whose jobs
+    finished has no runs (the report says "not run")."""
     per: dict[str, Any] = {}
-    for job in sorted(jobs, key=lambda j: (j.variant.name, j.seed)):
-        res = json.loads(job.result.read_text())
+    for job in jobs:
         v = job.variant
         entry = per.setdefault(
             v.name,
-            {"description": v.description, "group": v.group, "measure": v.measure, "seeds": [], "runs": []},
+            {
+                "description": v.description,
+                "group": v.group,
+                "measure": v.measure,
+                "seeds": [],
+                "planned": [],
+                "runs": [],
+            },
         )
-        entry["seeds"].append(job.seed)
-        entry["runs"].append(res)
+        entry["planned"].append(job.seed)
+        res = finished(job)
+        if res is not None:
+            entry["seeds"].append(job.seed)
+            entry["runs"].append(res)
     return per
+
+
+def trained_model(paths: dict[str, Any], name: str, seed: int = 0) -> Path | None:
+    final = run_dir(paths["runs"], name, seed) / "final"
+    return final if (final / "model.safetensors").is_file() else None
+
+
+def build_report(
+    cfg: dict[str, Any], paths: dict[str, Any], jobs: list[Job], docs: Path | None, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Collect the finished jobs, draw the figures of seed 0's models and write the pages."""
+    from _digits_report import write_report
+
+    res = {
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "iterations": base_iterations(cfg),
+        "variants": collect(jobs),
+        "gap_rows": gap_rows(cfg),
+        **extra,
+    }
+    res["not_run"] = {
+        k: [s for s in v["planned"] if s not in v["seeds"]]
+        for k, v in res["variants"].items()
+        if len(v["seeds"]) < len(v["planned"])
+    }
+    have = [n for n in ("joint", "rf_baseline") if trained_model(paths, n)]
+    res["figures"] = figures(cfg, paths, have) if have else {}
+    out = paths["out"]
+    for v in variants(cfg).values():
+        if v.measure == "text" and (out / f"{v.name}.png").is_file() and v.name in res["variants"]:
+            if res["variants"][v.name]["seeds"][:1] == [0]:
+                res["figures"][v.name] = str(out / f"{v.name}.png")
+    write_report(res, paths["runs"], out, docs)
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,13 +521,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny settings (minutes): checks the pipeline only")
     p.add_argument("--reuse", action="store_true", help="resume: keep finished jobs, run the missing ones")
     p.add_argument(
-        "--iterations", type=int, help="training iterations of every variant (default: the recipe's)"
+        "--iterations", type=int, help="base training iterations of every variant (default: the recipe's)"
     )
     p.add_argument("--seeds", type=int, help="seeds per digits variant (default 3)")
     p.add_argument("--text-seeds", type=int, help="seeds per caption set (default 3)")
     p.add_argument("--jobs", type=int, default=2, help="jobs at a time (default 2: one per core)")
-    p.add_argument("--only", nargs="*", help="run only these variants (the report needs them all)")
-    p.add_argument("--report-only", action="store_true", help="rewrite the pages from digits.json only")
+    p.add_argument("--only", nargs="*", help="run only these variants (the page marks the others not run)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no training: write the pages from the finished jobs' results (same settings as the run)",
+    )
     p.add_argument(
         "--data", default=str(ROOT / "data"), help="folder of the digits shard folders (written when missing)"
     )
@@ -577,13 +554,19 @@ def main(argv: list[str] | None = None) -> int:
         "data": {key: Path(args.data) / key for key in CAPTION_DATA.values()},
     }
     docs = Path(args.docs) if args.docs else (None if args.quick else ROOT / "docs" / "results.md")
-    from _digits_report import rewrite_docs, write_report
-
-    if args.report_only:
-        rewrite_docs(out, docs or ROOT / "docs" / "results.md")
-        return 0
+    unknown = sorted(set(args.only or ()) - set(variants(cfg)))
+    if unknown:
+        raise SystemExit(
+            f"--only: unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants(cfg))}"
+        )
     if args.eval_job:
         return eval_main(args.eval_job[0], int(args.eval_job[1]), cfg, paths)
+    if args.report_only:
+        res = build_report(cfg, paths, make_jobs(cfg, paths, argv, write=False), docs, {})
+        print(
+            f"[bench] pages written from {sum(len(v['runs']) for v in res['variants'].values())} finished jobs"
+        )
+        return 0
     t0 = time.time()
     from lzn_core.data.digits import write_digits
 
@@ -592,28 +575,15 @@ def main(argv: list[str] | None = None) -> int:
             write_digits(paths["data"][key], captions=captions, progress=False)
     jobs = make_jobs(cfg, paths, argv)  # an evaluation job parses the same arguments (same settings)
     chosen = [j for j in jobs if not args.only or j.variant.name in args.only]
-    run_all(chosen, out / "logs", reuse=args.reuse, parallel=args.jobs)
-    if args.only:
-        print(f"[bench] ran {len(chosen)} jobs of {', '.join(args.only)}; no report (it needs every variant)")
-        return 0
-    t_jobs = time.time() - t0
-    res = {
-        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        "iterations": base_iterations(cfg),
-        "variants": collect(cfg, jobs),
-        "gap_rows": GAP_ROWS,
-    }
-    res["figures"] = figures(cfg, paths)
-    for v in variants(cfg).values():
-        if v.measure == "text" and (out / f"{v.name}.png").is_file():
-            res["figures"][v.name] = str(out / f"{v.name}.png")
-    res["wall_minutes"] = {"jobs": round(t_jobs / 60, 1), "total": round((time.time() - t0) / 60, 1)}
-    res["reused"] = bool(args.reuse)
-    write_report(res, paths["runs"], out, docs)
+    failed = run_all(chosen, out / "logs", reuse=args.reuse, parallel=args.jobs)
+    extra = {"invocation_minutes": round((time.time() - t0) / 60, 1), "reused": bool(args.reuse)}
+    build_report(cfg, paths, jobs, docs, extra)
     print(
-        f"[bench] done in {res['wall_minutes']['total']} min: {out / 'digits.json'}"
+        f"[bench] done in {round((time.time() - t0) / 60, 1)} min: {out / 'digits.json'}"
         + (f", {docs}" if docs else "")
     )
+    if failed:
+        raise SystemExit("[bench] failed jobs:\n  " + "\n  ".join(failed))
     return 0
 
 
