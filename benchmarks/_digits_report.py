@@ -541,6 +541,15 @@ def text_section(res: dict[str, Any], figs: dict[str, str], docs: Path, level: s
     sets = text_sets(res)
     if not sets:
         return []
+    if not any(sets.values()):
+        return [
+            f"{level} Text: template captions vs captions that need the image",
+            "",
+            f"{NOT_RUN}: no seed of `"
+            + "`, `".join(f"text_{k}" for k in sets)
+            + "` finished (see *Not run*).",
+            "",
+        ]
     seeds = {k: len(v) for k, v in sets.items()}
     lines = [
         f"{level} Text: template captions vs captions that need the image",
@@ -786,8 +795,7 @@ def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
         ),
         "",
         f"Reference: FID of the real test set vs the training set "
-        f"{num(summary(vals(res, 'joint', 'fid_real_test_vs_train')), '.2f')}; the SVC judge scores "
-        f"{pct(summary(vals(res, 'joint', 'judge_test_accuracy')))} on real test digits.",
+        f"{num(summary(vals(res, 'joint', 'fid_real_test_vs_train')), '.2f')}.",
         "",
         "Class-conditional samples of RF+LZN (seed 0; one row per class, zone latents of the class):",
         "",

@@ -37,7 +37,7 @@ is about 1/3 per attribute):
 
 Writes ``--out`` (JSON), a page next to it (``.md``) and a figure (``.png``: one test caption per
 digit -> images drawn from its zone). ``benchmarks/digits.py`` trains digits_text on both caption
-sets with several seeds and writes ``benchmarks/results/text.md`` from :func:`suite_markdown`.
+sets with several seeds and writes ``benchmarks/results/text.md`` (the table: :func:`suite_table`).
 """
 
 from __future__ import annotations
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--out",
         default=str(ROOT / "benchmarks" / "results" / "text_model.json"),
-        help="JSON of this model (benchmarks/digits.py writes text.json / text.md: both caption sets, seeds)",
+        help="JSON of this model (benchmarks/digits.py writes text.md: both caption sets, several seeds)",
     )
     p.add_argument("overrides", nargs="*", help="recipe key=value overrides (with --train)")
     args = p.parse_args(argv)
