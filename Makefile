@@ -42,9 +42,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py
-	$(PY) benchmarks/digits.py
-	$(VENV)/bin/lzn shards digits data/digits
-	$(PY) benchmarks/text.py --train
+	$(PY) benchmarks/digits.py --iterations 400 --reuse
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

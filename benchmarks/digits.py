@@ -1,31 +1,38 @@
-"""The embedded digits benchmark: the paper's small-scale claims, measured on CPU.
+"""The embedded digits benchmark: the paper's small-scale claims with seed error bars, measured on CPU.
 
-    python benchmarks/digits.py            # full: ~30-40 min on 2 cores (called by `make bench`);
-                                           # every variant trains with digits_joint's own budget
-    python benchmarks/digits.py --quick    # tiny settings, a smoke run of the whole pipeline
-    python benchmarks/digits.py --reuse    # re-evaluate finished runs, rewrite the report only
+    python benchmarks/digits.py --iterations 400 --reuse   # every variant × 3 seeds, 2 jobs at a time;
+                                           # writes docs/results.md (the page says how long it took)
+    python benchmarks/digits.py --reuse    # resume: finished jobs are kept, missing ones run
+    python benchmarks/digits.py --quick    # tiny settings: a smoke run of the whole pipeline
+    python benchmarks/digits.py --iterations 400 --report-only   # the pages from the finished jobs
 
-Trains recipe variants with ``recipes/train.py`` (one subprocess each, sequentially),
-evaluates them with :mod:`lzn_core.evaluation`, and writes
-``benchmarks/results/digits.json``, PNG figures next to it and ``docs/results.md``.
+Every variant is trained with every seed (the recipe's ``seed``: initialisation, data order and
+noise) by ``recipes/train.py`` in a subprocess, evaluated in a second subprocess, and its result
+kept in ``benchmarks/results/digits_runs/<variant>/seed<k>.json`` (``benchmarks/_runs.py``).
+The report (``benchmarks/_digits_report.py``) gives mean ± standard deviation over the seeds and
+judges each claim with a test at 5% (``benchmarks/_stats.py``).
 
-Runs (all on the digits shards, same budget unless noted):
+Variants (digits shards, digits_joint's batch and iterations unless noted):
 
-* ``joint``: digits_joint (RF generation + label alignment, class weights, cutoff 0.2);
-* ``align_only``: the same without the generation loss (claim 8);
-* ``cutoff05``: joint with cutoff 0.05 instead of 0.2 (claim 10; 5 vs 20 of 100 steps);
-* ``rf_baseline``: digits_rf_baseline, the same decoder without the latent (claim 6);
-* ``cw_on`` / ``cw_off``: alignment only at batch 32 with / without class weights (claim 11);
-* ``ce``: the same image encoder + a linear head trained with cross-entropy (in process).
+* claims: ``joint`` (digits_joint: RF generation + label alignment), ``align_only`` (no
+  generation loss; claim 8), ``cutoff05`` (cutoff 0.05; claim 10), ``rf_baseline`` (the same
+  decoder without the latent; claims 6/9), ``cw_on`` / ``cw_off`` (alignment only at a small
+  batch with / without class weights; claim 11), ``ce`` (the same image encoder + a linear head
+  trained with cross-entropy, in the evaluation job);
+* text: ``digits_text`` trained on the template captions and on the attribute captions
+  (``lzn shards digits --captions attributes``), measured by ``benchmarks/text.py``;
+* the LZN-vs-CE gap: one change of joint each (training α, label-flow steps, cutoff, loss kind,
+  the encoder size), then the iterations × 2 and × 5, each with its CE head at the same encoder
+  size and iterations.
+
+Jobs run in that order (priority), so a run stopped early has the claims first; the report marks
+what did not finish as not run.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
-import shutil
-import subprocess
+import json
 import sys
 import time
 from pathlib import Path
@@ -34,10 +41,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _runs import Job, Variant, run_all, run_dir, sha1, write_recipe, write_result  # noqa: E402
+
+EVAL_VERSION = 1  # bump when an evaluation changes: every job is evaluated again
 FULL = dict(
     iterations=None,  # None: the recipe's own (digits_joint, as `make run` trains it)
     batch_size=None,
     small_batch=16,
+    seeds=(0, 1, 2),
+    text_seeds=(0, 1, 2),
+    text_context=24,  # tokens: the attribute captions need up to 20 (the recipe's 16 cuts them)
     draws=10,
     samples=1000,
     per_class=20,
@@ -50,6 +63,9 @@ QUICK = dict(
     iterations=4,
     batch_size=32,
     small_batch=16,
+    seeds=(0, 1),
+    text_seeds=(0,),
+    text_context=24,
     draws=1,
     samples=100,
     per_class=2,
@@ -58,10 +74,21 @@ QUICK = dict(
     alphas=(0.0, 1.0),
     batch_sizes=(30, 300),
 )
+ITERATION_FACTORS = (2, 5)  # iteration ablation: × the base iterations (400 -> 800 and 2000)
+CAPTION_DATA = {"templates": "digits", "attributes": "digits-attributes"}
 
 
-def variants(cfg: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any], str]]:
-    """name -> (base recipe, {dotted key: value} changes, description)."""
+def base_iterations(cfg: dict[str, Any]) -> int:
+    import yaml
+
+    if cfg["iterations"] is not None:
+        return int(cfg["iterations"])
+    return int(yaml.safe_load((ROOT / "recipes" / "digits_joint.yaml").read_text())["train"]["iterations"])
+
+
+def variants(cfg: dict[str, Any]) -> dict[str, Variant]:
+    """name -> :class:`Variant` (see the module docstring), in the order the jobs run: when the
+    time runs out, the variants at the end are the ones left out (the page says which)."""
     align = {
         "kind": "align",
         "source": "image",
@@ -76,109 +103,141 @@ def variants(cfg: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any], str]]:
     gen = {"kind": "generate", "target": "image", "weight": 1.0, "condition": "label"}
     no_gen = {"tasks": [align], "eval.samples_per_class": 0}
     small = {**no_gen, "train.batch_size": cfg["small_batch"]}
-    return {
-        "joint": ("digits_joint", {}, "RF generation + label alignment (digits_joint)"),
-        "align_only": ("digits_joint", no_gen, "label alignment only, no generation loss"),
-        "cutoff05": ("digits_joint", {"tasks.1.cutoff": 0.05}, "joint, cutoff 0.05 (paper: u = 5 of 100)"),
-        "rf_baseline": (
-            "digits_joint",
+    wide = {"modalities.image.config": {"preset": "digits"}}
+    joint = "digits_joint"
+    small_batch = cfg["small_batch"]
+    v = [
+        # 1. the claims
+        Variant("joint", joint, {}, "RF generation + label alignment (digits_joint)", "full"),
+        Variant("ce", joint, {}, "joint's image encoder + Linear(q→10), cross-entropy", "ce", trains=False),
+        Variant("align_only", joint, no_gen, "label alignment only, no generation loss", "accuracy"),
+        Variant(
+            "cutoff05", joint, {"tasks.1.cutoff": 0.05}, "joint, cutoff 0.05 (paper: u = 5 of 100)", "recon"
+        ),
+        Variant(
+            "rf_baseline",
+            joint,
             {"tasks": [gen], "modalities.image.config.use_latent": False},
             "same decoder, no latent (use_latent: false; recipes/digits_rf_baseline.yaml)",
+            "generation",
         ),
-        "cw_on": ("digits_joint", small, f"alignment only, batch {cfg['small_batch']}, class weights on"),
-        "cw_off": (
-            "digits_joint",
+        Variant("cw_on", joint, small, f"alignment only, batch {small_batch}, class weights on", "accuracy"),
+        Variant(
+            "cw_off",
+            joint,
             {**small, "tasks": [{**align, "class_weights": False}]},
-            f"alignment only, batch {cfg['small_batch']}, class weights off",
+            f"alignment only, batch {small_batch}, class weights off",
+            "accuracy",
         ),
-    }
-
-
-def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d[int(k)] if isinstance(d, list) else d[k]
-    if isinstance(d, list):
-        d[int(keys[-1])] = value
-    else:
-        d[keys[-1]] = value
-
-
-def write_variant(
-    name: str, base: str, changes: dict[str, Any], cfg: dict[str, Any], data: Path, runs: Path, out: Path
-) -> Path:
-    """Write the recipe YAML of a variant (base recipe + changes + benchmark budget) and return its path."""
-    import yaml
-
-    raw = yaml.safe_load((ROOT / "recipes" / f"{base}.yaml").read_text())
-    raw.update(name=name, output_dir=str(runs / name))
-    raw["data"].update(train=str(data / "train-*.tar"), eval=str(data / "test-*.tar"))
-    for key in ("iterations", "batch_size"):
-        if cfg[key] is not None:
-            raw["train"][key] = cfg[key]
-    its = raw["train"]["iterations"]
-    raw["train"].update(eval_every=0, sample_every=0, ckpt_every=0, log_every=max(1, min(10, its // 2)))
-    raw["eval"]["samples_per_class"] = 10
-    if isinstance(raw.get("deepspeed"), str):
-        raw["deepspeed"] = str((ROOT / "recipes" / raw["deepspeed"]).resolve())
-    for key, value in changes.items():
-        _set(raw, key, value)
-    path = out / "recipes" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"# generated by benchmarks/digits.py from recipes/{base}.yaml\n"
-        + yaml.safe_dump(raw, sort_keys=False)
-    )
-    return path
-
-
-def train(name: str, recipe: Path, runs: Path, logs: Path, reuse: bool) -> float | None:
-    """Train one variant in a subprocess; returns its wall time (None when reused)."""
-    digest = hashlib.sha1(recipe.read_bytes()).hexdigest()
-    stamp = runs / name / "bench-recipe.sha1"
-    if reuse and stamp.exists() and stamp.read_text() == digest and (runs / name / "final").exists():
-        print(f"[bench] {name}: reusing {runs / name}", flush=True)
-        return None
-    logs.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(runs / name, ignore_errors=True)  # metrics.jsonl is appended to: start clean
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # 2 threads on a shared box thrash
-        "DS_ACCELERATOR": "cpu",
-        "DS_BUILD_OPS": "0",
-        "PYTHONUNBUFFERED": "1",
-        "TQDM_DISABLE": "1",
-    }
-    print(f"[bench] training {name} ...", flush=True)
-    t0 = time.time()
-    with open(logs / f"{name}.log", "w") as log:
-        rc = subprocess.call(
-            [sys.executable, str(ROOT / "recipes" / "train.py"), "--recipe", str(recipe)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    ]
+    # 2. text on the template and on the attribute captions
+    ctx = {"modalities.text.config.context_length": cfg["text_context"]}
+    for captions, data in CAPTION_DATA.items():
+        what = f"digits_text, {captions} captions"
+        v.append(Variant(f"text_{captions}", "digits_text", ctx, what, "text", data=data, group="text"))
+    # 3. the LZN-vs-CE gap at the base iterations: one change of joint each
+    gap = [
+        ("alpha05", {"tasks.1.alpha": 0.5}, "joint, training α 0.5"),
+        ("alpha0", {"tasks.1.alpha": 0.0}, "joint, training α 0"),
+        ("steps100", {"tasks.1.steps": 100}, "joint, 100 label-flow steps"),
+        ("cutoff50", {"tasks.1.cutoff": 0.5}, "joint, cutoff 0.5"),
+        ("loss_log", {"tasks.1.loss": "log"}, "joint, log loss (Eq. 5)"),
+        ("wide", wide, "joint, image preset digits (nf 32, 2 blocks)"),
+    ]
+    v += [Variant(name, joint, changes, what, "accuracy", group="gap") for name, changes, what in gap]
+    v.append(
+        Variant(
+            "ce_wide", joint, wide, "CE head on the preset-digits encoder", "ce", trains=False, group="gap"
         )
-    if rc != 0:
-        raise SystemExit(f"[bench] training {name} failed (exit {rc}); see {logs / f'{name}.log'}")
-    stamp.write_text(digest)
-    wall = time.time() - t0
-    print(f"[bench] {name}: {wall / 60:.1f} min", flush=True)
-    return wall
+    )
+    # 4. more iterations, each with its CE head at the same iterations
+    for its in iteration_ablation(cfg):
+        longer = {"train.iterations": its}
+        v.append(Variant(f"its{its}", joint, longer, f"joint, {its} iterations", "accuracy", group="gap"))
+        v.append(
+            Variant(f"ce_its{its}", joint, longer, f"CE, {its} iterations", "ce", trains=False, group="gap")
+        )
+    return {x.name: x for x in v}
 
 
+def iteration_ablation(cfg: dict[str, Any]) -> list[int]:
+    """The iterations of the iteration ablation: :data:`ITERATION_FACTORS` × the base."""
+    return [f * base_iterations(cfg) for f in ITERATION_FACTORS]
+
+
+def gap_rows(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(what changes, LZN variant, CE variant at the same encoder size and iterations) per row."""
+    its = base_iterations(cfg)
+    return [
+        ("none (digits_joint)", "joint", "ce"),
+        ("training α 1 -> 0.5", "alpha05", "ce"),
+        ("training α 1 -> 0", "alpha0", "ce"),
+        ("label-flow steps 50 -> 100", "steps100", "ce"),
+        ("cutoff 0.2 -> 0.05", "cutoff05", "ce"),
+        ("cutoff 0.2 -> 0.5", "cutoff50", "ce"),
+        ("loss prob -> log", "loss_log", "ce"),
+        ("generation loss off", "align_only", "ce"),
+        ("encoder tiny -> digits preset", "wide", "ce_wide"),
+        *((f"iterations {its} -> {n}", f"its{n}", f"ce_its{n}") for n in iteration_ablation(cfg)),
+    ]
+
+
+def make_jobs(
+    cfg: dict[str, Any],
+    paths: dict[str, Any],
+    argv: list[str],
+    names: list[str] | None = None,
+    *,
+    write: bool = True,
+) -> list[Job]:
+    """Every (variant, seed) job; ``write``: write the recipes first (seed 0's also into
+    ``out/recipes`` for the page). An evaluation job only reads them (a training may be reading)."""
+    out, runs = paths["out"], paths["runs"]
+    jobs = []
+    eval_settings = {k: v for k, v in cfg.items() if k not in ("seeds", "text_seeds")}
+    for v in variants(cfg).values():
+        if names and v.name not in names:
+            continue
+        for seed in cfg["text_seeds"] if v.measure == "text" else cfg["seeds"]:
+            recipe = runs / "recipes" / f"{v.name}-seed{seed}.yaml"
+            if write:
+                write_recipe(v, seed, cfg, paths["data"], runs, recipe)
+                if seed == 0:
+                    write_recipe(v, 0, cfg, paths["data"], runs, out / "recipes" / f"{v.name}.yaml")
+            key = sha1(json.dumps([EVAL_VERSION, v.measure, eval_settings], sort_keys=True, default=list))
+            jobs.append(
+                Job(
+                    v,
+                    seed,
+                    recipe,
+                    run_dir(runs, v.name, seed),
+                    out / "digits_runs" / v.name / f"seed{seed}.json",
+                    key,
+                    [sys.executable, str(Path(__file__).resolve()), *argv, "--eval-job", v.name, str(seed)],
+                )
+            )
+    return jobs
+
+
+# ----------------------------------------------------------------------------- evaluation (one job)
 def ce_baseline(
     recipe_path: Path, train_xy: tuple[Any, Any], test_xy: tuple[Any, Any], *, seed: int = 0
 ) -> dict[str, float]:
     """The image encoder of a recipe + Linear(q -> classes), trained with cross-entropy.
 
-    Same architecture, batch, iterations, encoder learning rate and warm-up as the recipe;
-    Adam, gradient clip 1.0, no EMA. Returns test accuracy and wall time.
+    Same architecture, batch, iterations, encoder learning rate, warm-up (linear from lr/5000)
+    and gradient clip as the recipe, torch Adam; batches are epochs of a ``seed``-ed permutation
+    (like the loader), the initialisation is ``torch.manual_seed(seed)``. Test accuracy of the
+    plain weights (``accuracy``) and of their EMA with the recipe's decay and warm-up
+    (``accuracy_ema``: the weights the LZN classifier is evaluated with), training-split accuracy,
+    a linear probe on the encoder's q-dim output (``probe_anchor``) and the wall time.
     """
     import torch
 
+    from lzn_core.eval.metrics import linear_probe
     from lzn_core.plugins import get_modality
     from lzn_core.recipe import load_recipe
+    from lzn_core.train.engine import lr_factor
 
     recipe = load_recipe(recipe_path)
     spec = get_modality("image")
@@ -187,172 +246,344 @@ def ce_baseline(
     net = torch.nn.Sequential(
         spec.build_encoder(recipe.modalities["image"].config, q), torch.nn.Linear(q, 10)
     )
+    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     opt = torch.optim.Adam(net.parameters(), lr=tr.lr_for("image", "encoder"))
-    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(1, tr.warmup)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, tr.warmup, None))
     (x, y), gen, t0 = train_xy, torch.Generator().manual_seed(seed), time.time()
-    for _ in range(tr.iterations):
-        idx = torch.randint(0, x.shape[0], (tr.batch_size,), generator=gen)
+    order: list[Any] = []
+    for k in range(tr.iterations):
+        if len(order) < tr.batch_size:
+            order = list(torch.randperm(x.shape[0], generator=gen).split(tr.batch_size))
+            order = [b for b in order if len(b) == tr.batch_size][::-1]  # drop_last, popped from the end
+        idx = order.pop()
         loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), tr.grad_clip or float("inf"))
         opt.step()
-        warm.step()
+        sched.step()
+        decay = min(float(tr.ema or 0.0), (1.0 + k) / (10.0 + k))
+        with torch.no_grad():
+            for name, value in net.state_dict().items():
+                ema[name].mul_(decay).add_(value.detach(), alpha=1 - decay)
+    seconds = time.time() - t0
     net.eval()
     with torch.no_grad():
-        acc = float((net(test_xy[0]).argmax(1) == test_xy[1]).float().mean())
-    return {"accuracy": acc, "seconds": time.time() - t0}
+        res = {
+            "accuracy": float((net(test_xy[0]).argmax(1) == test_xy[1]).float().mean()),
+            "train_accuracy": float((net(x).argmax(1) == y).float().mean()),
+        }
+        feats = [net[0](t).float() for t in (x, test_xy[0])]
+        net.load_state_dict(ema)
+        res["accuracy_ema"] = float((net(test_xy[0]).argmax(1) == test_xy[1]).float().mean())
+    res["probe_anchor"] = linear_probe(feats[0], y, feats[1], test_xy[1])
+    return {**res, "seconds": seconds}
 
 
-def _flat(report: dict[str, Any]) -> dict[str, Any]:
-    """One model's image -> label and image-generation metrics in one dict (the report's layout)."""
-    return {
-        "n_test": report["n_test"],
-        **report["classification"].get("image -> label", {}),
-        **report["generation"].get("image", {}),
-    }
-
-
-def evaluate_runs(cfg: dict[str, Any], runs: Path, data: Path, out: Path) -> dict[str, Any]:
-    """All metrics of the trained variants (see the module docstring)."""
-
+def classifier_metrics(model: Any, test: dict[str, Any], train: dict[str, Any]) -> dict[str, float]:
+    """LZN classifier (α, batch and steps of the recipe's ``eval``) on the test and training splits,
+    and a linear probe on the anchors (train -> test)."""
     from lzn_core.eval import protocol as em
     from lzn_core.eval.metrics import linear_probe
+
+    ecfg = model.recipe.eval
+    out = {}
+    for split, data in (("accuracy", test), ("train_accuracy", train)):
+        pred, _ = em.zonal_predict(
+            model,
+            "image",
+            "label",
+            data["image"],
+            alpha=ecfg.alpha,
+            batch_size=ecfg.batch_size,
+            steps=ecfg.steps,
+        )
+        out[split] = float((pred == data["label"]).float().mean())
+    f_tr, f_te = (em.probe_features(model, "image", t["image"], "anchor") for t in (train, test))
+    out["probe_anchor"] = linear_probe(f_tr, train["label"], f_te, test["label"])
+    return out
+
+
+def _generation_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    g = report["generation"].get("image", {})
+    keys = ("fid", "kid", "kid_std", "fid_real_test_vs_train", "class_consistency", "judge_test_accuracy")
+    return {k: g[k] for k in keys if k in g}
+
+
+def evaluate_job(name: str, seed: int, cfg: dict[str, Any], paths: dict[str, Any]) -> dict[str, Any]:
+    """The metrics of one trained job (what ``variant.measure`` asks for), as a flat-ish dict."""
+    import torch
+
+    from lzn_core.eval import protocol as em
     from lzn_core.eval.report import evaluate, load_split
     from lzn_core.weights import load
 
-    models = {name: load(runs / name / "final") for name in variants(cfg)}
-    joint = models["joint"]
-    test = load_split(joint, str(data / "test-*.tar"))
-    train_ = load_split(joint, str(data / "train-*.tar"))
-    x, y = test["image"], test["label"]
-    res: dict[str, Any] = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
-    res["settings"].update(iterations=joint.recipe.train.iterations, batch_size=joint.recipe.train.batch_size)
-    res["joint"] = _flat(
-        evaluate(
-            joint,
+    v = variants(cfg)[name]
+    torch.set_num_threads(1)
+    recipe = paths["runs"] / "recipes" / f"{name}-seed{seed}.yaml"
+    if v.measure == "text":
+        import text
+
+        grid = paths["out"] / f"{name}.png" if seed == 0 else None  # caption -> images figure of the page
+        return text.measure_run(
+            run_dir(paths["runs"], name, seed) / "final", paths["data"][v.data], seed=seed, grid=grid
+        )
+    shards = paths["data"][v.data]
+    if v.measure == "ce":
+        from lzn_core.model import LZNModel
+        from lzn_core.recipe import load_recipe
+
+        reader = LZNModel(load_recipe(recipe))  # its modalities decode the shards
+        tr, te = (
+            load_split(reader, str(shards / f"{s}-*.tar"), ["image", "label"]) for s in ("train", "test")
+        )
+        return ce_baseline(recipe, (tr["image"], tr["label"]), (te["image"], te["label"]), seed=seed)
+    model = load(run_dir(paths["runs"], name, seed) / "final")
+    test, train = (
+        load_split(model, str(shards / f"{s}-*.tar"), ["image", "label"]) for s in ("test", "train")
+    )
+    res: dict[str, Any] = {}
+    if v.measure in ("full", "accuracy", "recon"):
+        res.update(classifier_metrics(model, test, train))
+    if v.measure in ("full", "generation"):
+        figures = paths["out"] / name if seed == 0 else run_dir(paths["runs"], name, seed) / "eval"
+        report = evaluate(
+            model,
             test,
-            train_,
+            train,
             alphas=cfg["alphas"],
             batch_sizes=cfg["batch_sizes"],
             samples=cfg["samples"],
             per_class=cfg["per_class"],
-            out=out / "joint",
+            recon=0,
+            out=figures,
+            classify=v.measure == "full",
         )
-    )
-    res["rf_baseline"] = _flat(
-        evaluate(
-            models["rf_baseline"],
-            test,
-            train_,
-            samples=cfg["samples"],
-            per_class=cfg["per_class"],
-            out=out / "rf_baseline",
-            classify=False,
-        )
-    )
-    ecfg = joint.recipe.eval
-    for name in ("align_only", "cutoff05", "cw_on", "cw_off"):
-        pred, _ = em.zonal_predict(
-            models[name], "image", "label", x, alpha=ecfg.alpha, batch_size=ecfg.batch_size, steps=ecfg.steps
-        )
-        res[name] = {"accuracy": float((pred == y).float().mean())}
-    xr, yr = x[: cfg["recon_images"]], y[: cfg["recon_images"]]
-    for name in ("joint", "rf_baseline", "cutoff05"):
-        res[name]["recon_error"] = em.reconstruction_error(
-            models[name],
+        res.update(_generation_metrics(report))
+        cls = report["classification"].get("image -> label")
+        if cls:
+            res["sweep"] = {f"{r['alpha']}@{r['batch_size']}": r["accuracy"] for r in cls["sweep"]}
+            res["ood_auroc"] = cls["ood_auroc"]
+            res.update(
+                vote_ece=cls["ece"],
+                vote_mean_confidence=cls["mean_confidence"],
+                vote_draws=cls["vote_setting"]["draws"],
+                vote_alpha=cls["vote_setting"]["alpha"],
+            )
+    if v.measure in ("full", "recon", "generation"):
+        x, y = test["image"][: cfg["recon_images"]], test["label"][: cfg["recon_images"]]
+        res["recon_error"] = em.reconstruction_error(
+            model,
             "image",
-            xr,
-            yr,
-            draws=cfg["draws"] if name != "rf_baseline" else 1,
+            x,
+            y,
+            draws=cfg["draws"] if v.measure != "generation" else 1,
             steps=cfg["recon_steps"],
         )
-    probe = {}
-    for kind in ("backbone", "anchor", "latent0", "latent"):
-        f_tr, f_te = (em.probe_features(joint, "image", t["image"], kind) for t in (train_, test))
-        probe[kind] = linear_probe(f_tr, train_["label"], f_te, y)
-    res["joint"]["linear_probe"] = probe
-    res["figures"] = _figures(models, x, y, cfg, out)
-    res["_tensors"] = {"x": x, "y": y}
+    if v.measure == "full":
+        from lzn_core.eval.metrics import linear_probe
+
+        res["probe"] = {}
+        for kind in ("backbone", "anchor", "latent0", "latent"):
+            f_tr, f_te = (em.probe_features(model, "image", t["image"], kind) for t in (train, test))
+            res["probe"][kind] = linear_probe(f_tr, train["label"], f_te, test["label"])
     return res
 
 
-def _figures(models: dict[str, Any], x: Any, y: Any, cfg: dict[str, Any], out: Path) -> dict[str, str]:
+def eval_main(name: str, seed: int, cfg: dict[str, Any], paths: dict[str, Any]) -> int:
+    """``--eval-job NAME SEED``: evaluate one job and write its result JSON."""
+    jobs = {(j.variant.name, j.seed): j for j in make_jobs(cfg, paths, [], [name], write=False)}
+    job = jobs[(name, seed)]
+    t0 = time.time()
+    metrics = evaluate_job(name, seed, cfg, paths)
+    trained = job.trained() or {}
+    info = {
+        "variant": name,
+        "seed": seed,
+        "recipe_sha1": job.recipe_sha1(),
+        "eval_key": job.eval_key,
+        "train_seconds": trained.get("seconds", metrics.get("seconds")),
+        "train_start": trained.get("start"),
+        "eval_seconds": time.time() - t0,
+        "eval_end": time.time(),
+    }
+    write_result(job.result, info, metrics)
+    return 0
+
+
+# ----------------------------------------------------------------------------- the whole benchmark
+def figures(cfg: dict[str, Any], paths: dict[str, Any], names: list[str]) -> dict[str, str]:
+    """Reconstructions and class-conditional samples of seed 0's ``names`` (joint, rf_baseline)."""
     import torch
     from _digits_report import recon_rows_png, sample_grid_png
 
     from lzn_core.eval import protocol as em
+    from lzn_core.eval.report import load_split
+    from lzn_core.weights import load
 
-    sub, ysub = x[:256], y[:256]  # zone the shown images within a test batch, like the metric
+    models = {n: load(run_dir(paths["runs"], n, 0) / "final") for n in names}
+    test = load_split(models[names[0]], str(paths["data"]["digits"] / "test-*.tar"), ["image", "label"])
+    sub, ysub = test["image"][:256], test["label"][:256]  # zone the shown images within a test batch
     idx = torch.tensor([int((ysub == k).nonzero()[0]) for k in range(10) if bool((ysub == k).any())])
     recs = {}
-    for name in ("joint", "rf_baseline"):
-        m = models[name]
+    for name, m in models.items():
         anchors = m.encode("image", sub)
         z = m.latents(anchors, noise=torch.randn(anchors.shape, generator=torch.Generator().manual_seed(0)))
         with torch.no_grad():
             recs[name] = m.decoders["image"].reconstruct(
                 sub[idx], z[idx], m.condition("label", ysub[idx]), steps=cfg["recon_steps"]
             )
+    out = paths["out"]
     figs = {"recon": str(recon_rows_png(sub[idx], recs, out / "digits_recon.png"))}
-    n = 10 if cfg["per_class"] >= 10 else cfg["per_class"]
-    for name in ("joint", "rf_baseline"):
-        imgs = em.class_samples(models[name], "label", "image", torch.arange(10).repeat_interleave(n), seed=1)
+    n = min(10, cfg["per_class"])
+    for name, m in models.items():
+        imgs = em.class_samples(m, "label", "image", torch.arange(10).repeat_interleave(n), seed=1)
         figs[f"samples_{name}"] = str(sample_grid_png(imgs, n, out / f"digits_samples_{name}.png"))
     return figs
 
 
+def finished(job: Job) -> dict[str, Any] | None:
+    """The job's result when it was written with these evaluation settings (and, when its recipe
+    is on disk, for that recipe); else None (not run, or stale)."""
+    if not job.result.is_file():
+        return None
+    res = json.loads(job.result.read_text())
+    if res.get("eval_key") != job.eval_key:
+        return None
+    if job.recipe.is_file() and res.get("recipe_sha1") != job.recipe_sha1():
+        return None
+    return res
+
+
+def collect(jobs: list[Job]) -> dict[str, Any]:
+    """``{variant: {"description", "group", "measure", "seeds": [finished], "planned": [all],
+    "runs": [result JSON per finished seed]}}`` in the jobs' order; a variant none of whose jobs
+    finished has no runs (the report says "not run")."""
+    per: dict[str, Any] = {}
+    for job in jobs:
+        v = job.variant
+        entry = per.setdefault(
+            v.name,
+            {
+                "description": v.description,
+                "group": v.group,
+                "measure": v.measure,
+                "seeds": [],
+                "planned": [],
+                "runs": [],
+            },
+        )
+        entry["planned"].append(job.seed)
+        res = finished(job)
+        if res is not None:
+            entry["seeds"].append(job.seed)
+            entry["runs"].append(res)
+    return per
+
+
+def trained_model(paths: dict[str, Any], name: str, seed: int = 0) -> Path | None:
+    final = run_dir(paths["runs"], name, seed) / "final"
+    return final if (final / "model.safetensors").is_file() else None
+
+
+def build_report(
+    cfg: dict[str, Any], paths: dict[str, Any], jobs: list[Job], docs: Path | None, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Collect the finished jobs, draw the figures of seed 0's models and write the pages."""
+    from _digits_report import write_report
+
+    res = {
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "iterations": base_iterations(cfg),
+        "variants": collect(jobs),
+        "gap_rows": gap_rows(cfg),
+        **extra,
+    }
+    res["not_run"] = {
+        k: [s for s in v["planned"] if s not in v["seeds"]]
+        for k, v in res["variants"].items()
+        if len(v["seeds"]) < len(v["planned"])
+    }
+    have = [n for n in ("joint", "rf_baseline") if trained_model(paths, n)]
+    res["figures"] = figures(cfg, paths, have) if have else {}
+    out = paths["out"]
+    for v in variants(cfg).values():
+        if v.measure == "text" and (out / f"{v.name}.png").is_file() and v.name in res["variants"]:
+            if res["variants"][v.name]["seeds"][:1] == [0]:
+                res["figures"][v.name] = str(out / f"{v.name}.png")
+    write_report(res, paths["runs"], out, docs)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny settings (minutes): checks the pipeline only")
-    p.add_argument("--reuse", action="store_true", help="skip training a variant whose run is up to date")
-    p.add_argument("--iterations", type=int, help="training iterations of every variant")
-    p.add_argument("--report-only", action="store_true", help="rewrite the markdown from digits.json only")
+    p.add_argument("--reuse", action="store_true", help="resume: keep finished jobs, run the missing ones")
     p.add_argument(
-        "--data", default=str(ROOT / "data" / "digits"), help="digits shards (written when missing)"
+        "--iterations", type=int, help="base training iterations of every variant (default: the recipe's)"
+    )
+    p.add_argument("--seeds", type=int, help="seeds per digits variant (default 3)")
+    p.add_argument("--text-seeds", type=int, help="seeds per caption set (default 3)")
+    p.add_argument("--jobs", type=int, default=2, help="jobs at a time (default 2: one per core)")
+    p.add_argument("--only", nargs="*", help="run only these variants (the page marks the others not run)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no training: write the pages from the finished jobs' results (same settings as the run)",
+    )
+    p.add_argument(
+        "--data", default=str(ROOT / "data"), help="folder of the digits shard folders (written when missing)"
     )
     p.add_argument("--runs", default=None, help="run directories (default runs/bench[-quick])")
     p.add_argument("--out", default=None, help="results (default benchmarks/results[/quick])")
-    p.add_argument("--docs", default=None, help="markdown report (default docs/results.md; not in --quick)")
+    p.add_argument("--docs", default=None, help="markdown page (default docs/results.md; not in --quick)")
+    p.add_argument("--eval-job", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.iterations:
         cfg["iterations"] = args.iterations
-    runs = Path(args.runs or ROOT / ("runs/bench-quick" if args.quick else "runs/bench"))
+    if args.seeds:
+        cfg["seeds"] = tuple(range(args.seeds))
+    if args.text_seeds:
+        cfg["text_seeds"] = tuple(range(args.text_seeds))
     out = Path(args.out or ROOT / "benchmarks" / "results" / ("quick" if args.quick else ""))
+    paths = {
+        "out": out,
+        "runs": Path(args.runs or ROOT / ("runs/bench-quick" if args.quick else "runs/bench")),
+        "data": {key: Path(args.data) / key for key in CAPTION_DATA.values()},
+    }
     docs = Path(args.docs) if args.docs else (None if args.quick else ROOT / "docs" / "results.md")
-    data = Path(args.data)
+    unknown = sorted(set(args.only or ()) - set(variants(cfg)))
+    if unknown:
+        raise SystemExit(
+            f"--only: unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants(cfg))}"
+        )
+    if args.eval_job:
+        return eval_main(args.eval_job[0], int(args.eval_job[1]), cfg, paths)
     if args.report_only:
-        from _digits_report import rewrite_docs
-
-        rewrite_docs(out, docs or ROOT / "docs" / "results.md")
+        res = build_report(cfg, paths, make_jobs(cfg, paths, argv, write=False), docs, {})
+        print(
+            f"[bench] pages written from {sum(len(v['runs']) for v in res['variants'].values())} finished jobs"
+        )
         return 0
     t0 = time.time()
-    if not list(data.glob("train-*.tar")):
-        from lzn_core.data.digits import write_digits
+    from lzn_core.data.digits import write_digits
 
-        write_digits(data, progress=False)
-    walls = {}
-    for name, (base, changes, _) in variants(cfg).items():
-        recipe = write_variant(name, base, changes, cfg, data, runs, out)
-        walls[name] = train(name, recipe, runs, out / "logs", args.reuse)
-    res = evaluate_runs(cfg, runs, data, out)
-    from lzn_core.eval.report import load_split
-    from lzn_core.weights import load
-
-    joint = load(runs / "joint" / "final")
-    tr, te = load_split(joint, str(data / "train-*.tar")), load_split(joint, str(data / "test-*.tar"))
-    res["ce"] = ce_baseline(
-        out / "recipes" / "joint.yaml", (tr["image"], tr["label"]), (te["image"], te["label"])
+    for captions, key in CAPTION_DATA.items():
+        if not list(paths["data"][key].glob("train-*.tar")):
+            write_digits(paths["data"][key], captions=captions, progress=False)
+    jobs = make_jobs(cfg, paths, argv)  # an evaluation job parses the same arguments (same settings)
+    chosen = [j for j in jobs if not args.only or j.variant.name in args.only]
+    failed = run_all(chosen, out / "logs", reuse=args.reuse, parallel=args.jobs)
+    extra = {"invocation_minutes": round((time.time() - t0) / 60, 1), "reused": bool(args.reuse)}
+    build_report(cfg, paths, jobs, docs, extra)
+    print(
+        f"[bench] done in {round((time.time() - t0) / 60, 1)} min: {out / 'digits.json'}"
+        + (f", {docs}" if docs else "")
     )
-    res.pop("_tensors")
-    res["train_minutes"] = {k: (round(v / 60, 2) if v else None) for k, v in walls.items()}
-    res["descriptions"] = {k: v[2] for k, v in variants(cfg).items()}
-    res["wall_minutes"] = round((time.time() - t0) / 60, 1)
-    from _digits_report import write_report
-
-    write_report(res, runs, out, docs)
-    print(f"[bench] done in {res['wall_minutes']} min: {out / 'digits.json'}" + (f", {docs}" if docs else ""))
+    if failed:
+        raise SystemExit("[bench] failed jobs:\n  " + "\n  ".join(failed))
     return 0
 
 

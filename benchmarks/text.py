@@ -19,8 +19,25 @@ class the label flow reads from z (PAPER §1.4, case 3):
   training-split pixels judges the class of each generated image.
 * ``label_flow_accuracy`` / ``text_to_label``: ``"image -> label"`` / ``"text -> label"``.
 
-Writes ``benchmarks/results/text.json``, ``text.md`` (the page) and ``text.png`` (one test
-caption per digit -> images drawn from its zone).
+With attribute captions (``lzn shards digits --captions attributes``: per-class terciles of
+stroke weight, slant, width and horizontal position, :mod:`lzn_core.data.digits`) the captions
+say more than the class, and these metrics ask whether text and image share more than it (an
+attribute agrees when the level a caption states is the level the pixel statistics give; chance
+is about 1/3 per attribute):
+
+* ``retrieval_attributes`` (``_bank``): share of the attributes of the retrieved caption that
+  agree with the image's own; ``retrieval_exact``: the class and all four agree;
+  ``retrieval_attributes_chance``: the same for a random test caption of the right class (what
+  class agreement alone gives);
+* ``caption_generation_attributes``: the same for the generated caption;
+* ``caption_to_image_attributes`` (``_alpha0``): the images generated from each test caption
+  (caption latents at ``--gen-alpha``, and at the zone centre) judged by the same pixel
+  statistics (cut points fitted on the training split) against the caption's attributes;
+  ``caption_to_image_attributes_chance``: a random real training image of the caption's class.
+
+Writes ``--out`` (JSON), a page next to it (``.md``) and a figure (``.png``: one test caption per
+digit -> images drawn from its zone). ``benchmarks/digits.py`` trains digits_text on both caption
+sets with several seeds and writes ``benchmarks/results/text.md`` (the table: :func:`suite_table`).
 """
 
 from __future__ import annotations
@@ -33,7 +50,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from lzn_core.data.digits import ATTRIBUTES, DigitAttributes, caption_attributes, ink_of
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -97,12 +117,37 @@ def image_latents(model: Any, name: str, batch: Any, alpha: float, seed: int) ->
     return model.latents(anchors, alpha=alpha, noise=noise)
 
 
-def fit_judge(model: Any, pattern: str) -> Any:
-    """SVC on the raw pixels of the real training-split digits (independent of the model)."""
+def fit_judge(model: Any, pattern: str) -> tuple[Any, DigitAttributes, torch.Tensor, torch.Tensor]:
+    """Judges independent of the model, fitted on the real training-split digits: an SVC on the raw
+    pixels (the class) and the attribute cut points (:class:`DigitAttributes`); and those digits."""
     from sklearn.svm import SVC
 
     x, y, _ = test_split(model, pattern)
-    return SVC(gamma="scale").fit(x.flatten(1).numpy(), y.numpy())
+    svc = SVC(gamma="scale").fit(x.flatten(1).numpy(), y.numpy())
+    return svc, DigitAttributes.fit(ink_of(x), y.numpy()), x, y
+
+
+def stated_levels(captions: list[str]) -> np.ndarray:
+    """(n, len(ATTRIBUTES)) levels the captions state; −1 where a caption states none."""
+    return np.array([[caption_attributes(c).get(k, -1) for k in ATTRIBUTES] for c in captions]).reshape(
+        len(captions), len(ATTRIBUTES)
+    )
+
+
+def agreement(levels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Share of agreeing attributes (``all``) and per attribute; a missing level (−1) disagrees."""
+    hit = (levels == truth) & (truth >= 0)
+    return {
+        "all": round(float(hit.mean()), 4),
+        **{k: round(float(hit[:, j].mean()), 4) for j, k in enumerate(ATTRIBUTES)},
+    }
+
+
+def class_chance(truth: np.ndarray, y: np.ndarray, pool: np.ndarray, pool_y: np.ndarray) -> float:
+    """Expected attribute agreement of row i of ``truth`` with a random row of ``pool`` of its class
+    (``y[i]``): what agreeing on the class alone gives."""
+    total = sum(float((pool[pool_y == y[i]] == truth[i]).mean()) for i in range(len(y)))
+    return round(total / len(y), 4)
 
 
 @torch.no_grad()
@@ -131,11 +176,11 @@ def measure(model: Any, args: argparse.Namespace, split: Split) -> dict[str, Any
     gen = compose("image -> text", model=model)(x, alpha=args.alpha, **seed)
     out["caption_generation"] = _acc([named_digit(c) for c in gen], y)
     out["examples"] = [
-        {"label": int(k), "generated": g, "retrieved": r}
-        for k, g, r in list(zip(y.tolist(), gen, ret, strict=True))[:10]
+        {"label": int(k), "caption": c, "generated": g, "retrieved": r}
+        for k, c, g, r in list(zip(y.tolist(), captions, gen, ret, strict=True))[:10]
     ]
     samples = compose("text -> image", model=model)(captions, alpha=args.gen_alpha, **seed)
-    judge = fit_judge(model, args.train_shards)
+    judge, attrs, x_train, y_train = fit_judge(model, args.train_shards)
     judged = judge.predict(samples.float().flatten(1).numpy())
     out["caption_to_image"] = _acc(judged.tolist(), y)
     out["judge_accuracy_on_real_test"] = _acc(judge.predict(x.flatten(1).numpy()).tolist(), y)
@@ -143,6 +188,26 @@ def measure(model: Any, args: argparse.Namespace, split: Split) -> dict[str, Any
     out["label_flow_accuracy"] = _acc(pred.tolist(), y)
     text_pred = compose("text -> label", model=model)(captions, alpha=args.alpha, **seed).labels
     out["text_to_label"] = _acc(text_pred.tolist(), y)
+    truth = stated_levels(captions)
+    if (truth >= 0).all():  # attribute captions: does the shared latent carry more than the class?
+        yn = y.numpy()
+        out["judge_attributes_on_real_test"] = agreement(attrs.levels(ink_of(x), yn), truth)["all"]
+        by = {"retrieval_attributes": ret, "caption_generation_attributes": gen}
+        if bank:
+            by["retrieval_attributes_bank"] = ret_bank
+        for key, caps in by.items():
+            out[key] = agreement(stated_levels(caps), truth)
+        hit = (stated_levels(ret) == truth).all(1) & (np.array([named_digit(c) for c in ret]) == yn)
+        out["retrieval_exact"] = round(float(hit.mean()), 4)
+        out["retrieval_attributes_chance"] = class_chance(truth, yn, truth, yn)
+        zero = compose("text -> image", model=model)(captions, alpha=0.0, **seed)
+        for key, imgs in (
+            ("caption_to_image_attributes", samples),
+            ("caption_to_image_attributes_alpha0", zero),
+        ):
+            out[key] = agreement(attrs.levels(ink_of(imgs), yn), truth)
+        real = attrs.levels(ink_of(x_train), y_train.numpy())
+        out["caption_to_image_attributes_chance"] = class_chance(truth, yn, real, y_train.numpy())
     return out
 
 
@@ -192,7 +257,30 @@ METRICS = (  # (key, what, goal)
     ("caption_to_image", "text -> image: the SVC judge calls the generated image the caption's digit", 0.9),
     ("label_flow_accuracy", "image -> label (label flow, no CE head)", None),
     ("text_to_label", "text -> label", None),
+    ("retrieval_attributes", "image -> text retrieval: attributes of the retrieved caption that agree", None),
+    ("retrieval_attributes_chance", "the same for a random test caption of the right class", None),
+    ("retrieval_exact", "image -> text retrieval: class and all four attributes agree", None),
+    (
+        "retrieval_attributes_bank",
+        "retrieval over the bank of training captions: attributes that agree",
+        None,
+    ),
+    ("caption_generation_attributes", "image -> text generation: attributes that agree", None),
+    (
+        "caption_to_image_attributes",
+        "text -> image (caption zone sample): the image's attributes agree",
+        None,
+    ),
+    ("caption_to_image_attributes_alpha0", "the same from the caption's zone centre (α 0)", None),
+    ("caption_to_image_attributes_chance", "a random real training image of the caption's class", None),
 )
+
+
+def scalar(value: Any) -> float | None:
+    """A metric as one number: an attribute agreement dict gives its ``all``."""
+    if isinstance(value, dict):
+        return value.get("all")
+    return value
 
 
 def training_run(model_dir: Path) -> dict[str, Any]:
@@ -220,7 +308,7 @@ def report(results: dict[str, Any], model: Any, path: Path) -> Path:
         "|---|---|---|---|",
     ]
     for key, what, goal in METRICS:
-        got = results.get(key)
+        got = scalar(results.get(key))
         if got is None:
             continue
         mark = "" if goal is None else (" (met)" if got >= goal else " (not met)")
@@ -243,6 +331,82 @@ def report(results: dict[str, Any], model: Any, path: Path) -> Path:
     return path
 
 
+def measure_run(
+    model_dir: Path, shards: Path, *, seed: int = 0, grid: Path | None = None, steps: int = 100
+) -> dict[str, Any]:
+    """Every metric of one trained digits_text model on ``shards`` (test split; judges fitted on the
+    training split), with this module's defaults; ``grid``: also draw the caption -> image figure."""
+    import lzn_core
+
+    args = argparse.Namespace(
+        alpha=0.0, gen_alpha=1.0, steps=steps, seed=seed, per_row=8, train_shards=str(shards / "train-*.tar")
+    )
+    model = lzn_core.load(model_dir)
+    split = test_split(model, str(shards / "test-*.tar"))
+    out = measure(model, args, split)
+    if grid is not None:
+        out.update(caption_grid(model, args, split, grid))
+    return out
+
+
+SUITE_ROWS = (  # (metric, what, chance / class-only reference key or None)
+    ("retrieval_r1", "image -> text retrieval R@1, class named by the retrieved caption", None),
+    ("text_to_label", "text -> label", None),
+    ("label_flow_accuracy", "image -> label", None),
+    ("caption_to_image", "text -> image, class (SVC judge)", None),
+    ("caption_generation", "image -> text generation, class named", None),
+    (
+        "retrieval_attributes",
+        "image -> text retrieval: attributes agreeing (of 4)",
+        "retrieval_attributes_chance",
+    ),
+    ("retrieval_exact", "image -> text retrieval: class and all 4 attributes", None),
+    ("retrieval_attributes_bank", "retrieval over the training-caption bank: attributes agreeing", None),
+    (
+        "caption_generation_attributes",
+        "image -> text generation: attributes agreeing",
+        "retrieval_attributes_chance",
+    ),
+    (
+        "caption_to_image_attributes",
+        "text -> image (zone sample, α 1): image attributes agreeing",
+        "caption_to_image_attributes_chance",
+    ),
+    (
+        "caption_to_image_attributes_alpha0",
+        "text -> image (zone centre, α 0): image attributes agreeing",
+        "caption_to_image_attributes_chance",
+    ),
+)
+
+
+def suite_table(sets: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Markdown rows: each metric, mean ± std over seeds per caption set, the class-only reference
+    (attribute rows) and the test of attributes against it (Welch, 5%)."""
+    from _stats import directional, summary, welch
+
+    names = list(sets)
+    head = ["metric", *(f"{n} captions" for n in names), "class-only reference", "attributes vs reference"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, what, ref in SUITE_ROWS:
+        cells = []
+        for n in names:
+            vals = [scalar(r.get(key)) for r in sets[n]]
+            cells.append(summary([v for v in vals if v is not None]).text(".1f", 100, "%"))
+        if all(c == "–" for c in cells):
+            continue
+        ref_cell, verdict = "–", "–"
+        attr_runs = sets.get("attributes", [])
+        if ref is not None and attr_runs:
+            refs = [scalar(r.get(ref)) for r in attr_runs]
+            got = [scalar(r.get(key)) for r in attr_runs]
+            ref_cell = summary(refs).text(".1f", 100, "%")
+            t = welch(got, refs)
+            verdict = directional(t, 1).replace("reproduces", "above the reference")
+        lines.append(f"| {what} (`{key}`) | " + " | ".join(cells) + f" | {ref_cell} | {verdict} |")
+    return lines
+
+
 def _acc(pred: list[int], y: torch.Tensor) -> float:
     return round(float((torch.tensor(pred) == y).float().mean()), 4)
 
@@ -263,7 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100, help="reverse-flow steps of retrieval")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-row", type=int, default=8, help="images per caption in the caption -> image grid")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text.json"))
+    p.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "text_model.json"),
+        help="JSON of this model (benchmarks/digits.py writes text.md: both caption sets, several seeds)",
+    )
     p.add_argument("overrides", nargs="*", help="recipe key=value overrides (with --train)")
     args = p.parse_args(argv)
     import lzn_core

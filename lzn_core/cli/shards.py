@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..data.convert import load_function, map_split, write_captions, write_cifar10, write_folder
-from ..data.digits import write_digits
+from ..data.digits import CAPTION_SETS, write_digits
 
 HELP = "build webdataset shards: digits, cifar10, folder, captions; map: add a key to shards"
 
@@ -21,6 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--test-size", type=int, default=300, help="test images (stratified; default 300)")
     p.add_argument("--seed", type=int, default=0, help="split and caption seed (default 0)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument(
+        "--captions",
+        choices=CAPTION_SETS,
+        default="templates",
+        help="templates: the digit's name ('a handwritten seven', default); attributes: the digit and what "
+        "its pixels show, per-class terciles of stroke weight, slant, width, position ('a thin, upright, "
+        "narrow 7, left of centre')",
+    )
     p = sub.add_parser("cifar10", parents=[common], help="the official cifar-10-python.tar.gz")
     p.add_argument("tarball", help="path to cifar-10-python.tar.gz")
     p.add_argument("out", help="output directory, e.g. data/cifar10")
@@ -62,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     progress = None if not args.no_progress else False
     kw = {"shard_size": args.shard_size, "progress": progress}
     if args.source == "digits":
-        meta = write_digits(args.out, test_size=args.test_size, seed=args.seed, **kw)
+        meta = write_digits(args.out, test_size=args.test_size, seed=args.seed, captions=args.captions, **kw)
     elif args.source == "cifar10":
         meta = write_cifar10(args.tarball, args.out, **kw)
     elif args.source == "map":
