@@ -231,6 +231,23 @@ def resolve_model_dir(path: str | Path) -> Path:
     )
 
 
+def read_recipe_mapping(folder: Path) -> dict[str, Any]:
+    """The recipe YAML of an exported model folder as a mapping (not yet validated).
+
+    Raises:
+        LZNError: the file is not YAML, or holds something other than a mapping.
+    """
+    try:
+        data = yaml.safe_load((folder / RECIPE).read_text())
+    except yaml.YAMLError as exc:
+        raise LZNError(f"{folder / RECIPE} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise LZNError(
+            f"{folder / RECIPE} must hold a recipe mapping, got {type(data).__name__}; re-export the model"
+        )
+    return data
+
+
 def load(path: str | Path, *, device: str = "cpu") -> LZNModel:
     """Rebuild an ``LZNModel`` from ``model.safetensors`` + ``recipe.yaml`` (eval mode).
 
@@ -244,13 +261,7 @@ def load(path: str | Path, *, device: str = "cpu") -> LZNModel:
         LZNError: a file is corrupt or the weights do not match the recipe.
     """
     path = resolve_model_dir(path)
-    try:
-        data = yaml.safe_load((path / RECIPE).read_text())
-    except yaml.YAMLError as exc:
-        raise LZNError(f"{path / RECIPE} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise LZNError(f"{path / RECIPE} must hold a recipe mapping, got {type(data).__name__}")
-    recipe = validate_recipe(data, path / RECIPE)
+    recipe = validate_recipe(read_recipe_mapping(path), path / RECIPE)
     state = _read_safetensors(path / WEIGHTS, device)
     model = LZNModel(recipe)
     model.load_weights(state)

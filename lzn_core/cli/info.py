@@ -17,15 +17,11 @@ import argparse
 import json
 import textwrap
 import warnings
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..errors import LZNError
 from ..hub.pretrained import CARD, model_dir
 from ..plugins import PluginRegistry, PluginWarning
-from ..weights import INFO, RECIPE, load, model_info, read_info
+from ..weights import INFO, RECIPE, load, model_info, read_info, read_recipe_mapping
 
 HELP = "show what a model is: modalities, plugins and versions, latent, compose edges, training, metrics"
 
@@ -45,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     folder = model_dir(args.model, revision=args.revision, files=(RECIPE, INFO, CARD))  # not the weights
-    recipe = _read_recipe(folder)
+    recipe = read_recipe_mapping(folder)
     info, computed = read_info(folder), False
     if info is None:  # an export older than info.json: build the model to describe it
         metrics = folder.parent / "metrics.jsonl" if folder.name == "final" else None
@@ -55,16 +51,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(describe(info, recipe, str(args.model), computed=computed))
     return 0
-
-
-def _read_recipe(folder: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load((folder / RECIPE).read_text())
-    except yaml.YAMLError as exc:
-        raise LZNError(f"{folder / RECIPE} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise LZNError(f"{folder / RECIPE} must hold a recipe mapping; re-export the model")
-    return data
 
 
 def describe(info: dict[str, Any], recipe: dict[str, Any], where: str, *, computed: bool = False) -> str:
