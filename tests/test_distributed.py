@@ -142,22 +142,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one(tmp_path: Path) -> None:
+def _run_worlds(runs: list[tuple[int, list[str]]], tmp_path: Path, timeout: int) -> None:
+    """Start every (world size, extra worker arguments) run, each rank a process of this file with
+    its own port, all at once; wait for all and fail with the output of one that failed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"}
     procs = []
-    for world in (1, 2):
+    for world, extra in runs:
         port = _free_port()
         for rank in range(world):
-            cmd = [sys.executable, __file__, str(rank), str(world), str(port), str(tmp_path)]
+            cmd = [sys.executable, __file__, str(rank), str(world), str(port), str(tmp_path), *extra]
             procs.append(
                 subprocess.Popen(
                     cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
                 )
             )
     for p in procs:
-        out, _ = p.communicate(timeout=300)
+        out, _ = p.communicate(timeout=timeout)
         assert p.returncode == 0, out[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path: Path) -> None:
+    _run_worlds([(1, []), (2, [])], tmp_path, timeout=300)
     one, two = (torch.load(tmp_path / f"world{w}.pt", weights_only=True) for w in (1, 2))
     assert one["names"] == two["names"] == ["gen_image", "align_image_label"]
     torch.testing.assert_close(two["terms"], one["terms"], rtol=1e-5, atol=1e-7)
@@ -201,29 +207,7 @@ def test_two_ranks_of_micro_batches_equal_one_rank_of_the_whole_batch(tmp_path: 
       ZeRO 0 in float32 (its reduction refuses float64): to the float32 tolerance of the one-pass
       2-vs-1 comparison above (measured ~3e-5; the flow's τ = 1e-4 start amplifies rounding).
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"}
-    procs = []
-    for mode, world, micro in PASS_RUNS:
-        port = _free_port()
-        for rank in range(world):
-            cmd = [
-                sys.executable,
-                __file__,
-                str(rank),
-                str(world),
-                str(port),
-                str(tmp_path),
-                mode,
-                str(micro),
-            ]
-            procs.append(
-                subprocess.Popen(
-                    cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-                )
-            )
-    for p in procs:
-        out, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, out[-3000:]
+    _run_worlds([(world, [mode, str(micro)]) for mode, world, micro in PASS_RUNS], tmp_path, timeout=600)
     got = {(m, w, k): torch.load(tmp_path / f"{m}-{w}-{k}.pt", weights_only=True) for m, w, k in PASS_RUNS}
     tolerance = {"float64": (1e-10, 1e-12), "zero1": (1e-6, 1e-12), "zero0": (5e-4, 1e-5)}
     for (mode, _, micro), run in got.items():
