@@ -344,6 +344,14 @@ def _errorbar_points(ax: Any, y: float, values: list[float], color: str, label: 
     ax.plot([100 * v for v in values], [y] * len(values), "|", color=color, alpha=0.6, markersize=8)
 
 
+def _saved(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write at 100 dpi and close a figure; returns its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def sweep_png(res: dict[str, Any], path: Path) -> Path:
     """Accuracy against α, one line per inference batch size: mean ± std over the seeds."""
     plt = _plt()
@@ -365,10 +373,7 @@ def sweep_png(res: dict[str, Any], path: Path) -> Path:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(plt, fig, path)
 
 
 def claims_png(res: dict[str, Any], path: Path) -> Path:
@@ -382,10 +387,7 @@ def claims_png(res: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("test accuracy (%)")
     ax.set_title("claim variants: mean ± std over seeds, ticks = seeds", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(plt, fig, path)
 
 
 def gap_png(res: dict[str, Any], path: Path) -> Path:
@@ -406,10 +408,7 @@ def gap_png(res: dict[str, Any], path: Path) -> Path:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(plt, fig, path)
 
 
 def text_png(res: dict[str, Any], path: Path) -> Path:
@@ -443,10 +442,7 @@ def text_png(res: dict[str, Any], path: Path) -> Path:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(plt, fig, path)
 
 
 def losses_png(runs: Path, names: list[str], path: Path) -> Path:
@@ -469,10 +465,7 @@ def losses_png(runs: Path, names: list[str], path: Path) -> Path:
             ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- pages
