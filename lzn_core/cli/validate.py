@@ -1,8 +1,8 @@
 """``lzn validate RECIPE [key=value ...]``: check a recipe without training.
 
 Resolves the plugins, validates every section (all problems at once, with field paths), and
-checks what would otherwise fail only at train time: data patterns that match nothing and the
-DeepSpeed config.
+checks what would otherwise fail only at train time: data patterns that match nothing (for a
+URL pattern: a HEAD request for its first and last shard) and the DeepSpeed config.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..data import expand_pattern
+from ..data._remote import head, is_url
 from ..errors import DataError, RecipeError
 from ..recipe import Recipe, load_recipe, resolve_recipe_path
 from ..recipe.problems import format_problems
@@ -31,16 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def data_problems(recipe: Recipe) -> list[str]:
-    """``data.train`` / ``data.eval`` patterns that match no shard, as problem lines."""
+    """``data.train`` / ``data.eval`` patterns that match no shard, as problem lines.
+
+    A URL pattern is not globbed: its first and last shard are asked for with one HEAD request
+    each (10 s timeout), which finds a wrong host, bucket, path or range end without downloading.
+    """
     problems = []
     for field in ("train", "eval"):
         pattern = getattr(recipe.data, field)
         if pattern is None:
             continue
         try:
-            expand_pattern(pattern)
+            names = expand_pattern(pattern)
         except DataError as exc:
             problems.append(f"data.{field}: {exc}")
+            continue
+        if is_url(pattern):
+            for url in dict.fromkeys([names[0], names[-1]]):
+                why = head(url)
+                if why is not None:
+                    problems.append(
+                        f"data.{field}: {url}: {why} ({len(names)} shards in the pattern; "
+                        "--skip-data skips this check)"
+                    )
     return problems
 
 

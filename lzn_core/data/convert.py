@@ -37,6 +37,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, LZNWarning
+from . import _remote
+from ._shardset import iter_shard_samples, resolve
 from .shards import Sample, make_sample, png_bytes, read_json, stage_split, write_meta
 
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -434,7 +436,8 @@ def map_split(
     source: str = "",
 ) -> dict[str, Any]:
     """Run ``fn(key, {ext: bytes}) -> {ext: bytes}`` over every sample of the shards matching ``pattern``
-    and write the samples with the returned keys added (or replaced) as ``OUT/{split}-*.tar``.
+    (local, or a URL pattern read through the shard cache) and write the samples with the returned
+    keys added (or replaced) as ``OUT/{split}-*.tar``.
 
     The shards are read in order with webdataset's streaming stages; the output is staged and
     committed all or nothing, so ``OUT`` may be the shards' own directory. ``meta.json`` keeps
@@ -447,15 +450,14 @@ def map_split(
         DataError: a shard cannot be read to its end, or ``fn`` returns something that is not
             ``{ext: bytes}`` (named by the sample's key).
     """
-    from ._shardset import expand_pattern, iter_shard_samples
-
-    paths = expand_pattern(pattern)
+    found = resolve(pattern)  # a URL pattern is fetched into the shard cache (every shard, or an error)
+    paths = [f for f in found.files if f is not None]
 
     def stop(exc: Exception) -> bool:
         raise DataError(f"{pattern!r}: cannot read a shard to its end ({exc}); nothing was written") from exc
 
     def samples() -> Iterator[Sample]:
-        for s in iter_shard_samples(paths, stop):
+        for s in iter_shard_samples(paths, stop, found.names):
             key = s["__key__"]
             fields = {k: v for k, v in s.items() if not k.startswith("__")}
             extra = fn(key, dict(fields))
@@ -468,7 +470,13 @@ def map_split(
             yield key, {**fields, **extra}
 
     out = Path(out)
-    classes = read_json(Path(paths[0]).parent / "meta.json").get("classes")
+    if _remote.is_url(pattern):
+        meta, _ = _remote.read_optional_json(
+            _remote.dir_url(found.names[0]) + "meta.json", _remote.cache_dir()
+        )
+        classes = (meta or {}).get("classes") if isinstance(meta, dict) else None
+    else:
+        classes = read_json(Path(paths[0]).parent / "meta.json").get("classes")
     with stage_split(out, split, samples(), shard_size=shard_size, progress=progress) as st:
         n = sum(st.commit().values())
     return write_meta(

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import DataError
 from ..modality import ModalitySpec
+from . import _remote
 from ._shardset import (
     CorruptSampleWarning,
     ShardSet,
@@ -53,6 +54,7 @@ from ._shardset import (
     dir_listing,
     expand_pattern,
     iter_shard_samples,
+    resolve,
 )
 
 __all__ = ["CorruptSampleWarning", "LoaderState", "ShardLoader", "expand_pattern", "iter_raw", "loader"]
@@ -287,19 +289,26 @@ class ShardLoader:
         with_keys: bool,
         report_every: int,
         replace_bad: bool,
+        cache_dir: str | None = None,
     ) -> None:
         if not modalities:
             raise ValueError("loader needs at least one modality ({name: ModalitySpec})")
         self.pattern, self.modalities, self.configs = str(pattern), dict(modalities), dict(configs)
         self.num_workers, self.infinite, self.with_keys = num_workers, infinite, with_keys
         self.report_every, self.replace_bad = report_every, replace_bad
-        self._set = ShardSet(self.pattern)
+        self._set = ShardSet(
+            self.pattern, cache_dir=cache_dir, rank=plan_kw["rank"], world_size=plan_kw["world_size"]
+        )
         self.shards = self._set.paths
         self.num_samples = self._set.num_samples
         if self.num_samples == 0:
             raise DataError(
-                f"shard set {self.pattern!r} is empty (0 samples in {len(self.shards)} shard(s)); "
-                + dir_listing(Path(os.path.dirname(self.pattern) or "."))
+                f"shard set {self.pattern!r} is empty (0 samples in {len(self.shards)} shard(s))"
+                + (
+                    ""
+                    if _remote.is_url(self.pattern)
+                    else "; " + dir_listing(Path(os.path.dirname(self.pattern) or "."))
+                )
             )
         self._plan = _Plan(num_samples=self.num_samples, **plan_kw)
         if self._plan.steps_per_epoch == 0:
@@ -415,11 +424,15 @@ def loader(
     with_keys: bool = False,
     report_every: int = 100,
     replace_bad: bool = True,
+    cache_dir: str | None = None,
 ) -> ShardLoader:
     """Batches of the shards matching ``pattern``, decoded by ``modalities``.
 
     Args:
-        pattern: glob (``data/digits/train-*.tar``) or brace range (``train-{000000..000049}.tar``).
+        pattern: glob (``data/digits/train-*.tar``) or brace range (``train-{000000..000049}.tar``),
+            or a URL with brace ranges (``https://host/data/train-{000000..000049}.tar``, ``s3://``):
+            its shards are downloaded into the cache first (retried, then skipped and counted like
+            corrupt samples where ``sizes.json`` gives their count; see docs/data.md).
         modalities: ``{recipe modality name: ModalitySpec}``; only their ``shard_keys`` are read
             (the first key a sample has), decoded by ``spec.decode_sample`` and batched by ``spec.collate``.
         batch_size: PER-RANK batch size; the caller passes ``global_batch // world_size``.
@@ -439,13 +452,14 @@ def loader(
         report_every: warn at the first skipped sample and every ``report_every``-th.
         replace_bad: replace a bad sample by the first good one from ``G`` positions on (every
             batch full; see the module docstring); False drops it (shorter batches).
+        cache_dir: where URL shards are cached (default: ``$WIDS_CACHE``, else ``/tmp/_wids_cache``).
 
     Returns:
         a :class:`ShardLoader`: iterate it for ``{name: batch}``; ``state()`` for checkpoints.
 
     Raises:
-        DataError: no shard matches, a listed shard is missing or not a tar file, the shard set
-            is empty, fewer samples than one global batch (with ``drop_last``); while iterating:
+        DataError: no shard matches, a listed shard is missing or not a tar file, a URL shard
+            could not be downloaded and ``sizes.json`` does not give its count, the shard set is empty, fewer samples than one global batch (with ``drop_last``); while iterating:
             no sample can be decoded.
         ValueError: bad ``batch_size``, ``rank``/``world_size`` or ``num_workers``.
     """
@@ -473,6 +487,7 @@ def loader(
         with_keys=with_keys,
         report_every=report_every,
         replace_bad=replace_bad,
+        cache_dir=cache_dir,
     )
     ld.epoch = epoch
     if resume_from is not None:
@@ -480,14 +495,19 @@ def loader(
     return ld
 
 
-def iter_raw(pattern: str, keys: tuple[str, ...]) -> Iterator[bytes]:
+def iter_raw(pattern: str, keys: tuple[str, ...], *, cache_dir: str | None = None) -> Iterator[bytes]:
     """Raw values of the first of ``keys`` each sample of the shards matching ``pattern`` has,
     in shard order, read by webdataset's streaming stages (samples without any of the keys are
     passed over; a damaged shard is read up to the damage, with a warning, and a count that
-    differs from ``sizes.json`` is warned about). For ``spec.prepare``."""
+    differs from ``sizes.json`` is warned about). For ``spec.prepare``. A URL pattern is fetched
+    into the cache first; a shard that cannot be downloaded is a :class:`DataError` here (what
+    ``prepare`` builds must not depend on which rank's download failed)."""
     wanted = tuple(k.lower() for k in keys)
-    for path in expand_pattern(pattern):
-        if os.path.getsize(path) == 0:
+    found = resolve(pattern, cache_dir=cache_dir)
+    remote = _remote.is_url(pattern)
+    for file, path in zip(found.files, found.names, strict=True):
+        assert file is not None  # resolve() raises for a failed download unless skip_failed
+        if os.path.getsize(file) == 0:
             warnings.warn(f"{path}: empty file (0 bytes); ignored", CorruptSampleWarning, stacklevel=2)
             continue
 
@@ -499,9 +519,10 @@ def iter_raw(pattern: str, keys: tuple[str, ...]) -> Iterator[bytes]:
             return False
 
         count = 0
-        for sample in iter_shard_samples([path], damaged):
+        for sample in iter_shard_samples([file], damaged, [path]):
             count += 1
             value = next((sample[k] for k in wanted if k in sample), None)
             if value is not None:
                 yield value
-        check_sizes([path], [count])  # a shard cut inside a header ends without an error
+        if not remote:
+            check_sizes([path], [count])  # a shard cut inside a header ends without an error

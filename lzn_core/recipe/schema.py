@@ -138,7 +138,9 @@ Task = Annotated[GenerateTask | AlignTask, Field(discriminator="kind")]
 
 
 class DataConfig(BaseModel):
-    """Webdataset shards (brace or glob patterns, relative to the cwd).
+    """Webdataset shards: brace or glob patterns relative to the cwd, or URLs with brace ranges
+    (``https://host/data/train-{000000..000099}.tar``, ``s3://bucket/...``), downloaded into the
+    shard cache (docs/data.md, "Remote shards").
 
     Attributes:
         train: pattern of the training shards.
@@ -151,6 +153,17 @@ class DataConfig(BaseModel):
     train: str = Field(min_length=1)
     eval: str | None = None
     num_workers: int = Field(default=0, ge=0)
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _url_pattern(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            from ..data._remote import url_pattern_problem  # lazy: the data package imports torch
+
+            problem = url_pattern_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
 
 
 class TrainConfig(BaseModel):
