@@ -313,10 +313,11 @@ def test_folder_round_trip_with_corrupt_file_and_another_size(tmp_path: Path) ->
     assert [s["txt"].decode() for s in samples][-1] == "a photo of a dog"
     original = np.asarray(Image.open(tmp_path / "tree" / "dog" / "1.png"))
     np.testing.assert_array_equal(pixels(samples[-1]["png"]), original)
-    gray = pixels(samples[2]["png"])
+    gray = pixels(samples[2]["jpg"])  # a resized JPEG is written again as JPEG
     assert (
         gray.shape == (6, 5) and (gray == 7).all()
     )  # grayscale kept as L, resized (bicubic) to the common size
+    assert meta["kept"] == {"train": 4}  # the four PNGs of the common size, byte for byte
     # a second split into the same OUT gets the first split's size, even if its own most common one differs
     (tmp_path / "test" / "cat").mkdir(parents=True)
     (tmp_path / "test" / "dog").mkdir(parents=True)
@@ -333,6 +334,75 @@ def test_folder_round_trip_with_corrupt_file_and_another_size(tmp_path: Path) ->
         "test": 3,
     }
     assert {pixels(s["png"]).shape for s in read_dir(tmp_path / "out", "test").values()} == {(6, 5)}
+
+
+def _mixed_folder(root: Path) -> dict[str, str]:
+    """Images of 20x15 in every kind the converter meets, and one of another size; name -> what
+    the converter should do with it ("kept", "converted", "resized")."""
+    rng = np.random.default_rng(2)
+
+    def photo(mode: str, size: tuple[int, int] = (20, 15)) -> Image.Image:
+        y, x = np.mgrid[0 : size[1], 0 : size[0]]
+        rgb = np.stack([x * 12, y * 16, (x + y) * 7], -1) + rng.integers(0, 40, (size[1], size[0], 3))
+        return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).convert(mode)
+
+    plan = {
+        "a/rgb.jpg": ("RGB", "JPEG", "kept"),
+        "a/gray.jpeg": ("L", "JPEG", "kept"),
+        "a/cmyk.jpg": ("CMYK", "JPEG", "converted"),
+        "a/png_named.jpg": ("RGB", "PNG", "kept"),  # what the file holds decides, not its name
+        "b/rgb.png": ("RGB", "PNG", "kept"),
+        "b/gray.png": ("L", "PNG", "kept"),
+        "b/rgba.png": ("RGBA", "PNG", "converted"),
+        "b/pal.png": ("P", "PNG", "converted"),
+        "b/rgb.bmp": ("RGB", "BMP", "converted"),
+        "b/small.jpg": ("RGB", "JPEG", "resized"),
+    }
+    for name, (mode, fmt, _) in plan.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        img = photo(mode, (10, 10) if "small" in name else (20, 15))
+        img.save(root / name, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return {name: how for name, (_, _, how) in plan.items()}
+
+
+def test_folder_keeps_jpeg_and_png_bytes_and_gives_the_same_shards_for_any_worker_count(tmp_path: Path) -> None:
+    from lzn_image.io import decode_sample
+
+    plan = _mixed_folder(tmp_path / "tree")
+    outs = {}
+    for workers in (1, 3):
+        with pytest.warns(LZNWarning, match=r"resized 1 images to 20x15"):
+            meta = convert.write_folder(
+                tmp_path / "tree", tmp_path / f"w{workers}", progress=False, workers=workers, shard_size=4
+            )
+        outs[workers] = digest(tmp_path / f"w{workers}")
+    assert outs[1] == outs[3] and len([n for n in outs[1] if n.endswith(".tar")]) == 3  # same bytes
+    assert meta["kept"] == {"train": 5} and meta["resized"] == {"train": 1} and meta["splits"] == {"train": 10}
+    samples = list(read_dir(tmp_path / "w3", "train").values())
+    names = sorted(plan)  # the converter's order: class folders sorted, files sorted within
+    for name, fields in zip(names, samples, strict=True):
+        source = (tmp_path / "tree" / name).read_bytes()
+        ext = next(e for e in ("jpg", "png") if e in fields)
+        with Image.open(tmp_path / "tree" / name) as img:
+            fmt = img.format
+            reference = img.convert("L" if img.mode == "L" else "RGB")  # what the converter wrote before
+        if plan[name] == "kept":
+            assert fields[ext] == source and ext == ("jpg" if fmt == "JPEG" else "png"), name
+        else:
+            assert fields[ext] != source and ext == ("jpg" if plan[name] == "resized" else "png"), name
+        if plan[name] != "resized":  # the loader decodes the same pixels as from the old PNG
+            old = decode_sample(writer.png_bytes(reference))
+            assert decode_sample(fields[ext]).equal(old), name
+        else:
+            assert decode_sample(fields[ext]).shape == (3, 15, 20)
+    with pytest.warns(LZNWarning, match="resized 1 images"):
+        assert main(["shards", "folder", str(tmp_path / "tree"), str(tmp_path / "cli"), "--workers", "2",
+                     "--no-progress", "--shard-size", "4"]) == 0  # fmt: skip
+    assert digest(tmp_path / "cli") == {k: v for k, v in outs[1].items() if k != "meta.json"} | {
+        "meta.json": digest(tmp_path / "cli")["meta.json"]
+    }
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        convert.write_folder(tmp_path / "tree", tmp_path / "x", workers=0)
 
 
 def test_a_failed_conversion_keeps_the_existing_shards(tmp_path: Path) -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.convert import load_function, map_split, write_captions, write_cifar10, write_folder
+from ..data.convert import (
+    default_workers,
+    load_function,
+    map_split,
+    write_captions,
+    write_cifar10,
+    write_folder,
+)
 from ..data.digits import CAPTION_SETS, write_digits
 
 HELP = "build webdataset shards: digits, cifar10, folder, captions; map: add a key to shards"
@@ -53,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument(
                 "--keep-sizes", action="store_true", help="keep every image at its full size (no common size)"
             )
+            p.add_argument(
+                "--workers",
+                type=int,
+                default=None,
+                help=f"processes that read and encode images (default: the CPUs, at most 8; here "
+                f"{default_workers()}); the shards are the same bytes for any number",
+            )
     p = sub.add_parser(
         "map",
         parents=[common],
@@ -83,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             split=args.split,
             short_side=args.short_side,
             keep_sizes=args.keep_sizes,
+            workers=args.workers,
             **kw,
         )
     else:

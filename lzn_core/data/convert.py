@@ -6,8 +6,9 @@ Layout of an output directory ``OUT/``::
     OUT/sizes.json   {"train-000000.tar": 1000, ...}   samples per shard
     OUT/meta.json    {"version", "source", "classes", "splits", "seed", "shard_size", ...}
 
-Each sample is ``__key__`` plus ``png`` (uint8 PNG bytes), ``cls`` (ASCII int; not in
-``captions`` shards) and ``txt`` (UTF-8 caption). Shards are deterministic (fixed member
+Each sample is ``__key__`` plus the image, ``png`` (uint8 PNG bytes) or, for ``folder`` and
+``captions``, the source file's own bytes where it is a JPEG (``jpg``) or PNG that needs no
+resize, ``cls`` (ASCII int; not in ``captions`` shards) and ``txt`` (UTF-8 caption). Shards are deterministic (fixed member
 order, mtime 0, uid/gid 0, no user names), so two runs give identical bytes, and every
 conversion is all or nothing: the splits are staged inside ``OUT`` and moved over the old
 shards only when the whole conversion succeeded (:func:`~lzn_core.data.shards.stage_split`);
@@ -19,12 +20,16 @@ batches are read with an unpickler that only accepts numpy arrays and builtins.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import importlib.util
+import io
 import itertools
 import json
 import logging
+import multiprocessing
+import os
 import pickle
 import tarfile
 import warnings
@@ -135,28 +140,51 @@ def write_cifar10(
 # ----------------------------------------------------------------------------- folder / captions
 
 
-def _load_image(
+_KEPT_MODES = ("L", "RGB")  # what the converter would write anyway: such files are stored as they are
+_JPEG_QUALITY = 95  # a JPEG that had to be resized is written again as JPEG at this quality
+
+
+def _jpeg_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=_JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def _encode_image(
     path: Path, size: tuple[int, int] | None = None, short_side: int | None = None
-) -> tuple[bytes, bool]:
-    """Read any PIL-readable image and re-encode it as PNG (mode L kept, everything else RGB).
+) -> tuple[str, bytes, str]:
+    """One image file -> ``(shard extension, bytes, how)``, ``how`` one of ``"kept"`` (the file's
+    own bytes), ``"converted"``, ``"resized"``; PIL's error when it cannot be read.
+
+    The file is decoded in full (a truncated or corrupt file raises here, not in training). A JPEG
+    or PNG in mode L or RGB that needs no resize is stored as it is: its bytes, unchanged, as
+    ``jpg`` or ``png`` (what the file holds decides, not its name), so the loader decodes exactly
+    the pixels a re-encoded PNG would give, at a fraction of the bytes and time. Anything else is
+    converted (mode L kept, every other mode to RGB) and encoded again: a resized JPEG as JPEG
+    (quality 95), everything else as PNG.
 
     With ``size`` (W, H), an image of another size is resized to it (bicubic; the aspect ratio is
     not kept). With ``short_side``, it is resized (bicubic, aspect kept) so that its shorter side
     has that many pixels (ImageNet: >= 256, so the random crops and the Resize(256) +
-    CenterCrop(224) evaluation view have their source). Returns the PNG bytes and whether the
-    image was resized.
+    CenterCrop(224) evaluation view have their source).
     """
-    with Image.open(path) as img:
+    raw = path.read_bytes()
+    with Image.open(io.BytesIO(raw)) as img:
         img.load()
-        out = img if img.mode == "L" else img.convert("RGB")
-    if short_side is not None:
-        w, h = out.size
-        scale = short_side / min(w, h)
-        size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
-    resized = size is not None and out.size != size
-    if size is not None and resized:
+        fmt, mode = img.format, img.mode
+        if short_side is not None:
+            w, h = img.size
+            scale = short_side / min(w, h)
+            size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
+        resized = size is not None and img.size != size
+        if not resized and fmt in ("JPEG", "PNG") and mode in _KEPT_MODES:
+            return ("jpg" if fmt == "JPEG" else "png"), raw, "kept"
+        out = img if mode == "L" else img.convert("RGB")
+        if not resized:
+            return "png", png_bytes(out), "converted"
+        assert size is not None
         out = out.resize(size, Image.Resampling.BICUBIC)
-    return png_bytes(out), resized
+        return ("jpg", _jpeg_bytes(out), "resized") if fmt == "JPEG" else ("png", png_bytes(out), "resized")
 
 
 def _warn_skipped(what: str, skipped: list[str]) -> None:
@@ -165,22 +193,80 @@ def _warn_skipped(what: str, skipped: list[str]) -> None:
         warnings.warn(f"skipped {len(skipped)} {what}: {shown}", LZNWarning, stacklevel=3)
 
 
+# Work done by the worker processes of ``lzn shards folder`` (module level: they are pickled by name).
+# Each returns ``(True, value)`` or ``(False, "ExceptionType")`` for an image PIL cannot read.
+
+
+def _header(path: Path) -> tuple[bool, Any]:
+    try:
+        with Image.open(path) as img:
+            return True, img.size
+    except Exception as exc:  # PIL raises many types for corrupt files
+        return False, type(exc).__name__
+
+
+def _converted(job: tuple[Path, tuple[int, int] | None, int | None]) -> tuple[bool, Any]:
+    try:
+        return True, _encode_image(*job)
+    except Exception as exc:  # PIL raises many types for corrupt files
+        return False, type(exc).__name__
+
+
+def _in_chunks(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    return [fn(x) for x in items]
+
+
+def default_workers() -> int:
+    """Worker processes of ``lzn shards folder`` by default: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def _ordered(pool: Any, fn: Callable[[Any], Any], items: Sequence[Any], chunk: int = 16) -> Iterator[Any]:
+    """``fn(item)`` for each item, in order; in the processes of ``pool`` (a ``(Pool, size)`` pair)
+    when given: chunks of ``chunk`` items, at most 4 chunks per process in flight, so that finished
+    results never pile up in memory while the shards are written."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pool, window = pool[0], 4 * pool[1]
+    pending: collections.deque[Any] = collections.deque()
+    for lo in range(0, len(items), chunk):
+        pending.append(pool.apply_async(_in_chunks, (fn, items[lo : lo + chunk])))
+        if len(pending) >= window:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[Any]:
+    """``(process pool, workers)``, or None for 1 worker. Forked where the OS allows, so a worker
+    starts at once with this process's imports (a spawned one would import torch again)."""
+    if workers <= 1:
+        yield None
+        return
+    methods = multiprocessing.get_all_start_methods()
+    with multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(workers) as pool:
+        yield pool, workers
+
+
 def _image_sizes(
-    files: Sequence[tuple[Path, int]], skipped: list[str]
+    files: Sequence[tuple[Path, int]], skipped: list[str], pool: Any = None
 ) -> tuple[list[tuple[Path, int, tuple[int, int]]], Counter[tuple[int, int]]]:
     """Pass 1 (headers only): ``(path, class, (W, H))`` of each file PIL can open, and the size counts."""
     readable: list[tuple[Path, int, tuple[int, int]]] = []
     counts: Counter[tuple[int, int]] = Counter()
-    for path, cls in files:
-        try:
-            with Image.open(path) as img:
-                size = img.size
-        except Exception as exc:  # PIL raises many types for corrupt files
-            _log.warning("skipping corrupt image %s: %s", path, exc)
-            skipped.append(f"{path} ({type(exc).__name__})")
+    for (path, cls), (ok, value) in zip(files, _ordered(pool, _header, [p for p, _ in files]), strict=True):
+        if not ok:
+            _log.warning("skipping corrupt image %s: %s", path, value)
+            skipped.append(f"{path} ({value})")
             continue
-        readable.append((path, cls, size))
-        counts[size] += 1
+        readable.append((path, cls, value))
+        counts[value] += 1
     return readable, counts
 
 
@@ -191,17 +277,23 @@ def _folder_samples(
     skipped: list[str],
     resized: list[str],
     short_side: int | None = None,
+    pool: Any = None,
+    kept: list[str] | None = None,
 ) -> Iterator[Sample]:
-    for i, (path, cls, own) in enumerate(files):
-        try:
-            png, changed = _load_image(path, size, short_side)
-        except Exception as exc:  # PIL raises many types for corrupt files
-            _log.warning("skipping corrupt image %s: %s", path, exc)
-            skipped.append(f"{path} ({type(exc).__name__})")
+    jobs = [(path, size, short_side) for path, _, _ in files]
+    for i, ((path, cls, own), (ok, value)) in enumerate(
+        zip(files, _ordered(pool, _converted, jobs), strict=True)
+    ):
+        if not ok:
+            _log.warning("skipping corrupt image %s: %s", path, value)
+            skipped.append(f"{path} ({value})")
             continue
-        if changed:
+        ext, data, how = value
+        if how == "resized":
             resized.append(f"{path} {own[0]}x{own[1]}")
-        yield make_sample(f"img{i:07d}", png, f"a photo of a {classes[cls]}", cls)
+        elif how == "kept" and kept is not None:
+            kept.append(str(path))
+        yield make_sample(f"img{i:07d}", data, f"a photo of a {classes[cls]}", cls, ext=ext)
 
 
 def write_folder(
@@ -213,12 +305,15 @@ def write_folder(
     progress: bool | None = None,
     short_side: int | None = None,
     keep_sizes: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """An ImageFolder tree ``ROOT/<class>/<image>`` -> ``{split}`` shards, all or nothing.
 
     Class index = position of the class folder name in sorted order (names saved in
     ``meta.json``; converting a second split into the same ``OUT`` must give the same
-    classes). Images are re-encoded as PNG; unreadable files are skipped, counted and
+    classes). A JPEG or PNG (mode L or RGB) that needs no resize is stored byte for byte (``jpg``
+    or ``png``); other images are converted to PNG, and a resized JPEG is written again as JPEG
+    (quality 95) (:func:`_encode_image`). Unreadable files are skipped, counted and
     reported in one ``LZNWarning``. Every image gets one size (W, H): the size of the split
     already converted into ``OUT`` (``meta.json``'s ``image_size``) if there is one, otherwise
     the most common size under ``ROOT`` (ties: the first met in file order); images of another
@@ -229,8 +324,11 @@ def write_folder(
     size; sizes then differ by design and nothing is warned (the image config's
     ``eval_resize`` crops them to one size).
 
+    Images are read and encoded by ``workers`` processes (default :func:`default_workers`); the
+    shards are the same bytes whatever their number (the samples are written in file order).
+
     Returns:
-        the written ``meta.json`` content.
+        the written ``meta.json`` content (``kept``: images stored byte for byte).
 
     Raises:
         DataError: no class folders, no image files, classes that differ from ``OUT``'s, or no
@@ -239,6 +337,9 @@ def write_folder(
     root, out = Path(root), Path(out)
     if short_side is not None and short_side < 1:
         raise ValueError(f"short_side must be a positive number of pixels, got {short_side}")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -256,38 +357,43 @@ def write_folder(
     ]
     if not files:
         raise DataError(f"no image files ({', '.join(sorted(_IMAGE_EXTS))}) under {root}/<class>/")
-    skipped: list[str] = []
-    resized: list[str] = []
-    readable, counts = _image_sizes(files, skipped)
-    others = {k: v for k, v in (meta.get("image_size") or {}).items() if k != split and v}
-    size: tuple[int, int] | None
     if short_side is not None and keep_sizes:
         raise ValueError("give short_side or keep_sizes, not both")
-    if short_side is not None or keep_sizes:
-        size, why = None, "each image's own size"
-    elif others:
-        first = sorted(others)[0]
-        size, why = (
-            (int(others[first][0]), int(others[first][1])),
-            f"the size of the {first!r} split in {out}",
-        )
-    else:
-        size, why = (counts.most_common(1)[0][0] if counts else (0, 0)), f"the most common size under {root}"
-    samples = _folder_samples(readable, classes, size, skipped, resized, short_side)
-    with stage_split(
-        out, split, samples, total=len(readable), shard_size=shard_size, progress=progress
-    ) as st:
-        _warn_skipped("unreadable images", skipped)
-        if resized and size is not None:
-            shown = "; ".join(resized[:10]) + ("; ..." if len(resized) > 10 else "")
-            warnings.warn(
-                f"resized {len(resized)} images to {size[0]}x{size[1]} ({why}): {shown}",
-                LZNWarning,
-                stacklevel=2,
+    skipped: list[str] = []
+    resized: list[str] = []
+    kept: list[str] = []
+    with _pool(min(workers, len(files))) as pool:
+        readable, counts = _image_sizes(files, skipped, pool)
+        others = {k: v for k, v in (meta.get("image_size") or {}).items() if k != split and v}
+        size: tuple[int, int] | None
+        if short_side is not None or keep_sizes:
+            size, why = None, "each image's own size"
+        elif others:
+            first = sorted(others)[0]
+            size, why = (
+                (int(others[first][0]), int(others[first][1])),
+                f"the size of the {first!r} split in {out}",
             )
-        if st.num_samples == 0:
-            raise DataError(f"every image under {root} failed to load; {out} was left unchanged")
-        n = sum(st.commit().values())
+        else:
+            size, why = (
+                (counts.most_common(1)[0][0] if counts else (0, 0)),
+                f"the most common size under {root}",
+            )
+        samples = _folder_samples(readable, classes, size, skipped, resized, short_side, pool, kept)
+        with stage_split(
+            out, split, samples, total=len(readable), shard_size=shard_size, progress=progress
+        ) as st:
+            _warn_skipped("unreadable images", skipped)
+            if resized and size is not None:
+                shown = "; ".join(resized[:10]) + ("; ..." if len(resized) > 10 else "")
+                warnings.warn(
+                    f"resized {len(resized)} images to {size[0]}x{size[1]} ({why}): {shown}",
+                    LZNWarning,
+                    stacklevel=2,
+                )
+            if st.num_samples == 0:
+                raise DataError(f"every image under {root} failed to load; {out} was left unchanged")
+            n = sum(st.commit().values())
     return write_meta(
         out,
         source=f"folder:{root}",
@@ -296,6 +402,7 @@ def write_folder(
         shard_size=shard_size,
         skipped={split: len(skipped)},
         resized={split: len(resized)},
+        kept={split: len(kept)},
         image_size={split: list(size) if size is not None else None},
         short_side={split: short_side},
     )
@@ -345,12 +452,12 @@ def _caption_samples(
             continue
         try:
             path, caption = _caption_record(text, base)
-            png, _ = _load_image(path)
+            ext, data, _ = _encode_image(path)
         except Exception as exc:
             _log.warning("skipping line %d: %s", lineno, exc)
             skipped.append(f"line {lineno}: {type(exc).__name__}: {exc}")
             continue
-        yield make_sample(f"cap{lineno:08d}", png, caption)
+        yield make_sample(f"cap{lineno:08d}", data, caption, ext=ext)
 
 
 def write_captions(
@@ -361,7 +468,8 @@ def write_captions(
     shard_size: int = 1000,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """JSONL lines ``{"image": path, "caption": text}`` -> ``{split}`` shards of ``png`` + ``txt``, all or nothing.
+    """JSONL lines ``{"image": path, "caption": text}`` -> ``{split}`` shards of ``png`` (or ``jpg``:
+    a JPEG or PNG is stored as it is, see :func:`_encode_image`) + ``txt``, all or nothing.
 
     Relative image paths are relative to the JSONL file's directory. Bad lines (not UTF-8,
     invalid JSON, missing fields, unreadable image) are skipped, counted in ``meta.json``

@@ -290,9 +290,10 @@ def write_meta(
     return meta
 
 
-def make_sample(key: str, png: bytes, caption: str, cls: int | None = None) -> Sample:
-    """``(key, {"png", "txt"[, "cls"]})``: the caption UTF-8, the class as ASCII digits."""
-    fields = {"png": png, "txt": caption.encode("utf-8")}
+def make_sample(key: str, image: bytes, caption: str, cls: int | None = None, *, ext: str = "png") -> Sample:
+    """``(key, {ext, "txt"[, "cls"]})``: the image bytes under ``ext`` (``png``, or ``jpg`` for JPEG
+    bytes), the caption UTF-8, the class as ASCII digits."""
+    fields = {ext: image, "txt": caption.encode("utf-8")}
     if cls is not None:
         fields["cls"] = str(int(cls)).encode("ascii")
     return key, fields
