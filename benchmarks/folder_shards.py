@@ -53,7 +53,9 @@ def make_folder(root: Path, n: int, seed: int = 0) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         a, b, c = rng.uniform(0.01, 0.06, 3)
         phase = rng.uniform(0, 6.3, 3)
-        rgb = np.stack([np.sin(a * x + phase[0]), np.cos(b * y + phase[1]), np.sin(c * (x + y) + phase[2])], -1)
+        rgb = np.stack(
+            [np.sin(a * x + phase[0]), np.cos(b * y + phase[1]), np.sin(c * (x + y) + phase[2])], -1
+        )
         img = (rgb * 90 + 128 + rng.normal(0, 12, rgb.shape)).clip(0, 255).astype(np.uint8)
         path = folder / f"img{i:05d}.jpg"
         Image.fromarray(img).save(path, quality=90)
@@ -81,7 +83,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--before", type=Path, help="another checkout whose lzn_core to time with its defaults")
+    parser.add_argument(
+        "--before", type=Path, help="another checkout whose lzn_core to time with its defaults"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     settings: list[tuple[str, Path, dict]] = []

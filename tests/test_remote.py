@@ -184,6 +184,7 @@ def test_http_shards_read_like_local_ones_and_resume_from_the_cache(served: Serv
     )
     tail = [b["__key__"] for b in with_keys]
     assert head + tail == whole
+    assert _stream(pattern, num_workers=2) == whole  # DataLoader workers read the cached files too
     # brace lists and ranges name the same files as the glob of the local copy
     assert [os.path.basename(u) for u in expand_pattern(pattern)] == SHARDS
 

@@ -365,7 +365,9 @@ def _mixed_folder(root: Path) -> dict[str, str]:
     return {name: how for name, (_, _, how) in plan.items()}
 
 
-def test_folder_keeps_jpeg_and_png_bytes_and_gives_the_same_shards_for_any_worker_count(tmp_path: Path) -> None:
+def test_folder_keeps_jpeg_and_png_bytes_and_gives_the_same_shards_for_any_worker_count(
+    tmp_path: Path,
+) -> None:
     from lzn_image.io import decode_sample
 
     plan = _mixed_folder(tmp_path / "tree")
@@ -377,7 +379,9 @@ def test_folder_keeps_jpeg_and_png_bytes_and_gives_the_same_shards_for_any_worke
             )
         outs[workers] = digest(tmp_path / f"w{workers}")
     assert outs[1] == outs[3] and len([n for n in outs[1] if n.endswith(".tar")]) == 3  # same bytes
-    assert meta["kept"] == {"train": 5} and meta["resized"] == {"train": 1} and meta["splits"] == {"train": 10}
+    assert (
+        meta["kept"] == {"train": 5} and meta["resized"] == {"train": 1} and meta["splits"] == {"train": 10}
+    )
     samples = list(read_dir(tmp_path / "w3", "train").values())
     names = sorted(plan)  # the converter's order: class folders sorted, files sorted within
     for name, fields in zip(names, samples, strict=True):
