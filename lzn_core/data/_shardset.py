@@ -134,12 +134,12 @@ def _warn(message: str) -> None:
 class _Shard:
     """One shard: ``len()`` samples, ``shard[j] -> (key, {ext: bytes | Truncated})``.
 
-    ``path`` is the file read; ``name`` what messages call it (the URL of a cached shard).
+    ``file`` is the file read; ``path`` what messages call it (``name``: the URL of a cached shard).
     """
 
-    def __init__(self, path: str, name: str | None = None) -> None:
-        self.file = path
-        self.path = path = name or path
+    def __init__(self, file: str, name: str | None = None) -> None:
+        self.file = file
+        self.path = path = name or file
         self._wids: IndexedTarSamples | None = None
         self._memory: list[tuple[str, dict[str, Any]]] = []
         self._cut: dict[int, Truncated] = {}  # member index -> Truncated (members past the end of the file)

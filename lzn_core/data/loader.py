@@ -505,7 +505,7 @@ def iter_raw(pattern: str, keys: tuple[str, ...], *, cache_dir: str | None = Non
     wanted = tuple(k.lower() for k in keys)
     found = resolve(pattern, cache_dir=cache_dir)
     remote = _remote.is_url(pattern)
-    for file, path in zip(found.files, found.names, strict=True):
+    for file, path, want in zip(found.files, found.names, found.declared, strict=True):
         assert file is not None  # resolve() raises for a failed download unless skip_failed
         if os.path.getsize(file) == 0:
             warnings.warn(f"{path}: empty file (0 bytes); ignored", CorruptSampleWarning, stacklevel=2)
@@ -526,3 +526,9 @@ def iter_raw(pattern: str, keys: tuple[str, ...], *, cache_dir: str | None = Non
                 yield value
         if not remote:
             check_sizes([path], [count])  # a shard cut inside a header ends without an error
+        elif want is not None and want != count:
+            warnings.warn(
+                f"{path}: sizes.json says {want} samples, the tar holds {count}",
+                CorruptSampleWarning,
+                stacklevel=2,
+            )
