@@ -19,11 +19,11 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "compose": "lzn_core.graphs",
     "possible_edges": "lzn_core.graphs",
-    "load": "lzn_core.hub.pretrained",
-    "from_pretrained": "lzn_core.hub.pretrained",
-    "save_pretrained": "lzn_core.hub.pretrained",
-    "push_to_hub": "lzn_core.hub.pretrained",
-    "export_run": "lzn_core.weights",
+    "load": "lzn_core.io.hub",
+    "from_pretrained": "lzn_core.io.hub",
+    "save_pretrained": "lzn_core.io.hub",
+    "push_to_hub": "lzn_core.io.hub",
+    "export_run": "lzn_core.io.files",
     "Recipe": "lzn_core.recipe",
     "load_recipe": "lzn_core.recipe",
     "LZNModel": "lzn_core.model",
@@ -45,6 +45,7 @@ _SUBMODULES = (
     "eval",
     "graphs",
     "hub",
+    "io",
     "latent",
     "modality",
     "model",
@@ -52,7 +53,6 @@ _SUBMODULES = (
     "recipe",
     "testing",
     "train",
-    "weights",
     "zoning",
 )
 
@@ -76,6 +76,7 @@ __all__ = [
     "graphs",
     "hookimpl",
     "hub",
+    "io",
     "latent",
     "list_modalities",
     "list_plugins",
@@ -90,7 +91,6 @@ __all__ = [
     "save_pretrained",
     "testing",
     "train",
-    "weights",
     "zoning",
 ]
 
@@ -98,12 +98,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import LZNError
     from .graphs.compose import compose, possible_edges
     from .hookspecs import hookimpl
-    from .hub.pretrained import from_pretrained, load, push_to_hub, save_pretrained
+    from .io.files import export_run
+    from .io.hub import from_pretrained, load, push_to_hub, save_pretrained
     from .modality import Decoder, Encoder, ModalitySpec
     from .model import LZNModel
     from .plugins import PluginInfo, get_modality, list_modalities, list_plugins
     from .recipe import Recipe, load_recipe
-    from .weights import export_run
 
 
 def __getattr__(name: str) -> Any:

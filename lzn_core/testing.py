@@ -573,8 +573,8 @@ def _train_and_serve(
     import yaml
 
     from .graphs import compose, possible_edges
+    from .io.files import load
     from .recipe import load_recipe
-    from .weights import load
 
     specs = [spec] + ([partner] if partner is not None else [])
     partner_kind = None

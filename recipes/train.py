@@ -50,6 +50,7 @@ from tqdm import tqdm
 from lzn_core.alignment import alignment_loss, class_weights, gather_anchors
 from lzn_core.data import loader
 from lzn_core.eval.training import TrainingEvaluator, describe_metric
+from lzn_core.io.files import fill_banks, write_model
 from lzn_core.model import LZNModel
 from lzn_core.recipe import load_recipe
 from lzn_core.train.engine import Engine, setup_distributed
@@ -58,7 +59,6 @@ from lzn_core.train.monitor import TrainingMonitor
 from lzn_core.train.passes import OnePass, network_passes
 from lzn_core.train.rng import seed_rank, untouched
 from lzn_core.train.rundir import RunDir
-from lzn_core.weights import fill_banks, write_model
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)

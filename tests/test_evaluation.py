@@ -487,7 +487,7 @@ def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys, monkeypatch) -> No
 
     from lzn_core.cli import main
     from lzn_core.eval.features import DIGIT_FEATURES
-    from lzn_core.weights import write_model
+    from lzn_core.io.files import write_model
 
     monkeypatch.setenv("LZN_CLEANFID_CACHE", str(tmp_path / "no-cache"))  # auto: the digit features
 
@@ -577,7 +577,7 @@ def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys, monkeypatch) -> No
 
 def test_cli_eval_errors(tmp_path, capsys) -> None:
     from lzn_core.cli import main
-    from lzn_core.weights import resolve_model_dir
+    from lzn_core.io.files import resolve_model_dir
 
     assert main(["eval", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err

@@ -25,7 +25,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory) -> Path:
-    from lzn_core.weights import write_model
+    from lzn_core.io.files import write_model
 
     return write_model(model, tmp_path_factory.mktemp("export") / "m")
 
@@ -84,7 +84,7 @@ def test_model_container_errors(model) -> None:
 def test_load_errors(exported: Path, tmp_path: Path) -> None:
     import shutil
 
-    from lzn_core.weights import load
+    from lzn_core.io.files import load
 
     with pytest.raises(FileNotFoundError, match="does not exist; give a run directory"):
         load(tmp_path / "nowhere")
@@ -120,7 +120,7 @@ def test_load_rejects_weights_of_another_recipe(exported: Path, tmp_path: Path) 
 
     import yaml
 
-    from lzn_core.weights import load
+    from lzn_core.io.files import load
 
     other = tmp_path / "other"
     shutil.copytree(exported, other)

@@ -280,8 +280,8 @@ def test_folder_converter_keeps_full_images_or_a_fixed_short_side(tmp_path) -> N
 
 def test_lzn_eval_runs_the_recipes_probes(tmp_path, capsys) -> None:
     from lzn_core.cli import main
+    from lzn_core.io.files import write_model
     from lzn_core.model import LZNModel
-    from lzn_core.weights import write_model
 
     write_full_image_shards(tmp_path)
     knn = {"features": "image", "labels": "label", "train_limit": 8}

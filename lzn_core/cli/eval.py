@@ -17,8 +17,8 @@ from typing import Any
 from ..errors import LZNError
 from ..eval.protocol import probe_eval
 from ..eval.report import FID_CHOICES, PRESETS, evaluate, format_table, load_split
-from ..hub.pretrained import model_dir as resolve_model_dir
-from ..weights import load
+from ..io.files import load
+from ..io.hub import model_dir as resolve_model_dir
 
 HELP = "evaluate a run or model: accuracy, calibration, OOD, FID/KID, reconstruction, probes"
 

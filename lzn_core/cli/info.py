@@ -19,9 +19,9 @@ import textwrap
 import warnings
 from typing import Any
 
-from ..hub.pretrained import CARD, model_dir
+from ..io.files import INFO, RECIPE, load, model_info, read_info, read_recipe_mapping
+from ..io.hub import CARD, model_dir
 from ..plugins import PluginRegistry, PluginWarning
-from ..weights import INFO, RECIPE, load, model_info, read_info, read_recipe_mapping
 
 HELP = "show what a model is: modalities, plugins and versions, latent, compose edges, training, metrics"
 

@@ -3,7 +3,7 @@ batch of a modality, composing a graph over them, writing what comes out.
 
 MODEL is an exported model directory (``model.safetensors`` + ``recipe.yaml``, from ``lzn
 export`` or training's ``final/``), a training run directory (its ``final/`` is used) or a hub
-id ``user/name`` (:mod:`lzn_core.hub.pretrained`).
+id ``user/name`` (:mod:`lzn_core.io.hub`).
 Input files are decoded by the modality's own ``decode_sample``; the modality that reads them
 is the one whose shard keys include the files' suffix (``--source`` picks one explicitly).
 """
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..errors import LZNError
 from ..graphs import compose
-from ..hub.pretrained import from_pretrained
+from ..io.hub import from_pretrained
 from ..modality import PreviewWriter
 from ..model import LZNModel
 

@@ -41,8 +41,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import weights as _portable  # write_model / fill_banks: the one import of the weights module
 from ..errors import LZNError, LZNWarning
+from ..io import files as _portable  # write_model / fill_banks
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LZNError
-from ..weights import INFO, RECIPE, WEIGHTS, Metrics, read_info, resolve_model_dir, write_model
-from ..weights import load as load_directory
+from .files import INFO, RECIPE, WEIGHTS, Metrics, read_info, resolve_model_dir, write_model
+from .files import load as load_directory
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import LZNModel

@@ -30,13 +30,13 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .data import loader
-from .errors import DataError, LZNError, LZNWarning
-from .graphs import possible_edges
-from .model import LZNModel
-from .plugins import list_plugins
-from .recipe import validate_recipe
-from .train.checkpoint import resolve_checkpoint
+from ..data import loader
+from ..errors import DataError, LZNError, LZNWarning
+from ..graphs import possible_edges
+from ..model import LZNModel
+from ..plugins import list_plugins
+from ..recipe import validate_recipe
+from ..train.checkpoint import resolve_checkpoint
 
 WEIGHTS = "model.safetensors"
 RECIPE = "recipe.yaml"
@@ -86,7 +86,7 @@ def model_info(model: LZNModel, metrics: Metrics = None) -> dict[str, Any]:
         metrics: its run's ``metrics.jsonl`` (path or rows); adds the ``training`` section
             (:func:`training_summary`).
     """
-    from . import __version__
+    from .. import __version__
 
     plugins = {m: p for p in list_plugins() if p.status == "ok" for m in p.modalities}
     modalities: dict[str, Any] = {}

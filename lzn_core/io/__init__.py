@@ -1,0 +1,1 @@
+"""Model files: the exported format, exports from a training run, sharing through the hub."""
