@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (``load`` is ``from_pretrained``: a directory or a hub id)
+# public name -> module that defines it (``load``, also ``from_pretrained``: a directory, a run or a hub id)
 _LAZY: dict[str, str] = {
     "compose": "lzn_core.graphs",
     "possible_edges": "lzn_core.graphs",
-    "load": "lzn_core.io.hub",
-    "from_pretrained": "lzn_core.io.hub",
-    "save_pretrained": "lzn_core.io.hub",
-    "push_to_hub": "lzn_core.io.hub",
-    "export_run": "lzn_core.io.files",
+    "load": "lzn_core.io",
+    "from_pretrained": "lzn_core.io",
+    "save_pretrained": "lzn_core.io",
+    "push_to_hub": "lzn_core.io",
+    "export_run": "lzn_core.io",
     "Recipe": "lzn_core.recipe",
     "load_recipe": "lzn_core.recipe",
     "LZNModel": "lzn_core.model",
@@ -98,8 +98,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import LZNError
     from .graphs.compose import compose, possible_edges
     from .hookspecs import hookimpl
-    from .io.files import export_run
-    from .io.hub import from_pretrained, load, push_to_hub, save_pretrained
+    from .io import export_run, from_pretrained, load, push_to_hub, save_pretrained
     from .modality import Decoder, Encoder, ModalitySpec
     from .model import LZNModel
     from .plugins import PluginInfo, get_modality, list_modalities, list_plugins

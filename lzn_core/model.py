@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import zoning
-from .data import iter_raw
+from .data import iter_raw, loader
 from .errors import LZNError, RecipeError, did_you_mean
 from .modality import AnchorBank, ConditionProvider, ModalitySpec
 from .plugins import get_modality
@@ -284,6 +284,42 @@ class LZNModel(nn.Module):
                 f"bank of {name!r} must have shape (M, {self.latent_dim}), got {tuple(anchors.shape)}"
             )
         self.banks.register_buffer(name, anchors.detach().clone())
+
+    def fill_banks(self, pattern: str | None = None, *, seed: int = 0) -> None:
+        """Store a fixed sample of ``latent.bank_size`` anchors as the bank of every modality
+        without a fixed one (:meth:`set_bank`).
+
+        Runs the encoders (eval mode, no gradients) over shuffled batches of the shards matching
+        ``pattern`` (default: the recipe's ``data.train``); the previous mode is restored.
+
+        Raises:
+            DataError: no shards match ``pattern``.
+        """
+        names = [n for n in self.names if not self.has_fixed_bank(n)]
+        if not names:
+            return
+        size = self.recipe.latent.bank_size
+        ld = loader(
+            pattern or self.recipe.data.train,
+            {n: self.specs[n] for n in names},
+            batch_size=min(size, 256),
+            seed=seed + 1,
+            drop_last=False,
+        )
+        device = self.device
+        rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            for batch in ld:
+                for n in names:
+                    b = batch[n].to(device) if isinstance(batch[n], torch.Tensor) else batch[n]
+                    rows[n].append(self.encode(n, b).cpu())
+                if sum(r.shape[0] for r in rows[names[0]]) >= size:
+                    break
+        for n in names:
+            self.set_bank(n, torch.cat(rows[n])[:size].to(device))
+        self.train(was_training)
 
     def condition(self, name: str, batch: Any) -> torch.Tensor:
         """Conditioning vector (B, d) from modality ``name`` (e.g. one-hot labels)."""

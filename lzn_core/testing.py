@@ -573,7 +573,7 @@ def _train_and_serve(
     import yaml
 
     from .graphs import compose, possible_edges
-    from .io.files import load
+    from .io import load
     from .recipe import load_recipe
 
     specs = [spec] + ([partner] if partner is not None else [])

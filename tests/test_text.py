@@ -356,7 +356,7 @@ def test_model_export_and_load_need_neither_shards_nor_cache(tmp_path, monkeypat
     model rebuilds from model.safetensors + recipe.yaml after the shards and cache are gone."""
     import shutil
 
-    from lzn_core.io.files import load, write_model
+    from lzn_core.io import load, write_model
     from lzn_core.model import LZNModel
     from lzn_core.recipe import load_recipe
 

@@ -24,7 +24,8 @@ import yaml
 import lzn_core
 from lzn_core.cli import COMMANDS, main
 from lzn_core.errors import LZNError
-from lzn_core.io.files import INFO, export_run, load, read_info, training_summary
+from lzn_core.io import INFO, export_run, load, read_info
+from lzn_core.io.files import training_summary
 from lzn_core.train.monitor import TrainingMonitor, configure
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,7 @@ from typing import Any
 from ..errors import LZNError
 from ..eval.protocol import probe_eval
 from ..eval.report import FID_CHOICES, PRESETS, evaluate, format_table, load_split
-from ..io.files import load
-from ..io.hub import model_dir as resolve_model_dir
+from ..io import load, locate
 
 HELP = "evaluate a run or model: accuracy, calibration, OOD, FID/KID, reconstruction, probes"
 
@@ -129,8 +128,8 @@ def _probes(model: Any, args: argparse.Namespace, train: str, test: str) -> dict
 def run(args: argparse.Namespace) -> int:
     """Load, evaluate, print, write."""
     settings = _settings(args)
-    model_dir = resolve_model_dir(args.model)
-    model = load(model_dir).eval()
+    model_dir = locate(args.model)
+    model = load(model_dir)
     eval_pattern = args.data or model.recipe.data.eval
     if not eval_pattern:
         raise LZNError("the recipe has no data.eval; pass --data PATTERN")

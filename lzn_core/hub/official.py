@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LZNError, LZNWarning
-from ..io import files as _portable  # write_model / fill_banks
+from ..io.files import write_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -746,7 +746,7 @@ def import_official(
         checkpoint, case, ema=ema, image_config=image_config, data=bank, bank_size=bank_size
     )
     if bank is not None:
-        _portable.fill_banks(model, model.recipe, seed=seed)
+        model.fill_banks(seed=seed)
     else:
         warnings.warn(
             "imported without an image anchor bank (pass bank=SHARD_PATTERN): small requests will be "
@@ -754,4 +754,4 @@ def import_official(
             LZNWarning,
             stacklevel=2,
         )
-    return _portable.write_model(model, out)
+    return write_model(model, out)
