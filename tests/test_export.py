@@ -156,7 +156,10 @@ def test_a_missing_plugin_names_the_distribution_that_exported_the_model(
         load(other)
     message = str(err.value)
     assert "modality 'label' needs plugin 'points', which is not installed here" in message
-    assert "exported with lzn-points 0.3.1 (info.json)" in message and "pip install 'lzn-points==0.3.1'" in message
+    assert (
+        "exported with lzn-points 0.3.1 (info.json)" in message
+        and "pip install 'lzn-points==0.3.1'" in message
+    )
     assert "available: " in message and "image" in message.split("available: ")[1]
     (other / "info.json").unlink()  # an export older than info.json: says so instead
     with pytest.raises(UnknownModalityError, match="info.json does not say which distribution provides it"):

@@ -14,9 +14,6 @@ BUILT_INS = ("lzn_image", "lzn_label", "lzn_text")
 BUILT_IN_NAMES = ("image", "label", "text")
 ALLOWED = {
     "lzn_core/data/convert.py": {"image"},  # the caption JSONL format's field {"image": path, ...}
-    # the importer of the authors' checkpoints maps their networks onto the built-in image and label
-    # plugins by definition: its recipes name them (it imports no plugin code)
-    "lzn_core/hub/official.py": {"image", "label"},
 }
 
 
@@ -155,4 +152,4 @@ def test_top_level_is_the_contract_and_the_math() -> None:
         "zoning.py",
     ]
     roles = sorted(p.name for p in CORE.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
-    assert roles == ["cli", "data", "eval", "graphs", "hub", "io", "recipe", "train"]
+    assert roles == ["cli", "data", "eval", "graphs", "io", "recipe", "train"]

@@ -1,4 +1,4 @@
-"""Importing the authors' checkpoints (lzn_core/hub/official.py) against their own outputs.
+"""Importing the authors' checkpoints (plugins/lzn_image/official.py) against their own outputs.
 
 tests/data/official/ holds tiny checkpoints written in the layout of the official trainers and
 the official networks' outputs for fixed inputs (EMA weights); its README says how they were
@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-import lzn_core
-from lzn_core import zoning
-from lzn_core.errors import LZNWarning
-from lzn_core.hub.official import (
+from lzn_image.official import (
     OfficialCheckpointError,
     import_official,
     official_model,
     read_checkpoint,
 )
+from safetensors.torch import load_file
+
+import lzn_core
+from lzn_core import zoning
+from lzn_core.errors import LZNWarning
 
 DATA = Path(__file__).parent / "data" / "official"
 TOL = 1e-5
@@ -254,7 +254,8 @@ def test_wrong_case_and_not_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_cli_command(tmp_path: Path, capsys) -> None:
-    from lzn_core.cli import import_official as command
+    from lzn_image import commands as command
+
     from lzn_core.cli import main
 
     with pytest.warns(LZNWarning, match="without an image anchor bank"):

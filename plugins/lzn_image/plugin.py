@@ -108,3 +108,11 @@ SPEC = ModalitySpec(
 def lzn_register_modalities(register: Callable[[ModalitySpec], None]) -> None:
     """Register the ``image`` modality."""
     register(SPEC)
+
+
+@hookimpl
+def lzn_register_commands(register: Callable[..., None]) -> None:
+    """Register ``lzn import-official`` (the authors' checkpoints as exported models)."""
+    from . import commands
+
+    register("import-official", help=commands.HELP, add_arguments=commands.add_arguments, run=commands.run)

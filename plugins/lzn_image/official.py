@@ -41,15 +41,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LZNError, LZNWarning
-from ..io.files import write_model
+from lzn_core.errors import LZNError, LZNWarning
+from lzn_core.io import write_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..model import LZNModel
+    from lzn_core.model import LZNModel
 
-CASES = (1, 2, 3)
+from .commands import CASES
 
 SAFE_GLOBALS: tuple[Any, ...] = (OrderedDict,)
 """Non-tensor types allowed in an official checkpoint besides what ``weights_only`` always allows
@@ -626,8 +626,8 @@ def official_model(
         OfficialCheckpointError: the checkpoint is not of this case, or tensors do not fit
             (``.unmapped`` / ``.misshaped`` / ``.missing`` list them).
     """
-    from ..model import LZNModel
-    from ..recipe import validate_recipe
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import validate_recipe
 
     if case not in CASES:
         raise OfficialCheckpointError(f"case must be one of {', '.join(map(str, CASES))}, got {case!r}")
