@@ -229,21 +229,49 @@ class PreviewWriter(Protocol):
     """Decoder capability: a picture of a batch of decoded items (sample grids during training)."""
 
     def save_preview(self, batch: Batch, path: str | Path, *, nrow: int | None = None) -> Path:
-        """Write ``batch`` to ``path`` (e.g. a PNG grid, ``nrow`` items per row); return the path."""
+        """Write ``batch`` to ``path`` (e.g. a PNG grid, ``nrow`` items per row); return the path.
+
+        The framework creates ``path``'s folder before the call (training: ``run/samples/``); the
+        plugin writes the file (it may change the suffix, and returns the path it wrote).
+        """
         ...
 
 
 @runtime_checkable
 class SampleJudge(Protocol):
-    """Decoder capability: modality-specific scores of generated items against real ones."""
+    """Decoder capability: modality-specific scores of generated items against real ones.
+
+    Training calls it on class-conditional samples; ``lzn eval`` on those and on samples drawn
+    from the prior, and records whatever it returns (e.g. the image decoder's
+    ``class_consistency``, and FID/KID with the name of the features they were computed on).
+    """
 
     def judge_samples(
-        self, samples: Batch, classes: Any, real: Batch, real_classes: Any
-    ) -> Mapping[str, float]:
-        """Scores of ``samples`` generated for ``classes`` (B,) given real items of known classes.
+        self,
+        samples: Batch,
+        classes: Any,
+        real: Batch,
+        real_classes: Any,
+        *,
+        held_out: Batch | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> Mapping[str, float | int | str]:
+        """Scores of B generated ``samples`` given N real items.
 
-        Example: the image decoder's ``class_consistency``: the share of class-k samples that a
-        classifier fitted on the real items' pixels calls k.
+        Args:
+            samples: B generated items.
+            classes: (B,) the classes the samples were generated for (class-conditional), or None:
+                the samples were drawn from the prior (distribution scores such as FID).
+            real: N real training items.
+            real_classes: (N,) their classes, or None when the model has none.
+            held_out: real items of another split (the test items), for a real-vs-real reference
+                of a distribution score; None when there are none.
+            options: the user's settings for this judge (``lzn eval --judge MODALITY.KEY=VALUE``),
+                as strings; raise ``ValueError`` naming the keys it reads for one it does not.
+
+        Returns:
+            name -> number (or a string saying how numbers were computed, e.g. the features);
+            an empty mapping when nothing applies (e.g. no classes to check against).
         """
         ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -592,6 +593,60 @@ def test_kit_reports_each_violation(change, message):
         check_modality(_toy_spec(**change), latent_dim=8, batch_size=4)
     assert str(ei.value).startswith("modality 'toy' breaks the contract: ")
     assert message in str(ei.value)
+
+
+def test_kit_checks_judges_and_previews(tmp_path):
+    """SampleJudge is called as training (class-conditional) and lzn eval (from the prior, with
+    held-out items, options) call it; a PreviewWriter is asked for a file in a fresh folder."""
+    import dataclasses
+
+    from lzn_core.errors import ContractError
+    from lzn_core.testing import check_modality
+
+    spec = _toy_spec()
+    dec = spec.build_decoder
+
+    class Judge(dec):
+        def judge_samples(self, samples, classes, real, real_classes, *, held_out=None, options=None):
+            if options:
+                raise ValueError(f"toy judge: reads no options, got {sorted(options)}")
+            if classes is None:
+                return {"gap": float((samples.detach().mean(0) - held_out.mean(0)).abs().sum())}
+            return {"n": len(samples), "how": "toy"}
+
+        def save_preview(self, batch, path, *, nrow=None):
+            Path(path).write_text(str(batch.tolist()))
+            return Path(path)
+
+    rep = check_modality(dataclasses.replace(spec, build_decoder=Judge), latent_dim=4)
+    assert "SampleJudge: judge_samples -> n, how, gap; unknown options rejected" in rep.checks
+    assert "PreviewWriter: save_preview writes the file asked for in a fresh folder" in rep.checks
+
+    class Lists(Judge):
+        def judge_samples(self, samples, classes, real, real_classes, *, held_out=None, options=None):
+            return {"per_class": [1.0, 2.0]}
+
+    class Lax(Judge):
+        def judge_samples(self, samples, classes, real, real_classes, *, held_out=None, options=None):
+            return {}
+
+    class Old(Judge):
+        def judge_samples(self, samples, classes, real, real_classes):
+            return {}
+
+    class Elsewhere(Judge):
+        def save_preview(self, batch, path, *, nrow=None):
+            (tmp_path / "grid.png").write_text("x")
+            return tmp_path / "grid.png"
+
+    for cls, message in (
+        (Lists, "judge_samples (class-conditional) must return a mapping of names to numbers or strings"),
+        (Lax, "judge_samples accepted an unknown option; raise ValueError naming the options it reads"),
+        (Old, "has no parameter 'held_out'; the framework calls decoder.judge_samples("),
+        (Elsewhere, "save_preview was asked for "),
+    ):
+        with pytest.raises(ContractError, match=re.escape(message)):
+            check_modality(dataclasses.replace(spec, build_decoder=cls), latent_dim=4)
 
 
 def test_kit_checks_decoder_kind_and_condition_dim():

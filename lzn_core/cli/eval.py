@@ -3,7 +3,10 @@
 lzn eval runs/digits_joint                 # the run's final/ export, the paper's protocols
 lzn eval model/ --data "data/digits/test-*.tar" --json --out eval/
 lzn eval runs/cifar_joint --preset quick   # cheap settings (test items, 4 clipped draws, small batches)
-lzn eval runs/cifar_gen --fid clean-fid --fid-weights inception-2015-12-05.pt
+lzn eval runs/cifar_gen --judge image.fid=clean-fid --judge image.fid_weights=inception-2015-12-05.pt
+
+``--judge MODALITY.KEY=VALUE`` passes options to the judge of a modality's decoder (its
+``SampleJudge``; the image decoder reads ``fid`` and ``fid_weights``, see ``lzn_image.judge``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 from ..errors import LZNError
 from ..eval.protocol import probe_eval
-from ..eval.report import FID_CHOICES, PRESETS, evaluate, format_table, load_split
+from ..eval.report import PRESETS, evaluate, format_table, load_split
 from ..io import load, locate
 
 HELP = "evaluate a run or model: accuracy, calibration, OOD, FID/KID, reconstruction, probes"
@@ -53,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--samples",
         type=int,
-        help="generated items for FID/KID (paper: as many as the training items; 0: skip)",
+        help="items drawn from the prior for each decoder's judge, e.g. FID/KID of images "
+        "(paper: as many as the training items; 0: skip)",
     )
     parser.add_argument("--per-class", type=int, default=20, help="class-conditional samples per class")
     parser.add_argument("--recon", type=int, help="items scored for reconstruction (paper: 2000; 0: skip)")
@@ -72,12 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=None, help="sampler steps of the decoders")
     parser.add_argument(
-        "--fid",
-        choices=FID_CHOICES,
-        default="auto",
-        help="FID/KID implementation (auto: clean-fid if its weights are found)",
+        "--judge",
+        action="append",
+        default=[],
+        metavar="MODALITY.KEY=VALUE",
+        help="an option of a decoder's judge, repeatable (images: fid=auto|clean-fid|digits|none, "
+        "fid_weights=FILE)",
     )
-    parser.add_argument("--fid-weights", help="clean-fid's inception-2015-12-05.pt (or its folder)")
     parser.add_argument(
         "--probe-train-limit",
         type=int,
@@ -91,6 +96,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vote-draws", type=int, default=16, help="ε draws of the zone-vote confidence")
     parser.add_argument("--vote-alpha", type=float, default=1.0, help="α of the zone-vote confidence")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _judge_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["image.fid=clean-fid", ...]`` -> ``{"image": {"fid": "clean-fid"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        modality, dot, name = key.partition(".")
+        if not (sep and dot and modality and name):
+            raise ValueError(f"--judge {item!r}: expected MODALITY.KEY=VALUE, e.g. image.fid=clean-fid")
+        out.setdefault(modality, {})[name] = value
+    return out
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,8 +159,7 @@ def run(args: argparse.Namespace) -> int:
         **settings,
         per_class=args.per_class,
         steps=args.steps,
-        fid=args.fid,
-        fid_weights=args.fid_weights,
+        judge=_judge_options(args.judge),
         out=Path(args.out) if args.out else None,
         seed=args.seed,
         vote_alpha=args.vote_alpha,

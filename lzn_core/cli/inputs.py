@@ -148,7 +148,9 @@ def write_output(
     :class:`~lzn_core.modality.PreviewWriter`, else one line per item (to ``path`` or stdout)."""
     decoder = model.decoders[name]
     if isinstance(decoder, PreviewWriter):
-        written = decoder.save_preview(out, path or f"{what}.png", nrow=nrow)
+        target = Path(path or f"{what}.png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written = decoder.save_preview(out, target, nrow=nrow)
         print(f"wrote {len(out)} {what}(s) to {written}")
         return
     lines = [
