@@ -82,7 +82,10 @@ def write_full_image_shards(out: Path, n_train: int = 24, n_test: int = 12) -> N
 
     for split, count in (("train", n_train), ("val", n_test)):
         samples = (
-            make_sample(f"s{i:05d}", _colour_png(i % 4, 35 + (7 * i) % 26, 36 + (11 * i) % 25), "x", i % 4)
+            make_sample(
+                f"s{i:05d}",
+                {"png": _colour_png(i % 4, 35 + (7 * i) % 26, 36 + (11 * i) % 25), "txt": "x", "cls": i % 4},
+            )
             for i in range(count)
         )
         write_split(out, split, samples, total=count, shard_size=max(1, count // 2), progress=False)

@@ -96,9 +96,11 @@ def _synthetic(out: Path, n: int, side: int, channels: int) -> None:
         samples = (
             make_sample(
                 f"s{i:05d}",
-                png_bytes(rng.integers(0, 256, shape, dtype=np.uint8)),
-                f"a picture of class {i % 10}",
-                i % 10,
+                {
+                    "png": png_bytes(rng.integers(0, 256, shape, dtype=np.uint8)),
+                    "txt": f"a picture of class {i % 10}",
+                    "cls": i % 10,
+                },
             )
             for i in range(count)
         )

@@ -87,7 +87,8 @@ def _cifar_samples(batch: dict[Any, Any], names: Sequence[str], prefix: str) -> 
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
     gen = (
         make_sample(
-            f"{prefix}_{i:05d}", png_bytes(np.ascontiguousarray(images[i])), f"a photo of a {names[y]}", y
+            f"{prefix}_{i:05d}",
+            {"png": png_bytes(np.ascontiguousarray(images[i])), "txt": f"a photo of a {names[y]}", "cls": y},
         )
         for i, y in enumerate(labels)
     )
@@ -199,7 +200,7 @@ def _folder_samples(
             continue
         if changed:
             resized.append(f"{path} {own[0]}x{own[1]}")
-        yield make_sample(f"img{i:07d}", png, f"a photo of a {classes[cls]}", cls)
+        yield make_sample(f"img{i:07d}", {"png": png, "txt": f"a photo of a {classes[cls]}", "cls": cls})
 
 
 def write_folder(
@@ -348,7 +349,7 @@ def _caption_samples(
             _log.warning("skipping line %d: %s", lineno, exc)
             skipped.append(f"line {lineno}: {type(exc).__name__}: {exc}")
             continue
-        yield make_sample(f"cap{lineno:08d}", png, caption)
+        yield make_sample(f"cap{lineno:08d}", {"png": png, "txt": caption})
 
 
 def write_captions(

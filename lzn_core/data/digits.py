@@ -234,7 +234,12 @@ def write_digits(
     with contextlib.ExitStack() as stack:  # both splits staged, then both committed: all or nothing
         staged = []
         for split, idx in (("train", np.sort(idx_train)), ("test", np.sort(idx_test))):
-            gen = (make_sample(f"digits{i:05d}", png_bytes(images[i]), texts[i], labels[i]) for i in idx)
+            gen = (
+                make_sample(
+                    f"digits{i:05d}", {"png": png_bytes(images[i]), "txt": texts[i], "cls": int(labels[i])}
+                )
+                for i in idx
+            )
             staged.append(
                 stack.enter_context(
                     stage_split(out, split, gen, total=len(idx), shard_size=shard_size, progress=progress)
