@@ -19,6 +19,7 @@ call                                             made by
 ``spec.decode_sample(raw) -> item``              the data loader, per sample and shard key
 ``spec.validate_item(item, config)``             the data loader, after decoding
 ``spec.collate(items) -> batch``                 the data loader, per batch
+``spec.as_batch(request) -> batch``              compose, on every request of the modality
 ``spec.transform(batch, config, generator=,      training, every batch before it is encoded
 rows=)``
 ``spec.augment(batch, config, generator=...)``   training, two-view alignment (case 2)
@@ -331,6 +332,12 @@ class ModalitySpec:
             builds, trains and serves the modality from it.
         example_items: ``n -> list[bytes]``: n raw shard values (as stored under
             ``shard_keys[0]``) that ``decode_sample`` accepts and that fit ``example_config``.
+        as_batch: optional ``request -> batch``: what ``compose`` does with a request of this
+            modality before anything else (a decoder's output fed to the next edge of a chain
+            included): one item becomes a batch of one (an image ``(C, H, W)`` ->
+            ``(1, C, H, W)``, a class ``3`` -> ``tensor([3])``, a string -> ``[string]``), a
+            batch passes unchanged. None: every request is a batch already (the core guesses
+            nothing from shapes or types).
     """
 
     name: str
@@ -350,6 +357,7 @@ class ModalitySpec:
     description: str = ""
     example_config: Mapping[str, Any] = field(default_factory=dict)
     example_items: Callable[[int], list[bytes]] | None = None
+    as_batch: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():

@@ -11,7 +11,8 @@ the framework makes it, then, for a registered modality, *trains and serves* it:
 1. config: ``spec.example_config`` is valid; unknown keys are rejected;
 2. data: ``decode_sample`` decodes ``spec.example_items`` (and ``validate_item`` accepts them),
    rejects corrupt bytes with a ``ValueError`` naming the modality or a shard key; ``collate``
-   keeps the batch length;
+   keeps the batch length; ``as_batch`` makes one item a batch of one and keeps a batch (a
+   sampled one too);
 3. signatures: ``decoder.loss`` takes ``(z, batch, cond, *, generator, rows)`` and
    ``decoder.sample`` ``(z, cond, *, steps, generator)``; a missing parameter is named;
 4. the encoder gives finite float anchors (B, q) with gradients to its parameters; every
@@ -167,6 +168,17 @@ def _check_decode(spec: ModalitySpec, config: Any, batch_size: int, rep: Conform
     if _batch_len(batch) != batch_size:
         raise _fail(spec, f"collate of {batch_size} items gave a batch of length {_batch_len(batch)}")
     rep.checks.append("collate")
+    if spec.as_batch is not None:
+        one = spec.as_batch(items[0])
+        if _batch_len(one) != 1:
+            raise _fail(
+                spec, f"as_batch of one decoded item gave a batch of length {_batch_len(one)}, expected 1"
+            )
+        if _batch_len(spec.as_batch(batch)) != batch_size:
+            raise _fail(
+                spec, f"as_batch of a batch of {batch_size} changed its length: a batch must pass unchanged"
+            )
+        rep.checks.append("as_batch: one item -> a batch of one; a batch passes unchanged")
     if spec.transform is not None:
         _check_transform(spec, config, batch, rep)
     return batch
@@ -365,6 +377,12 @@ def _check_decoder(
         out = decoder.sample(z, None, steps=steps, generator=torch.Generator().manual_seed(0))
         if _batch_len(out) != b:
             raise _fail(spec, f"decoder.sample of {b} latents returned a batch of length {_batch_len(out)}")
+        if spec.as_batch is not None and _batch_len(spec.as_batch(out)) != b:
+            raise _fail(
+                spec,
+                f"as_batch of decoder.sample's batch of {b} has length {_batch_len(spec.as_batch(out))}: "
+                "compose feeds a decoder's output to the next edge of a chain through as_batch",
+            )
         rep.checks.append(f"decoder.sample returns a batch of {b}")
         if spec.accepts_condition:
             _, conditioned = spec.build(config, q, KIT_CONDITION_DIM)

@@ -581,6 +581,15 @@ def _kit_bad_cases():
             {"dec_loss": lambda m, z, x: ((m.lin(z) - x) ** 2).sum()},
             "decoder.loss over rows 0:4 is",
         ),
+        ({"as_batch": lambda r: r}, "as_batch of one decoded item gave a batch of length 3, expected 1"),
+        (  # the guess compose used to make for images: wrong for every batch
+            {"as_batch": lambda r: r[None]},
+            "as_batch of a batch of 4 changed its length: a batch must pass unchanged",
+        ),
+        (  # items and collated batches pass, a decoder's output (it has autograd history here) does not
+            {"as_batch": lambda r: r.reshape(1, -1) if r.requires_grad else (r[None] if r.dim() == 1 else r)},
+            "as_batch of decoder.sample's batch of 4 has length 1",
+        ),
     ]
 
 

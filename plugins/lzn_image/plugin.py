@@ -14,7 +14,7 @@ from lzn_core.hookspecs import hookimpl
 from lzn_core.modality import ModalitySpec
 
 from .config import ImageConfig
-from .io import collate, decode_sample
+from .io import as_batch, collate, decode_sample
 
 
 def build_encoder(config: ImageConfig, latent_dim: int) -> Any:
@@ -101,6 +101,7 @@ SPEC = ModalitySpec(
     description="images: U-Net encoder + latent blocks, rectified-flow U-Net decoder",
     example_config={"preset": "tiny"},
     example_items=example_items,
+    as_batch=as_batch,
 )
 
 
