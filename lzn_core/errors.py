@@ -35,6 +35,10 @@ class ContractError(LZNError):
     """A modality plugin breaks the modality contract (shapes, dtypes, config, gradients)."""
 
 
+class ZonalLossError(ContractError, NotImplementedError):
+    """``loss`` was called on a zonal decoder, which has nothing to train."""
+
+
 class RecipeError(LZNError):
     """A recipe (YAML or compose task models) is invalid; lists every problem with its field path."""
 

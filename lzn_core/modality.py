@@ -48,7 +48,9 @@ Decoder kinds (:data:`DecoderKind`): ``"generative"`` decoders are trained by ``
 tasks through ``loss`` and decode with ``sample``; a ``"zonal"`` decoder has nothing to
 train: ``sample(z)`` flows z to the modality's anchor bank and returns the index of the
 zone it lands in, ``(B,)`` int64 (so the items of a zonal modality are bank indices, e.g.
-class ids); ``"none"`` is an encoder-only modality (no decoder is ever called).
+class ids); the core implements it once, :class:`lzn_core.model.ZonalDecoder` (a plugin's
+``build_decoder`` returns one, with its default number of steps); ``"none"`` is an
+encoder-only modality (no decoder is ever called).
 """
 
 from __future__ import annotations

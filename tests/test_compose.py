@@ -617,3 +617,26 @@ def test_compose_chains_through_a_non_image_generative_modality(points_model) ->
     )  # the label's as_batch
     with pytest.raises(ComposeError, match="empty or unsized request"):
         compose("points -> label", model=points_model)(torch.tensor(1.0))
+
+
+def test_both_inference_paths_use_the_zonal_decoders_one_step_default(monkeypatch) -> None:
+    """Classification (`image -> label`) and the condition read from z (`latent -> image`, a decoder
+    conditioned on the label) flow with the zonal decoder's own default (the label's flow_steps)."""
+    import lzn_core.model
+
+    model = tiny_model()
+    model.decoders["label"].steps = 7
+    seen: list[int] = []
+    assign = lzn_core.model.zoning.assign
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["steps"])
+        return assign(*args, **kwargs)
+
+    monkeypatch.setattr(lzn_core.model.zoning, "assign", spy)
+    compose("image -> label", model=model, draws=0)(images(3), seed=0)
+    assert seen == [7]
+    compose("latent -> image", model=model)(2, seed=0)
+    assert seen == [7, 7]
+    compose("image -> label", model=model, draws=0, steps=3)(images(3), seed=0)  # a call's own steps win
+    assert seen == [7, 7, 3]

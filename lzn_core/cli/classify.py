@@ -30,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--alpha", type=float, default=0.0, help="noise scale α of the latents (default 0: zone centre)"
     )
-    parser.add_argument("--steps", type=int, default=100, help="Euler steps of the label flow (default 100)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="Euler steps of the zonal flow (default: the zonal decoder's, e.g. the label config's flow_steps)",
+    )
     parser.add_argument(
         "--draws",
         type=int,

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..errors import ComposeError, LZNError
 from ..modality import BackboneFeatures, ModalitySpec, Reconstructs
-from ..model import CLASS_ZONE_STEPS, LZNModel
+from ..model import LZNModel
 
 LATENT = "latent"
 """The node name of the shared Gaussian latent space in task graphs."""
@@ -235,7 +235,8 @@ class Represent(Graph):
 
 class Classify(Graph):
     """``X -> Y`` with a zonal Y (``image -> label``): latents of X (or given z for ``latent -> Y``),
-    the reverse flow over Y's anchors (``steps`` Euler steps, uniform weights), nearest anchor.
+    the reverse flow over Y's anchors (``steps`` Euler steps, default: Y's zonal decoder's, as
+    everywhere; uniform weights), nearest anchor.
 
     Returns a :class:`Prediction`. α = 0 (the zone centre) and a large inference batch
     (``batch_size`` with ``bank_size=0``, or the bank) give the best accuracy (PAPER §1.6).
@@ -247,7 +248,7 @@ class Classify(Graph):
 
     DEFAULTS: ClassVar[dict[str, Any]] = dict(
         alpha=0.0,
-        steps=CLASS_ZONE_STEPS,
+        steps=None,
         latent_steps=None,
         batch_size=256,
         bank_size=None,
