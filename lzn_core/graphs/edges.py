@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ComposeError, LZNError
+from ..latent import sample_prior
 from ..modality import BackboneFeatures, ModalitySpec, Reconstructs
 from ..model import LZNModel
 
@@ -334,7 +335,9 @@ class Generate(Graph):
         else:
             if int(n_or_z) < 1:
                 raise ComposeError(f"number of samples must be >= 1, got {n_or_z}")
-            z = torch.randn((int(n_or_z), self.model.latent_dim), generator=gen).to(dev)
+            z = sample_prior(int(n_or_z), self.model.latent_dim, generator=gen).to(
+                dev
+            )  # on the CPU: one seed, one z
         cond_all = None if condition is None else self._condition_request(condition)
         decoder: Any = self.model.decoders[self.target]
         parts = []
