@@ -47,6 +47,18 @@ class DataError(LZNError):
     """Missing shards, an empty shard set, or data that cannot be read."""
 
 
+class MissingShardsError(DataError):
+    """No shard (or not every listed shard) matches a pattern.
+
+    Attributes:
+        pattern: the shard pattern, as given.
+    """
+
+    def __init__(self, message: str, pattern: str) -> None:
+        super().__init__(message)
+        self.pattern = pattern
+
+
 class ComposeError(LZNError):
     """A task graph that the model cannot run (unknown modality, impossible edge, bad option)."""
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from . import zoning
 from .data import iter_raw, loader
-from .errors import ContractError, LZNError, RecipeError, ZonalLossError, did_you_mean
+from .errors import ContractError, LZNError, MissingShardsError, RecipeError, ZonalLossError, did_you_mean
 from .modality import AnchorBank, ConditionProvider, ModalitySpec
 from .plugins import get_modality
 
@@ -375,19 +375,23 @@ class LZNModel(nn.Module):
         ``pattern`` (default: the recipe's ``data.train``); the previous mode is restored.
 
         Raises:
-            DataError: no shards match ``pattern``.
+            DataError: no shards match ``pattern`` (for the recipe's own, the message says the
+                recipe's ``data.make``).
         """
         names = [n for n in self.names if not self.has_fixed_bank(n)]
         if not names:
             return
         size = self.recipe.latent.bank_size
-        ld = loader(
-            pattern or self.recipe.data.train,
-            {n: self.specs[n] for n in names},
-            batch_size=min(size, 256),
-            seed=seed + 1,
-            drop_last=False,
-        )
+        try:
+            ld = loader(
+                pattern or self.recipe.data.train,
+                {n: self.specs[n] for n in names},
+                batch_size=min(size, 256),
+                seed=seed + 1,
+                drop_last=False,
+            )
+        except MissingShardsError as exc:
+            raise MissingShardsError(self.recipe.data.explain(exc), exc.pattern) from None
         device = self.device
         rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         was_training = self.training

@@ -40,7 +40,7 @@ def data_problems(recipe: Recipe) -> list[str]:
         try:
             expand_pattern(pattern)
         except DataError as exc:
-            problems.append(f"data.{field}: {exc}")
+            problems.append(f"data.{field}: {recipe.data.explain(exc)}")
     return problems
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..data import loader
-from ..errors import DataError
+from ..errors import DataError, MissingShardsError
 from ..modality import PreviewWriter, Reconstructs, SampleJudge
 from ..model import LZNModel
 from . import protocol as p
@@ -95,16 +95,19 @@ def load_split(
         return {}
     specs = {n: model.specs[n] for n in names}
     configs = {n: model.configs[n] for n in names}
-    ld = loader(
-        pattern,
-        specs,
-        configs=configs,
-        batch_size=512,
-        shuffle=False,
-        drop_last=False,
-        infinite=False,
-        replace_bad=False,
-    )
+    try:
+        ld = loader(
+            pattern,
+            specs,
+            configs=configs,
+            batch_size=512,
+            shuffle=False,
+            drop_last=False,
+            infinite=False,
+            replace_bad=False,
+        )
+    except MissingShardsError as exc:  # the recipe's own shards: say how they are made (data.make)
+        raise MissingShardsError(model.recipe.data.explain(exc), exc.pattern) from None
     parts: dict[str, list[Any]] = {n: [] for n in names}
     for batch in ld:
         for n in names:
