@@ -80,8 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="MODALITY.KEY=VALUE",
-        help="an option of a decoder's judge, repeatable (images: fid=auto|clean-fid|digits|none, "
-        "fid_weights=FILE)",
+        help="an option of the judge of MODALITY's decoder, repeatable (its plugin documents the keys; "
+        "an unknown key is an error)",
     )
     parser.add_argument(
         "--probe-train-limit",
@@ -105,7 +105,9 @@ def _judge_options(items: list[str]) -> dict[str, dict[str, str]]:
         key, sep, value = item.partition("=")
         modality, dot, name = key.partition(".")
         if not (sep and dot and modality and name):
-            raise ValueError(f"--judge {item!r}: expected MODALITY.KEY=VALUE, e.g. image.fid=clean-fid")
+            raise ValueError(
+                f"--judge {item!r}: expected MODALITY.KEY=VALUE (a key the modality's judge reads)"
+            )
         out.setdefault(modality, {})[name] = value
     return out
 
