@@ -316,7 +316,7 @@ def evaluate_job(name: str, seed: int, cfg: dict[str, Any], paths: dict[str, Any
 
     from lzn_core.eval import protocol as em
     from lzn_core.eval.report import evaluate, load_split
-    from lzn_core.weights import load
+    from lzn_core.io import load
 
     v = variants(cfg)[name]
     torch.set_num_threads(1)
@@ -419,7 +419,7 @@ def figures(cfg: dict[str, Any], paths: dict[str, Any], names: list[str]) -> dic
 
     from lzn_core.eval import protocol as em
     from lzn_core.eval.report import load_split
-    from lzn_core.weights import load
+    from lzn_core.io import load
 
     models = {n: load(run_dir(paths["runs"], n, 0) / "final") for n in names}
     test = load_split(models[names[0]], str(paths["data"]["digits"] / "test-*.tar"), ["image", "label"])

@@ -50,7 +50,12 @@ def _rgb_shards(out: Path, n: int) -> str:
     rng = np.random.default_rng(0)
     gen = (
         make_sample(
-            f"rgb{i:06d}", png_bytes(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)), "noise", i % 10
+            f"rgb{i:06d}",
+            {
+                "png": png_bytes(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
+                "txt": "noise",
+                "cls": i % 10,
+            },
         )
         for i in range(n)
     )
@@ -60,7 +65,7 @@ def _rgb_shards(out: Path, n: int) -> str:
 
 def _cifar_size_shards(out: Path, n: int = 50_000) -> str:
     png = png_bytes(np.zeros((32, 32, 3), np.uint8))
-    samples = (make_sample(f"c{i:06d}", png, "x", 0) for i in range(n))
+    samples = (make_sample(f"c{i:06d}", {"png": png, "txt": "x", "cls": 0}) for i in range(n))
     write_split(out, "train", samples, total=n, shard_size=5000, progress=False)
     return str(out / "train-*.tar")
 

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (``load`` is ``from_pretrained``: a directory or a hub id)
+# public name -> module that defines it (``load``, also ``from_pretrained``: a directory, a run or a hub id)
 _LAZY: dict[str, str] = {
     "compose": "lzn_core.graphs",
     "possible_edges": "lzn_core.graphs",
-    "load": "lzn_core.hub.pretrained",
-    "from_pretrained": "lzn_core.hub.pretrained",
-    "save_pretrained": "lzn_core.hub.pretrained",
-    "push_to_hub": "lzn_core.hub.pretrained",
-    "export_run": "lzn_core.weights",
+    "load": "lzn_core.io",
+    "from_pretrained": "lzn_core.io",
+    "save_pretrained": "lzn_core.io",
+    "push_to_hub": "lzn_core.io",
+    "export_run": "lzn_core.io",
     "Recipe": "lzn_core.recipe",
     "load_recipe": "lzn_core.recipe",
     "LZNModel": "lzn_core.model",
@@ -44,7 +44,7 @@ _SUBMODULES = (
     "errors",
     "eval",
     "graphs",
-    "hub",
+    "io",
     "latent",
     "modality",
     "model",
@@ -52,7 +52,6 @@ _SUBMODULES = (
     "recipe",
     "testing",
     "train",
-    "weights",
     "zoning",
 )
 
@@ -75,7 +74,7 @@ __all__ = [
     "get_modality",
     "graphs",
     "hookimpl",
-    "hub",
+    "io",
     "latent",
     "list_modalities",
     "list_plugins",
@@ -90,7 +89,6 @@ __all__ = [
     "save_pretrained",
     "testing",
     "train",
-    "weights",
     "zoning",
 ]
 
@@ -98,12 +96,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import LZNError
     from .graphs.compose import compose, possible_edges
     from .hookspecs import hookimpl
-    from .hub.pretrained import from_pretrained, load, push_to_hub, save_pretrained
+    from .io import export_run, from_pretrained, load, push_to_hub, save_pretrained
     from .modality import Decoder, Encoder, ModalitySpec
     from .model import LZNModel
     from .plugins import PluginInfo, get_modality, list_modalities, list_plugins
     from .recipe import Recipe, load_recipe
-    from .weights import export_run
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ import math
 
 import torch
 import torch.distributed as dist
-from torch.distributed.nn.functional import all_gather
+from torch.distributed._functional_collectives import AsyncCollectiveTensor, all_gather_single
 
 from .errors import checks_values
 
@@ -118,9 +118,10 @@ def gather_anchors(anchors: torch.Tensor) -> torch.Tensor:
 
     Returns:
         (world·B, q), rank-major (rank r's rows at r·B ... (r+1)·B − 1), via
-        ``torch.distributed.nn.functional.all_gather`` (its backward sums the
-        gradients of all ranks into the owner's rows); ``anchors`` itself when
-        ``torch.distributed`` is not initialised.
+        ``torch.distributed._functional_collectives.all_gather_single`` (what torch 2.14
+        recommends in place of the deprecated ``torch.distributed.nn.functional.all_gather``;
+        its backward, a sum reduce-scatter, sums the gradients of all ranks into the owner's
+        rows); ``anchors`` itself when ``torch.distributed`` is not initialised.
 
     Raises:
         ValueError: when ``anchors`` is not 2-D.
@@ -131,4 +132,7 @@ def gather_anchors(anchors: torch.Tensor) -> torch.Tensor:
     if not _distributed():
         return anchors
 
-    return torch.cat(all_gather(anchors.contiguous()), dim=0)
+    world = dist.group.WORLD
+    assert world is not None  # initialised (checked above)
+    gathered = all_gather_single(anchors.contiguous(), 0, world)
+    return gathered.wait() if isinstance(gathered, AsyncCollectiveTensor) else gathered

@@ -35,12 +35,28 @@ class ContractError(LZNError):
     """A modality plugin breaks the modality contract (shapes, dtypes, config, gradients)."""
 
 
+class ZonalLossError(ContractError, NotImplementedError):
+    """``loss`` was called on a zonal decoder, which has nothing to train."""
+
+
 class RecipeError(LZNError):
     """A recipe (YAML or compose task models) is invalid; lists every problem with its field path."""
 
 
 class DataError(LZNError):
     """Missing shards, an empty shard set, or data that cannot be read."""
+
+
+class MissingShardsError(DataError):
+    """No shard (or not every listed shard) matches a pattern.
+
+    Attributes:
+        pattern: the shard pattern, as given.
+    """
+
+    def __init__(self, message: str, pattern: str) -> None:
+        super().__init__(message)
+        self.pattern = pattern
 
 
 class ComposeError(LZNError):

@@ -10,7 +10,11 @@ here::
     def lzn_register_modalities(register):
         register(ModalitySpec(name="vector", ...))
 
-Every hook name starts with ``lzn_``. This module imports only pluggy, so
+    @lzn_core.hookimpl
+    def lzn_register_commands(register):
+        register("vector-convert", help="...", add_arguments=add_arguments, run=run)
+
+A plugin implements one or both. Every hook name starts with ``lzn_``. This module imports only pluggy, so
 ``lzn_core.hookimpl`` is cheap for plugins to import at module level.
 """
 
@@ -54,4 +58,30 @@ def lzn_register_modalities(register: Callable[[ModalitySpec], None]) -> None:
 
     Args:
         register: callback taking one ``ModalitySpec``.
+    """
+
+
+@hookspec
+def lzn_register_commands(register: Callable[..., None]) -> None:
+    """Add subcommands to the ``lzn`` command (a modality's own tools: an importer, a converter).
+
+    Called once per process, when the ``lzn`` command needs the list (``lzn --help``, or a
+    command name that is not one of the core's). The plugin calls, once per command::
+
+        register(name, help=ONE_LINE, add_arguments=add_arguments, run=run)
+
+    * ``name``: lower-case letters, digits and dashes (``import-official``); ``lzn NAME``
+      runs it. A name the core already uses, or that two plugins register, is reported by
+      ``lzn --help`` and the core's (or neither plugin's) command is kept.
+    * ``add_arguments(parser: argparse.ArgumentParser) -> None`` adds its options;
+      ``run(args: argparse.Namespace) -> int`` runs it and returns the exit status.
+      Errors of the framework (``LZNError``), missing files and bad values print as one line;
+      anything else also names the plugin that provides the command. The host keeps working.
+    * Keep the hook cheap: ``lzn --help`` calls it. Import heavy code (torch) inside ``run``.
+
+    Registration is all or nothing per plugin, as for modalities: if the hook raises, the plugin
+    is listed as failed (``lzn plugins``) and none of its commands or modalities are kept.
+
+    Args:
+        register: callback ``register(name, *, help, add_arguments, run)``.
     """

@@ -19,6 +19,7 @@ call                                             made by
 ``spec.decode_sample(raw) -> item``              the data loader, per sample and shard key
 ``spec.validate_item(item, config)``             the data loader, after decoding
 ``spec.collate(items) -> batch``                 the data loader, per batch
+``spec.as_batch(request) -> batch``              compose, on every request of the modality
 ``spec.transform(batch, config, generator=,      training, every batch before it is encoded
 rows=)``
 ``spec.augment(batch, config, generator=...)``   training, two-view alignment (case 2)
@@ -47,7 +48,9 @@ Decoder kinds (:data:`DecoderKind`): ``"generative"`` decoders are trained by ``
 tasks through ``loss`` and decode with ``sample``; a ``"zonal"`` decoder has nothing to
 train: ``sample(z)`` flows z to the modality's anchor bank and returns the index of the
 zone it lands in, ``(B,)`` int64 (so the items of a zonal modality are bank indices, e.g.
-class ids); ``"none"`` is an encoder-only modality (no decoder is ever called).
+class ids); the core implements it once, :class:`lzn_core.model.ZonalDecoder` (a plugin's
+``build_decoder`` returns one, with its default number of steps); ``"none"`` is an
+encoder-only modality (no decoder is ever called).
 """
 
 from __future__ import annotations
@@ -229,21 +232,49 @@ class PreviewWriter(Protocol):
     """Decoder capability: a picture of a batch of decoded items (sample grids during training)."""
 
     def save_preview(self, batch: Batch, path: str | Path, *, nrow: int | None = None) -> Path:
-        """Write ``batch`` to ``path`` (e.g. a PNG grid, ``nrow`` items per row); return the path."""
+        """Write ``batch`` to ``path`` (e.g. a PNG grid, ``nrow`` items per row); return the path.
+
+        The framework creates ``path``'s folder before the call (training: ``run/samples/``); the
+        plugin writes the file (it may change the suffix, and returns the path it wrote).
+        """
         ...
 
 
 @runtime_checkable
 class SampleJudge(Protocol):
-    """Decoder capability: modality-specific scores of generated items against real ones."""
+    """Decoder capability: modality-specific scores of generated items against real ones.
+
+    Training calls it on class-conditional samples; ``lzn eval`` on those and on samples drawn
+    from the prior, and records whatever it returns (e.g. the image decoder's
+    ``class_consistency``, and FID/KID with the name of the features they were computed on).
+    """
 
     def judge_samples(
-        self, samples: Batch, classes: Any, real: Batch, real_classes: Any
-    ) -> Mapping[str, float]:
-        """Scores of ``samples`` generated for ``classes`` (B,) given real items of known classes.
+        self,
+        samples: Batch,
+        classes: Any,
+        real: Batch,
+        real_classes: Any,
+        *,
+        held_out: Batch | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> Mapping[str, float | int | str]:
+        """Scores of B generated ``samples`` given N real items.
 
-        Example: the image decoder's ``class_consistency``: the share of class-k samples that a
-        classifier fitted on the real items' pixels calls k.
+        Args:
+            samples: B generated items.
+            classes: (B,) the classes the samples were generated for (class-conditional), or None:
+                the samples were drawn from the prior (distribution scores such as FID).
+            real: N real training items.
+            real_classes: (N,) their classes, or None when the model has none.
+            held_out: real items of another split (the test items), for a real-vs-real reference
+                of a distribution score; None when there are none.
+            options: the user's settings for this judge (``lzn eval --judge MODALITY.KEY=VALUE``),
+                as strings; raise ``ValueError`` naming the keys it reads for one it does not.
+
+        Returns:
+            name -> number (or a string saying how numbers were computed, e.g. the features);
+            an empty mapping when nothing applies (e.g. no classes to check against).
         """
         ...
 
@@ -303,6 +334,12 @@ class ModalitySpec:
             builds, trains and serves the modality from it.
         example_items: ``n -> list[bytes]``: n raw shard values (as stored under
             ``shard_keys[0]``) that ``decode_sample`` accepts and that fit ``example_config``.
+        as_batch: optional ``request -> batch``: what ``compose`` does with a request of this
+            modality before anything else (a decoder's output fed to the next edge of a chain
+            included): one item becomes a batch of one (an image ``(C, H, W)`` ->
+            ``(1, C, H, W)``, a class ``3`` -> ``tensor([3])``, a string -> ``[string]``), a
+            batch passes unchanged. None: every request is a batch already (the core guesses
+            nothing from shapes or types).
     """
 
     name: str
@@ -322,6 +359,7 @@ class ModalitySpec:
     description: str = ""
     example_config: Mapping[str, Any] = field(default_factory=dict)
     example_items: Callable[[int], list[bytes]] | None = None
+    as_batch: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():

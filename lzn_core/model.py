@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from . import zoning
-from .data import iter_raw
-from .errors import LZNError, RecipeError, did_you_mean
+from .data import iter_raw, loader
+from .errors import ContractError, LZNError, MissingShardsError, RecipeError, ZonalLossError, did_you_mean
 from .modality import AnchorBank, ConditionProvider, ModalitySpec
 from .plugins import get_modality
 
@@ -35,6 +35,8 @@ CLASS_ZONE_STEPS = 100
 """Euler steps of class-zone latents (IFM over a fixed bank; PAPER §1.4, ``get_latent_from_label``)."""
 CLASS_ZONE_G = 1e-4
 """Start time g of class-zone latents."""
+ZONAL_STEPS = 100
+"""Default Euler steps of a zonal decoder's reverse flow (the label flow, PAPER §1.5)."""
 
 
 def _training_samples(pattern: str | None, keys: tuple[str, ...]) -> Iterator[bytes]:
@@ -43,6 +45,86 @@ def _training_samples(pattern: str | None, keys: tuple[str, ...]) -> Iterator[by
         return
 
     yield from iter_raw(pattern, keys)
+
+
+class ZonalDecoder(nn.Module):
+    """The decoder of a zonal modality (the label flow, PAPER §1.5): the one implementation.
+
+    ``sample(z)`` runs the reverse flow (FM, τ = 1 -> 0, Euler) of latents ``z: (B, q)`` over the
+    modality's anchor bank ``A: (M, q)`` (its encoder's :class:`~lzn_core.modality.AnchorBank`,
+    read through :meth:`bind`) and returns the zone each lands in, the nearest anchor:
+    ``argmin_k ‖FM_A(z) − A_k‖²``, ``(B,)`` int64 indices into the bank (for labels: classes).
+    It has no parameters and nothing to train (``loss`` raises :class:`ZonalLossError`); the
+    anchors train through ``align`` tasks, whose reverse flow is the same :func:`zoning.assign`.
+    A plugin returns one from ``build_decoder`` (``ZonalDecoder(steps=config.flow_steps)``).
+
+    Args:
+        steps: Euler steps of ``sample`` when the call gives none: the one default of every
+            inference path (compose's classification, the condition read from z).
+    """
+
+    kind = "zonal"
+
+    def __init__(self, steps: int = ZONAL_STEPS) -> None:
+        super().__init__()
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"ZonalDecoder: steps must be a positive int, got {steps!r}")
+        self.steps = steps
+        object.__setattr__(self, "_encoder", None)  # not a submodule: nothing is saved twice
+
+    def bind(self, encoder: Any) -> None:
+        """Read the anchor bank of ``encoder`` (``BindsEncoder``; called once after both sides are built)."""
+        if not isinstance(encoder, AnchorBank):
+            raise ContractError(
+                f"a zonal decoder flows latents to its modality's anchor bank: the encoder "
+                f"({type(encoder).__name__}) must define bank()"
+            )
+        object.__setattr__(self, "_encoder", encoder)
+
+    def loss(
+        self,
+        z: torch.Tensor,
+        batch: Any,
+        cond: Any = None,
+        *,
+        generator: torch.Generator | None = None,
+        rows: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Not available: a zonal decoder has nothing to train."""
+        raise ZonalLossError(
+            "a zonal decoder (reverse flow to its modality's anchors) has no loss of its own; train the "
+            "anchors with an align task into the zonal modality, e.g. {kind: align, source: X, target: Y}"
+        )
+
+    @torch.no_grad()
+    def sample(
+        self,
+        z: torch.Tensor,
+        cond: Any = None,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The zone of each latent: ``(B,)`` int64 indices into the bank.
+
+        Args:
+            z: latents (B, q).
+            cond: must be None (a zonal flow takes no conditioning).
+            steps: Euler steps (default :attr:`steps`).
+            generator: unused (the flow is deterministic); part of the decoder contract.
+            weights: (M,) mixture weights of the bank; uniform when None (test time).
+        """
+        if cond is not None:
+            raise ValueError("zonal decoder: sample() takes no conditioning (cond must be None)")
+        encoder: Any = self._encoder
+        if encoder is None:
+            raise ContractError("zonal decoder is not bound to its encoder; call decoder.bind(encoder) first")
+        anchors = encoder.bank()
+        if z.dim() != 2 or z.shape[1] != anchors.shape[1]:
+            raise ValueError(f"zonal decoder: z must be (B, {anchors.shape[1]}), got {tuple(z.shape)}")
+        out = zoning.assign(z.to(anchors.dtype), anchors, steps=steps or self.steps, weights=weights)
+        return torch.cdist(out.final, anchors).argmin(dim=1)
 
 
 class LZNModel(nn.Module):
@@ -284,6 +366,46 @@ class LZNModel(nn.Module):
                 f"bank of {name!r} must have shape (M, {self.latent_dim}), got {tuple(anchors.shape)}"
             )
         self.banks.register_buffer(name, anchors.detach().clone())
+
+    def fill_banks(self, pattern: str | None = None, *, seed: int = 0) -> None:
+        """Store a fixed sample of ``latent.bank_size`` anchors as the bank of every modality
+        without a fixed one (:meth:`set_bank`).
+
+        Runs the encoders (eval mode, no gradients) over shuffled batches of the shards matching
+        ``pattern`` (default: the recipe's ``data.train``); the previous mode is restored.
+
+        Raises:
+            DataError: no shards match ``pattern`` (for the recipe's own, the message says the
+                recipe's ``data.make``).
+        """
+        names = [n for n in self.names if not self.has_fixed_bank(n)]
+        if not names:
+            return
+        size = self.recipe.latent.bank_size
+        try:
+            ld = loader(
+                pattern or self.recipe.data.train,
+                {n: self.specs[n] for n in names},
+                batch_size=min(size, 256),
+                seed=seed + 1,
+                drop_last=False,
+            )
+        except MissingShardsError as exc:
+            raise MissingShardsError(self.recipe.data.explain(exc), exc.pattern) from None
+        device = self.device
+        rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            for batch in ld:
+                for n in names:
+                    b = batch[n].to(device) if isinstance(batch[n], torch.Tensor) else batch[n]
+                    rows[n].append(self.encode(n, b).cpu())
+                if sum(r.shape[0] for r in rows[names[0]]) >= size:
+                    break
+        for n in names:
+            self.set_bank(n, torch.cat(rows[n])[:size].to(device))
+        self.train(was_training)
 
     def condition(self, name: str, batch: Any) -> torch.Tensor:
         """Conditioning vector (B, d) from modality ``name`` (e.g. one-hot labels)."""

@@ -3,8 +3,9 @@
 Plugins are modules named by entry points of group ``lzn`` (the built-ins in
 ``plugins/`` come through the same group, from the root ``pyproject.toml``).
 Discovery is lazy and happens once per process, on the first
-:func:`get_modality` / :func:`list_plugins` call. Each plugin implements the
-hook ``lzn_register_modalities(register)`` (:mod:`lzn_core.hookspecs`).
+:func:`get_modality` / :func:`list_plugins` / :func:`plugin_commands` call. Each plugin
+implements the hook ``lzn_register_modalities(register)``, ``lzn_register_commands(register)``
+(subcommands of ``lzn``) or both (:mod:`lzn_core.hookspecs`).
 
 Isolation: a plugin that raises on import, in its hook, or registers something
 that is not a ``ModalitySpec`` is recorded (distribution, version, traceback)
@@ -23,11 +24,13 @@ Environment:
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import threading
 import traceback
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import distributions, entry_points
 from typing import TYPE_CHECKING, Any, Literal
@@ -69,6 +72,7 @@ class PluginInfo:
         distribution: the installed distribution providing it ("?" when unknown).
         version: that distribution's version ("?" when unknown).
         modalities: modality names it registered (empty unless status is "ok").
+        commands: ``lzn`` subcommands it registered (empty unless status is "ok").
         status: "ok", "failed" or "disabled".
         error: why it is not usable (failed: the exception in one line; disabled: which
             variable disabled it); for an "ok" plugin, a note such as a duplicate name.
@@ -82,12 +86,45 @@ class PluginInfo:
     status: Status = "ok"
     error: str | None = None
     traceback: str | None = None
+    commands: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``modalities`` as a list)."""
+        """JSON-ready dict (``modalities`` and ``commands`` as lists)."""
         d = asdict(self)
         d["modalities"] = list(self.modalities)
+        d["commands"] = list(self.commands)
         return d
+
+
+_COMMAND_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+
+
+@dataclass(frozen=True)
+class PluginCommand:
+    """An ``lzn`` subcommand a plugin registered (``lzn_register_commands``).
+
+    Attributes:
+        name: the subcommand (``lzn NAME``).
+        help: one line for ``lzn --help``.
+        add_arguments: ``(parser) -> None``.
+        run: ``(args) -> int``.
+        plugin: entry-point name of the plugin.
+        distribution: its distribution.
+        version: that distribution's version.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], Any]
+    plugin: str
+    distribution: str
+    version: str
+
+    @property
+    def source(self) -> str:
+        """``"plugin 'image' (lzn 0.1.0)"``: who provides the command."""
+        return f"plugin {self.plugin!r} ({self.distribution} {self.version})"
 
 
 def _env_names(environ: Mapping[str, str], key: str) -> set[str] | None:
@@ -157,6 +194,7 @@ class PluginRegistry:
         self._specs: dict[str, ModalitySpec] = {}
         self._owner: dict[str, str] = {}  # modality -> plugin (entry-point) name
         self._duplicates: dict[str, list[str]] = {}  # modality -> every plugin registering it
+        self._commands: dict[str, list[PluginCommand]] = {}  # command -> every plugin's registration
         self._causes: dict[str, BaseException] = {}
         self._loaded = False
 
@@ -201,9 +239,10 @@ class PluginRegistry:
                 if not self.pm.get_hookcallers(plugin):
                     raise ContractError(
                         f"plugin {ep.name!r} ({ep.value}) implements no hook; decorate "
-                        "`lzn_register_modalities` with `@lzn_core.hookimpl`"
+                        "`lzn_register_modalities` (or `lzn_register_commands`) with `@lzn_core.hookimpl`"
                     )
                 specs = self._call_hook(ep.name)
+                commands = self._call_commands_hook(ep.name, dist, version)
             except BaseException:
                 self.pm.unregister(name=ep.name)
                 raise
@@ -214,7 +253,11 @@ class PluginRegistry:
             self._duplicates.setdefault(spec.name, []).append(ep.name)
             self._owner.setdefault(spec.name, ep.name)
             self._specs.setdefault(spec.name, spec)
-        self._infos[ep.name] = PluginInfo(ep.name, dist, version, tuple(s.name for s in specs))
+        for command in commands:
+            self._commands.setdefault(command.name, []).append(command)
+        self._infos[ep.name] = PluginInfo(
+            ep.name, dist, version, tuple(s.name for s in specs), commands=tuple(c.name for c in commands)
+        )
 
     def _call_hook(self, name: str) -> list[ModalitySpec]:
 
@@ -232,6 +275,36 @@ class PluginRegistry:
         others = [p for n, p in self.pm.list_name_plugin() if n != name]
         self.pm.subset_hook_caller("lzn_register_modalities", remove_plugins=others)(register=register)
         return specs
+
+    def _call_commands_hook(self, name: str, dist: str, version: str) -> list[PluginCommand]:
+        commands: list[PluginCommand] = []
+
+        def register(
+            command: str,
+            *,
+            help: str,
+            add_arguments: Callable[[argparse.ArgumentParser], None],
+            run: Callable[[argparse.Namespace], Any],
+        ) -> None:
+            where = f"plugin {name!r}: register({command!r}, ...)"
+            if not isinstance(command, str) or not _COMMAND_NAME.fullmatch(command):
+                raise ContractError(
+                    f"{where}: a command name is lower-case letters, digits and dashes (like 'import-official')"
+                )
+            if not isinstance(help, str) or not help.strip():
+                raise ContractError(f"{where}: help must be a non-empty one-line string")
+            for what, fn in (("add_arguments", add_arguments), ("run", run)):
+                if not callable(fn):
+                    raise ContractError(f"{where}: {what} must be callable, got {type(fn).__name__}")
+            if any(c.name == command for c in commands):
+                raise ContractError(f"plugin {name!r} registers command {command!r} twice")
+            commands.append(
+                PluginCommand(command, help.strip().splitlines()[0], add_arguments, run, name, dist, version)
+            )
+
+        others = [p for n, p in self.pm.list_name_plugin() if n != name]
+        self.pm.subset_hook_caller("lzn_register_commands", remove_plugins=others)(register=register)
+        return commands
 
     def _fail(self, name: str, dist: str, version: str, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -332,6 +405,17 @@ class PluginRegistry:
         self.load()
         return sorted(m for m in self._specs if len(self._duplicates[m]) == 1)
 
+    def commands(self) -> dict[str, PluginCommand]:
+        """``lzn`` subcommands of the loaded plugins, by name (a name two plugins register is left out:
+        :meth:`command_conflicts` lists it)."""
+        self.load()
+        return {n: cs[0] for n, cs in sorted(self._commands.items()) if len(cs) == 1}
+
+    def command_conflicts(self) -> dict[str, list[str]]:
+        """Command name -> the plugins that all register it (none of them is kept)."""
+        self.load()
+        return {n: [c.source for c in cs] for n, cs in sorted(self._commands.items()) if len(cs) > 1}
+
     def duplicates(self) -> dict[str, list[str]]:
         """Modality name -> the plugins (distribution, version, entry point) that all register it."""
         self.load()
@@ -380,6 +464,11 @@ def get_modality(name: str) -> ModalitySpec:
 def list_plugins() -> list[PluginInfo]:
     """Every LZN plugin with its status (see :meth:`PluginRegistry.list_plugins`)."""
     return registry().list_plugins()
+
+
+def plugin_commands() -> dict[str, PluginCommand]:
+    """The ``lzn`` subcommands plugins registered (see :meth:`PluginRegistry.commands`)."""
+    return registry().commands()
 
 
 def list_modalities() -> list[str]:

@@ -11,7 +11,8 @@ the framework makes it, then, for a registered modality, *trains and serves* it:
 1. config: ``spec.example_config`` is valid; unknown keys are rejected;
 2. data: ``decode_sample`` decodes ``spec.example_items`` (and ``validate_item`` accepts them),
    rejects corrupt bytes with a ``ValueError`` naming the modality or a shard key; ``collate``
-   keeps the batch length;
+   keeps the batch length; ``as_batch`` makes one item a batch of one and keeps a batch (a
+   sampled one too);
 3. signatures: ``decoder.loss`` takes ``(z, batch, cond, *, generator, rows)`` and
    ``decoder.sample`` ``(z, cond, *, steps, generator)``; a missing parameter is named;
 4. the encoder gives finite float anchors (B, q) with gradients to its parameters; every
@@ -167,6 +168,17 @@ def _check_decode(spec: ModalitySpec, config: Any, batch_size: int, rep: Conform
     if _batch_len(batch) != batch_size:
         raise _fail(spec, f"collate of {batch_size} items gave a batch of length {_batch_len(batch)}")
     rep.checks.append("collate")
+    if spec.as_batch is not None:
+        one = spec.as_batch(items[0])
+        if _batch_len(one) != 1:
+            raise _fail(
+                spec, f"as_batch of one decoded item gave a batch of length {_batch_len(one)}, expected 1"
+            )
+        if _batch_len(spec.as_batch(batch)) != batch_size:
+            raise _fail(
+                spec, f"as_batch of a batch of {batch_size} changed its length: a batch must pass unchanged"
+            )
+        rep.checks.append("as_batch: one item -> a batch of one; a batch passes unchanged")
     if spec.transform is not None:
         _check_transform(spec, config, batch, rep)
     return batch
@@ -365,6 +377,12 @@ def _check_decoder(
         out = decoder.sample(z, None, steps=steps, generator=torch.Generator().manual_seed(0))
         if _batch_len(out) != b:
             raise _fail(spec, f"decoder.sample of {b} latents returned a batch of length {_batch_len(out)}")
+        if spec.as_batch is not None and _batch_len(spec.as_batch(out)) != b:
+            raise _fail(
+                spec,
+                f"as_batch of decoder.sample's batch of {b} has length {_batch_len(spec.as_batch(out))}: "
+                "compose feeds a decoder's output to the next edge of a chain through as_batch",
+            )
         rep.checks.append(f"decoder.sample returns a batch of {b}")
         if spec.accepts_condition:
             _, conditioned = spec.build(config, q, KIT_CONDITION_DIM)
@@ -390,16 +408,19 @@ def _check_decoder(
             rep.checks.append("Reconstructs: reconstruct(batch, z, clip=True|False) returns a batch of B")
         if isinstance(decoder, PreviewWriter):
             with tempfile.TemporaryDirectory() as tmp:
-                written = Path(decoder.save_preview(out, Path(tmp) / "preview.png", nrow=2))
-                if not written.is_file() or written.stat().st_size == 0:
-                    raise _fail(spec, f"save_preview wrote nothing at {written}")
-            rep.checks.append("PreviewWriter: save_preview writes a file")
+                folder = Path(tmp) / "samples"  # as training: a fresh folder the framework made
+                folder.mkdir()
+                asked = folder / f"{spec.name}-step-000001.png"
+                written = Path(decoder.save_preview(out, asked, nrow=2))
+                if written.parent.resolve() != folder.resolve() or not written.is_file():
+                    raise _fail(
+                        spec, f"save_preview was asked for {asked} and returned {written}, no file there"
+                    )
+                if written.stat().st_size == 0:
+                    raise _fail(spec, f"save_preview wrote an empty file {written}")
+            rep.checks.append("PreviewWriter: save_preview writes the file asked for in a fresh folder")
         if isinstance(decoder, SampleJudge):
-            classes = torch.arange(b) % 2
-            scores = decoder.judge_samples(out, classes, batch, classes)
-            if not scores or not all(isinstance(v, float) for v in scores.values()):
-                raise _fail(spec, f"judge_samples must return a mapping of names to floats, got {scores!r}")
-            rep.checks.append(f"SampleJudge: judge_samples -> {', '.join(scores)}")
+            _check_judge(spec, decoder, out, batch, rep)
     elif kind == "zonal":
         if not isinstance(encoder, AnchorBank):
             raise _fail(
@@ -412,6 +433,50 @@ def _check_decoder(
         if int(labels.min()) < 0 or int(labels.max()) >= m:
             raise _fail(spec, f"zonal decoder.sample returned indices outside the bank [0, {m})")
         rep.checks.append(f"zonal decoder.sample returns ({b},) int64 indices into the bank of {m}")
+
+
+def _check_judge(spec: ModalitySpec, decoder: Any, samples: Any, batch: Any, rep: ConformanceReport) -> None:
+    """``judge_samples`` as training (class-conditional) and ``lzn eval`` (also drawn from the prior,
+    with the held-out items) call it; the values are numbers or strings; unknown options fail."""
+    import torch
+
+    _check_signature(
+        spec,
+        decoder.judge_samples,
+        "decoder.judge_samples(samples, classes, real, real_classes, held_out=..., options=...)",
+        ("samples", "classes", "real", "real_classes"),
+        ("held_out", "options"),
+    )
+    classes = torch.arange(_batch_len(batch) or 0) % 2
+    names = []
+    for kind, kw in (
+        ("class-conditional", dict(classes=classes)),
+        ("drawn from the prior", dict(classes=None, held_out=batch)),
+    ):
+        cls = kw.pop("classes")
+        scores = decoder.judge_samples(samples, cls, batch, classes, **kw)
+        bad = {
+            k: v
+            for k, v in dict(scores).items()
+            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float, str))
+        }
+        if bad:
+            raise _fail(
+                spec,
+                f"judge_samples ({kind}) must return a mapping of names to numbers or strings, got {bad!r}",
+            )
+        names += list(scores)
+    try:
+        decoder.judge_samples(samples, classes, batch, classes, options={"lzn_conformance_unknown": "1"})
+    except ValueError:
+        pass
+    else:
+        raise _fail(
+            spec, "judge_samples accepted an unknown option; raise ValueError naming the options it reads"
+        )
+    rep.checks.append(
+        f"SampleJudge: judge_samples -> {', '.join(names) or 'nothing'}; unknown options rejected"
+    )
 
 
 def _check_micro_batches(
@@ -573,8 +638,8 @@ def _train_and_serve(
     import yaml
 
     from .graphs import compose, possible_edges
+    from .io import load
     from .recipe import load_recipe
-    from .weights import load
 
     specs = [spec] + ([partner] if partner is not None else [])
     partner_kind = None

@@ -50,6 +50,7 @@ from tqdm import tqdm
 from lzn_core.alignment import alignment_loss, class_weights, gather_anchors
 from lzn_core.data import loader
 from lzn_core.eval.training import TrainingEvaluator, describe_metric
+from lzn_core.io.files import write_model
 from lzn_core.model import LZNModel
 from lzn_core.recipe import load_recipe
 from lzn_core.train.engine import Engine, setup_distributed
@@ -58,7 +59,6 @@ from lzn_core.train.monitor import TrainingMonitor
 from lzn_core.train.passes import OnePass, network_passes
 from lzn_core.train.rng import seed_rank, untouched
 from lzn_core.train.rundir import RunDir
-from lzn_core.weights import fill_banks, write_model
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -299,7 +299,7 @@ def train(args: argparse.Namespace) -> int:
 
     if rank == 0:
         eval_model.load_weights(engine.ema_state_dict())
-        fill_banks(eval_model, recipe, seed=recipe.seed)
+        eval_model.fill_banks(seed=recipe.seed)
         final = write_model(eval_model, run.path / "final", metrics=run.metrics)
         plot_losses(run.metrics, run.path / "loss.png")
         print_summary(recipe, results, run.path, final, time.time() - t0, engine.skipped, skipped_samples)

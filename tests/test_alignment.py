@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import warnings
 
 import pytest
 import reference as ref
@@ -124,8 +125,10 @@ def _worker(rank, port, result_dir):
         rows = slice(rank * B, (rank + 1) * B)
         a_local = anchors[rows].clone().requires_grad_(True)
         l_anchors = label_anchors.clone().requires_grad_(True)
-        loss = _loss(a_local, l_anchors, noise[rows], labels[rows], rank)
-        loss.backward()  # all_gather's backward sums every rank's gradient into the owner's rows
+        with warnings.catch_warnings():  # the gather uses torch's supported API (no FutureWarning)
+            warnings.simplefilter("error", FutureWarning)
+            loss = _loss(a_local, l_anchors, noise[rows], labels[rows], rank)
+            loss.backward()  # the gather's backward sums every rank's gradient into the owner's rows
         torch.save(
             {"loss": loss.detach(), "grad_a": a_local.grad, "grad_l": l_anchors.grad},
             os.path.join(result_dir, f"rank{rank}.pt"),

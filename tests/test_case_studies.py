@@ -73,7 +73,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     colours = np.array([(230, 30, 30), (30, 200, 40), (20, 40, 220), (240, 240, 30)])
     for split, n in (("train", 24), ("test", 16)):
         samples = (
-            make_sample(f"c{i:05d}", _png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)), "x", i % 10)
+            make_sample(
+                f"c{i:05d}",
+                {"png": _png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)), "txt": "x", "cls": i % 10},
+            )
             for i in range(n)
         )
         write_split(root / "data" / "cifar10", split, samples, total=n, shard_size=12, progress=False)
@@ -82,7 +85,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(n):
             h, w = 33 + (7 * i) % 26, 34 + (11 * i) % 25
             arr = np.clip(colours[i % 4] + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
-            samples.append(make_sample(f"i{i:05d}", _png(arr), "x", i % 4))
+            samples.append(make_sample(f"i{i:05d}", {"png": _png(arr), "txt": "x", "cls": i % 4}))
         write_split(root / "data" / "imagenet", split, iter(samples), total=n, shard_size=12, progress=False)
     return root
 

@@ -44,7 +44,7 @@ def _png(x: torch.Tensor, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """tmp/model (exported tiny model with an image bank), tmp/run/final (a run dir), tmp/imgs/*.png (5 8x8 PNGs)."""
-    from lzn_core.weights import write_model
+    from lzn_core.io.files import write_model
 
     tmp = tmp_path_factory.mktemp("cli")
     model = tiny_model()

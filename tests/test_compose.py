@@ -502,3 +502,141 @@ def test_confidence_is_lower_for_noise_than_for_digits(trained_digits) -> None:
     assert auroc(real.confidence, noise.confidence) > 0.7
     no_vote = clf(test["image"][:4], draws=0)
     assert bool(no_vote.confidence.isnan().all())  # draws=0: no confidence rather than a false one
+
+
+# ----------------------------------------------------------------------------- a non-image generative modality
+POINTS_PLUGIN = '''
+"""points: K 3-D points per item ((B, K, 3) batches), a mean-pooled encoder, an MLP decoder."""
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+import lzn_core
+from lzn_core.modality import ModalitySpec
+
+
+class Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int = 5
+
+
+def decode(raw):
+    try:
+        return torch.tensor([float(v) for v in raw.decode().split(",")]).view(-1, 3)
+    except (UnicodeDecodeError, ValueError, RuntimeError):
+        raise ValueError(f"points: cannot parse {raw[:20]!r}") from None
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg, q):
+        super().__init__()
+        self.lin = nn.Linear(3, q)
+
+    def forward(self, x):  # (B, K, 3) -> (B, q)
+        return self.lin(x).mean(1)
+
+
+class Decoder(nn.Module):
+    kind = "generative"
+
+    def __init__(self, cfg, q, condition_dim=0):
+        super().__init__()
+        self.k = cfg.k
+        self.lin = nn.Linear(q + condition_dim, cfg.k * 3)
+
+    def _out(self, z, cond):
+        return self.lin(z if cond is None else torch.cat([z, cond.to(z)], 1)).view(-1, self.k, 3)
+
+    def loss(self, z, x, cond=None, *, generator=None, rows=None):
+        return ((self._out(z, cond) - x) ** 2).mean()
+
+    def sample(self, z, cond=None, *, steps=None, generator=None):
+        return self._out(z, cond)
+
+
+@lzn_core.hookimpl
+def lzn_register_modalities(register):
+    register(ModalitySpec(name="points", config=Cfg, build_encoder=Encoder, build_decoder=Decoder,
+                          shard_keys=("pts",), decode_sample=decode, accepts_condition=True,
+                          example_items=lambda n: [",".join(["0.5"] * 15).encode()] * n))
+'''
+
+
+@pytest.fixture
+def points_model(tmp_path, monkeypatch, lzn_plugins):
+    """label + points (a registered test plugin whose sample is (B, K, 3), no as_batch hook)."""
+    from lzn_core.model import LZNModel
+    from lzn_core.plugins import PluginRegistry, discover_entry_points
+    from lzn_core.recipe import validate_recipe
+
+    info = tmp_path / "lzn_points-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lzn-points\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[lzn]\npoints = _lzn_points_test_plugin\n")
+    (tmp_path / "_lzn_points_test_plugin.py").write_text(POINTS_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    label = [ep for ep in discover_entry_points() if ep.name == "label"]
+    lzn_plugins(PluginRegistry(label + discover_entry_points([str(tmp_path)]), environ={}))
+    torch.manual_seed(0)
+    recipe = validate_recipe(
+        {
+            "latent": {"dim": Q, "solver": "euler", "steps": 4},
+            "modalities": {
+                "points": {"plugin": "points"},
+                "label": {"plugin": "label", "config": {"num_classes": 4}},
+            },
+            "tasks": [
+                {"kind": "generate", "target": "points", "condition": "label"},
+                {"kind": "align", "source": "points", "target": "label"},
+            ],
+            "data": {"train": "unused-*.tar"},
+            "train": {"batch_size": 8, "iterations": 1},
+        }
+    )
+    model = LZNModel(recipe).eval()
+    model.set_bank("points", torch.randn(16, Q))
+    return model
+
+
+def test_compose_chains_through_a_non_image_generative_modality(points_model) -> None:
+    """`label -> points -> label`: the points decoder's (B, K, 3) output is a batch of B items for the
+    next edge (the core guesses nothing from a float 3-D tensor)."""
+    assert points_model.specs["points"].as_batch is None
+    labels = torch.tensor([0, 3, 1])
+    points = compose("label -> points", model=points_model)(labels, seed=0)
+    assert points.shape == (3, 5, 3)
+    chain = compose("label -> points -> label", model=points_model)
+    out = chain(labels, seed=0)
+    assert out.shape == (3,) and out.dtype == torch.int64
+    direct = compose("points -> label", model=points_model)(points, seed=0)
+    assert torch.equal(out, direct.labels)
+    assert compose("label -> points", model=points_model)(3, seed=0).shape == (
+        1,
+        5,
+        3,
+    )  # the label's as_batch
+    with pytest.raises(ComposeError, match="empty or unsized request"):
+        compose("points -> label", model=points_model)(torch.tensor(1.0))
+
+
+def test_both_inference_paths_use_the_zonal_decoders_one_step_default(monkeypatch) -> None:
+    """Classification (`image -> label`) and the condition read from z (`latent -> image`, a decoder
+    conditioned on the label) flow with the zonal decoder's own default (the label's flow_steps)."""
+    import lzn_core.model
+
+    model = tiny_model()
+    model.decoders["label"].steps = 7
+    seen: list[int] = []
+    assign = lzn_core.model.zoning.assign
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["steps"])
+        return assign(*args, **kwargs)
+
+    monkeypatch.setattr(lzn_core.model.zoning, "assign", spy)
+    compose("image -> label", model=model, draws=0)(images(3), seed=0)
+    assert seen == [7]
+    compose("latent -> image", model=model)(2, seed=0)
+    assert seen == [7, 7]
+    compose("image -> label", model=model, draws=0, steps=3)(images(3), seed=0)  # a call's own steps win
+    assert seen == [7, 7, 3]

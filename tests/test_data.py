@@ -52,7 +52,9 @@ def make_shards(out: Path, n: int = N, shard_size: int = 10, bad: dict[int, dict
     """Shards whose sample i has cls=i and a 2x2 png filled with i; ``bad`` overrides fields."""
     samples = []
     for i in range(n):
-        key, fields = make_sample(f"s{i:04d}", png_bytes(np.full((2, 2), i, np.uint8)), f"caption {i}", i)
+        key, fields = make_sample(
+            f"s{i:04d}", {"png": png_bytes(np.full((2, 2), i, np.uint8)), "txt": f"caption {i}", "cls": i}
+        )
         fields.update((bad or {}).get(i, {}))
         samples.append((key, {k: v for k, v in fields.items() if v is not None}))
     write_split(out, "train", samples, shard_size=shard_size, progress=False)
@@ -408,7 +410,9 @@ def test_each_kind_of_bad_sample_with_the_built_in_plugins(tmp_path: Path) -> No
     }
     samples = []
     for i in range(8):
-        key, fields = make_sample(f"s{i}", png_bytes(np.full((8, 8), i, np.uint8)), "x", i)
+        key, fields = make_sample(
+            f"s{i}", {"png": png_bytes(np.full((8, 8), i, np.uint8)), "txt": "x", "cls": i}
+        )
         fields.update(bad.get(i, {}))
         samples.append((key, {k: v for k, v in fields.items() if v is not None}))
     write_split(tmp_path, "train", samples, progress=False)

@@ -265,7 +265,10 @@ def _digit_shards(out: Path, bad: bool) -> None:
 
     d = load_digits()
     images = np.rint(d.images[:48] * 255 / 16).astype(np.uint8)
-    samples = [make_sample(f"d{i:03d}", png_bytes(images[i]), "a digit", int(d.target[i])) for i in range(48)]
+    samples = [
+        make_sample(f"d{i:03d}", {"png": png_bytes(images[i]), "txt": "a digit", "cls": int(d.target[i])})
+        for i in range(48)
+    ]
     if bad:
         samples[3][1]["png"] = b"\x89PNG\r\n\x1a\n garbage"
         del samples[11][1]["cls"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from lzn_image import features as fe
 
-from lzn_core.data import digits as fe
+from lzn_core.data.digits import real_digits
 from lzn_core.errors import LZNError
 from lzn_core.eval import metrics as ev
 
@@ -164,7 +165,7 @@ def test_linear_probe_errors() -> None:
 
 
 def test_digit_features_fit_cache_and_separation(tmp_path) -> None:
-    x, y = fe.real_digits()
+    x, y = real_digits()
     assert x.shape == (1797, 1, 8, 8) and float(x.min()) == -1.0 and float(x.max()) == 1.0
     f1 = fe.digit_features(x[:1400], y[:1400], seed=0, cache_dir=tmp_path)
     assert f1 is fe.digit_features(x[:1400], y[:1400], seed=0)  # in-process cache
@@ -180,7 +181,7 @@ def test_digit_features_fit_cache_and_separation(tmp_path) -> None:
 
 
 def test_digit_features_errors() -> None:
-    x, y = fe.real_digits()
+    x, y = real_digits()
     with pytest.raises(ValueError, match=r"labels must have shape \(20,\)"):
         fe.DigitFeatures.fit(x[:20], y[:10], epochs=1)
     with pytest.raises(ValueError, match="at least 3 classes"):
@@ -209,8 +210,7 @@ def test_clean_fid_path_with_a_stub_feature_extractor() -> None:
     """clean-fid's preprocessing (the authors' to_uint8, then clean-fid's PIL-bicubic resizer to
     299x299 in [0, 255]) feeds the network; the FID is clean-fid's frechet_distance."""
     from cleanfid.resize import build_resizer
-
-    from lzn_core.eval.features import CLEAN_FID, CleanFIDFeatures, clean_fid
+    from lzn_image.features import CLEAN_FID, CleanFIDFeatures, clean_fid
 
     stub = _StubNetwork()
     ext = CleanFIDFeatures(network=stub, batch_size=3)
@@ -238,11 +238,11 @@ def test_clean_fid_path_with_a_stub_feature_extractor() -> None:
 def test_clean_fid_weights_are_read_from_a_path_or_its_cache_and_never_downloaded(
     tmp_path, monkeypatch
 ) -> None:
-    from lzn_core.eval.features import WEIGHTS_FILE, CleanFIDFeatures, find_inception_weights
+    from lzn_image.features import WEIGHTS_FILE, CleanFIDFeatures, find_inception_weights
 
     monkeypatch.setenv("LZN_CLEANFID_CACHE", str(tmp_path / "cache"))
     with pytest.raises(
-        LZNError, match=r"inception-2015-12-05.pt not found .*nothing is downloaded.*--fid-weights"
+        LZNError, match=r"inception-2015-12-05.pt not found .*nothing is downloaded.*fid_weights=FILE"
     ):
         CleanFIDFeatures(tmp_path / "missing.pt")
     (tmp_path / "cache").mkdir()
@@ -485,9 +485,10 @@ def digits_shards(tmp_path_factory):
 def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys, monkeypatch) -> None:
     import json
 
+    from lzn_image.features import DIGIT_FEATURES
+
     from lzn_core.cli import main
-    from lzn_core.eval.features import DIGIT_FEATURES
-    from lzn_core.weights import write_model
+    from lzn_core.io.files import write_model
 
     monkeypatch.setenv("LZN_CLEANFID_CACHE", str(tmp_path / "no-cache"))  # auto: the digit features
 
@@ -567,17 +568,31 @@ def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys, monkeypatch) -> No
     argv = ["eval", str(run), "--preset", "quick", "--samples", "40", "--per-class", "0", "--steps", "2"]
     assert main([*argv, "--limit", "100", "--recon", "4", "--batch-sizes", "50"]) == 0
     table = capsys.readouterr().out
-    assert f"FID/KID implementation: {DIGIT_FEATURES} (40 samples vs 1497 real training items)" in table
-    assert f"fid [{DIGIT_FEATURES}]" in table
+    assert f"fid_features                             {DIGIT_FEATURES}" in table
+    assert (
+        "fid_samples                              40" in table
+        and "fid_real                                 1497" in table
+    )
     assert "recon_error (4 test items, 4 draws, batch 256, clipped)" in table  # the quick preset
-    assert main([*argv, "--limit", "100", "--recon", "0", "--fid", "clean-fid"]) == 1
+    assert main([*argv, "--limit", "100", "--recon", "0", "--judge", "image.fid=clean-fid"]) == 1
     err = capsys.readouterr().err
     assert "inception-2015-12-05.pt not found" in err and "nothing is downloaded" in err
+    assert main([*argv, "--limit", "100", "--recon", "0", "--judge", "image.fid=inception"]) == 1
+    assert (
+        "image judge: unknown fid 'inception'; choose one of auto, clean-fid, digits, none"
+        in capsys.readouterr().err
+    )
+    assert main([*argv, "--limit", "100", "--recon", "0", "--judge", "label.fid=none"]) == 1
+    assert "judge options for label: no trained decoder of that name judges samples (judges: image)" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--judge", "fid=none"]) == 1
+    assert "--judge 'fid=none': expected MODALITY.KEY=VALUE" in capsys.readouterr().err
 
 
 def test_cli_eval_errors(tmp_path, capsys) -> None:
     from lzn_core.cli import main
-    from lzn_core.weights import resolve_model_dir
+    from lzn_core.io.files import resolve_model_dir
 
     assert main(["eval", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
@@ -585,6 +600,27 @@ def test_cli_eval_errors(tmp_path, capsys) -> None:
         resolve_model_dir(tmp_path)
     assert main(["eval", str(tmp_path), "--alphas", "a,b"]) == 1
     assert "--alphas: expected comma-separated numbers" in capsys.readouterr().err
+
+
+def test_training_creates_the_samples_folder_before_a_preview_writer_writes(tmp_path, monkeypatch) -> None:
+    """The framework makes run/samples/; the plugin only writes its file (the protocol says so)."""
+    from pathlib import Path
+
+    from lzn_core.eval.training import TrainingEvaluator
+
+    model = _tiny_model()
+    model.recipe.data.eval = None  # no test items: grids only
+    decoder = model.decoders["image"]
+
+    def bare_writer(items, path, *, nrow=None):  # no mkdir: what a minimal plugin does
+        Path(path).write_bytes(b"grid")
+        return Path(path)
+
+    monkeypatch.setattr(decoder, "save_preview", bare_writer)
+    run = tmp_path / "run"
+    out = TrainingEvaluator(model, run)(model, 3, accuracy=False)
+    assert out["grid/image"] == str(run / "samples" / "image-step-000003.png")
+    assert (run / "samples" / "image-step-000003.png").read_bytes() == b"grid"
 
 
 # benchmarks/digits.py pieces: tests/test_benchmarks.py

@@ -25,7 +25,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory) -> Path:
-    from lzn_core.weights import write_model
+    from lzn_core.io.files import write_model
 
     return write_model(model, tmp_path_factory.mktemp("export") / "m")
 
@@ -84,7 +84,7 @@ def test_model_container_errors(model) -> None:
 def test_load_errors(exported: Path, tmp_path: Path) -> None:
     import shutil
 
-    from lzn_core.weights import load
+    from lzn_core.io import load
 
     with pytest.raises(FileNotFoundError, match="does not exist; give a run directory"):
         load(tmp_path / "nowhere")
@@ -120,7 +120,7 @@ def test_load_rejects_weights_of_another_recipe(exported: Path, tmp_path: Path) 
 
     import yaml
 
-    from lzn_core.weights import load
+    from lzn_core.io import load
 
     other = tmp_path / "other"
     shutil.copytree(exported, other)
@@ -128,6 +128,41 @@ def test_load_rejects_weights_of_another_recipe(exported: Path, tmp_path: Path) 
     recipe["latent"]["dim"] = 16
     (other / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(RecipeError, match=r"weights do not match the recipe's model:\n  shape mismatch"):
+        load(other)
+
+
+def test_a_missing_plugin_names_the_distribution_that_exported_the_model(
+    exported: Path, tmp_path: Path
+) -> None:
+    """A model whose modality's plugin is not installed: the error names the distribution and
+    version from info.json (what to pip install), not only the modalities that are available."""
+    import json
+    import shutil
+
+    import yaml
+
+    from lzn_core.errors import UnknownModalityError
+    from lzn_core.io import load
+
+    other = tmp_path / "points"
+    shutil.copytree(exported, other)
+    recipe = yaml.safe_load((other / "recipe.yaml").read_text())
+    recipe["modalities"]["label"]["plugin"] = "points"
+    (other / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    info = json.loads((other / "info.json").read_text())
+    info["modalities"]["label"].update(plugin="points", distribution="lzn-points", version="0.3.1")
+    (other / "info.json").write_text(json.dumps(info))
+    with pytest.raises(UnknownModalityError) as err:
+        load(other)
+    message = str(err.value)
+    assert "modality 'label' needs plugin 'points', which is not installed here" in message
+    assert (
+        "exported with lzn-points 0.3.1 (info.json)" in message
+        and "pip install 'lzn-points==0.3.1'" in message
+    )
+    assert "available: " in message and "image" in message.split("available: ")[1]
+    (other / "info.json").unlink()  # an export older than info.json: says so instead
+    with pytest.raises(UnknownModalityError, match="info.json does not say which distribution provides it"):
         load(other)
 
 

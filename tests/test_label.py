@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from lzn_label.config import LabelConfig, decode_label
-from lzn_label.model import LabelDecoder, LabelEncoder
+from lzn_label.model import LabelEncoder
 from lzn_label.plugin import SPEC
 from pydantic import ValidationError
 
 from lzn_core.errors import ContractError
+from lzn_core.model import ZonalDecoder
 from lzn_core.plugins import PluginRegistry
 from lzn_core.testing import check_modality
 
@@ -19,7 +20,7 @@ def label_spec():
     return PluginRegistry(environ={"LZN_PLUGINS": "label", "LZN_STRICT_PLUGINS": "1"}).get_modality("label")
 
 
-def build(num_classes: int = 4, q: int = 8, **kw) -> tuple[LabelEncoder, LabelDecoder]:
+def build(num_classes: int = 4, q: int = 8, **kw) -> tuple[LabelEncoder, ZonalDecoder]:
     cfg = LabelConfig(num_classes=num_classes, **kw)
     enc, dec = SPEC.build_encoder(cfg, q), SPEC.build_decoder(cfg, q)
     dec.bind(enc)
@@ -113,7 +114,7 @@ def test_decoder_is_zonal_without_loss():
     assert dec.kind == "zonal" and list(dec.parameters()) == []
     assert "_encoder" not in dict(dec.named_modules()) and not dec.state_dict()
     with pytest.raises(
-        ContractError, match="zonal .* no loss of its own; train the label anchors with an align task"
+        ContractError, match="zonal decoder .* no loss of its own; train the anchors with an align task"
     ):
         dec.loss(torch.zeros(2, 8), torch.tensor([0, 1]))
     with pytest.raises(NotImplementedError):
@@ -121,9 +122,13 @@ def test_decoder_is_zonal_without_loss():
 
 
 def test_decoder_errors():
-    cfg = LabelConfig(num_classes=3)
     with pytest.raises(ContractError, match=r"not bound to its encoder; call decoder.bind\(encoder\)"):
-        LabelDecoder(cfg, 4).sample(torch.zeros(1, 4))
+        ZonalDecoder().sample(torch.zeros(1, 4))
+    with pytest.raises(ContractError, match=r"the encoder \(Linear\) must define bank\(\)"):
+        ZonalDecoder().bind(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        ZonalDecoder(steps=0)
+    assert SPEC.build_decoder(LabelConfig(num_classes=3, flow_steps=7), 4).steps == 7  # the one default
     _, dec = build(num_classes=3, q=4)
     with pytest.raises(ValueError, match=r"z must be \(B, 4\), got \(2, 5\)"):
         dec.sample(torch.zeros(2, 5))

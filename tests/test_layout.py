@@ -12,12 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "lzn_core"
 BUILT_INS = ("lzn_image", "lzn_label", "lzn_text")
 BUILT_IN_NAMES = ("image", "label", "text")
-ALLOWED = {
-    "lzn_core/data/convert.py": {"image"},  # the caption JSONL format's field {"image": path, ...}
-    # the importer of the authors' checkpoints maps their networks onto the built-in image and label
-    # plugins by definition: its recipes name them (it imports no plugin code)
-    "lzn_core/hub/official.py": {"image", "label"},
-}
+WRITERS = ("make_sample",)
+"""The call that builds a shard sample: a module making samples chooses the keys it writes (a
+converter); the writer itself (``data/shards.py``) and every reader take keys from specs."""
+
+
+def _built_in_shard_keys() -> set[str]:
+    """The shard keys the built-in plugins read (their specs; importing them imports no torch)."""
+    import importlib
+
+    return {key for name in BUILT_INS for key in importlib.import_module(f"{name}.plugin").SPEC.shard_keys}
 
 
 def _module_name(path: Path) -> str:
@@ -105,27 +109,92 @@ def test_import_graph_has_no_cycle() -> None:
     assert len(graph) > 30  # the walk saw the package
 
 
-def _code_strings(tree: ast.AST) -> list[tuple[int, str]]:
-    """String constants that are not docstrings."""
-    docstrings = set()
+def _docstrings(tree: ast.AST) -> set[int]:
+    out = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                docstrings.add(id(first.value))
-    return [
+                out.add(id(first.value))
+    return out
+
+
+def _json_record_keys(tree: ast.AST) -> set[int]:
+    """String constants that are keys looked up in a record parsed from a user's JSON file
+    (``rec = json.loads(line); rec.get("image")``): a file format's field names, not modality names."""
+    out: set[int] = set()
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        records = {
+            t.id
+            for n in ast.walk(fn)
+            if isinstance(n, ast.Assign)
+            and isinstance(n.value, ast.Call)
+            and isinstance(n.value.func, ast.Attribute)
+            and n.value.func.attr == "loads"
+            and getattr(n.value.func.value, "id", None) == "json"
+            for t in n.targets
+            if isinstance(t, ast.Name)
+        }
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "get":
+                if (
+                    getattr(n.func.value, "id", None) in records
+                    and n.args
+                    and isinstance(n.args[0], ast.Constant)
+                ):
+                    out.add(id(n.args[0]))
+            elif isinstance(n, ast.Subscript) and getattr(n.value, "id", None) in records:
+                if isinstance(n.slice, ast.Constant):
+                    out.add(id(n.slice))
+    return out
+
+
+def _code_strings(tree: ast.AST) -> list[tuple[int, str]]:
+    """String constants that are not docstrings nor JSON-record field names; an f-string as its
+    literal parts joined by ``{}`` (``f"encoders.{name}.w"`` gives ``"encoders.{}.w"``)."""
+    skip = _docstrings(tree) | _json_record_keys(tree)
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.JoinedStr):
+            parts = [v.value if isinstance(v, ast.Constant) else "{}" for v in n.values]
+            skip.update(id(v) for v in n.values)
+            out.append((n.lineno, "".join(str(p) for p in parts)))
+    out += [
         (n.lineno, n.value)
         for n in ast.walk(tree)
-        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip
     ]
+    return out
 
 
-@pytest.mark.parametrize(
-    "path",
-    [*sorted(CORE.rglob("*.py")), ROOT / "recipes" / "train.py"],
-    ids=lambda p: str(p.relative_to(ROOT)),
-)
+def _names_in(text: str, names: set[str]) -> set[str]:
+    """``names`` that ``text`` is, or that are a component of a dotted or slashed name in it
+    (``"encoders.image"``, ``"{m}.label."``, ``"image/x"``); prose with spaces around a word is not."""
+    found = {text} & names
+    for word in text.split():
+        word = word.rstrip(".,;:!?)]'\"`").lstrip("(['\"`")  # a word at the end of a sentence is prose
+        if "." in word or "/" in word:
+            found |= {part for part in word.replace("/", ".").split(".") if part in names}
+    return found
+
+
+def _writes_samples(tree: ast.AST) -> bool:
+    return any(
+        isinstance(n, ast.Call) and (getattr(n.func, "id", None) or getattr(n.func, "attr", None)) in WRITERS
+        for n in ast.walk(tree)
+    )
+
+
+SOURCES = [*sorted(CORE.rglob("*.py")), ROOT / "recipes" / "train.py"]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_core_and_training_script_name_no_built_in_plugin(path: Path) -> None:
+    """No import of a built-in plugin; no string (f-string parts and dotted names included) that
+    names a built-in modality; a built-in's shard key only where samples are written (a
+    converter chooses its keys), never where they are read."""
     tree = ast.parse(path.read_text())
     imported = (
         _top_level_imports(path)
@@ -133,9 +202,40 @@ def test_core_and_training_script_name_no_built_in_plugin(path: Path) -> None:
         | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     )
     assert not [m for m in imported if m.split(".")[0] in BUILT_INS], f"{path} imports a built-in plugin"
-    allowed = ALLOWED.get(str(path.relative_to(ROOT)), set())
-    keyed = [(line, s) for line, s in _code_strings(tree) if s in BUILT_IN_NAMES and s not in allowed]
+    strings = _code_strings(tree)
+    keyed = [(line, s) for line, s in strings if _names_in(s, set(BUILT_IN_NAMES))]
     assert not keyed, f"{path} keys behaviour on built-in modality names: {keyed}"
+    if not _writes_samples(tree):
+        keys = _built_in_shard_keys()
+        named = [(line, s) for line, s in strings if _names_in(s, keys) - {"png"} or s in keys]
+        assert not named, f"{path} reads the built-ins' shard keys by name (take them from the spec): {named}"
+
+
+def test_the_layout_checks_catch_what_they_are_for() -> None:
+    """The checks above on snippets: each kind of naming is caught, JSON fields and prose are not."""
+    names = set(BUILT_IN_NAMES)
+    caught = [
+        'x = "image"',
+        'x = f"encoders.image.{k}"',
+        'x = f"{prefix}.label"',
+        'x = f"label.{k}"',
+        'state["decoders.text.lm.weight"]',
+    ]
+    for src in caught:
+        assert any(_names_in(s, names) for _, s in _code_strings(ast.parse(src))), src
+    free = [
+        'def f(line):\n    rec = json.loads(line)\n    return rec.get("image")',
+        'x = "an image of a label, in text."',
+        'x = "a.png"',
+    ]
+    for src in free:
+        assert not any(_names_in(s, names) for _, s in _code_strings(ast.parse(src))), src
+    assert _writes_samples(ast.parse('make_sample("k", {"png": b""})'))
+    assert not _writes_samples(ast.parse('fields["png"]'))
+    old_writer = 'def make_sample(key, png, caption):\n    return key, {"png": png, "txt": caption}'
+    keys = _built_in_shard_keys()
+    assert not _writes_samples(ast.parse(old_writer))  # defines the writer, builds no sample of its own
+    assert {s for _, s in _code_strings(ast.parse(old_writer)) if s in keys} == {"png", "txt"}
 
 
 def test_top_level_is_the_contract_and_the_math() -> None:
@@ -152,8 +252,7 @@ def test_top_level_is_the_contract_and_the_math() -> None:
         "model.py",
         "plugins.py",
         "testing.py",
-        "weights.py",
         "zoning.py",
     ]
     roles = sorted(p.name for p in CORE.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
-    assert roles == ["cli", "data", "eval", "graphs", "hub", "recipe", "train"]
+    assert roles == ["cli", "data", "eval", "graphs", "io", "recipe", "train"]

@@ -1,4 +1,4 @@
-"""Importing the authors' checkpoints (lzn_core/hub/official.py) against their own outputs.
+"""Importing the authors' checkpoints (plugins/lzn_image/official.py) against their own outputs.
 
 tests/data/official/ holds tiny checkpoints written in the layout of the official trainers and
 the official networks' outputs for fixed inputs (EMA weights); its README says how they were
@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-import lzn_core
-from lzn_core import zoning
-from lzn_core.errors import LZNWarning
-from lzn_core.hub.official import (
+from lzn_image.official import (
     OfficialCheckpointError,
     import_official,
     official_model,
     read_checkpoint,
 )
+from safetensors.torch import load_file
+
+import lzn_core
+from lzn_core import zoning
+from lzn_core.errors import LZNWarning
 
 DATA = Path(__file__).parent / "data" / "official"
 TOL = 1e-5
@@ -154,6 +154,58 @@ def test_ema_weights_by_default_raw_on_request() -> None:
     assert not torch.equal(ema, raw)
 
 
+def test_the_recipe_is_the_shipped_one_with_the_sizes_of_the_tensors() -> None:
+    """Hyperparameters come from recipes/*.yaml, the sizes from the checkpoint; nothing is restated."""
+    from lzn_core.recipe import load_recipe
+
+    for name, case, base in (
+        ("case1", 1, "cifar_gen"),
+        ("case1_256", 1, "afhq_gen"),
+        ("case3", 3, "cifar_joint"),
+    ):
+        got, shipped = official_model(DATA / f"{name}.pt", case).recipe, load_recipe(f"{base}.yaml")
+        assert got.name == f"official_case{case}" and got.latent.dim == 8 != shipped.latent.dim
+        assert got.train == shipped.train and got.eval == shipped.eval and got.tasks == shipped.tasks
+        assert got.latent.model_dump(exclude={"dim"}) == shipped.latent.model_dump(exclude={"dim"})
+        image, theirs = got.modalities["image"].config, shipped.modalities["image"].config
+        assert (image.nf, image.sample_method, image.flip, image.dropout, image.fir) == (
+            4,
+            theirs.sample_method,
+            theirs.flip,
+            theirs.dropout,  # not in the tensors: the file's (the cifar preset's 0.15; 0 at 256²)
+            theirs.fir,
+        )
+    joint = official_model(DATA / "case3.pt", 3).recipe
+    assert (
+        joint.modalities["label"].config.num_classes == 10
+        and joint.modalities["label"].config.flow_steps == 100
+    )
+    assert (
+        official_model(DATA / "case1.pt", 1, data="x/train-*.tar", bank_size=5).recipe.latent.bank_size == 5
+    )
+
+
+def test_case2_keeps_only_what_the_checkpoint_has() -> None:
+    """imagenet_repr's label modality (probe labels) has no tensors in a case-2 checkpoint: it is left
+    out with the evaluations that read it; the rest is the shipped recipe."""
+    from lzn_image.official import official_recipe
+
+    from lzn_core.recipe import load_recipe, validate_recipe
+
+    recipe = validate_recipe(official_recipe(2, {"proj_hidden": 64}, latent_dim=32))
+    shipped = load_recipe("imagenet_repr.yaml")
+    assert list(recipe.modalities) == ["image"] and "label" in shipped.modalities
+    assert recipe.eval.knn is None and recipe.eval.probe is None and shipped.eval.knn is not None
+    assert recipe.tasks == shipped.tasks and recipe.train == shipped.train
+    image = recipe.modalities["image"].config
+    assert (image.encoder, image.proj_hidden, image.eval_resize, recipe.latent.dim) == (
+        "resnet50",
+        64,
+        256,
+        32,
+    )
+
+
 # ---------------------------------------------------------------------------------- error paths
 def _edited(tmp_path: Path, name: str, edit) -> Path:
     ckpt = torch.load(DATA / f"{name}.pt", weights_only=True)
@@ -254,7 +306,8 @@ def test_wrong_case_and_not_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_cli_command(tmp_path: Path, capsys) -> None:
-    from lzn_core.cli import import_official as command
+    from lzn_image import commands as command
+
     from lzn_core.cli import main
 
     with pytest.warns(LZNWarning, match="without an image anchor bank"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -173,7 +174,8 @@ def test_strict_mode_raises_at_discovery(make_dist):
         ),
         (
             "def lzn_register_modalities(register):\n    pass\n",
-            "implements no hook; decorate `lzn_register_modalities` with `@lzn_core.hookimpl`",
+            "implements no hook; decorate `lzn_register_modalities` (or `lzn_register_commands`) with "
+            "`@lzn_core.hookimpl`",
         ),
         (
             "import lzn_core\n@lzn_core.hookimpl\ndef lzn_register_modality(register):\n    pass\n",
@@ -279,10 +281,18 @@ def test_cli_plugins_table_and_json(make_dist, monkeypatch, capsys):
     monkeypatch.setenv("LZN_STRICT_PLUGINS", "1")  # listing never raises: it is the diagnostic tool
     assert cli.main(["plugins"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["NAME", "DISTRIBUTION", "VERSION", "MODALITIES", "STATUS", "REASON"]
+    assert table[0].split() == [
+        "NAME",
+        "DISTRIBUTION",
+        "VERSION",
+        "MODALITIES",
+        "COMMANDS",
+        "STATUS",
+        "REASON",
+    ]
     rows = {line.split()[0]: line for line in table[1:]}
-    assert rows["label"].split()[:5] == ["label", "lzn", lzn_core.__version__, "label", "ok"]
-    assert rows["broken"].split()[1:5] == ["lzn-broken", "2.3", "-", "failed"]
+    assert rows["label"].split()[:6] == ["label", "lzn", lzn_core.__version__, "label", "-", "ok"]
+    assert rows["broken"].split()[1:6] == ["lzn-broken", "2.3", "-", "-", "failed"]
     assert rows["broken"].endswith("ImportError: needs libfoo")
     assert "not listed in LZN_PLUGINS" in rows["text"]
     assert cli.main(["plugins", "--check"]) == 1
@@ -318,6 +328,138 @@ def test_python_dash_m_lzn_core_plugins():
     )
     data = {d["name"]: d for d in json.loads(out.stdout)}
     assert data["label"]["status"] == "ok" and data["label"]["distribution"] == "lzn"
+
+
+# -- plugin commands (lzn_register_commands) ---------------------------------------------
+COMMANDS = """
+import sys
+import lzn_core
+
+def _args(parser):
+    parser.add_argument("who")
+    parser.add_argument("--times", type=int, default=1)
+
+def _hello(args):
+    print(" ".join(["hello", args.who] * args.times))
+    return 0
+
+def _crash(args):
+    raise RuntimeError("the converter fell over")
+
+def _bad_args(parser):
+    raise KeyError("no such option table")
+
+@lzn_core.hookimpl
+def lzn_register_commands(register):
+    register("hello", help="greet someone (a plugin command)", add_arguments=_args, run=_hello)
+    register("crash", help="always fails", add_arguments=_args, run=_crash)
+    register("bad-args", help="fails while adding its arguments", add_arguments=_bad_args, run=_hello)
+    register("plugins", help="takes a core command's name", add_arguments=_args, run=_hello)
+"""
+
+
+def test_a_plugin_command_is_listed_runs_and_fails_alone(make_dist, capsys):
+    """A plugin adds `lzn` commands through its hook: `lzn --help` lists them with the distribution;
+    one that raises, or breaks while adding its arguments, is reported naming the plugin, and the
+    host (other commands, the core's) keeps working; a core command name stays the core's."""
+    reset_plugins(fake_registry(make_dist("lzn-tools", "1.2", {"tools": COMMANDS}), strict="1"))
+    assert registry().list_plugins()[0].commands == ("hello", "crash", "bad-args", "plugins")
+    assert registry().list_plugins()[0].modalities == ()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    out, err = capsys.readouterr()
+    assert "greet someone (a plugin command) [plugin lzn-tools]" in " ".join(out.split())
+    assert (
+        "command 'plugins' of plugin 'tools' (lzn-tools 1.2) is not available: the core has a command" in err
+    )
+    assert cli.main(["hello", "world", "--times", "2"]) == 0
+    assert capsys.readouterr().out.strip() == "hello world hello world"
+    assert cli.main(["crash", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "lzn crash: error (RuntimeError) in the command of plugin 'tools' (lzn-tools 1.2): " in err
+    assert "the converter fell over" in err and "--debug" in err
+    assert cli.main(["bad-args", "x"]) == 1
+    assert "in the command of plugin 'tools' (lzn-tools 1.2)" in capsys.readouterr().err
+    assert cli.main(["plugins", "--json"]) == 0  # the core's command (it lists the installed plugins)
+    listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert listed["image"]["commands"] == ["import-official"] and listed["label"]["commands"] == []
+    with pytest.raises(SystemExit):
+        cli.main(["nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_two_plugins_with_one_command_name_and_bad_registrations(make_dist, capsys):
+    hello = COMMANDS.replace('register("crash"', '# register("crash"').replace(
+        'register("bad-args"', '# register("bad-args"'
+    )
+    root = make_dist("lzn-tools", "1.2", {"tools": hello})
+    make_dist("lzn-more", "0.1", {"more": hello.replace('register("plugins"', '# register("plugins"')})
+    reset_plugins(fake_registry(root))
+    assert registry().command_conflicts() == {
+        "hello": ["plugin 'more' (lzn-more 0.1)", "plugin 'tools' (lzn-tools 1.2)"]
+    } or registry().command_conflicts() == {
+        "hello": ["plugin 'tools' (lzn-tools 1.2)", "plugin 'more' (lzn-more 0.1)"]
+    }
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "command 'hello' is registered by plugin" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            'register("Bad Name", help="x", add_arguments=print, run=print)',
+            "lower-case letters, digits and dashes",
+        ),
+        (
+            'register("ok", help="", add_arguments=print, run=print)',
+            "help must be a non-empty one-line string",
+        ),
+        ('register("ok", help="x", add_arguments=None, run=print)', "add_arguments must be callable"),
+    ],
+    ids=["name", "help", "not-callable"],
+)
+def test_bad_command_registrations_fail_the_plugin(make_dist, call, message):
+    src = f"import lzn_core\n@lzn_core.hookimpl\ndef lzn_register_commands(register):\n    {call}\n"
+    reg = fake_registry(make_dist("lzn-bad", "0.1", {"p": src}))
+    with pytest.warns(PluginWarning):
+        info = reg.list_plugins()[0]
+    assert info.status == "failed" and message in info.error and info.commands == ()
+
+
+def test_a_broken_plugin_under_strict_discovery_leaves_help_working(make_dist, monkeypatch, capsys):
+    import lzn_core.plugins as plugins_module
+
+    eps = discover_entry_points(
+        [str(make_dist("lzn-broken", "2.3", {"broken": "raise RuntimeError('boom')\n"}))]
+    )
+    monkeypatch.setattr(plugins_module, "discover_entry_points", lambda path=None: eps)
+    monkeypatch.setenv("LZN_STRICT_PLUGINS", "1")
+    reset_plugins(None)  # the process-wide registry, discovered (strictly) by `lzn --help`
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out, err = capsys.readouterr()
+    assert "validate" in out and "recipes" in out  # the core's commands are all there
+    assert "lzn: plugin commands unavailable: 1 plugin(s) failed to load" in err and "boom" in err
+
+
+def test_help_lists_the_image_plugins_command_without_importing_torch():
+    code = (
+        "import sys, contextlib, io\n"
+        "from lzn_core.cli import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert 'import-official' in buf.getvalue(), buf.getvalue()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 # -- the conformance kit (lzn_core.testing) ----------------------------------------------
@@ -439,6 +581,15 @@ def _kit_bad_cases():
             {"dec_loss": lambda m, z, x: ((m.lin(z) - x) ** 2).sum()},
             "decoder.loss over rows 0:4 is",
         ),
+        ({"as_batch": lambda r: r}, "as_batch of one decoded item gave a batch of length 3, expected 1"),
+        (  # the guess compose used to make for images: wrong for every batch
+            {"as_batch": lambda r: r[None]},
+            "as_batch of a batch of 4 changed its length: a batch must pass unchanged",
+        ),
+        (  # items and collated batches pass, a decoder's output (it has autograd history here) does not
+            {"as_batch": lambda r: r.reshape(1, -1) if r.requires_grad else (r[None] if r.dim() == 1 else r)},
+            "as_batch of decoder.sample's batch of 4 has length 1",
+        ),
     ]
 
 
@@ -451,6 +602,60 @@ def test_kit_reports_each_violation(change, message):
         check_modality(_toy_spec(**change), latent_dim=8, batch_size=4)
     assert str(ei.value).startswith("modality 'toy' breaks the contract: ")
     assert message in str(ei.value)
+
+
+def test_kit_checks_judges_and_previews(tmp_path):
+    """SampleJudge is called as training (class-conditional) and lzn eval (from the prior, with
+    held-out items, options) call it; a PreviewWriter is asked for a file in a fresh folder."""
+    import dataclasses
+
+    from lzn_core.errors import ContractError
+    from lzn_core.testing import check_modality
+
+    spec = _toy_spec()
+    dec = spec.build_decoder
+
+    class Judge(dec):
+        def judge_samples(self, samples, classes, real, real_classes, *, held_out=None, options=None):
+            if options:
+                raise ValueError(f"toy judge: reads no options, got {sorted(options)}")
+            if classes is None:
+                return {"gap": float((samples.detach().mean(0) - held_out.mean(0)).abs().sum())}
+            return {"n": len(samples), "how": "toy"}
+
+        def save_preview(self, batch, path, *, nrow=None):
+            Path(path).write_text(str(batch.tolist()))
+            return Path(path)
+
+    rep = check_modality(dataclasses.replace(spec, build_decoder=Judge), latent_dim=4)
+    assert "SampleJudge: judge_samples -> n, how, gap; unknown options rejected" in rep.checks
+    assert "PreviewWriter: save_preview writes the file asked for in a fresh folder" in rep.checks
+
+    class Lists(Judge):
+        def judge_samples(self, samples, classes, real, real_classes, *, held_out=None, options=None):
+            return {"per_class": [1.0, 2.0]}
+
+    class Lax(Judge):
+        def judge_samples(self, samples, classes, real, real_classes, *, held_out=None, options=None):
+            return {}
+
+    class Old(Judge):
+        def judge_samples(self, samples, classes, real, real_classes):
+            return {}
+
+    class Elsewhere(Judge):
+        def save_preview(self, batch, path, *, nrow=None):
+            (tmp_path / "grid.png").write_text("x")
+            return tmp_path / "grid.png"
+
+    for cls, message in (
+        (Lists, "judge_samples (class-conditional) must return a mapping of names to numbers or strings"),
+        (Lax, "judge_samples accepted an unknown option; raise ValueError naming the options it reads"),
+        (Old, "has no parameter 'held_out'; the framework calls decoder.judge_samples("),
+        (Elsewhere, "save_preview was asked for "),
+    ):
+        with pytest.raises(ContractError, match=re.escape(message)):
+            check_modality(dataclasses.replace(spec, build_decoder=cls), latent_dim=4)
 
 
 def test_kit_checks_decoder_kind_and_condition_dim():

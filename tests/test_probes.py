@@ -82,7 +82,10 @@ def write_full_image_shards(out: Path, n_train: int = 24, n_test: int = 12) -> N
 
     for split, count in (("train", n_train), ("val", n_test)):
         samples = (
-            make_sample(f"s{i:05d}", _colour_png(i % 4, 35 + (7 * i) % 26, 36 + (11 * i) % 25), "x", i % 4)
+            make_sample(
+                f"s{i:05d}",
+                {"png": _colour_png(i % 4, 35 + (7 * i) % 26, 36 + (11 * i) % 25), "txt": "x", "cls": i % 4},
+            )
             for i in range(count)
         )
         write_split(out, split, samples, total=count, shard_size=max(1, count // 2), progress=False)
@@ -280,8 +283,8 @@ def test_folder_converter_keeps_full_images_or_a_fixed_short_side(tmp_path) -> N
 
 def test_lzn_eval_runs_the_recipes_probes(tmp_path, capsys) -> None:
     from lzn_core.cli import main
+    from lzn_core.io.files import write_model
     from lzn_core.model import LZNModel
-    from lzn_core.weights import write_model
 
     write_full_image_shards(tmp_path)
     knn = {"features": "image", "labels": "label", "train_limit": 8}

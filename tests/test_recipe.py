@@ -129,8 +129,35 @@ def test_shipped_recipe_validates(path: Path) -> None:
         "header needs a launch line"
     )
     assert any("Data:" in line for line in head), "header needs the data prerequisites"
+    header = " ".join(" ".join(line.lstrip("#").split()) for line in head)
+    assert recipe.data.make, "data.make says which command writes the shards"
+    for command in recipe.data.make.split(";"):  # the same commands as the header's Data: lines
+        assert " ".join(command.split()) in header, command
     again = Recipe.model_validate(recipe.model_dump(mode="json"))
     assert again == recipe
+
+
+def test_missing_shards_of_a_shipped_recipe_say_which_command_makes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lzn validate, and the model's bank filling (export, end of training), name data.make."""
+    from lzn_core.cli import main
+    from lzn_core.errors import MissingShardsError
+    from lzn_core.model import LZNModel
+
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    assert main(["validate", "cifar_gen.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "data.train: no shards match 'data/cifar10/train-*.tar'; directory 'data/cifar10' does not exist; "
+        "make them with: lzn shards cifar10 PATH/cifar-10-python.tar.gz data/cifar10"
+    ) in err
+    recipe = load_recipe("digits_joint.yaml", ["modalities.image.config.preset=tiny", "latent.dim=4"])
+    with pytest.raises(MissingShardsError, match=r"make them with: lzn shards digits data/digits$"):
+        LZNModel(recipe).fill_banks()
+    with pytest.raises(MissingShardsError) as err_other:  # another pattern: no hint that would not fit
+        LZNModel(recipe).fill_banks("elsewhere/train-*.tar")
+    assert "make them with" not in str(err_other.value)
 
 
 def test_shipped_recipes_exist() -> None:

@@ -40,7 +40,10 @@ def _digits(out: Path) -> None:
 
     d = load_digits()
     images = np.rint(d.images[:N] * 255 / 16).astype(np.uint8)
-    samples = [make_sample(f"d{i:03d}", png_bytes(images[i]), "a digit", int(d.target[i])) for i in range(N)]
+    samples = [
+        make_sample(f"d{i:03d}", {"png": png_bytes(images[i]), "txt": "a digit", "cls": int(d.target[i])})
+        for i in range(N)
+    ]
     write_split(out, "train", samples, shard_size=SHARD, progress=False)
 
 

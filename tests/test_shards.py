@@ -59,6 +59,22 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ----------------------------------------------------------------------------- digits
 
 
+def test_make_sample_takes_any_shard_keys() -> None:
+    """The public writer names no modality's keys: bytes as they are, str as UTF-8, ints (numpy's
+    too) as ASCII digits, None left out."""
+    key, fields = writer.make_sample(
+        "s01", {"pts": b"\x00\x01", "txt": "caf\u00e9", "cls": np.int64(7), "npy": None, "idx": 12}
+    )
+    assert key == "s01" and fields == {
+        "pts": b"\x00\x01",
+        "txt": "caf\u00e9".encode(),
+        "cls": b"7",
+        "idx": b"12",
+    }
+    with pytest.raises(ValueError, match=r"sample 's02': value of 'w' must be bytes, str or int, got float"):
+        writer.make_sample("s02", {"w": 0.5})
+
+
 def test_digits_layout_split_and_meta(digits_dir: Path) -> None:
     sizes = json.loads((digits_dir / "sizes.json").read_text())
     assert sizes == {
@@ -120,13 +136,16 @@ def test_digits_bad_test_size(tmp_path: Path) -> None:
 
 def test_write_split_is_all_or_nothing(tmp_path: Path) -> None:
     writer.write_split(
-        tmp_path, "train", (writer.make_sample(f"old{i}", b"x", "c", 0) for i in range(4)), shard_size=3
+        tmp_path,
+        "train",
+        (writer.make_sample(f"old{i}", {"png": b"x", "txt": "c", "cls": 0}) for i in range(4)),
+        shard_size=3,
     )
     before = digest(tmp_path)
 
     def samples():
         for i in range(5):
-            yield writer.make_sample(f"s{i}", b"png", "caption", i)
+            yield writer.make_sample(f"s{i}", {"png": b"png", "txt": "caption", "cls": i})
         raise RuntimeError("source broke")
 
     with pytest.raises(RuntimeError, match="source broke"):
@@ -169,15 +188,27 @@ def test_an_abandoned_staging_directory_is_removed(tmp_path: Path) -> None:
     )
     (tmp_path / f".train-staging-{int(dead.stdout)}-x").mkdir()
     (tmp_path / f".train-staging-{os.getpid()}-y").mkdir()  # a live process's: kept
-    writer.write_split(tmp_path, "train", iter([writer.make_sample("a", b"x", "c", 0)]), progress=False)
+    writer.write_split(
+        tmp_path,
+        "train",
+        iter([writer.make_sample("a", {"png": b"x", "txt": "c", "cls": 0})]),
+        progress=False,
+    )
     assert sorted(p.name for p in tmp_path.glob(".*")) == [f".train-staging-{os.getpid()}-y"]
 
 
 def test_write_split_removes_stale_shards_and_merges_sizes(tmp_path: Path) -> None:
-    gen = (writer.make_sample(f"s{i}", b"x", "c", 0) for i in range(5))
+    gen = (writer.make_sample(f"s{i}", {"png": b"x", "txt": "c", "cls": 0}) for i in range(5))
     writer.write_split(tmp_path, "train", gen, shard_size=2, progress=False)
-    writer.write_split(tmp_path, "test", iter([writer.make_sample("t", b"x", "c", 0)]), progress=False)
-    writer.write_split(tmp_path, "train", iter([writer.make_sample("a", b"x", "c", 0)]), progress=False)
+    writer.write_split(
+        tmp_path, "test", iter([writer.make_sample("t", {"png": b"x", "txt": "c", "cls": 0})]), progress=False
+    )
+    writer.write_split(
+        tmp_path,
+        "train",
+        iter([writer.make_sample("a", {"png": b"x", "txt": "c", "cls": 0})]),
+        progress=False,
+    )
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["test-000000.tar", "train-000000.tar"]
     assert json.loads((tmp_path / "sizes.json").read_text()) == {"train-000000.tar": 1, "test-000000.tar": 1}
 

@@ -356,9 +356,9 @@ def test_model_export_and_load_need_neither_shards_nor_cache(tmp_path, monkeypat
     model rebuilds from model.safetensors + recipe.yaml after the shards and cache are gone."""
     import shutil
 
+    from lzn_core.io import load, write_model
     from lzn_core.model import LZNModel
     from lzn_core.recipe import load_recipe
-    from lzn_core.weights import load, write_model
 
     monkeypatch.setenv("LZN_CACHE_DIR", str(tmp_path / "cache"))
     _shard(tmp_path / "train-000000.tar", [c.encode() for c in CORPUS])

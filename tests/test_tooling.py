@@ -24,8 +24,9 @@ import yaml
 import lzn_core
 from lzn_core.cli import COMMANDS, main
 from lzn_core.errors import LZNError
+from lzn_core.io import INFO, export_run, load, read_info
+from lzn_core.io.files import training_summary
 from lzn_core.train.monitor import TrainingMonitor, configure
-from lzn_core.weights import INFO, export_run, load, read_info, training_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 8
@@ -387,7 +388,7 @@ def test_a_cached_repository_without_an_lzn_model_is_named(tiny, tmp_path: Path,
 
 
 def test_what_counts_as_a_hub_id(tmp_path: Path, monkeypatch) -> None:
-    from lzn_core.hub.pretrained import is_hub_id
+    from lzn_core.io.hub import is_hub_id
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "here").mkdir(parents=True)

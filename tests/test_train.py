@@ -96,9 +96,11 @@ def _synthetic(out: Path, n: int, side: int, channels: int) -> None:
         samples = (
             make_sample(
                 f"s{i:05d}",
-                png_bytes(rng.integers(0, 256, shape, dtype=np.uint8)),
-                f"a picture of class {i % 10}",
-                i % 10,
+                {
+                    "png": png_bytes(rng.integers(0, 256, shape, dtype=np.uint8)),
+                    "txt": f"a picture of class {i % 10}",
+                    "cls": i % 10,
+                },
             )
             for i in range(count)
         )
@@ -164,7 +166,7 @@ def test_smoke_every_recipe(
         assert "test accuracy image->label (zonal flow" in printed and "samples of image:" in printed
         grid = printed.split("samples of image: ")[1].split()[0]
         assert Path(grid).is_file()
-    from lzn_core.weights import load
+    from lzn_core.io import load
 
     model = load(run / "final")
     import yaml
@@ -580,7 +582,7 @@ def test_lzn_validate_reports_deepspeed_problems_with_the_rest(workdir, monkeypa
 def test_export_run_from_checkpoint_and_final(train, workdir, monkeypatch, tmp_path) -> None:
     import shutil
 
-    from lzn_core.weights import export_run, load
+    from lzn_core.io import export_run, load
 
     run = _run(train, workdir, monkeypatch, "runs/export", extra=["train.ckpt_every=2"])
     from_final = load(export_run(run, tmp_path / "a"))
@@ -594,13 +596,13 @@ def test_export_run_from_checkpoint_and_final(train, workdir, monkeypatch, tmp_p
     with pytest.raises(FileNotFoundError, match="has no final/ and no recipe.yaml"):
         export_run(tmp_path / "empty", tmp_path / "c")
 
-    import lzn_core.weights
     from lzn_core.errors import DataError, LZNWarning
+    from lzn_core.model import LZNModel
 
     def no_data(*args, **kwargs):
         raise DataError("no shards match 'data/train-*.tar'")
 
-    monkeypatch.setattr(lzn_core.weights, "fill_banks", no_data)
+    monkeypatch.setattr(LZNModel, "fill_banks", no_data)
     with pytest.warns(LZNWarning, match="exported without an anchor bank"):
         export_run(run, tmp_path / "d")  # still exports: the weights do not need the data
     assert (tmp_path / "d" / "model.safetensors").is_file()

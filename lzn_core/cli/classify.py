@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..io import load
 from .inputs import (
     add_input_arguments,
     add_model_arguments,
     compose_over_inputs,
-    load_model,
     read_inputs,
     zonal_modality,
 )
@@ -30,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--alpha", type=float, default=0.0, help="noise scale α of the latents (default 0: zone centre)"
     )
-    parser.add_argument("--steps", type=int, default=100, help="Euler steps of the label flow (default 100)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="Euler steps of the zonal flow (default: the zonal decoder's, e.g. the label config's flow_steps)",
+    )
     parser.add_argument(
         "--draws",
         type=int,
@@ -42,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """A table (or JSON lines) of path, class and confidence on stdout."""
-    model = load_model(args.model, device=args.device)
+    model = load(args.model, device=args.device)
     files, src, batch = read_inputs(model, args.source, args.inputs)
     dst = zonal_modality(model, args.target)
     graph = compose_over_inputs(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from .inputs import add_input_arguments, add_model_arguments, compose_over_inputs, load_model, read_inputs
+from ..io import load
+from .inputs import add_input_arguments, add_model_arguments, compose_over_inputs, read_inputs
 
 HELP = "write representations of files (backbone features, anchors or latents)"
 
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write ``features`` (n, d) with the input paths in the file's metadata."""
-    model = load_model(args.model, device=args.device)
+    model = load(args.model, device=args.device)
     files, src, batch = read_inputs(model, args.source, args.inputs)
     graph = compose_over_inputs(args, model, f"{src} -> latent", what=args.what, alpha=args.alpha)
     feats = graph(batch, seed=args.seed).float().cpu().contiguous()

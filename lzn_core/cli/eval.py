@@ -3,7 +3,10 @@
 lzn eval runs/digits_joint                 # the run's final/ export, the paper's protocols
 lzn eval model/ --data "data/digits/test-*.tar" --json --out eval/
 lzn eval runs/cifar_joint --preset quick   # cheap settings (test items, 4 clipped draws, small batches)
-lzn eval runs/cifar_gen --fid clean-fid --fid-weights inception-2015-12-05.pt
+lzn eval runs/cifar_gen --judge image.fid=clean-fid --judge image.fid_weights=inception-2015-12-05.pt
+
+``--judge MODALITY.KEY=VALUE`` passes options to the judge of a modality's decoder (its
+``SampleJudge``; the image decoder reads ``fid`` and ``fid_weights``, see ``lzn_image.judge``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ from typing import Any
 
 from ..errors import LZNError
 from ..eval.protocol import probe_eval
-from ..eval.report import FID_CHOICES, PRESETS, evaluate, format_table, load_split
-from ..hub.pretrained import model_dir as resolve_model_dir
-from ..weights import load
+from ..eval.report import PRESETS, evaluate, format_table, load_split
+from ..io import load, locate
 
 HELP = "evaluate a run or model: accuracy, calibration, OOD, FID/KID, reconstruction, probes"
 
@@ -54,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--samples",
         type=int,
-        help="generated items for FID/KID (paper: as many as the training items; 0: skip)",
+        help="items drawn from the prior for each decoder's judge, e.g. FID/KID of images "
+        "(paper: as many as the training items; 0: skip)",
     )
     parser.add_argument("--per-class", type=int, default=20, help="class-conditional samples per class")
     parser.add_argument("--recon", type=int, help="items scored for reconstruction (paper: 2000; 0: skip)")
@@ -73,12 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=None, help="sampler steps of the decoders")
     parser.add_argument(
-        "--fid",
-        choices=FID_CHOICES,
-        default="auto",
-        help="FID/KID implementation (auto: clean-fid if its weights are found)",
+        "--judge",
+        action="append",
+        default=[],
+        metavar="MODALITY.KEY=VALUE",
+        help="an option of the judge of MODALITY's decoder, repeatable (its plugin documents the keys; "
+        "an unknown key is an error)",
     )
-    parser.add_argument("--fid-weights", help="clean-fid's inception-2015-12-05.pt (or its folder)")
     parser.add_argument(
         "--probe-train-limit",
         type=int,
@@ -92,6 +96,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vote-draws", type=int, default=16, help="ε draws of the zone-vote confidence")
     parser.add_argument("--vote-alpha", type=float, default=1.0, help="α of the zone-vote confidence")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _judge_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["image.fid=clean-fid", ...]`` -> ``{"image": {"fid": "clean-fid"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        modality, dot, name = key.partition(".")
+        if not (sep and dot and modality and name):
+            raise ValueError(
+                f"--judge {item!r}: expected MODALITY.KEY=VALUE (a key the modality's judge reads)"
+            )
+        out.setdefault(modality, {})[name] = value
+    return out
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -129,8 +147,8 @@ def _probes(model: Any, args: argparse.Namespace, train: str, test: str) -> dict
 def run(args: argparse.Namespace) -> int:
     """Load, evaluate, print, write."""
     settings = _settings(args)
-    model_dir = resolve_model_dir(args.model)
-    model = load(model_dir).eval()
+    model_dir = locate(args.model)
+    model = load(model_dir)
     eval_pattern = args.data or model.recipe.data.eval
     if not eval_pattern:
         raise LZNError("the recipe has no data.eval; pass --data PATTERN")
@@ -143,8 +161,7 @@ def run(args: argparse.Namespace) -> int:
         **settings,
         per_class=args.per_class,
         steps=args.steps,
-        fid=args.fid,
-        fid_weights=args.fid_weights,
+        judge=_judge_options(args.judge),
         out=Path(args.out) if args.out else None,
         seed=args.seed,
         vote_alpha=args.vote_alpha,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..weights import RECIPE, WEIGHTS, export_run
+from ..io import RECIPE, WEIGHTS, export_run
 
 HELP = "write a run's weights (safetensors) + resolved recipe"
 

@@ -19,9 +19,10 @@ import textwrap
 import warnings
 from typing import Any
 
-from ..hub.pretrained import CARD, model_dir
+from ..io import load, locate
+from ..io.files import INFO, RECIPE, model_info, read_info, read_recipe_mapping
+from ..io.hub import CARD
 from ..plugins import PluginRegistry, PluginWarning
-from ..weights import INFO, RECIPE, load, model_info, read_info, read_recipe_mapping
 
 HELP = "show what a model is: modalities, plugins and versions, latent, compose edges, training, metrics"
 
@@ -40,12 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    folder = model_dir(args.model, revision=args.revision, files=(RECIPE, INFO, CARD))  # not the weights
+    folder = locate(args.model, revision=args.revision, files=(RECIPE, INFO, CARD))  # not the weights
     recipe = read_recipe_mapping(folder)
     info, computed = read_info(folder), False
     if info is None:  # an export older than info.json: build the model to describe it
         metrics = folder.parent / "metrics.jsonl" if folder.name == "final" else None
-        info, computed = model_info(load(model_dir(args.model, revision=args.revision)), metrics), True
+        info, computed = model_info(load(args.model, revision=args.revision), metrics), True
     if args.json:
         print(json.dumps({"path": str(folder), **info, "recipe": recipe}, indent=2))
         return 0

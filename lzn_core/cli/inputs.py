@@ -3,7 +3,7 @@ batch of a modality, composing a graph over them, writing what comes out.
 
 MODEL is an exported model directory (``model.safetensors`` + ``recipe.yaml``, from ``lzn
 export`` or training's ``final/``), a training run directory (its ``final/`` is used) or a hub
-id ``user/name`` (:mod:`lzn_core.hub.pretrained`).
+id ``user/name``; commands read it with :func:`lzn_core.io.load`.
 Input files are decoded by the modality's own ``decode_sample``; the modality that reads them
 is the one whose shard keys include the files' suffix (``--source`` picks one explicitly).
 """
@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from ..errors import LZNError
 from ..graphs import compose
-from ..hub.pretrained import from_pretrained
 from ..modality import PreviewWriter
 from ..model import LZNModel
 
@@ -58,12 +57,6 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="modality that reads the files (default: the one whose shard keys match their suffix)",
     )
-
-
-def load_model(path: str | Path, *, device: str = "cpu") -> LZNModel:
-    """MODEL: an exported directory, a run directory's ``final/`` or a hub id (:func:`lzn_core.load`)."""
-
-    return from_pretrained(path, device=device)
 
 
 def _collect(paths: list[str]) -> list[Path]:
@@ -155,7 +148,9 @@ def write_output(
     :class:`~lzn_core.modality.PreviewWriter`, else one line per item (to ``path`` or stdout)."""
     decoder = model.decoders[name]
     if isinstance(decoder, PreviewWriter):
-        written = decoder.save_preview(out, path or f"{what}.png", nrow=nrow)
+        target = Path(path or f"{what}.png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written = decoder.save_preview(out, target, nrow=nrow)
         print(f"wrote {len(out)} {what}(s) to {written}")
         return
     lines = [

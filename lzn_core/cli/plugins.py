@@ -1,4 +1,4 @@
-"""``lzn plugins``: every modality plugin with its distribution, version, modalities and status."""
+"""``lzn plugins``: every plugin with its distribution, version, modalities, commands and status."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from ..plugins import PluginInfo, PluginRegistry, PluginWarning
 
-HELP = "list modality plugins: name, distribution, version, status"
+HELP = "list plugins: name, distribution, version, modalities, commands, status"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,21 +54,22 @@ def run(args: argparse.Namespace) -> int:
 def _table(infos: Sequence[PluginInfo], *, verbose: bool = False) -> str:
     if not infos:
         return "no LZN plugins installed (entry-point group 'lzn')"
-    head = ("NAME", "DISTRIBUTION", "VERSION", "MODALITIES", "STATUS", "REASON")
+    head = ("NAME", "DISTRIBUTION", "VERSION", "MODALITIES", "COMMANDS", "STATUS", "REASON")
     rows = [
         (
             i.name,
             i.distribution,
             i.version,
             ",".join(i.modalities) or "-",
+            ",".join(i.commands) or "-",
             i.status,
             (i.error or "") if verbose else _clip(i.error or "", 90),
         )
         for i in infos
     ]
-    widths = [max(len(r[k]) for r in [head, *rows]) for k in range(5)]
+    widths = [max(len(r[k]) for r in [head, *rows]) for k in range(6)]
     lines = [
-        "  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5] for r in [head, *rows]
+        "  ".join(c.ljust(w) for c, w in zip(r[:6], widths, strict=True)) + "  " + r[6] for r in [head, *rows]
     ]
     if verbose:
         lines += [f"\n--- {i.name} ---\n{i.traceback}" for i in infos if i.traceback]

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
+from ..io import load
 from .inputs import (
     add_input_arguments,
     add_model_arguments,
     compose_over_inputs,
-    load_model,
     read_inputs,
     write_output,
 )
@@ -54,7 +54,7 @@ def _interleave(a: Any, b: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Write the reconstructions (a grid for several inputs) with the modality's preview writer."""
-    model = load_model(args.model, device=args.device)
+    model = load(args.model, device=args.device)
     files, src, batch = read_inputs(model, args.source, args.inputs)
     graph = compose_over_inputs(args, model, f"{src} -> {src}", alpha=args.alpha, mode=args.mode)
     rec = graph(batch, steps=args.steps, seed=args.seed)

@@ -9,8 +9,9 @@ import torch
 
 from ..errors import LZNError
 from ..graphs import compose
+from ..io import load
 from ..model import LZNModel
-from .inputs import add_model_arguments, load_model, write_output, zonal_modality
+from .inputs import add_model_arguments, write_output, zonal_modality
 
 HELP = "generate items from a model (optionally from the zone of a class)"
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     """Generate, then write a picture (or lines of text) with the target's preview writer."""
     if args.num < 1:
         raise ValueError(f"-n must be >= 1, got {args.num}")
-    model = load_model(args.model, device=args.device)
+    model = load(args.model, device=args.device)
     target = _target(model, args.target)
     opts: dict[str, Any] = dict(batch_size=args.batch_size, progress=True)
     if args.label is None:

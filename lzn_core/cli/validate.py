@@ -45,7 +45,7 @@ def data_problems(recipe: Recipe) -> list[str]:
         try:
             names = expand_pattern(pattern)
         except DataError as exc:
-            problems.append(f"data.{field}: {exc}")
+            problems.append(f"data.{field}: {recipe.data.explain(exc)}")
             continue
         if is_url(pattern):
             for url in dict.fromkeys([names[0], names[-1]]):

@@ -43,7 +43,7 @@ from typing import Any
 from webdataset.tariterators import group_by_keys, tar_file_expander
 from wids.wids import IndexedTarSamples, splitname
 
-from ..errors import DataError, LZNWarning
+from ..errors import DataError, LZNWarning, MissingShardsError
 from . import _remote
 
 _FD_MARGIN = 256  # file descriptors left for everything else in the process
@@ -116,11 +116,12 @@ def expand_pattern(pattern: str) -> list[str]:
             missing.append(p)
     directory = Path(os.path.dirname(str(pattern)) or ".")
     if missing and found:
-        raise DataError(
-            f"{len(missing)} shard(s) of {pattern!r} are missing ({', '.join(missing[:3])}); {dir_listing(directory)}"
+        raise MissingShardsError(
+            f"{len(missing)} shard(s) of {pattern!r} are missing ({', '.join(missing[:3])}); {dir_listing(directory)}",
+            pattern,
         )
     if not found:
-        raise DataError(f"no shards match {pattern!r}; {dir_listing(directory)}")
+        raise MissingShardsError(f"no shards match {pattern!r}; {dir_listing(directory)}", pattern)
     return sorted(set(found))
 
 

@@ -94,7 +94,8 @@ def _cifar_samples(batch: dict[Any, Any], names: Sequence[str], prefix: str) -> 
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
     gen = (
         make_sample(
-            f"{prefix}_{i:05d}", png_bytes(np.ascontiguousarray(images[i])), f"a photo of a {names[y]}", y
+            f"{prefix}_{i:05d}",
+            {"png": png_bytes(np.ascontiguousarray(images[i])), "txt": f"a photo of a {names[y]}", "cls": y},
         )
         for i, y in enumerate(labels)
     )
@@ -293,7 +294,7 @@ def _folder_samples(
             resized.append(f"{path} {own[0]}x{own[1]}")
         elif how == "kept" and kept is not None:
             kept.append(str(path))
-        yield make_sample(f"img{i:07d}", data, f"a photo of a {classes[cls]}", cls, ext=ext)
+        yield make_sample(f"img{i:07d}", {ext: data, "txt": f"a photo of a {classes[cls]}", "cls": cls})
 
 
 def write_folder(
@@ -457,7 +458,7 @@ def _caption_samples(
             _log.warning("skipping line %d: %s", lineno, exc)
             skipped.append(f"line {lineno}: {type(exc).__name__}: {exc}")
             continue
-        yield make_sample(f"cap{lineno:08d}", data, caption, ext=ext)
+        yield make_sample(f"cap{lineno:08d}", {ext: data, "txt": caption})
 
 
 def write_captions(

@@ -7,29 +7,24 @@ Everything the framework knows about the digits is here:
 * :class:`DigitAttributes`, :func:`pixel_statistics`, :func:`attribute_caption`,
   :func:`caption_attributes`: those attributes (stroke weight, slant, width, horizontal
   position) computed from an image, written into a caption and read back from one;
-* :func:`real_digits`: the images and labels as tensors in the shards' [-1, 1] convention;
-* :class:`DigitFeatures` / :func:`digit_features`: a small MLP classifier fitted on real
-  digits, whose penultimate layer gives the FID/KID features of the embedded data (an
-  ImageNet network would be meaningless on 8x8 images).
+* :func:`real_digits`: the images and labels as tensors in the shards' [-1, 1] convention.
+
+The FID/KID features for 8x8 images (a small classifier fitted on real images) are the image
+plugin's: :class:`lzn_image.features.DigitFeatures`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .shards import make_sample, png_bytes, stage_split, write_meta
-
-_CACHE: dict[str, DigitFeatures] = {}
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _DIGIT_TEMPLATES = (
@@ -239,7 +234,12 @@ def write_digits(
     with contextlib.ExitStack() as stack:  # both splits staged, then both committed: all or nothing
         staged = []
         for split, idx in (("train", np.sort(idx_train)), ("test", np.sort(idx_test))):
-            gen = (make_sample(f"digits{i:05d}", png_bytes(images[i]), texts[i], labels[i]) for i in idx)
+            gen = (
+                make_sample(
+                    f"digits{i:05d}", {"png": png_bytes(images[i]), "txt": texts[i], "cls": int(labels[i])}
+                )
+                for i in idx
+            )
             staged.append(
                 stack.enter_context(
                     stage_split(out, split, gen, total=len(idx), shard_size=shard_size, progress=progress)
@@ -269,130 +269,3 @@ def real_digits() -> tuple[torch.Tensor, torch.Tensor]:
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
     return x, torch.tensor(d.target, dtype=torch.int64)
-
-
-def _check_images(images: Any, what: str) -> None:
-
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
-        raise ValueError(f"{what}: expected images of shape (B, C, H, W), got {shape}")
-
-
-class DigitFeatures:
-    """Penultimate features of an MLP ``C*H*W -> 128 -> 64 -> classes`` fitted on real images.
-
-    Build with :meth:`fit` (or :func:`digit_features`, which caches). Calling the
-    object maps ``images (B, C, H, W)`` to ``(B, 64)`` features; :meth:`predict`
-    gives class labels ``(B,)``.
-    """
-
-    def __init__(self, net: Any, shape: tuple[int, ...], train_accuracy: float) -> None:
-        self.net = net
-        self.shape = shape
-        self.train_accuracy = train_accuracy
-
-    @classmethod
-    def fit(
-        cls, images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, epochs: int = 200
-    ) -> DigitFeatures:
-        """Fit the classifier (scikit-learn's ``MLPClassifier``, Adam, deterministic for a seed).
-
-        Args:
-            images: (N, C, H, W) real images in [-1, 1].
-            labels: (N,) int64 class indices.
-            seed: ``random_state`` of the initialisation and batches.
-            epochs: maximum Adam epochs (0: an unfitted network, e.g. to load weights into).
-        """
-
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.neural_network import MLPClassifier
-
-        _check_images(images, "DigitFeatures.fit")
-        if labels.shape != (images.shape[0],):
-            raise ValueError(
-                f"DigitFeatures.fit: labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}"
-            )
-        classes = int(labels.max()) + 1
-        if classes < 3:
-            raise ValueError(f"DigitFeatures.fit: needs at least 3 classes, got {classes}")
-        dim = images[0].numel()
-        net = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(dim, 128),
-            nn.ReLU(),
-            nn.Linear(128, 64),
-            nn.ReLU(),
-            nn.Linear(64, classes),
-        ).eval()
-        x, y = images.float().flatten(1).numpy(), labels.long().numpy()
-        if epochs > 0:
-            clf = MLPClassifier((128, 64), max_iter=epochs, random_state=seed, alpha=1e-3)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(x, y)
-            if len(clf.classes_) != classes:  # a class absent from the data: keep the output layer full size
-                raise ValueError(
-                    f"DigitFeatures.fit: labels must cover 0..{classes - 1}, got {list(clf.classes_)}"
-                )
-            with torch.no_grad():
-                layers: list[Any] = list(net[1::2])
-                for layer, w, b in zip(layers, clf.coefs_, clf.intercepts_, strict=True):
-                    layer.weight.copy_(torch.from_numpy(w.T.copy()))
-                    layer.bias.copy_(torch.from_numpy(b.copy()))
-        with torch.no_grad():
-            acc = float((net(images.float()).argmax(1) == labels).float().mean())
-        return cls(net, tuple(images.shape[1:]), acc)
-
-    def _check(self, images: torch.Tensor) -> None:
-        _check_images(images, "DigitFeatures")
-        if tuple(images.shape[1:]) != self.shape:
-            raise ValueError(
-                f"DigitFeatures was fitted on images of shape {self.shape}, got {tuple(images.shape[1:])}"
-            )
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, C, H, W) -> features (B, 64) (after the second ReLU)."""
-
-        self._check(images)
-        with torch.no_grad():
-            return self.net[:5](images.float())
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, C, H, W) -> predicted classes (B,)."""
-
-        self._check(images)
-        with torch.no_grad():
-            return self.net(images.float()).argmax(1)
-
-
-def digit_features(
-    images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, cache_dir: str | Path | None = None
-) -> DigitFeatures:
-    """:meth:`DigitFeatures.fit`, cached by a hash of (images, labels, seed).
-
-    The cache lives in the process and, when ``cache_dir`` is given, on disk as
-    ``digit_features-<hash>.pt`` (a plain state dict, loaded with ``weights_only``).
-    """
-
-    h = hashlib.sha1()
-    h.update(images.float().contiguous().numpy().tobytes())
-    h.update(labels.long().contiguous().numpy().tobytes())
-    h.update(str(seed).encode())
-    key = h.hexdigest()[:16]
-    if key in _CACHE:
-        return _CACHE[key]
-    path = Path(cache_dir) / f"digit_features-{key}.pt" if cache_dir is not None else None
-    if path is not None and path.exists():
-        feats = DigitFeatures.fit(images, labels, seed=seed, epochs=0)
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        feats.net.load_state_dict(state["net"])
-        feats.train_accuracy = float(state["train_accuracy"])
-    else:
-        feats = DigitFeatures.fit(images, labels, seed=seed)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"net": feats.net.state_dict(), "train_accuracy": feats.train_accuracy}, tmp)
-            tmp.replace(path)
-    _CACHE[key] = feats
-    return feats

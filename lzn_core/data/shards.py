@@ -16,12 +16,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import numbers
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,10 +291,26 @@ def write_meta(
     return meta
 
 
-def make_sample(key: str, image: bytes, caption: str, cls: int | None = None, *, ext: str = "png") -> Sample:
-    """``(key, {ext, "txt"[, "cls"]})``: the image bytes under ``ext`` (``png``, or ``jpg`` for JPEG
-    bytes), the caption UTF-8, the class as ASCII digits."""
-    fields = {ext: image, "txt": caption.encode("utf-8")}
-    if cls is not None:
-        fields["cls"] = str(int(cls)).encode("ascii")
-    return key, fields
+def make_sample(key: str, fields: Mapping[str, bytes | str | int | None]) -> Sample:
+    """One shard sample ``(key, {shard key: bytes})`` from values of any shard keys.
+
+    Bytes are stored as they are, a ``str`` as UTF-8, an ``int`` as ASCII digits (webdataset's
+    convention for class indices); a ``None`` value leaves the key out.
+
+        make_sample("s00001", {"png": png, "txt": "a photo of a cat", "cls": 3})
+    """
+    out: dict[str, bytes] = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, (bytes, bytearray)):
+            out[name] = bytes(value)
+        elif isinstance(value, str):
+            out[name] = value.encode("utf-8")
+        elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            out[name] = str(int(value)).encode("ascii")
+        else:
+            raise ValueError(
+                f"sample {key!r}: value of {name!r} must be bytes, str or int, got {type(value).__name__}"
+            )
+    return key, out

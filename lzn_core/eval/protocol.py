@@ -128,7 +128,7 @@ def zonal_predict(
         batch: n items of the source modality.
         alpha: noise scale α of the latents (0: zone centres).
         batch_size: inference batch b; latents of a batch depend on its other items.
-        steps: Euler steps of the target's flow (default: compose's, 100).
+        steps: Euler steps of the target's flow (default: its zonal decoder's).
         draws: ε draws of the zone-vote confidence (0: confidence NaN).
         vote_alpha: α of the zone-vote draws.
         seed: seeds the batch permutation and ε.

@@ -7,44 +7,34 @@ What is measured follows from the model, not from modality names:
   reliability diagram), OOD rejection (AUROC of the confidence, items vs uniform noise /
   inverted items, for float tensor items) and the α × inference-batch sweep (default: the
   authors' α ∈ {0, ..., 1.2} at batch 2000);
-* for every trained generative decoder T: class consistency of class-conditional samples when
-  T is conditioned on a zonal modality (the decoder's :class:`~lzn_core.modality.SampleJudge`),
-  a preview grid (:class:`~lzn_core.modality.PreviewWriter`), FID/KID of unconditional samples
-  against the real training items for image-like items, by the implementation ``fid`` names and
-  the result records (``fid_features``): clean-fid (:class:`~lzn_core.eval.features.
-  CleanFIDFeatures`, the paper's clean-fid column) or the features of a small classifier fitted
-  on the real training items (:class:`~lzn_core.data.digits.DigitFeatures`, the embedded
-  digits); and the reconstruction error (:class:`~lzn_core.modality.Reconstructs`) with the
-  paper's protocol by default (2000 training items, 20 draws, inference batch 2000, unclipped);
+* for every trained generative decoder T: what its :class:`~lzn_core.modality.SampleJudge`
+  returns for class-conditional samples (when T is conditioned on a zonal modality; e.g. the
+  image decoder's class consistency) and for ``samples`` items drawn from the prior, against the
+  real training items (e.g. the image decoder's FID/KID and the features they were computed
+  on), recorded as returned; a preview grid (:class:`~lzn_core.modality.PreviewWriter`); and the
+  reconstruction error (:class:`~lzn_core.modality.Reconstructs`) with the paper's protocol by
+  default (2000 training items, 20 draws, inference batch 2000, unclipped);
 * with ``eval.probe`` / ``eval.knn`` in the recipe: the linear probe (top-1/top-5) and the kNN
   accuracy of the frozen backbone (:func:`~lzn_core.eval.protocol.probe_eval`), read from shards.
 
 :data:`PRESETS` hold the settings: ``paper`` (the defaults above) and ``quick`` (the former
-cheap ones: test items, 4 clipped draws, batches 32/128/300, 500 FID samples).
+cheap ones: test items, 4 clipped draws, batches 32/128/300, 500 judged samples).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import loader
-from ..data.digits import digit_features
-from ..errors import DataError, LZNError
+from ..errors import DataError, MissingShardsError
 from ..modality import PreviewWriter, Reconstructs, SampleJudge
 from ..model import LZNModel
 from . import protocol as p
-from .features import CLEAN_FID, DIGIT_FEATURES, CleanFIDFeatures, clean_fid
-from .metrics import (
-    accuracy,
-    auroc,
-    expected_calibration_error,
-    frechet_distance,
-    kernel_inception_distance,
-    reliability_diagram,
-)
+from .metrics import accuracy, auroc, expected_calibration_error, reliability_diagram
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
@@ -70,8 +60,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Evaluation settings: ``paper`` (the authors' protocols) and ``quick`` (cheap, not comparable).
 ``samples=None``: as many generated items as real training items (the paper: 50k on CIFAR-10)."""
-
-FID_CHOICES = ("auto", CLEAN_FID, "digits", "none")
 
 
 def join(parts: list[Any]) -> Any:
@@ -107,16 +95,19 @@ def load_split(
         return {}
     specs = {n: model.specs[n] for n in names}
     configs = {n: model.configs[n] for n in names}
-    ld = loader(
-        pattern,
-        specs,
-        configs=configs,
-        batch_size=512,
-        shuffle=False,
-        drop_last=False,
-        infinite=False,
-        replace_bad=False,
-    )
+    try:
+        ld = loader(
+            pattern,
+            specs,
+            configs=configs,
+            batch_size=512,
+            shuffle=False,
+            drop_last=False,
+            infinite=False,
+            replace_bad=False,
+        )
+    except MissingShardsError as exc:  # the recipe's own shards: say how they are made (data.make)
+        raise MissingShardsError(model.recipe.data.explain(exc), exc.pattern) from None
     parts: dict[str, list[Any]] = {n: [] for n in names}
     for batch in ld:
         for n in names:
@@ -142,8 +133,7 @@ def evaluate(
     recon_batch: int = p.EVAL_BATCH,
     recon_clip: bool = False,
     steps: int | None = None,
-    fid: str = "auto",
-    fid_weights: str | None = None,
+    judge: Mapping[str, Mapping[str, str]] | None = None,
     out: Path | None = None,
     seed: int = 0,
     vote_alpha: float = 1.0,
@@ -156,20 +146,25 @@ def evaluate(
     classification metrics (e.g. for a baseline whose zonal anchors are never trained).
 
     Args:
-        samples: generated items for FID/KID (None: as many as the real training items; 0: none).
+        samples: items drawn from the prior for each decoder's judge (FID/KID for images; None: as
+            many as the real training items; 0: none).
         recon: items scored for reconstruction (0: skip), the first ``recon`` of ``recon_split``
             ("train", the paper, or "test").
         draws, recon_batch, recon_clip: see :func:`~lzn_core.eval.protocol.reconstruction_error`.
-        fid: "clean-fid" (needs ``lzn[fid]`` and the Inception weights), "digits" (a classifier
-            fitted on the real training items), "none", or "auto" (clean-fid when its weights are
-            found, else "digits"); the result names what was used (``fid_features``).
-        fid_weights: clean-fid's ``inception-2015-12-05.pt`` (or its folder).
+        judge: ``{modality: {key: value}}``: options of each decoder's judge
+            (``SampleJudge.judge_samples(..., options=)``; e.g. the image decoder's ``fid``).
 
     Returns:
         ``{"n_test", "classification": {"S -> T": {...}}, "generation": {"T": {...}}}``.
     """
-    if fid not in FID_CHOICES:
-        raise ValueError(f"unknown FID implementation {fid!r}; choose one of {', '.join(FID_CHOICES)}")
+    judge = dict(judge or {})
+    judged = [t for t in p.generation_targets(model) if isinstance(model.decoders[t], SampleJudge)]
+    stray = sorted(set(judge) - set(judged))
+    if stray:
+        raise ValueError(
+            f"judge options for {', '.join(stray)}: no trained decoder of that name judges samples "
+            f"(judges: {', '.join(judged) or 'none'})"
+        )
     if recon_split not in ("train", "test"):
         raise ValueError(f"recon_split must be 'train' or 'test', got {recon_split!r}")
     first = next(iter(test.values()), None)
@@ -197,7 +192,7 @@ def evaluate(
     for target in p.generation_targets(model):
         if target in test:
             res["generation"][target] = _generation(
-                model, target, test, train, samples, per_class, recon_kw, steps, fid, fid_weights, out, seed
+                model, target, test, train, samples, per_class, recon_kw, steps, judge.get(target), out, seed
             )
     return res
 
@@ -259,28 +254,6 @@ def _classification(
     }
 
 
-def _image_like(batch: Any) -> bool:
-    return isinstance(batch, torch.Tensor) and batch.is_floating_point() and batch.dim() == 4
-
-
-def _fid_extractor(
-    fid: str, weights: str | None, real: torch.Tensor, labels: Any, seed: int
-) -> tuple[Any, str, str | None]:
-    """(extractor, its name, why there is none) for the ``fid`` choice of :func:`evaluate`."""
-    if fid in (CLEAN_FID, "auto"):
-        try:
-            return CleanFIDFeatures(weights), CLEAN_FID, None
-        except LZNError as exc:
-            if fid == CLEAN_FID:
-                raise
-            why = str(exc)
-    else:
-        why = "fid: none" if fid == "none" else "no labels to fit the classifier features on"
-    if fid in ("digits", "auto") and labels is not None:
-        return digit_features(real, labels, seed=seed), DIGIT_FEATURES, None
-    return None, "", why
-
-
 def _generation(
     model: LZNModel,
     target: str,
@@ -290,8 +263,7 @@ def _generation(
     per_class: int,
     recon: dict[str, Any],
     steps: int | None,
-    fid: str,
-    fid_weights: str | None,
+    options: Mapping[str, str] | None,
     out: Path | None,
     seed: int,
 ) -> dict[str, Any]:
@@ -305,30 +277,14 @@ def _generation(
         classes = torch.arange(int(model.bank(zonal).shape[0])).repeat_interleave(per_class)
         items = p.class_samples(model, zonal, target, classes, steps=steps, seed=seed)
         if isinstance(decoder, SampleJudge) and labels is not None:
-            res.update(decoder.judge_samples(items, classes, real, labels))
+            res.update(decoder.judge_samples(items, classes, real, labels, options=options))
         if isinstance(decoder, PreviewWriter) and out is not None:
+            out.mkdir(parents=True, exist_ok=True)
             decoder.save_preview(items, out / f"samples-{target}.png", nrow=per_class)
     n_fake = len(real) if samples is None else samples
-    if n_fake and fid != "none" and _image_like(real):
-        extractor, name, why = _fid_extractor(fid, fid_weights, real, labels, seed)
-        if extractor is None:
-            res["fid_skipped"] = why
-        else:
-            fake = p.unconditional_samples(model, target, n_fake, steps=steps, seed=seed)
-            f_real, f_fake, f_test = extractor(real), extractor(fake), extractor(test[target])
-            distance = clean_fid if name == CLEAN_FID else frechet_distance
-            kid, kid_std = kernel_inception_distance(
-                f_real, f_fake, subsets=20, subset_size=min(1000, n_fake, len(real))
-            )
-            res.update(
-                fid=distance(f_real, f_fake),
-                kid=kid,
-                kid_std=kid_std,
-                fid_features=name,
-                fid_real_test_vs_train=distance(f_real, f_test),
-                fid_samples=n_fake,
-                fid_real=len(real),
-            )
+    if n_fake and isinstance(decoder, SampleJudge):
+        fake = p.unconditional_samples(model, target, n_fake, steps=steps, seed=seed)
+        res.update(decoder.judge_samples(fake, None, real, labels, held_out=test[target], options=options))
     items = train if recon["split"] == "train" and target in train else test
     if recon["n"] and isinstance(decoder, Reconstructs) and isinstance(items[target], torch.Tensor):
         cond_source = model.condition_source(target)
@@ -379,19 +335,10 @@ def format_table(res: dict[str, Any]) -> str:
             lines.append(f"    {a:<5} " + "".join(f"{acc[(a, b)]:>8.4f}" for b in sizes))
     for target, g in res.get("generation", {}).items():
         lines.append(f"generation of {target}:")
-        if "fid_features" in g:
-            lines.append(
-                f"  FID/KID implementation: {g['fid_features']} ({g['fid_samples']} samples vs "
-                f"{g['fid_real']} real training items)"
-            )
-        elif "fid_skipped" in g:
-            lines.append(f"  FID/KID not computed: {g['fid_skipped']}")
-        for key, val in g.items():
-            if key in ("fid_features", "fid_samples", "fid_real", "fid_skipped", "recon_setting"):
+        for key, val in g.items():  # what the judges returned, in their order, then the reconstruction
+            if key == "recon_setting":
                 continue
-            if key in ("fid", "kid", "fid_real_test_vs_train"):
-                key += f" [{g['fid_features']}]"
-            elif key == "recon_error":
+            if key == "recon_error":
                 s = g["recon_setting"]
                 clipped = "clipped" if s["clipped"] else "unclipped"
                 key += f" ({s['items']} {s['split']} items, {s['draws']} draws, batch {s['batch_size']}, {clipped})"

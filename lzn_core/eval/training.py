@@ -42,7 +42,8 @@ class TrainingEvaluator:
 
     Args:
         model: the model being trained (only its recipe and specs are read here).
-        run_dir: where sample grids go (``<run>/samples/<modality>-step-<k>.png``).
+        run_dir: where sample grids go (``<run>/samples/<modality>-step-<k>.png``; the folder is
+            created here before a ``PreviewWriter`` is asked to write).
     """
 
     def __init__(self, model: LZNModel, run_dir: Path) -> None:
@@ -124,9 +125,16 @@ class TrainingEvaluator:
             items = p.class_samples(model, zonal, target, classes, seed=seed)
             if isinstance(decoder, SampleJudge) and target in self.test and zonal in self.test:
                 scores = decoder.judge_samples(items, classes, self.test[target], self.test[zonal])
-                out.update({f"{k}/{target}": float(v) for k, v in scores.items()})
+                out.update(
+                    {
+                        f"{k}/{target}": float(v)
+                        for k, v in scores.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    }
+                )
         else:
             items = p.unconditional_samples(model, target, 10 * spc, seed=seed)
+        path.parent.mkdir(parents=True, exist_ok=True)  # the framework's folder: a plugin writes a file
         out[f"grid/{target}"] = str(decoder.save_preview(items, path, nrow=spc))
         return out
 

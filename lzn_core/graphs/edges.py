@@ -15,8 +15,9 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ComposeError, LZNError
-from ..modality import BackboneFeatures, Reconstructs
-from ..model import CLASS_ZONE_STEPS, LZNModel
+from ..latent import sample_prior
+from ..modality import BackboneFeatures, ModalitySpec, Reconstructs
+from ..model import LZNModel
 
 LATENT = "latent"
 """The node name of the shared Gaussian latent space in task graphs."""
@@ -60,20 +61,19 @@ def inference_mode(model: LZNModel) -> Iterator[None]:
         model.train(was)
 
 
-def as_batch(batch: Any, device: torch.device) -> Any:
-    """Normalise a request: an int/str/scalar becomes a batch of one; tensors go to ``device``;
-    a float (C, H, W) tensor becomes (1, C, H, W)."""
-    if isinstance(batch, (int, bool)) or (isinstance(batch, torch.Tensor) and batch.dim() == 0):
-        batch = torch.as_tensor([int(batch)])
-    elif isinstance(batch, str):
-        batch = [batch]
-    elif isinstance(batch, (list, tuple)) and batch and all(isinstance(b, int) for b in batch):
-        batch = torch.as_tensor(batch, dtype=torch.int64)
+def as_batch(batch: Any, device: torch.device, spec: ModalitySpec | None = None) -> Any:
+    """A request as a batch on ``device``: the modality's ``spec.as_batch`` says how a request
+    becomes a batch (one item -> a batch of one); without it (or for latents, ``spec`` None) the
+    request is taken as a batch. Tensors go to ``device``."""
+    if spec is not None and spec.as_batch is not None:
+        batch = spec.as_batch(batch)
     if isinstance(batch, torch.Tensor):
-        if batch.is_floating_point() and batch.dim() == 3:
-            batch = batch[None]
         batch = batch.to(device)
-    if not hasattr(batch, "__len__") or len(batch) == 0:
+    try:
+        size = len(batch)
+    except TypeError:  # no __len__, or a 0-d tensor
+        size = 0
+    if size == 0:
         raise ComposeError(
             f"empty or unsized request ({type(batch).__name__}): give a batch of at least one item"
         )
@@ -121,7 +121,7 @@ def decoder_condition(
     if given is None:
         zonal: Any = model.decoders[cname]
         given = zonal.sample(z)
-    return model.condition(cname, as_batch(given, z.device))
+    return model.condition(cname, as_batch(given, z.device, model.specs[cname]))
 
 
 # ----------------------------------------------------------------------------- the callables
@@ -157,6 +157,11 @@ class Graph:
     def _opts(self, given: dict[str, Any]) -> dict[str, Any]:
         return {k: (given[k] if given.get(k) is not None else v) for k, v in self.options.items()}
 
+    def _request(self, batch: Any, name: str | None = None) -> Any:
+        """A request of modality ``name`` (default: the source; ``latent``: latents) as a batch."""
+        name = self.source if name is None else name
+        return as_batch(batch, self.model.device, None if name == LATENT else self.model.specs[name])
+
     def _zone(self, x: Any, alpha: float, o: dict[str, Any], gen: torch.Generator | None) -> torch.Tensor:
         """Latents (B, q) of the source batch ``x`` at noise scale α, zoned with the bank."""
         try:
@@ -165,6 +170,13 @@ class Graph:
             )
         except LZNError as exc:
             raise ComposeError(str(exc)) from None
+
+    def _condition_request(self, condition: Any) -> Any:
+        """``condition=`` of a call: a request of the modality that conditions the target's decoder."""
+        cname = self.model.condition_source(self.target)
+        if cname is None:
+            raise ComposeError(f"the {self.target!r} decoder takes no condition, but condition= was given")
+        return self._request(condition, cname)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -208,7 +220,7 @@ class Represent(Graph):
                 "(lzn_core.modality.BackboneFeatures); use what='anchor' or what='latent'"
             )
         gen = make_generator(seed, generator)
-        batch = as_batch(batch, self.model.device)
+        batch = self._request(batch)
         parts = []
         with inference_mode(self.model):
             for rows in chunks(len(batch), o["batch_size"], o["progress"], self.edge):
@@ -224,7 +236,8 @@ class Represent(Graph):
 
 class Classify(Graph):
     """``X -> Y`` with a zonal Y (``image -> label``): latents of X (or given z for ``latent -> Y``),
-    the reverse flow over Y's anchors (``steps`` Euler steps, uniform weights), nearest anchor.
+    the reverse flow over Y's anchors (``steps`` Euler steps, default: Y's zonal decoder's, as
+    everywhere; uniform weights), nearest anchor.
 
     Returns a :class:`Prediction`. α = 0 (the zone centre) and a large inference batch
     (``batch_size`` with ``bank_size=0``, or the bank) give the best accuracy (PAPER §1.6).
@@ -236,7 +249,7 @@ class Classify(Graph):
 
     DEFAULTS: ClassVar[dict[str, Any]] = dict(
         alpha=0.0,
-        steps=CLASS_ZONE_STEPS,
+        steps=None,
         latent_steps=None,
         batch_size=256,
         bank_size=None,
@@ -265,7 +278,7 @@ class Classify(Graph):
         if o["draws"] < 0:
             raise ComposeError(f"draws must be >= 0, got {o['draws']}")
         gen = make_generator(seed, generator)
-        batch = as_batch(batch, self.model.device)
+        batch = self._request(batch)
         decoder: Any = self.model.decoders[self.target]
         parts = []
         with inference_mode(self.model):
@@ -322,8 +335,10 @@ class Generate(Graph):
         else:
             if int(n_or_z) < 1:
                 raise ComposeError(f"number of samples must be >= 1, got {n_or_z}")
-            z = torch.randn((int(n_or_z), self.model.latent_dim), generator=gen).to(dev)
-        cond_all = None if condition is None else as_batch(condition, dev)
+            z = sample_prior(int(n_or_z), self.model.latent_dim, generator=gen).to(
+                dev
+            )  # on the CPU: one seed, one z
+        cond_all = None if condition is None else self._condition_request(condition)
         decoder: Any = self.model.decoders[self.target]
         parts = []
         with inference_mode(self.model):
@@ -387,8 +402,8 @@ class Decode(Graph):
                 f"(lzn_core.modality.Reconstructs); got '{self.edge}'"
             )
         gen = make_generator(seed, generator)
-        batch = as_batch(batch, self.model.device)
-        cond_all = None if condition is None else as_batch(condition, self.model.device)
+        batch = self._request(batch)
+        cond_all = None if condition is None else self._condition_request(condition)
         reads_condition = self.model.condition_source(self.target) not in (None, self.source)
         parts = []
         with inference_mode(self.model):

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import RecipeError
+from ..errors import MissingShardsError, RecipeError
 from .files import apply_override, read_deepspeed, read_yaml, resolve_recipe_path
 from .problems import (
     condition_problems,
@@ -146,6 +146,8 @@ class DataConfig(BaseModel):
         train: pattern of the training shards.
         eval: pattern of the evaluation shards (None: no periodic evaluation data).
         num_workers: loader worker processes per rank.
+        make: the command(s) that write these shards (``lzn shards ...``); an error about
+            missing shards of ``train`` or ``eval`` says it (:meth:`explain`).
     """
 
     model_config = _STRICT
@@ -153,6 +155,13 @@ class DataConfig(BaseModel):
     train: str = Field(min_length=1)
     eval: str | None = None
     num_workers: int = Field(default=0, ge=0)
+    make: str | None = None
+
+    def explain(self, exc: BaseException) -> str:
+        """The message of ``exc``, with :attr:`make` when it is about missing shards of this recipe."""
+        if isinstance(exc, MissingShardsError) and self.make and exc.pattern in (self.train, self.eval):
+            return f"{exc}; make them with: {self.make}"
+        return str(exc)
 
     @field_validator("train", "eval")
     @classmethod

@@ -11,14 +11,16 @@ log σ); ``scale_by_sigma`` divides the output by σ.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ImageConfig
-from .io import fit_batch, save_grid, to_config_channels
+from .io import fit_batch, save_grid
 from .sampling import SolveStats, dopri5, euler
 from .unet import DownPath, UpPath, ncsnpp_init, timestep_embedding
 
@@ -209,16 +211,22 @@ class ImageDecoder(nn.Module):
         return save_grid(images, path, nrow=nrow)
 
     def judge_samples(
-        self, samples: torch.Tensor, classes: torch.Tensor, real: torch.Tensor, real_classes: torch.Tensor
-    ) -> dict[str, float]:
-        """``SampleJudge``: class consistency, the share of samples generated for class k that an
-        RBF SVC fitted on the real images' pixels (at most 2000 of them) calls k."""
-        from sklearn.svm import SVC  # scikit-learn only when samples are judged
+        self,
+        samples: torch.Tensor,
+        classes: torch.Tensor | None,
+        real: torch.Tensor,
+        real_classes: torch.Tensor | None,
+        *,
+        held_out: torch.Tensor | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """``SampleJudge``: class consistency of class-conditional samples, FID/KID of samples drawn
+        from the prior (:func:`lzn_image.judge.judge_images`)."""
+        from .judge import judge_images  # scikit-learn and the feature extractors only when judging
 
-        x = to_config_channels(real.float(), self.config.channels, self.config.resolution)[:2000]
-        svc = SVC(gamma="scale", C=10.0).fit(x.flatten(1).cpu().numpy(), real_classes[:2000].cpu().numpy())
-        pred = svc.predict(samples.float().flatten(1).cpu().numpy())
-        return {"class_consistency": float((torch.as_tensor(pred) == classes.cpu()).float().mean())}
+        return judge_images(
+            self.config, samples, classes, real, real_classes, held_out=held_out, options=options
+        )
 
     def invert(
         self,

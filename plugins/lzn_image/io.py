@@ -72,6 +72,16 @@ def collate(items: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
     return torch.stack(same)
 
 
+def as_batch(request: Any) -> Any:
+    """``ModalitySpec.as_batch``: one image ``(C, H, W)`` becomes ``(1, C, H, W)``; a batch
+    ``(B, C, H, W)`` or a ragged list of images passes unchanged."""
+    import torch
+
+    if isinstance(request, torch.Tensor) and request.dim() == 3:
+        return request[None]
+    return request
+
+
 def eval_view(image: torch.Tensor, side: int, resize: int) -> torch.Tensor:
     """The evaluation view of an image (C, H, W) -> (C, side, side), or of a batch (B, C, H, W).
 

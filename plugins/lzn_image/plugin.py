@@ -14,7 +14,7 @@ from lzn_core.hookspecs import hookimpl
 from lzn_core.modality import ModalitySpec
 
 from .config import ImageConfig
-from .io import collate, decode_sample
+from .io import as_batch, collate, decode_sample
 
 
 def build_encoder(config: ImageConfig, latent_dim: int) -> Any:
@@ -101,6 +101,7 @@ SPEC = ModalitySpec(
     description="images: U-Net encoder + latent blocks, rectified-flow U-Net decoder",
     example_config={"preset": "tiny"},
     example_items=example_items,
+    as_batch=as_batch,
 )
 
 
@@ -108,3 +109,11 @@ SPEC = ModalitySpec(
 def lzn_register_modalities(register: Callable[[ModalitySpec], None]) -> None:
     """Register the ``image`` modality."""
     register(SPEC)
+
+
+@hookimpl
+def lzn_register_commands(register: Callable[..., None]) -> None:
+    """Register ``lzn import-official`` (the authors' checkpoints as exported models)."""
+    from . import commands
+
+    register("import-official", help=commands.HELP, add_arguments=commands.add_arguments, run=commands.run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,20 @@ def _build_decoder(config: LabelConfig, latent_dim: int) -> Any:
     return build_decoder(config, latent_dim)
 
 
+def _as_batch(request: Any) -> Any:
+    """``ModalitySpec.as_batch``: a class (``3``, a 0-d tensor) becomes ``tensor([3])``, a list of
+    classes an int64 tensor; a batch ``(B,)`` passes unchanged."""
+    import torch
+
+    if isinstance(request, torch.Tensor):
+        return request.reshape(1) if request.dim() == 0 else request
+    if isinstance(request, numbers.Integral) and not isinstance(request, bool):
+        return torch.as_tensor([int(request)])
+    if isinstance(request, (list, tuple)) and all(isinstance(v, numbers.Integral) for v in request):
+        return torch.as_tensor([int(v) for v in request], dtype=torch.int64)
+    return request
+
+
 def _example_items(n: int) -> list[bytes]:
     return [str(i % 3).encode() for i in range(n)]
 
@@ -39,6 +54,7 @@ SPEC = ModalitySpec(
     description="class labels: learnable (C, q) anchors, label-flow classifier",
     example_config={"num_classes": 3},
     example_items=_example_items,
+    as_batch=_as_batch,
 )
 
 

@@ -42,6 +42,11 @@ def collate(items: Sequence[str]) -> list[str]:
     return [str(t) for t in items]
 
 
+def as_batch(request: Any) -> Any:
+    """``ModalitySpec.as_batch``: one caption (a ``str``) becomes ``[caption]``; a list passes unchanged."""
+    return [request] if isinstance(request, str) else request
+
+
 _WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _TEMPLATES = (
     "a handwritten {word}",
@@ -176,6 +181,7 @@ SPEC = ModalitySpec(
     description="captions: sentencepiece + open_clip TextTransformer; causal decoder conditioned on z",
     example_config=EXAMPLE_CONFIG,
     example_items=example_items,
+    as_batch=as_batch,
 )
 
 

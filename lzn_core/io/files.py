@@ -1,7 +1,7 @@
-"""Portable weights: ``model.safetensors`` + ``recipe.yaml`` + ``info.json``, loadable without DeepSpeed.
+"""The exported model format: ``model.safetensors`` + ``recipe.yaml`` + ``info.json``, loadable without DeepSpeed.
 
-    lzn export runs/digits_joint model/          # EMA weights of the latest checkpoint (or final/)
-    model = lzn_core.load("model/")              # LZNModel on CPU, eval mode
+    lzn export runs/digits_joint model/          # lzn_core.io.export: EMA weights of the latest checkpoint (or final/)
+    model = lzn_core.load("model/")              # lzn_core.io.load: LZNModel on CPU, eval mode
     lzn info model/                              # what info.json says about it
 
 ``info.json`` describes the model for people and tools that do not build it (``lzn info``, a
@@ -9,8 +9,7 @@ hub's model card): the plugin (entry point, distribution, version) behind each m
 latent dimension, the compose edges it serves, parameter counts, and when it was trained from
 a run, the training length and the final metrics (from the run's ``metrics.jsonl``).
 
-Nothing here unpickles arbitrary code: weights are safetensors, and the only
-``torch.load`` (of a DeepSpeed checkpoint's client state) uses ``weights_only=True``.
+Nothing here unpickles arbitrary code: weights are safetensors.
 """
 
 from __future__ import annotations
@@ -18,10 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
-import warnings
 from collections.abc import Iterable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +28,11 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .data import loader
-from .errors import DataError, LZNError, LZNWarning
-from .graphs import possible_edges
-from .model import LZNModel
-from .plugins import list_plugins
-from .recipe import validate_recipe
-from .train.checkpoint import resolve_checkpoint
+from ..errors import LZNError, UnknownModalityError
+from ..graphs import possible_edges
+from ..model import LZNModel
+from ..plugins import get_modality, list_plugins
+from ..recipe import validate_recipe
 
 WEIGHTS = "model.safetensors"
 RECIPE = "recipe.yaml"
@@ -86,8 +82,6 @@ def model_info(model: LZNModel, metrics: Metrics = None) -> dict[str, Any]:
         metrics: its run's ``metrics.jsonl`` (path or rows); adds the ``training`` section
             (:func:`training_summary`).
     """
-    from . import __version__
-
     plugins = {m: p for p in list_plugins() if p.status == "ok" for m in p.modalities}
     modalities: dict[str, Any] = {}
     for name in model.names:
@@ -114,7 +108,7 @@ def model_info(model: LZNModel, metrics: Metrics = None) -> dict[str, Any]:
         "format": "lzn-model",
         "format_version": INFO_FORMAT,
         "name": model.recipe.name,
-        "lzn_version": __version__,
+        "lzn_version": _lzn_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "latent_dim": model.latent_dim,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -126,6 +120,14 @@ def model_info(model: LZNModel, metrics: Metrics = None) -> dict[str, Any]:
     if summary is not None:
         info["training"] = summary
     return info
+
+
+def _lzn_version() -> str:
+    """The installed ``lzn`` distribution's version (what ``lzn --version`` prints)."""
+    try:
+        return version("lzn")
+    except PackageNotFoundError:  # a source tree on sys.path without an install
+        return "unknown"
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -248,24 +250,53 @@ def read_recipe_mapping(folder: Path) -> dict[str, Any]:
     return data
 
 
-def load(path: str | Path, *, device: str = "cpu") -> LZNModel:
-    """Rebuild an ``LZNModel`` from ``model.safetensors`` + ``recipe.yaml`` (eval mode).
+def read_model(folder: str | Path, *, device: str = "cpu") -> LZNModel:
+    """Rebuild an ``LZNModel`` from an exported folder (eval mode); :func:`lzn_core.io.load` finds the folder.
 
     Args:
-        path: a directory written by :func:`export_run` / training's ``final/``, or a run
-            directory (its ``final/`` is used).
+        folder: a directory holding ``model.safetensors`` + ``recipe.yaml`` (``info.json`` optional).
         device: where the weights go (default CPU).
 
     Raises:
-        FileNotFoundError: no model there (the message says what to run).
+        UnknownModalityError: a modality's plugin is not installed here; names the distribution
+            and version that exported it (from ``info.json``).
         LZNError: a file is corrupt or the weights do not match the recipe.
     """
-    path = resolve_model_dir(path)
-    recipe = validate_recipe(read_recipe_mapping(path), path / RECIPE)
-    state = _read_safetensors(path / WEIGHTS, device)
+    folder = Path(folder)
+    mapping = read_recipe_mapping(folder)
+    _check_plugins(folder, mapping)
+    recipe = validate_recipe(mapping, folder / RECIPE)
+    state = _read_safetensors(folder / WEIGHTS, device)
     model = LZNModel(recipe)
     model.load_weights(state)
     return model.to(device).eval()
+
+
+def _check_plugins(folder: Path, recipe: Mapping[str, Any]) -> None:
+    """Every modality's plugin is installed; else one line naming what exported it (``info.json``)."""
+    modalities = recipe.get("modalities")
+    if not isinstance(modalities, Mapping):
+        return  # the recipe's validation reports it
+    info = read_info(folder) or {}
+    for name, entry in modalities.items():
+        plugin = entry.get("plugin") if isinstance(entry, Mapping) else None
+        if not isinstance(plugin, str):
+            continue
+        try:
+            get_modality(plugin)
+        except UnknownModalityError as exc:
+            if "unavailable" in str(exc):  # installed but failed or disabled: that message says why
+                raise
+            made = (info.get("modalities") or {}).get(name) or {}
+            dist, ver = made.get("distribution"), made.get("version")
+            need = (
+                f"it was exported with {dist} {ver} (info.json): install it, e.g. pip install '{dist}=={ver}'"
+                if dist and ver
+                else "info.json does not say which distribution provides it"
+            )
+            raise UnknownModalityError(
+                f"{folder}: modality {name!r} needs plugin {plugin!r}, which is not installed here; {need} ({exc})"
+            ) from None
 
 
 def _read_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
@@ -273,103 +304,3 @@ def _read_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise LZNError(f"{path} is not a readable safetensors file ({exc}); re-export the run") from exc
-
-
-def export_run(run_dir: str | Path, out: str | Path) -> Path:
-    """Export a training run's weights: EMA weights of its latest checkpoint, else its ``final/``.
-
-    Args:
-        run_dir: the run directory (``runs/<name>``, holding ``ckpt/`` and/or ``final/``).
-        out: output directory (``model.safetensors`` + ``recipe.yaml`` + ``info.json``; from a
-            checkpoint, the training summary covers the rows of ``metrics.jsonl`` up to its step).
-
-    Raises:
-        FileNotFoundError: ``run_dir`` has neither a checkpoint nor ``final/``.
-    """
-    run_dir, out = Path(run_dir), Path(out)
-    final = run_dir / "final"
-    if (final / WEIGHTS).is_file() and (final / RECIPE).is_file():
-        if final.resolve() != out.resolve():
-            out.mkdir(parents=True, exist_ok=True)
-            for name in (WEIGHTS, RECIPE, INFO):
-                if not (final / name).is_file():  # an export older than info.json
-                    continue
-                shutil.copyfile(final / name, out / (name + ".tmp"))
-                os.replace(out / (name + ".tmp"), out / name)
-        return out
-    return _export_checkpoint(run_dir, out)
-
-
-def _export_checkpoint(run_dir: Path, out: Path) -> Path:
-    if not (run_dir / RECIPE).is_file():
-        raise FileNotFoundError(f"{run_dir} has no final/ and no {RECIPE}: is it a training run directory?")
-    try:
-        root, tag = resolve_checkpoint(run_dir / "ckpt", "latest")
-    except LZNError as exc:
-        raise FileNotFoundError(f"{run_dir} has no final/ export and no checkpoint ({exc})") from exc
-    files = sorted((root / tag).glob("mp_rank_*_model_states.pt"))
-    if not files:
-        raise LZNError(f"checkpoint {root / tag} has no model states file")
-    try:
-        ckpt = torch.load(files[0], map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise LZNError(f"cannot read {files[0]} with weights_only=True: {exc}") from exc
-    recipe = validate_recipe(yaml.safe_load((run_dir / RECIPE).read_text()), run_dir / RECIPE)
-    model = LZNModel(recipe)
-    state = dict(ckpt["module"])
-    ema = (ckpt.get("engine") or {}).get("ema") or {}
-    state.update({k: v for k, v in ema.items() if k in state})
-    model.load_weights(state)
-    _fill_banks_if_possible(model, recipe)
-    step = ckpt.get("step")
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if step is None or r["step"] <= int(step)]
-    return write_model(model, out, metrics=rows)
-
-
-def _fill_banks_if_possible(model: LZNModel, recipe: Any) -> None:
-    """A checkpoint has no anchor bank yet (training fills it at the end): fill it from ``data.train``.
-
-    Without the training shards the export still succeeds; compose then zones each request batch
-    alone (``bank_size=0``), and a warning says so.
-    """
-    try:
-        fill_banks(model, recipe, seed=recipe.seed)
-    except DataError as exc:
-        warnings.warn(
-            f"exported without an anchor bank ({exc.__class__.__name__}: training data not found); "
-            "small requests will be zoned without the bank",
-            LZNWarning,
-            stacklevel=3,
-        )
-
-
-def fill_banks(model: LZNModel, recipe: Any, *, seed: int = 0) -> None:
-    """Store a fixed sample of ``latent.bank_size`` training anchors for modalities without a bank.
-
-    Runs ``model``'s encoders (no gradients) over shuffled batches of ``data.train``.
-    """
-    names = [n for n in model.names if not model.has_fixed_bank(n)]
-    if not names:
-        return
-    size = recipe.latent.bank_size
-    ld = loader(
-        recipe.data.train,
-        {n: model.specs[n] for n in names},
-        batch_size=min(size, 256),
-        seed=seed + 1,
-        drop_last=False,
-    )
-    device = next(model.parameters()).device
-    rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in ld:
-            for n in names:
-                b = batch[n].to(device) if isinstance(batch[n], torch.Tensor) else batch[n]
-                rows[n].append(model.encode(n, b).cpu())
-            if sum(r.shape[0] for r in rows[names[0]]) >= size:
-                break
-    for n in names:
-        model.set_bank(n, torch.cat(rows[n])[:size].to(device))
-    model.train(was_training)

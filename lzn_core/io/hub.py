@@ -1,17 +1,15 @@
-"""Sharing models through the Hugging Face Hub: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``.
+"""Sharing models through the Hugging Face Hub: ``save_pretrained`` / ``push_to_hub`` / downloads.
 
     lzn_core.save_pretrained(model, "lzn-digits/")                    # a local directory + model card
     lzn_core.push_to_hub("runs/digits_joint/final", "user/lzn-digits")
-    model = lzn_core.load("user/lzn-digits")                           # = from_pretrained
+    model = lzn_core.load("user/lzn-digits")                           # lzn_core.io.load: the hub's copy
 
 A shared model is an exported directory (``model.safetensors``, ``recipe.yaml``, ``info.json``;
-:mod:`lzn_core.weights`) plus a ``README.md`` model card. ``from_pretrained`` takes a local
-directory (or a run directory, whose ``final/`` is used) and, for a string that is no existing
-path but looks like a hub id ``user/name``, the hub's copy through ``huggingface_hub``'s cache
-(``snapshot_download``: downloaded once, then read from ``~/.cache/huggingface/hub``). With
-``HF_HUB_OFFLINE=1`` only the cache is read, and a model that is not in it is an error saying so.
-The modalities' plugins must be installed where the model is loaded (``info.json`` names each
-plugin's distribution).
+:mod:`lzn_core.io.files`) plus a ``README.md`` model card. :func:`download` fetches a hub id
+``user/name`` through ``huggingface_hub``'s cache (``snapshot_download``: downloaded once, then
+read from ``~/.cache/huggingface/hub``). With ``HF_HUB_OFFLINE=1`` only the cache is read, and a
+model that is not in it is an error saying so. The modalities' plugins must be installed where
+the model is loaded (``info.json`` names each plugin's distribution).
 """
 
 from __future__ import annotations
@@ -22,8 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LZNError
-from ..weights import INFO, RECIPE, WEIGHTS, Metrics, read_info, resolve_model_dir, write_model
-from ..weights import load as load_directory
+from .files import INFO, RECIPE, WEIGHTS, Metrics, read_info, resolve_model_dir, write_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import LZNModel
@@ -44,8 +41,8 @@ def is_hub_id(name: str | Path) -> bool:
     return bool(_HUB_ID.fullmatch(name)) and ".." not in name
 
 
-def model_dir(
-    name_or_path: str | Path,
+def download(
+    repo_id: str,
     *,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
@@ -53,24 +50,20 @@ def model_dir(
     local_files_only: bool = False,
     files: Sequence[str] = MODEL_FILES,
 ) -> Path:
-    """The local directory of a model: ``name_or_path`` itself (or its ``final/``), or the hub's copy.
+    """The local folder of the hub model ``repo_id`` (``user/name``), from the cache or downloaded.
 
     Args:
-        name_or_path: an exported model directory, a run directory, or a hub id ``user/name``.
+        repo_id: a hub id ``user/name``.
         revision: hub branch, tag or commit (default ``main``).
         cache_dir: the hub cache (default ``~/.cache/huggingface/hub``, ``HF_HUB_CACHE``).
         token: hub token for private repositories (default: the one ``hf auth login`` stored).
         local_files_only: read the cache only (as ``HF_HUB_OFFLINE=1`` does).
-        files: which of :data:`MODEL_FILES` to fetch from the hub (``lzn info`` leaves the weights).
+        files: which of :data:`MODEL_FILES` to fetch (``lzn info`` leaves the weights).
 
     Raises:
-        FileNotFoundError: a local path without a model (the message says what to run).
-        LZNError: a hub id that cannot be had: not in the cache when offline, not on the hub, or
-            a repository that holds no LZN model.
+        LZNError: not in the cache when offline, not on the hub, or a repository that holds no
+            LZN model.
     """
-    if not is_hub_id(name_or_path):
-        return resolve_model_dir(name_or_path)
-    repo_id = str(name_or_path)
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -124,37 +117,6 @@ def model_dir(
             "share one with lzn_core.push_to_hub(MODEL_DIR, REPO_ID)"
         )
     return folder_path
-
-
-def from_pretrained(
-    name_or_path: str | Path,
-    *,
-    device: str = "cpu",
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-) -> LZNModel:
-    """Load a model from a local directory or a hub id (``lzn_core.load``); eval mode.
-
-    Args:
-        name_or_path: an exported model directory, a run directory (its ``final/``), or a hub id
-            ``user/name`` (a string that is no existing path).
-        device: where the weights go.
-        revision, cache_dir, token, local_files_only: see :func:`model_dir`.
-
-    Raises:
-        FileNotFoundError: a local path without a model.
-        LZNError: see :func:`model_dir`; corrupt files or weights that do not fit the recipe.
-    """
-    folder = model_dir(
-        name_or_path, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
-    )
-    return load_directory(folder, device=device)
-
-
-load = from_pretrained
-"""``lzn_core.load``: the same function."""
 
 
 def save_pretrained(

@@ -23,9 +23,13 @@ The cases (``case``):
 3. case 1's CIFAR networks with the decoder also conditioned on the class one-hot, plus the
    label anchors (the label flow classifies).
 
-The sizes are read from the tensors; the official configurations decide what tensors cannot
-tell (FIR, output scaling: on exactly when the progressive paths are; dropout), and
-``image_config`` overrides any of it. Every tensor of the checkpoint must find its place in the
+The recipe of the imported model is the shipped recipe of the case (:data:`BASE_RECIPES`:
+``recipes/cifar_gen.yaml``, ``afhq_gen.yaml`` for a 256² checkpoint (its tensors have the
+progressive paths), ``imagenet_repr.yaml``, ``cifar_joint.yaml``) with the sizes read from the
+tensors in place of the file's: latent dimension, the networks' widths, levels, blocks,
+attention and latent-block resolutions, the time embedding, the number of classes. What tensors
+cannot tell (dropout, FIR resampling, output scaling, the optimisation, the solver) is the
+file's; ``image_config`` overrides any image field. Every tensor of the checkpoint must find its place in the
 framework's model and every tensor of the model must be filled, with equal shapes, or
 :class:`OfficialCheckpointError` lists what does not fit. Nothing is unpickled but tensors,
 plain containers and :data:`SAFE_GLOBALS` (``torch.load(weights_only=True)``).
@@ -33,6 +37,7 @@ plain containers and :data:`SAFE_GLOBALS` (``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
@@ -41,15 +46,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import weights as _portable  # write_model / fill_banks: the one import of the weights module
-from ..errors import LZNError, LZNWarning
+from lzn_core.errors import LZNError, LZNWarning
+from lzn_core.io import write_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..model import LZNModel
+    from lzn_core.model import LZNModel
 
-CASES = (1, 2, 3)
+from .commands import CASES
 
 SAFE_GLOBALS: tuple[Any, ...] = (OrderedDict,)
 """Non-tensor types allowed in an official checkpoint besides what ``weights_only`` always allows
@@ -212,8 +217,9 @@ def _kind(module: Mapping[str, torch.Tensor]) -> str:
 def _unet_config(enc: Mapping[str, torch.Tensor], dec: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
     """The image config of their NCSN++ encoder (+ decoder), read from the tensor shapes.
 
-    Returns the image plugin's config fields plus ``"_q"`` (latent dim) and ``"_cond"`` (size of
-    the decoder's extra conditioning vector).
+    Returns the image plugin's config fields the tensors determine plus ``"_q"`` (latent dim) and
+    ``"_cond"`` (size of the decoder's extra conditioning vector); dropout, FIR and output scaling
+    are not in the tensors (they come from the case's recipe, :func:`official_recipe`).
     """
     mods = _modules(enc)
     if len(mods) < 4 or _kind(mods[0]) != "conv" or [_kind(m) for m in mods[-3:]] != ["res", "attn", "res"]:
@@ -286,13 +292,11 @@ def _unet_config(enc: Mapping[str, torch.Tensor], dec: Mapping[str, torch.Tensor
         latent_channels=latent_channels,
         latent_hidden=latent_hidden,
         latent_resolutions=None if kept == all_sides else kept,
-        dropout=0.0 if progressive else 0.15,  # not in the tensors: the official configurations' value
+        progressive=progressive,
         time_embedding="positional",
         _q=q,
         _cond=0,
     )
-    if progressive:  # not in the tensors either: the official 256² configurations switch all three on
-        config.update(fir=True, progressive=True, scale_by_sigma=True)
     if dec is not None:
         dmods = _modules(dec)
         fourier = bool(dmods) and _kind(dmods[0]) == "fourier"
@@ -325,19 +329,19 @@ def _resnet_image_config(enc: Mapping[str, torch.Tensor]) -> dict[str, Any]:
                 f"the projection head has a {width}-wide GroupNorm(32); the framework's head uses 32 "
                 "groups only for widths that are multiples of 32 with >= 8 features per group"
             )
-    return dict(
-        encoder="resnet50",
-        proj_hidden=hidden,
-        decoder=False,
-        resolution=224,
-        channels=3,
-        augment="simclr",
-        _q=q,
-        _cond=0,
-    )
+    return dict(proj_hidden=hidden, _q=q, _cond=0)
 
 
 # ----------------------------------------------------------------------------- recipe
+
+
+BASE_RECIPES = {1: "cifar_gen.yaml", 2: "imagenet_repr.yaml", 3: "cifar_joint.yaml"}
+"""The shipped recipe whose settings an imported model of each case gets (``recipes/``)."""
+BASE_RECIPE_256 = "afhq_gen.yaml"
+"""Case 1 with the 256² networks (progressive paths in the tensors): the paper's AFHQ-Cat recipe."""
+
+IMAGE, LABEL = "image", "label"
+"""The plugins the official networks map onto: their U-Net / ResNet and their label anchors."""
 
 
 def official_recipe(
@@ -351,81 +355,53 @@ def official_recipe(
 ) -> dict[str, Any]:
     """The recipe (plain data) of the framework's model matching an official checkpoint.
 
-    The one place that writes recipes for imported models: latent settings, modalities and tasks
-    of the paper's configuration of ``case`` (PAPER §4), with the image config read from the checkpoint.
+    The shipped recipe of the case (:data:`BASE_RECIPES`; :data:`BASE_RECIPE_256` for a case-1
+    checkpoint with progressive paths) with what the tensors say in place of the file's values:
+    ``latent.dim``, the image fields in ``image`` (the preset's values fill the others) and the
+    label's ``num_classes``. Modalities the checkpoint has no networks for (the probe labels of
+    ``imagenet_repr``) are left out, with the tasks and evaluations that name them.
 
     Args:
         case: 1, 2 or 3.
-        image: the image plugin's config fields.
+        image: image plugin config fields read from the checkpoint (they override the file's).
         latent_dim: q.
         num_classes: classes of the label anchors (case 3).
-        data: training shard pattern (also where the anchor bank is filled from).
-        bank_size: anchors kept in the image bank (default: the case's evaluation batch).
+        data: training shard pattern (also where the anchor bank is filled from); default: the file's.
+        bank_size: anchors kept in the image bank (default: the file's ``latent.bank_size``).
     """
-    image = dict(image)
-    hq = bool(image.get("progressive"))  # the 256² models
-    if case == 2:
-        latent = dict(dim=latent_dim, solver="euler", steps=20, g=1e-4, alpha=0.45, bank_size=8192)
-        modalities = {"image": {"plugin": "image", "config": image}}
-        tasks: list[dict[str, Any]] = [
-            dict(kind="align", source="image", target="image", loss="log", steps=20, cutoff=0.2, alpha=0.45)
-        ]
-        train = dict(batch_size=8192, iterations=5_000_000, lr={"default": 8e-4}, warmup=5000, ema=0.9999)
-        evaluation = dict(batch_size=8192, alpha=0.0, steps=20, samples_per_class=0)
-        default_data = "data/imagenet/train-*.tar"
-    else:
-        latent = dict(
-            dim=latent_dim, solver="dpm", steps=20, g=1e-3, alpha=1.0, bank_size=256 if hq else 2000
-        )
-        image.setdefault("sample_method", "rk45")
-        modalities = {"image": {"plugin": "image", "config": image}}
-        tasks = [dict(kind="generate", target="image", weight=1.0)]
-        lr = (
-            {"image.decoder": 2e-4, "image.encoder": 2e-6}
-            if hq
-            else {"image.decoder": 1e-3, "image.encoder": 2.5e-5}
-        )
-        train = dict(
-            batch_size=256 if hq else 2000,
-            iterations=60_000 if hq else 50_000,
-            lr=lr,
-            warmup=5000,
-            ema=0.999999,
-        )
-        evaluation = dict(batch_size=256 if hq else 2000, alpha=0.0, steps=100, samples_per_class=10)
-        default_data = "data/train-*.tar" if hq else "data/cifar10/train-*.tar"
-        if case == 3:
-            modalities["label"] = {"plugin": "label", "config": dict(num_classes=num_classes, flow_steps=100)}
-            tasks = [
-                dict(kind="generate", target="image", weight=1.0, condition="label"),
-                dict(
-                    kind="align",
-                    source="image",
-                    target="label",
-                    weight=1.0,
-                    loss="prob",
-                    class_weights=True,
-                    steps=100,
-                    cutoff=0.2,
-                    alpha=1.0,
-                ),
-            ]
-            train.update(
-                iterations=200_000,
-                lr={"image.decoder": 2e-3, "image.encoder": 5e-5, "label": 1e-4},
-                freeze={"image.decoder": 60_000},
-            )
+    from lzn_core.recipe import RECIPES_DIR
+    from lzn_core.recipe.files import read_yaml
+
+    from .config import PRESETS
+
+    name = BASE_RECIPE_256 if case == 1 and image.get("progressive") else BASE_RECIPES[case]
+    recipe = copy.deepcopy(read_yaml(RECIPES_DIR / name))
+    kept = {IMAGE} | ({LABEL} if case == 3 else set())
+    modalities = {m: e for m, e in recipe["modalities"].items() if e["plugin"] in kept}
+    dropped = set(recipe["modalities"]) - set(modalities)
+    for entry in modalities.values():
+        config = dict(entry.get("config") or {})
+        if entry["plugin"] == IMAGE:
+            preset = config.pop("preset", None)
+            config = {**PRESETS.get(preset or "", {}), **config, **image}
+        else:
+            config["num_classes"] = num_classes
+        entry["config"] = config
+    recipe["modalities"] = modalities
+    recipe["tasks"] = [
+        t for t in recipe["tasks"] if not {t.get("source"), t.get("target"), t.get("condition")} & dropped
+    ]
+    evaluation = recipe.get("eval") or {}
+    for key, value in list(evaluation.items()):  # eval.knn / eval.probe name their modalities
+        if isinstance(value, dict) and {value.get("features"), value.get("labels")} & dropped:
+            del evaluation[key]
+    recipe.update(name=f"official_case{case}", output_dir=f"runs/official_case{case}")
+    recipe["latent"]["dim"] = latent_dim
     if bank_size is not None:
-        latent["bank_size"] = bank_size
-    return dict(
-        name=f"official_case{case}",
-        latent=latent,
-        modalities=modalities,
-        tasks=tasks,
-        data=dict(train=data or default_data),
-        train=dict(grad_clip=1.0, **train),
-        eval=evaluation,
-    )
+        recipe["latent"]["bank_size"] = bank_size
+    if data is not None:
+        recipe["data"]["train"] = data
+    return dict(recipe)
 
 
 # ----------------------------------------------------------------------------- tensor mapping
@@ -626,8 +602,8 @@ def official_model(
         OfficialCheckpointError: the checkpoint is not of this case, or tensors do not fit
             (``.unmapped`` / ``.misshaped`` / ``.missing`` list them).
     """
-    from ..model import LZNModel
-    from ..recipe import validate_recipe
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import validate_recipe
 
     if case not in CASES:
         raise OfficialCheckpointError(f"case must be one of {', '.join(map(str, CASES))}, got {case!r}")
@@ -663,13 +639,15 @@ def official_model(
     )
     model = LZNModel(recipe)
     mapping = _Mapping(theirs, model.state_dict())
+    names = {entry.plugin: m for m, entry in recipe.modalities.items()}
+    full = model.configs[names[IMAGE]].model_dump()  # the image config with the recipe's fields
     if case == 2:
-        _map_resnet(mapping, "encoders.image")
+        _map_resnet(mapping, f"encoders.{names[IMAGE]}")
     else:
-        _map_unet(mapping, "encoder", "encoders.image", image, q, cond)
-        _map_unet(mapping, "decoder", "decoders.image", image, q, cond)
+        _map_unet(mapping, "encoder", f"encoders.{names[IMAGE]}", full, q, cond)
+        _map_unet(mapping, "decoder", f"decoders.{names[IMAGE]}", full, q, cond)
     if case == 3:
-        mapping.fill("label_anchor", ["anchor"], "encoders.label.anchors")
+        mapping.fill("label_anchor", ["anchor"], f"encoders.{names[LABEL]}.anchors")
     unmapped, misshaped, missing = mapping.problems(_IGNORED)
     if unmapped or misshaped or missing:
         raise _mismatch(path, case, unmapped, misshaped, missing)
@@ -746,7 +724,7 @@ def import_official(
         checkpoint, case, ema=ema, image_config=image_config, data=bank, bank_size=bank_size
     )
     if bank is not None:
-        _portable.fill_banks(model, model.recipe, seed=seed)
+        model.fill_banks(seed=seed)
     else:
         warnings.warn(
             "imported without an image anchor bank (pass bank=SHARD_PATTERN): small requests will be "
@@ -754,4 +732,4 @@ def import_official(
             LZNWarning,
             stacklevel=2,
         )
-    return _portable.write_model(model, out)
+    return write_model(model, out)

@@ -1,10 +1,16 @@
-"""``lzn import-official CHECKPOINT.pt --case {1,2,3} OUT/``: an authors' checkpoint as an exported model."""
+"""The image plugin's ``lzn`` commands (hook ``lzn_register_commands`` in :mod:`lzn_image.plugin`).
+
+``lzn import-official CHECKPOINT.pt --case {1,2,3} OUT/``: an authors' checkpoint as an exported
+model (:mod:`lzn_image.official`, imported when the command runs: torch is not needed for
+``lzn --help``).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from ..hub.official import CASES, import_official
+CASES = (1, 2, 3)
+"""The paper's case studies an official checkpoint can be imported as (see :mod:`lzn_image.official`)."""
 
 HELP = "convert a checkpoint of the paper's official code into an exported model"
 
@@ -22,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``lzn import-official``: print what was written; 0 on success."""
+    from .official import import_official
+
     out = import_official(
         args.checkpoint, args.case, args.out, bank=args.bank, ema=not args.raw, bank_size=args.bank_size
     )

@@ -1,1 +1,0 @@
-"""Models in and out of the framework: the authors' checkpoints, sharing through model hubs."""
