@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from lzn_recipes import train
 
 

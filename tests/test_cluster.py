@@ -426,3 +426,178 @@ def test_resume_auto_starts_then_resumes(work: Path, capsys, monkeypatch) -> Non
         assert "took over the lock of pid" in capsys.readouterr().out
     finally:
         teardown_distributed()
+
+
+# ----------------------------------------------------------------------------- SLURM
+FAKE_SRUN = """#!/usr/bin/env python3
+# srun with a fake allocation: runs the task command once per node (SLURM_NODEID, SLURM_PROCID), in turn
+import json, os, subprocess, sys
+args = sys.argv[1:]
+opts = []
+while args and args[0].startswith("-"):
+    opts.append(args.pop(0))
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps({"srun": opts}) + "\\n")
+status = 0
+for node in range(int(os.environ["SLURM_JOB_NUM_NODES"])):
+    env = dict(os.environ, SLURM_NODEID=str(node), SLURM_PROCID=str(node), SLURM_STEP_ID="0")
+    status = max(status, subprocess.call(args, env=env))
+sys.exit(status)
+"""
+FAKE_SCONTROL = """#!/usr/bin/env python3
+import json, os, sys
+if sys.argv[1:3] == ["show", "hostnames"]:
+    print("gpu-a17\\ngpu-b03")
+else:
+    with open(os.environ["FAKE_LOG"], "a") as f:
+        f.write(json.dumps({"scontrol": sys.argv[1:]}) + "\\n")
+"""
+FAKE_DEEPSPEED = """#!/usr/bin/env python3
+# the deepspeed runner, recorded: its arguments and which signals it ignores (SigIgn of /proc)
+import json, os, sys
+mask = int(next(l for l in open("/proc/self/status") if l.startswith("SigIgn:")).split()[1], 16)
+ignored = sorted(n for n in (10, 15) if mask >> (n - 1) & 1)
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps({"deepspeed": sys.argv[1:], "ignored": ignored}) + "\\n")
+sys.exit(int(os.environ.get("FAKE_STATUS", "0")))
+"""
+
+
+@pytest.mark.parametrize("status", [0, 75, 76, 1])
+def test_the_sbatch_script_on_a_fake_allocation(tmp_path: Path, status: int) -> None:
+    """`lzn recipes cp slurm/train.sbatch`, run by bash with a job's SLURM_* variables and fake srun,
+    scontrol and deepspeed on PATH: one launcher per node with its node rank, the hostfile of the
+    allocation, master = first node, the port from the job id, --resume auto and the deadline, USR1 and
+    TERM ignored by the launcher's process; exit 75/76 requeues the job, 0 does not, 1 fails it."""
+    from lzn_core.cli import main as lzn
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("deepspeed", FAKE_DEEPSPEED)):
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    assert lzn(["recipes", "cp", "slurm/train.sbatch", str(tmp_path)]) == 0
+    script = tmp_path / "train.sbatch"
+    header = [line for line in script.read_text().splitlines() if line.startswith("#SBATCH")]
+    assert {"#SBATCH --signal=USR1@300", "#SBATCH --requeue", "#SBATCH --open-mode=append"} <= set(header)
+    log = tmp_path / "log.jsonl"
+    env = {
+        "PATH": f"{fake}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "FAKE_LOG": str(log),
+        "FAKE_STATUS": str(status),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "gpu-a17,gpu-b03",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_GPUS_ON_NODE": "4",
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+        "SLURM_RESTART_COUNT": "1",
+    }
+    done = subprocess.run(
+        ["bash", str(script), "cifar_joint.yaml", "train.iterations=10", "data.train=s3://b/x {0..9}.tar"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == (1 if status == 1 else 0), done.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert calls[0] == {"srun": ["--ntasks-per-node=1", "--kill-on-bad-exit=0"]}
+    hostfile = str(tmp_path / ".lzn-hostfile-4242")
+    for node, call in enumerate(calls[1:3]):
+        assert call["ignored"] == [10, 15]  # SIGUSR1, SIGTERM
+        assert call["deepspeed"] == [
+            "--node_rank",
+            str(node),
+            "--hostfile",
+            hostfile,
+            "--no_ssh",
+            "--master_addr",
+            "gpu-a17",
+            "--master_port",
+            str(10000 + 4242 % 50000),
+            "--num_gpus",
+            "4",
+            "--module",
+            "lzn_recipes.train",
+            "--recipe",
+            "cifar_joint.yaml",
+            "--resume",
+            "auto",
+            "train.stop_deadline=240",
+            "train.iterations=10",
+            "data.train=s3://b/x {0..9}.tar",
+        ]
+    requeued = [c for c in calls if "scontrol" in c]
+    assert requeued == ([{"scontrol": ["requeue", "4242"]}] if status in (75, 76) else [])
+    assert "lzn: job 4242 attempt 1: 2 nodes x 4, master gpu-a17:14242" in done.stdout
+    assert not Path(hostfile).exists()
+
+
+def test_launcher_environments() -> None:
+    """Rank, world and local rank from each launcher's variables; the one-line refusals."""
+    from lzn_core.errors import LZNError
+    from lzn_core.train.launcher import first_host, from_environment
+
+    def launch(**env: str) -> tuple:
+        got = from_environment(env)
+        return got.rank, got.world, got.local_rank, got.master_addr, got.master_port, got.source
+
+    torch_env = {
+        "RANK": "3",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "h0",
+        "MASTER_PORT": "29500",
+    }
+    assert launch(**torch_env) == (3, 8, 1, "h0", "29500", "torch")
+    ompi = {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "6", "OMPI_COMM_WORLD_LOCAL_RANK": "2"}
+    assert launch(**ompi, MASTER_ADDR="m", MASTER_PORT="1") == (5, 6, 2, "m", "1", "openmpi")
+    assert launch(PMI_RANK="1", PMI_SIZE="2", MPI_LOCALRANKID="1", MASTER_ADDR="m", MASTER_PORT="1")[:3] == (
+        1,
+        2,
+        1,
+    )
+    srun = {
+        "SLURM_PROCID": "7",
+        "SLURM_STEP_NUM_TASKS": "16",
+        "SLURM_NTASKS": "32",
+        "SLURM_LOCALID": "3",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_ID": "123456",
+        "SLURM_STEP_NODELIST": "gpu[07-08,11]",
+    }
+    assert launch(**srun) == (7, 16, 3, "gpu07", str(10000 + 123456 % 50000), "slurm")
+    # a batch script's own variables (no job step) are not a launch: one process
+    assert launch(SLURM_PROCID="0", SLURM_NTASKS="8", SLURM_JOB_ID="1")[:3] == (0, 1, 0)
+    assert launch()[:3] == (0, 1, 0) and launch(WORLD_SIZE="1")[:3] == (0, 1, 0)
+    assert first_host("rack[1-2]-n[04,09],login") == "rack1-n04" and first_host("a,b") == "a"
+    with pytest.raises(LZNError, match="WORLD_SIZE is set but RANK is not"):
+        from_environment({"WORLD_SIZE": "4"})
+    with pytest.raises(LZNError, match="an Open MPI launch of 6 ranks without MASTER_ADDR"):
+        from_environment(ompi)
+    with pytest.raises(LZNError, match="rank 9 is outside the world of 4 ranks"):
+        from_environment({"RANK": "9", "WORLD_SIZE": "4", "MASTER_ADDR": "x", "MASTER_PORT": "1"})
+
+
+def test_wall_time_checkpoints(work: Path, monkeypatch, capsys) -> None:
+    """train.ckpt_every_minutes with no step period: rank 0's clock decides (here: every step)."""
+    import importlib
+
+    train = importlib.import_module("lzn_recipes.train")
+    from lzn_core.train.engine import teardown_distributed
+
+    monkeypatch.chdir(work)
+    fast = [a for a in RUN if not a.startswith(("train.iterations", "train.ckpt_every", "data.num_workers"))]
+    try:
+        extra = ["train.iterations=3", "train.ckpt_every=0", "train.ckpt_every_minutes=0.00001"]
+        assert train.main([*fast, *extra, "train.keep_checkpoints=5", "--output", "timed"]) == 0
+    finally:
+        teardown_distributed()
+    assert sorted(p.name for p in (work / "timed" / "ckpt").iterdir()) == [
+        "latest",
+        "step-1",
+        "step-2",
+        "step-3",
+    ]

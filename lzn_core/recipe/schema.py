@@ -32,6 +32,7 @@ from .problems import (
 )
 
 _STRICT = ConfigDict(extra="forbid")
+StopSignal = Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"]
 
 
 class LatentConfig(BaseModel):
@@ -200,9 +201,7 @@ class TrainConfig(BaseModel):
     micro_batch_size: int | None = Field(default=None, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"
     ckpt_every_minutes: float | None = Field(default=None, gt=0.0)
-    stop_signals: list[Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"]] = Field(
-        default_factory=lambda: ["SIGTERM", "SIGUSR1"]
-    )
+    stop_signals: list[StopSignal] = Field(default_factory=lambda: list[StopSignal](["SIGTERM", "SIGUSR1"]))
     stop_deadline: float | None = Field(default=None, gt=0.0)
     timeout_minutes: float = Field(default=30.0, gt=0.0)
     eval_timeout_minutes: float = Field(default=360.0, gt=0.0)

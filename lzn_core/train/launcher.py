@@ -33,6 +33,13 @@ from dataclasses import dataclass
 
 from ..errors import LZNError
 
+_LAUNCHERS = {
+    "torch": "a torchrun/deepspeed",
+    "openmpi": "an Open MPI",
+    "pmi": "an MPI (PMI)",
+    "slurm": "an srun",
+}
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -99,12 +106,14 @@ def from_environment(env: Mapping[str, str] | None = None) -> Launch:
         raise LZNError(f"rank {rank} is outside the world of {world} ranks ({source} launch); fix the launch")
     if world > 1 and not addr:
         raise LZNError(
-            f"a {source} launch of {world} ranks without MASTER_ADDR: set MASTER_ADDR (the host of rank 0) "
+            f"{_LAUNCHERS[source]} launch of {world} ranks without MASTER_ADDR: set MASTER_ADDR (the host of rank 0) "
             "and MASTER_PORT in the environment of every rank"
         )
     if not port:
         if world > 1:
-            raise LZNError(f"a {source} launch of {world} ranks without MASTER_PORT: set it on every rank")
+            raise LZNError(
+                f"{_LAUNCHERS[source]} launch of {world} ranks without MASTER_PORT: set it on every rank"
+            )
         with socket.socket() as s:  # one process without a launcher: any free port
             s.bind(("127.0.0.1", 0))
             port = str(s.getsockname()[1])

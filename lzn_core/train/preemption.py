@@ -100,7 +100,7 @@ class Preemption:
     """
 
     def __init__(self, train: Any, *, rank: int, world: int, prog: str = "train.py") -> None:
-        self.signals = [signal.Signals[name] for name in train.stop_signals]
+        self.signals: list[int] = [int(signal.Signals[name]) for name in train.stop_signals]
         self.deadline: float | None = train.stop_deadline
         self.every = None if train.ckpt_every_minutes is None else 60.0 * float(train.ckpt_every_minutes)
         self.iterations = int(train.iterations)
