@@ -384,7 +384,7 @@ def test_evaluation_longer_than_the_collective_timeout(work: Path) -> None:
     """train.timeout_minutes=0.05 (3 s): an evaluation on rank 0 that takes 8 s more does not time
     out rank 1 (it waits on the preemption group, train.eval_timeout_minutes), while a rank stuck
     for 30 s inside a step does fail the run within the 3 s timeout (so the setting is live)."""
-    fast = ["train.timeout_minutes=0.05", "train.iterations=4", "train.eval_every=2"]
+    fast = ["train.timeout_minutes=0.05", "train.iterations=4", "train.eval_every=2", "train.ckpt_every=0"]
     _wait(_ranks(work, "slow-eval", *fast, wrap="slow-eval:8"))
     t0 = time.time()
     outs = _wait(_ranks(work, "stuck", *fast, "train.eval_every=0", wrap="stuck-rank:1:2:30"), expect=(1,))

@@ -26,9 +26,9 @@ launcher, the ranks and their data workers. ``recipes/train.py`` runs its loop i
   sent to the whole process tree must not kill a rank's data workers in the step that still
   needs them (torch ends a worker that gets SIGTERM from anyone but its parent, and the rank then
   fails). They end with their rank;
-* :meth:`Preemption.barrier`: the other ranks wait for rank 0's evaluation or export here, on the
-  same gloo group with ``train.eval_timeout_minutes``, not in the next step's collective, whose
-  timeout (``train.timeout_minutes``) is for a training step.
+* :meth:`Preemption.barrier`: the other ranks wait for rank 0's evaluation or export here, on a
+  second gloo group whose timeout is ``train.eval_timeout_minutes``, not in the next step's
+  collective, whose timeout (``train.timeout_minutes``) is for a training step.
 
 A stop agreed after the last step does not end the run early: its checkpoint is written and the
 evaluation and export of the end of training run as usual (the deadline still holds).
@@ -105,11 +105,13 @@ class Preemption:
         self.every = None if train.ckpt_every_minutes is None else 60.0 * float(train.ckpt_every_minutes)
         self.iterations = int(train.iterations)
         self.rank, self.world, self.prog = rank, world, prog
-        self.eval_timeout = timedelta(minutes=float(train.eval_timeout_minutes))
-        self.group: Any = None
+        self.group: Any = None  # the per-step all-reduce (train.timeout_minutes)
+        self.wait_group: Any = None  # the waits for rank 0 (train.eval_timeout_minutes)
         if world > 1 and torch.distributed.is_initialized():
             timeout = timedelta(minutes=float(train.timeout_minutes))
             self.group = torch.distributed.new_group(backend="gloo", timeout=timeout)
+            timeout = timedelta(minutes=float(train.eval_timeout_minutes))
+            self.wait_group = torch.distributed.new_group(backend="gloo", timeout=timeout)
         self.received = 0  # the first stop signal this process got (0: none)
         self.count = 0  # how many it got
         self.agreed = 0  # the signal every rank agreed to stop on (0: none yet)
@@ -237,5 +239,5 @@ class Preemption:
 
     def barrier(self) -> None:
         """The other ranks wait here for rank 0's evaluation or export (``train.eval_timeout_minutes``)."""
-        if self.group is not None:
-            torch.distributed.monitored_barrier(self.group, timeout=self.eval_timeout, wait_all_ranks=True)
+        if self.wait_group is not None:
+            torch.distributed.barrier(group=self.wait_group)
