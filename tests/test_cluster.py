@@ -430,7 +430,7 @@ def test_resume_auto_starts_then_resumes(work: Path, capsys, monkeypatch) -> Non
 
 # ----------------------------------------------------------------------------- SLURM
 FAKE_SRUN = """#!/usr/bin/env python3
-# srun with a fake allocation: runs the task command once per node (SLURM_NODEID, SLURM_PROCID), in turn
+# srun with a fake allocation: runs the task command once per node (SLURM_NODEID, SLURM_PROCID), at once
 import json, os, subprocess, sys
 args = sys.argv[1:]
 opts = []
@@ -438,16 +438,16 @@ while args and args[0].startswith("-"):
     opts.append(args.pop(0))
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(json.dumps({"srun": opts}) + "\\n")
-status = 0
-for node in range(int(os.environ["SLURM_JOB_NUM_NODES"])):
-    env = dict(os.environ, SLURM_NODEID=str(node), SLURM_PROCID=str(node), SLURM_STEP_ID="0")
-    status = max(status, subprocess.call(args, env=env))
-sys.exit(status)
+tasks = [
+    subprocess.Popen(args, env=dict(os.environ, SLURM_NODEID=str(n), SLURM_PROCID=str(n), SLURM_STEP_ID="0"))
+    for n in range(int(os.environ["SLURM_JOB_NUM_NODES"]))
+]
+sys.exit(max(t.wait() for t in tasks))
 """
 FAKE_SCONTROL = """#!/usr/bin/env python3
 import json, os, sys
 if sys.argv[1:3] == ["show", "hostnames"]:
-    print("gpu-a17\\ngpu-b03")
+    print(os.environ.get("FAKE_HOSTS", "gpu-a17 gpu-b03").replace(" ", "\\n"))
 else:
     with open(os.environ["FAKE_LOG"], "a") as f:
         f.write(json.dumps({"scontrol": sys.argv[1:]}) + "\\n")
@@ -471,11 +471,7 @@ def test_the_sbatch_script_on_a_fake_allocation(tmp_path: Path, status: int) -> 
     TERM ignored by the launcher's process; exit 75/76 requeues the job, 0 does not, 1 fails it."""
     from lzn_core.cli import main as lzn
 
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("deepspeed", FAKE_DEEPSPEED)):
-        (fake / name).write_text(text)
-        (fake / name).chmod(0o755)
+    fake = _fake_slurm(tmp_path, "srun", "scontrol", "deepspeed")
     assert lzn(["recipes", "cp", "slurm/train.sbatch", str(tmp_path)]) == 0
     script = tmp_path / "train.sbatch"
     header = [line for line in script.read_text().splitlines() if line.startswith("#SBATCH")]
@@ -505,7 +501,7 @@ def test_the_sbatch_script_on_a_fake_allocation(tmp_path: Path, status: int) -> 
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert calls[0] == {"srun": ["--ntasks-per-node=1", "--kill-on-bad-exit=0"]}
     hostfile = str(tmp_path / ".lzn-hostfile-4242")
-    for node, call in enumerate(calls[1:3]):
+    for node, call in enumerate(sorted(calls[1:3], key=lambda c: c["deepspeed"][1])):
         assert call["ignored"] == [10, 15]  # SIGUSR1, SIGTERM
         assert call["deepspeed"] == [
             "--node_rank",
@@ -533,6 +529,67 @@ def test_the_sbatch_script_on_a_fake_allocation(tmp_path: Path, status: int) -> 
     assert requeued == ([{"scontrol": ["requeue", "4242"]}] if status in (75, 76) else [])
     assert "lzn: job 4242 attempt 1: 2 nodes x 4, master gpu-a17:14242" in done.stdout
     assert not Path(hostfile).exists()
+
+
+def _fake_slurm(tmp_path: Path, *names: str) -> Path:
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    texts = {"srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL, "deepspeed": FAKE_DEEPSPEED}
+    for name in names:
+        (fake / name).write_text(texts[name])
+        (fake / name).chmod(0o755)
+    return fake
+
+
+@pytest.mark.slow
+def test_the_sbatch_script_stops_requeues_and_resumes_a_real_run(
+    work: Path, reference: Path, tmp_path: Path
+) -> None:
+    """The shipped script with the real deepspeed launcher on a fake allocation of 2 nodes x 1 process
+    (hosts 127.0.0.1 and localhost): SIGUSR1 to every process of the job step, as `--signal=USR1@300`
+    sends it, mid-training; the ranks stop with a checkpoint, the launchers pass 75 on, the script
+    requeues the job; the requeued attempt (same command) resumes and ends with the reference's weights."""
+    fake = _fake_slurm(tmp_path, "srun", "scontrol")
+    port = _port()
+    while port >= 60000:
+        port = _port()
+    job = str(port - 10000)  # the script's port is 10000 + job id % 50000: a free one
+    log = tmp_path / "log.jsonl"
+    env = _env(
+        {
+            "PATH": f"{fake}:{BIN}:{os.environ['PATH']}",
+            "FAKE_LOG": str(log),
+            "FAKE_HOSTS": "127.0.0.1 localhost",
+            "SLURM_JOB_ID": job,
+            "SLURM_JOB_NODELIST": "n[1-2]",
+            "SLURM_JOB_NUM_NODES": "2",
+            "SLURM_GPUS_ON_NODE": "1",
+            "SLURM_SUBMIT_DIR": str(tmp_path),
+            "LZN_TRAIN": str(ROOT / "recipes" / "train.py"),
+        }
+    )
+    script = ROOT / "recipes" / "slurm" / "train.sbatch"
+    command = ["bash", str(script), "digits_joint", *RUN[2:], "--output", "slurm-run"]
+    batch = _popen(command, work, {**env, "SLURM_RESTART_COUNT": "0"})
+    run = work / "slurm-run"
+    _until_step(run, 4, [batch])
+    srun = next(p for p in psutil.Process(batch.pid).children() if "srun" in " ".join(p.cmdline()))
+    step = srun.children(recursive=True)
+    for p in step:
+        try:
+            p.send_signal(signal.SIGUSR1)
+        except psutil.NoSuchProcess:
+            pass
+    out = _wait([batch])[0]
+    reached = _stopped_at(run)
+    assert reached < ITERATIONS and not (run / "final").exists()
+    assert f"stopped by SIGUSR1 after step {reached}" in out
+    assert f"lzn: job {job} stopped (exit 75): requeued" in out
+    assert [json.loads(line) for line in log.read_text().splitlines()][-1] == {"scontrol": ["requeue", job]}
+    again = _wait([_popen(command, work, {**env, "SLURM_RESTART_COUNT": "1"})])[0]
+    assert f"resuming slurm-run at step {reached}" in again and f"lzn: job {job} finished" in again
+    assert _max_diff(reference, run) == 0.0
+    print(f"{len(step)} processes of the step got SIGUSR1; stopped at step {reached}, requeued, resumed")
 
 
 def test_launcher_environments() -> None:
@@ -601,3 +658,39 @@ def test_wall_time_checkpoints(work: Path, monkeypatch, capsys) -> None:
         "step-2",
         "step-3",
     ]
+
+
+def test_run_lock_takeover_rules(tmp_path: Path, monkeypatch) -> None:
+    """A live lock refuses; a lock whose process is gone (same host), of an earlier attempt of this SLURM
+    job (a requeue), or untouched for 5 minutes (another host) is taken over; release removes only ours."""
+    from lzn_core.errors import LZNError
+    from lzn_core.train.rundir import RunLock
+
+    path = tmp_path / "lock"
+    here = socket.gethostname()
+
+    def held(**record) -> None:
+        path.write_text(json.dumps({"host": here, "pid": os.getppid(), "started": "t", **record}))
+
+    held()  # the parent of this process: alive, this host
+    with pytest.raises(LZNError, match=f"is in use by pid {os.getppid()} on {here}"):
+        RunLock.acquire(path)
+    held(host="elsewhere", slurm_job="91", slurm_restart=0)  # another host, fresh: may be alive
+    with pytest.raises(LZNError, match="in use by .* on elsewhere, SLURM job 91"):
+        RunLock.acquire(path)
+    monkeypatch.setenv("SLURM_JOB_ID", "91")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # this is the requeued attempt of job 91
+    lock = RunLock.acquire(path)
+    assert lock.taken_over and "an earlier attempt of this SLURM job" in lock.taken_over
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not path.exists()
+    monkeypatch.delenv("SLURM_JOB_ID")
+    held(host="elsewhere")
+    old = time.time() - 600
+    os.utime(path, (old, old))
+    assert "not touched for 10 min" in (RunLock.acquire(path).taken_over or "")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    held(pid=dead.pid)
+    assert RunLock.acquire(path).taken_over.endswith("(its process is gone)")

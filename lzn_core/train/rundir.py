@@ -153,6 +153,11 @@ class RunDir:
                 self.lock = RunLock.acquire(self.path / LOCK)
             except LZNError as exc:
                 message = str(exc)
+            except OSError as exc:
+                message = (
+                    f"cannot write the run directory {self.path}: {exc.strerror or exc}; "
+                    "choose another --output (or fix its permissions)"
+                )
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             box = [message]
             torch.distributed.broadcast_object_list(box, src=0)
