@@ -78,12 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     start = p.add_mutually_exclusive_group()
     start.add_argument(
         "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="auto",
-        help="continue the run in the run directory (--resume auto: if it holds one, else start it)",
+        action="store_true",
+        help="continue the run in the run directory (--resume auto: if "
+        "it holds a checkpoint, else start it: one command line for a job that is requeued)",
     )
+    start.add_argument("--resume-auto", action="store_true", help=argparse.SUPPRESS)  # `--resume auto`
     start.add_argument(
         "--fresh", action="store_true", help="start over; the run directory's old files go to previous-<n>/"
     )
@@ -94,13 +93,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides (train.batch_size=64)")
     quiet = os.environ.get("RANK", "0") != "0"  # a usage error is printed by rank 0 only
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i in range(len(argv)):  # `--resume auto` (a value of --resume would swallow `--resume k=v`)
+        if argv[i : i + 2] == ["--resume", "auto"] or argv[i] == "--resume=auto":
+            argv[i : i + (1 if argv[i] == "--resume=auto" else 2)] = ["--resume-auto"]
+            break
     with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
         args = p.parse_intermixed_args(argv)  # overrides may come before and after the options
-    if isinstance(args.resume, str) and args.resume != "auto":  # `--resume k=v`: an override, not a value
-        if "=" not in args.resume:
-            p.error(f"--resume takes no value or 'auto', got {args.resume!r}")
-        args.overrides.insert(0, args.resume)
-        args.resume = True
+    args.resume = "auto" if args.resume_auto else args.resume
     if args.checkpoint and args.fresh:
         p.error("--from resumes a checkpoint; it cannot be combined with --fresh")
     if args.checkpoint and args.resume == "auto":
