@@ -3,8 +3,9 @@
 The math of a training step lives in the recipe script; this module hides what a
 reader does not need to see there:
 
-* ``setup_distributed()`` fills the launcher's environment variables when the script
-  runs as plain ``python`` and starts ``torch.distributed`` (gloo on CPU, nccl on GPU).
+* ``setup_distributed()`` reads the launcher's environment (deepspeed, torchrun, ``srun``, MPI or
+  none: :mod:`~lzn_core.train.launcher`) and starts ``torch.distributed`` (gloo on CPU, nccl on
+  GPU) with the recipe's collective timeout.
 * ``Engine(model, recipe)`` builds per-module parameter groups from ``train.lr``
   (keys ``default | <mod> | <mod>.encoder | <mod>.decoder``), a linear warm-up from
   lr/5000 (PAPER §4), a freeze schedule (lr 0 and no gradients from iteration k),
