@@ -700,3 +700,7 @@ def test_run_lock_takeover_rules(tmp_path: Path, monkeypatch) -> None:
     dead.wait()
     held(pid=dead.pid)
     assert RunLock.acquire(path).taken_over.endswith("(its process is gone)")
+    path.write_text("")  # a writer killed between creating the file and writing it
+    old = time.time() - 30
+    os.utime(path, (old, old))
+    assert RunLock.acquire(path).taken_over.endswith("(unreadable)")

@@ -133,7 +133,7 @@ class RunDir:
             barrier()  # every rank has looked before rank 0 moves anything
             if rank() == 0:
                 plan = self._prepare(plan, fresh=fresh)
-                if self.lock is not None and self.lock.taken_over and "own" not in self.lock.taken_over:
+                if self.lock is not None and self.lock.taken_over:
                     plan = Start(plan.checkpoint, plan.step, f"{plan.message}; {self.lock.taken_over}")
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -292,22 +292,27 @@ class RunLock:
             "token": uuid.uuid4().hex,
         }
         taken = None
-        for _ in range(3):
+        for _ in range(5):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 held = _read_lock(path)
-                if held is None:  # vanished (released) or being written: look again
-                    time.sleep(0.2)
+                if held is None and _age(path) < 10.0:  # vanished (released) or being written: look again
+                    time.sleep(0.5)
                     continue
+                raw, held = held, held or {"host": "?", "pid": "?"}  # unreadable for 10 s: its writer died
                 same = held.get("host") == record["host"] and held.get("pid") == record["pid"]
                 why = "this process's own" if same else _stale(path, held, record)
                 if why is None:
                     raise LZNError(_in_use(path, held)) from None
-                taken = f"took over the lock of pid {held.get('pid')} on {held.get('host')} ({why})"
+                taken = (
+                    None
+                    if same
+                    else f"took over the lock of pid {held.get('pid')} on {held.get('host')} ({why})"
+                )
                 aside = path.with_name(f"{LOCK}.stale")
                 os.replace(path, aside)
-                if _read_lock(aside) != held:  # another process took it over in between: give it back
+                if _read_lock(aside) != raw:  # another process took it over in between: give it back
                     os.replace(aside, path)
                     raise LZNError(_in_use(path, _read_lock(path) or held)) from None
                 continue
@@ -345,11 +350,18 @@ def _stale(path: Path, held: dict[str, Any], me: dict[str, Any]) -> str | None:
     if me["slurm_job"] and held.get("slurm_job") == me["slurm_job"]:
         if int(held.get("slurm_restart") or 0) < me["slurm_restart"]:
             return "an earlier attempt of this SLURM job"
-    try:
-        age = time.time() - path.stat().st_mtime
-    except OSError:
-        return "it vanished"
+    if held.get("pid") == "?":
+        return "unreadable"
+    age = _age(path)
     return f"not touched for {age / 60:.0f} min" if age > STALE_AFTER_S else None
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last touched (0 when it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _in_use(path: Path, held: dict[str, Any]) -> str:
