@@ -4,7 +4,8 @@ the product code): ``python tests/cluster_runner.py WRAP TRAIN_ARGS...``. ``WRAP
 * ``slow-save:S``: the first checkpoint write sleeps S seconds after its first file (the file
   ``$LZN_TEST_MARKER`` appears when it starts sleeping);
 * ``stall-save:K``: the write of a checkpoint of a step above K never ends (marker as above);
-* ``slow-eval:S``: every evaluation on rank 0 takes S seconds longer;
+* ``slow-eval:S``: every evaluation on rank 0 takes S seconds longer (marker as above);
+* ``slow-export:S``: the export of ``final/`` takes S seconds longer (marker as above);
 * ``stuck-rank:R:K:S``: rank R sleeps S seconds before the step after step K (its peers wait in
   the step's first collective);
 * ``none``.
@@ -50,10 +51,21 @@ def _wrap(spec: str) -> None:
         real_call = evaluator.__call__
 
         def call(self, *args, **kwargs):  # noqa: ANN001, ANN202
+            if "LZN_TEST_MARKER" in os.environ:
+                _marker()
             time.sleep(float(arg))
             return real_call(self, *args, **kwargs)
 
         evaluator.__call__ = call
+    elif kind == "slow-export":
+        real_write = train.write_model
+
+        def write(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            _marker()
+            time.sleep(float(arg))
+            return real_write(*args, **kwargs)
+
+        train.write_model = write
     elif kind == "stuck-rank":
         rank, after, seconds = (float(x) for x in arg.split(":"))
         real_losses = train.task_losses

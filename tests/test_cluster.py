@@ -310,10 +310,7 @@ def test_a_signal_during_a_checkpoint_write_waits_for_it(work: Path) -> None:
         wrap="slow-save:3",
         env={"LZN_TEST_MARKER": str(marker)},
     )
-    deadline = time.time() + TIMEOUT
-    while not marker.exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
+    _signal_at_marker(proc, marker)
     run = work / "slow-save"
     assert not (run / "ckpt" / "latest").exists()  # mid-write: nothing is `latest` yet
     proc.send_signal(signal.SIGTERM)
@@ -321,6 +318,38 @@ def test_a_signal_during_a_checkpoint_write_waits_for_it(work: Path) -> None:
     _wait([proc], expect=(75,))
     assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["latest", "step-4", "step-5"]
     assert _stopped_at(run) == 5 and _steps(run) == [1, 2, 3, 4, 5]
+
+
+def _signal_at_marker(proc: subprocess.Popen, marker: Path, *signals: signal.Signals) -> None:
+    deadline = time.time() + TIMEOUT
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    for sig in signals:
+        proc.send_signal(sig)
+
+
+def test_a_signal_during_evaluation_or_the_export_waits_for_it(work: Path) -> None:
+    """SIGTERM while rank 0 evaluates at step 4 (made 3 s slower from outside): the evaluation's rows
+    are written, the run stops after step 5 with its checkpoint. SIGTERM during the final export: the
+    export completes and the run ends normally (status 0), its last checkpoint written."""
+    marker = work / "eval.marker"
+    env = {"LZN_TEST_MARKER": str(marker)}
+    (proc,) = _ranks(work, "during-eval", "train.eval_every=4", world=1, wrap="slow-eval:3", env=env)
+    _signal_at_marker(proc, marker, signal.SIGTERM)
+    _wait([proc], expect=(75,))
+    run = work / "during-eval"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert _stopped_at(run) == 5 and _steps(run) == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in rows if any(k.startswith("eval/") for k in r)] == [4]
+    marker = work / "export.marker"
+    env = {"LZN_TEST_MARKER": str(marker)}
+    (proc,) = _ranks(work, "during-export", "train.iterations=3", world=1, wrap="slow-export:3", env=env)
+    _signal_at_marker(proc, marker, signal.SIGTERM, signal.SIGUSR1)
+    out = _wait([proc])[0]
+    run = work / "during-export"
+    assert (run / "final" / "model.safetensors").is_file() and _stopped_at(run) == 3
+    assert "stopped by" not in out and "exported model:" in out
 
 
 def test_the_deadline_ends_a_stalled_stop_and_resume_continues_from_the_last_checkpoint(work: Path) -> None:
