@@ -6,6 +6,8 @@
     python recipes/train.py --recipe digits_joint.yaml --resume                 # continue from ckpt/latest
     python recipes/train.py --recipe digits_joint.yaml --resume --from step-400 train.iterations=1200
     python recipes/train.py --recipe digits_joint.yaml --fresh                  # old run -> previous-<n>/
+    python recipes/train.py --recipe digits_joint.yaml --resume auto            # resume if there is a run, else start
+    torchrun --nproc_per_node 2 recipes/train.py --recipe digits_joint.yaml     # or srun, mpirun (docs/cluster.md)
 
 A step, for the global batch k split across ranks (rank r holds rows [r·b, (r+1)·b)):
   * every modality a task needs is encoded to anchors a: (b, q) and all-gathered *with
@@ -24,8 +26,10 @@ passes over micro-batches that give the same gradient (the paper's batch on fewe
 train.precision: bf16 autocasts the networks, never the zoning. Every random draw of the step
 comes from a (seed, step)-seeded generator on the model's device. A run directory that holds a run is
 resumed (--resume) or started over (--fresh, the old files moved aside), never silently
-restarted (lzn_core.train.rundir). Resume is exact: each rank's generators are restored last,
-and draws that must not move them (data workers' seeds, evaluation) run ``untouched()``.
+restarted (lzn_core.train.rundir), and locked while a run writes it. Resume is exact: each rank's
+generators are restored last, and draws that must not move them (data workers' seeds,
+evaluation) run ``untouched()``. SIGTERM or SIGUSR1 on any rank stops every rank after the same
+step with a checkpoint of it (lzn_core.train.preemption, exit status 75; docs/cluster.md).
 Errors print as one line on rank 0 (lzn_core.train.failures); --debug shows the traceback.
 """
 
@@ -57,6 +61,7 @@ from lzn_core.train.engine import Engine, setup_distributed
 from lzn_core.train.failures import reported
 from lzn_core.train.monitor import TrainingMonitor
 from lzn_core.train.passes import OnePass, network_passes
+from lzn_core.train.preemption import Preemption
 from lzn_core.train.rng import seed_rank, untouched
 from lzn_core.train.rundir import RunDir
 
@@ -71,7 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe", required=True, help="recipe YAML path or bare name (cwd, then recipes/)")
     p.add_argument("--output", default=None, help="run directory (default: the recipe's output_dir)")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--resume", action="store_true", help="continue the run in the run directory")
+    start.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the run directory (--resume auto: if "
+        "it holds a checkpoint, else start it: one command line for a job that is requeued)",
+    )
+    start.add_argument("--resume-auto", action="store_true", help=argparse.SUPPRESS)  # `--resume auto`
     start.add_argument(
         "--fresh", action="store_true", help="start over; the run directory's old files go to previous-<n>/"
     )
@@ -82,10 +93,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides (train.batch_size=64)")
     quiet = os.environ.get("RANK", "0") != "0"  # a usage error is printed by rank 0 only
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i in range(len(argv)):  # `--resume auto` (a value of --resume would swallow `--resume k=v`)
+        if argv[i : i + 2] == ["--resume", "auto"] or argv[i] == "--resume=auto":
+            argv[i : i + (1 if argv[i] == "--resume=auto" else 2)] = ["--resume-auto"]
+            break
     with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
         args = p.parse_intermixed_args(argv)  # overrides may come before and after the options
+    args.resume = "auto" if args.resume_auto else args.resume
     if args.checkpoint and args.fresh:
         p.error("--from resumes a checkpoint; it cannot be combined with --fresh")
+    if args.checkpoint and args.resume == "auto":
+        p.error("--from names the checkpoint to resume; it cannot be combined with --resume auto")
     args.resume = args.resume or bool(args.checkpoint)
     return args
 
@@ -210,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 def train(args: argparse.Namespace) -> int:
     t0 = time.time()
     recipe = load_recipe(args.recipe, args.overrides)
-    rank, world, _ = setup_distributed()
-    run = RunDir(args.output or recipe.output_dir)  # resumed, started over or refused: never silently
+    rank, world, _ = setup_distributed(recipe.train.timeout_minutes)  # deepspeed, torchrun, srun, MPI
+    run = RunDir(args.output or recipe.output_dir)  # locked; resumed, started over or refused: never silently
     start = run.begin(resume=args.resume, checkpoint=args.checkpoint, fresh=args.fresh)
     if rank == 0:
         print(start.message, flush=True)
@@ -232,7 +251,6 @@ def train(args: argparse.Namespace) -> int:
     engine = Engine(model, recipe, run.ckpt, world_size=world)
     model, device = engine.model, engine.device
     nets = network_passes(model, tr, world)  # all rows at once, or two passes over micro-batches
-    monitor = TrainingMonitor(engine)  # the DeepSpeed config's TensorBoard / W&B / CSV sections
     if rank == 0:
         write_recipe(recipe, run.path / "recipe.yaml")
         eval_model = LZNModel(recipe).to(device)
@@ -241,11 +259,15 @@ def train(args: argparse.Namespace) -> int:
     if start.checkpoint is not None:
         client = engine.load(start.checkpoint)  # model, optimiser, EMA, this rank's generators
         data.load_state(client["loader"])
+    monitor = TrainingMonitor(engine)  # TensorBoard / W&B / CSV of the DeepSpeed config, one curve per run
     batches, results, t_last, skipped_samples = iter(data), {}, time.time(), 0
 
-    with tqdm(
-        total=tr.iterations, initial=start.step, disable=rank != 0, dynamic_ncols=True, desc=recipe.name
-    ) as bar:
+    with (
+        Preemption(tr, rank=rank, world=world) as preempt,  # stop signals, deadline, wall-time checkpoints
+        tqdm(
+            total=tr.iterations, initial=start.step, disable=rank != 0, dynamic_ncols=True, desc=recipe.name
+        ) as bar,
+    ):
         for step in range(start.step, tr.iterations):
             with untouched():  # a DataLoader draws its workers' seed from the global generator
                 batch = to_device(next(batches), device)
@@ -281,8 +303,12 @@ def train(args: argparse.Namespace) -> int:
                         | {"skip": engine.skipped, "bad": skipped_samples}
                     )
             bar.update(1)
-            if tr.ckpt_every and (it % tr.ckpt_every == 0 or it == tr.iterations):
-                engine.save(it, {"step": it, "loader": data.state().model_dump()})
+            periodic = bool(tr.ckpt_every) and (it % tr.ckpt_every == 0 or it == tr.iterations)
+            at = preempt.boundary(it, periodic)  # one all-reduce: a stop signal on any rank? minutes due?
+            if at.save:
+                saved = engine.save(it, {"step": it, "loader": data.state().model_dump()})
+            if at.stop:  # every rank, after the same step: one line on rank 0, exit status 75
+                return preempt.stopped(it, saved)
             crash_injection(it)
             do_eval = it == tr.iterations or bool(tr.eval_every and it % tr.eval_every == 0)
             do_samples = it == tr.iterations or bool(tr.sample_every and it % tr.sample_every == 0)
@@ -296,15 +322,16 @@ def train(args: argparse.Namespace) -> int:
                 for k, v in new.items():
                     if k.startswith("accuracy/"):
                         bar.write(f"step {it}: test {k} {v:.4f}")
+            if do_eval or do_samples:
+                preempt.barrier()  # the others wait for rank 0 here (train.eval_timeout_minutes)
 
-    if rank == 0:
-        eval_model.load_weights(engine.ema_state_dict())
-        eval_model.fill_banks(seed=recipe.seed)
-        final = write_model(eval_model, run.path / "final", metrics=run.metrics)
-        plot_losses(run.metrics, run.path / "loss.png")
-        print_summary(recipe, results, run.path, final, time.time() - t0, engine.skipped, skipped_samples)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        if rank == 0:
+            eval_model.load_weights(engine.ema_state_dict())
+            eval_model.fill_banks(seed=recipe.seed)
+            final = write_model(eval_model, run.path / "final", metrics=run.metrics)
+            plot_losses(run.metrics, run.path / "loss.png")
+            print_summary(recipe, results, run.path, final, time.time() - t0, engine.skipped, skipped_samples)
+        preempt.barrier()
     return 0
 
 

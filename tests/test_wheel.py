@@ -29,7 +29,7 @@ LAYOUT = {
     "plugins/lzn_text/": "lzn_text/",
     "recipes/": "lzn_recipes/",
 }
-DATA_SUFFIXES = (".py", ".yaml", ".json", ".model", ".typed")
+DATA_SUFFIXES = (".py", ".yaml", ".json", ".model", ".typed", ".sbatch")
 
 
 def _source_files() -> list[str]:
@@ -89,6 +89,7 @@ def test_the_wheel_holds_the_core_the_plugins_and_the_recipes(wheel: Path) -> No
         if rel.startswith(src) and rel.endswith(DATA_SUFFIXES)
     }
     assert {"lzn_recipes/train.py", "lzn_recipes/digits_joint.yaml", "lzn_recipes/ds/cpu.json"} <= expected
+    assert "lzn_recipes/slurm/train.sbatch" in expected
     assert "lzn_text/example_tokenizer.model" in expected and "lzn_core/py.typed" in expected
     assert sorted(expected - names) == []  # e.g. a new subpackage missing from pyproject's packages
     meta = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

@@ -3,6 +3,7 @@
     lzn recipes                               # name + the first line of each header, the script, the DeepSpeed configs
     lzn recipes cp digits_joint.yaml .        # ./digits_joint.yaml + ./ds/cpu.json (the config it names)
     lzn recipes cp train.py my_run/           # the training script
+    lzn recipes cp slurm/train.sbatch .       # the SLURM batch script (docs/cluster.md)
     python -m lzn_recipes.train --recipe digits_joint.yaml          # trains the copy in the cwd
 
 The shipped files are the package ``lzn_recipes`` (a clone's ``recipes/``). A recipe NAME resolves
@@ -52,6 +53,8 @@ def shipped() -> list[tuple[str, str, str]]:
     if script.is_file():
         doc = ast.get_docstring(ast.parse(script.read_text())) or ""
         rows.append((SCRIPT, "script", doc.strip().splitlines()[0] if doc.strip() else ""))
+    for p in sorted((RECIPES_DIR / "slurm").glob("*.sbatch")):
+        rows.append((f"slurm/{p.name}", "slurm", header_line(p)))
     for p in sorted((RECIPES_DIR / "ds").glob("*.json")):
         try:
             comment = str(json.loads(p.read_text()).get("_comment", ""))
@@ -68,6 +71,8 @@ def header_line(path: Path) -> str:
     for line in path.read_text().splitlines():
         text = line.strip()
         if not text:
+            continue
+        if text.startswith("#!"):  # a shell script's interpreter line
             continue
         if not text.startswith("#"):
             return ""
@@ -117,6 +122,8 @@ def copy(name: str, dest: str | Path, *, force: bool = False) -> int:
     print(f"copied {source} -> {target}{also}")
     if source.suffix in (".yaml", ".yml"):
         print(f"train it: python -m lzn_recipes.train --recipe {target}")
+    elif source.suffix == ".sbatch":
+        print(f"submit it: sbatch {target} RECIPE [key=value ...]  (docs/cluster.md)")
     elif source.name == SCRIPT:
         print(f"run it: python {target} --recipe NAME  (or deepspeed {target} --recipe NAME)")
     return 0
@@ -125,7 +132,7 @@ def copy(name: str, dest: str | Path, *, force: bool = False) -> int:
 def _source(name: str) -> tuple[Path, tuple[str, Path] | None]:
     """The file to copy and, for a recipe, (relative path, file) of the DeepSpeed JSON it names."""
     shipped_file = RECIPES_DIR / name
-    if name == SCRIPT or (name.endswith(".json") and shipped_file.is_file()):
+    if name == SCRIPT or (name.endswith((".json", ".sbatch")) and shipped_file.is_file()):
         if not shipped_file.is_file():
             raise LZNError(f"{name!r} is not shipped in {RECIPES_DIR}; see `lzn recipes`")
         return shipped_file, None

@@ -32,6 +32,7 @@ from .problems import (
 )
 
 _STRICT = ConfigDict(extra="forbid")
+StopSignal = Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"]
 
 
 class LatentConfig(BaseModel):
@@ -195,6 +196,14 @@ class TrainConfig(BaseModel):
             with the activation memory of one micro-batch.
         precision: "fp32", or "bf16": the encoders and decoders run under bf16 autocast; the
             weights, the anchors, the zoning solver, the alignment and the EMA stay float32.
+        ckpt_every_minutes: also checkpoint when this many minutes of wall time (rank 0's clock)
+            have passed since the last checkpoint (None: by steps only).
+        stop_signals: signals that stop the run at the next step boundary with a checkpoint of
+            that step (:mod:`lzn_core.train.preemption`; exit status 75).
+        stop_deadline: seconds after the first stop signal after which every rank exits at once
+            (status 76; resume continues from the last complete checkpoint). None: no deadline.
+        timeout_minutes: how long a collective of a training step waits for the other ranks.
+        eval_timeout_minutes: how long the other ranks wait for rank 0's evaluation and export.
     """
 
     model_config = _STRICT
@@ -213,6 +222,11 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(default=2, gt=0)
     micro_batch_size: int | None = Field(default=None, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    ckpt_every_minutes: float | None = Field(default=None, gt=0.0)
+    stop_signals: list[StopSignal] = Field(default_factory=lambda: list[StopSignal](["SIGTERM", "SIGUSR1"]))
+    stop_deadline: float | None = Field(default=None, gt=0.0)
+    timeout_minutes: float = Field(default=30.0, gt=0.0)
+    eval_timeout_minutes: float = Field(default=360.0, gt=0.0)
 
     def lr_for(self, modality: str, part: str) -> float:
         """Learning rate of ``<modality>.<part>`` (part "encoder" | "decoder"): most specific key wins.

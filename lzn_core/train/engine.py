@@ -3,8 +3,9 @@
 The math of a training step lives in the recipe script; this module hides what a
 reader does not need to see there:
 
-* ``setup_distributed()`` fills the launcher's environment variables when the script
-  runs as plain ``python`` and starts ``torch.distributed`` (gloo on CPU, nccl on GPU).
+* ``setup_distributed()`` reads the launcher's environment (deepspeed, torchrun, ``srun``, MPI or
+  none: :mod:`~lzn_core.train.launcher`) and starts ``torch.distributed`` (gloo on CPU, nccl on
+  GPU) with the recipe's collective timeout.
 * ``Engine(model, recipe)`` builds per-module parameter groups from ``train.lr``
   (keys ``default | <mod> | <mod>.encoder | <mod>.decoder``), a linear warm-up from
   lr/5000 (PAPER §4), a freeze schedule (lr 0 and no gradients from iteration k),
@@ -29,9 +30,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,20 @@ from torch import nn
 
 from ..errors import LZNError, LZNWarning
 from .checkpoint import barrier, prune, rank, resolve_checkpoint, write_atomic
+from .launcher import apply as apply_launch
+from .launcher import from_environment
 from .monitor import configure as configure_monitor
 from .rng import rng_state, set_rng_state
 
 WARMUP_START = 1.0 / 5000.0  # warm-up starts at lr/5000 (PAPER §4)
 
 
-def setup_distributed() -> tuple[int, int, int]:
+def setup_distributed(timeout_minutes: float = 30.0) -> tuple[int, int, int]:
     """Start ``torch.distributed`` for this process; returns ``(rank, world_size, local_rank)``.
 
-    Plain ``python recipes/train.py`` gets a one-process group (RANK=0, WORLD_SIZE=1).
+    The rank, world size and local rank come from the launcher's environment (deepspeed,
+    torchrun, ``srun``, MPI: :mod:`lzn_core.train.launcher`); plain ``python recipes/train.py``
+    gets a one-process group. ``timeout_minutes`` bounds every collective (``train.timeout_minutes``).
     On CPU the backend is gloo and DeepSpeed's shared-memory comm op is not built
     (it would compile C++ for minutes and is not needed for gloo).
     """
@@ -57,17 +62,14 @@ def setup_distributed() -> tuple[int, int, int]:
     import deepspeed
     import deepspeed.comm.torch  # noqa: F401 - patched below (the attribute path is shadowed by torch)
 
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:  # one process without a launcher: any free port
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    apply_launch(from_environment())
     cpu = not torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR") == "cpu"
     if cpu:
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None  # type: ignore[attr-defined]
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", verbose=False)
+        deepspeed.init_distributed(
+            dist_backend="gloo" if cpu else "nccl", verbose=False, timeout=timedelta(minutes=timeout_minutes)
+        )
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if not cpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

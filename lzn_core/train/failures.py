@@ -11,7 +11,9 @@ or unwritable directory; printing each rank's traceback buries the one line that
 * anything else (a bug, a GPU out of memory on one rank) is reported by the rank it happened
   on, in one line naming the exception type (and the rank when it is not 0);
 * every failure exits with status 1 (130 for Ctrl-C); ``--debug`` (or ``LZN_DEBUG=1``)
-  re-raises instead, so each rank prints its traceback.
+  re-raises instead, so each rank prints its traceback. A run stopped by a signal is no failure:
+  75 after its checkpoint, 76 when ``train.stop_deadline`` came first
+  (:mod:`lzn_core.train.preemption`).
 """
 
 from __future__ import annotations

@@ -18,11 +18,21 @@ increasing step for all of them. Tags: ``Train/Samples/<key>`` for a training ro
 evaluation row (``accuracy/image->label``, ...). Sample grids (``eval/grid/<modality>``) are
 images where the backend takes them: TensorBoard (``add_image``) and W&B (``wandb.Image``);
 CSV and Comet get the scalars only.
+
+One curve across restarts (a resume, a preempted job requeued): the x-axis is the engine's sample
+count, restored from the checkpoint. When the monitor starts (after the checkpoint is loaded),
+TensorBoard gets a new event file that purges the events logged after the checkpoint by an
+attempt that died (``purge_step``), the CSV files lose their rows after it, and W&B resumes the
+run whose id is kept in ``<run>/wandb-id`` (``WANDB_RUN_ID``, ``WANDB_RESUME=allow``; W&B drops
+rows at steps it already has, which an exact resume logs again with the same values).
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import os
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +50,8 @@ BACKENDS: dict[str, tuple[str | None, str | None]] = {
     "comet": ("comet_ml", None),
 }
 _FOLDERS = {"tensorboard": "tensorboard", "csv_monitor": "csv"}  # the backends that write files
+WANDB_ID = "wandb-id"
+"""The file in the run directory that keeps the W&B run id across restarts."""
 
 
 def configure(cfg: dict[str, Any], run_dir: Path, name: str) -> dict[str, Any]:
@@ -67,6 +79,8 @@ def configure(cfg: dict[str, Any], run_dir: Path, name: str) -> dict[str, Any]:
                 f"the DeepSpeed config enables {section!r} but the {package} package is not installed; "
                 f"{how}, or set {section}.enabled to false"
             )
+        if section == "wandb" and os.environ.get("RANK", "0") == "0":  # W&B runs on rank 0 only
+            _keep_wandb_run(run_dir)
         if section in _FOLDERS:
             if not sub.get("output_path"):
                 sub["output_path"] = str(run_dir)
@@ -74,6 +88,23 @@ def configure(cfg: dict[str, Any], run_dir: Path, name: str) -> dict[str, Any]:
             else:
                 sub.setdefault("job_name", name)
     return cfg
+
+
+def _keep_wandb_run(run_dir: Path) -> None:
+    """The run directory's W&B run id (made on the first start) for ``wandb.init`` (DeepSpeed's
+    monitor calls it with project, group and entity only; W&B reads the id and the resume mode
+    from the environment). A ``WANDB_RUN_ID`` set by the user wins."""
+    path = Path(run_dir) / WANDB_ID
+    if "WANDB_RUN_ID" not in os.environ:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{WANDB_ID}.{os.getpid()}.tmp")
+            tmp.write_text(uuid.uuid4().hex[:16] + "\n")
+            if not path.exists():
+                os.replace(tmp, path)
+            tmp.unlink(missing_ok=True)
+        os.environ["WANDB_RUN_ID"] = path.read_text().strip()
+    os.environ.setdefault("WANDB_RESUME", "allow")
 
 
 class TrainingMonitor:
@@ -91,6 +122,8 @@ class TrainingMonitor:
         self._ds = engine.ds
         self.monitor: Any = getattr(self._ds, "monitor", None)  # deepspeed's MonitorMaster
         self._keep_csv_headers()
+        if self.enabled:
+            self._continue_from(int(self._ds.global_samples))
 
     @property
     def enabled(self) -> bool:
@@ -134,6 +167,29 @@ class TrainingMonitor:
 
             wb.log({tag: wandb.Image(str(path))}, step=step)
 
+    def _continue_from(self, samples: int) -> None:
+        """Drop what an earlier attempt logged after ``samples`` (the checkpoint's x) from the
+        TensorBoard and CSV curves; the run logs those steps again."""
+        tb = self.monitor.tb_monitor
+        if tb is not None and tb.summary_writer is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = tb.summary_writer.log_dir
+            tb.summary_writer.close()
+            tb.summary_writer = SummaryWriter(log_dir=log_dir, purge_step=samples + 1)
+        csv_monitor = getattr(self.monitor, "csv_monitor", None)
+        if csv_monitor is None or not csv_monitor.log_dir:
+            return
+        for path in Path(csv_monitor.log_dir).glob("*.csv"):
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))
+            kept = [r for i, r in enumerate(rows) if i == 0 or (r and _number(r[0]) <= samples)]
+            if len(kept) < len(rows):
+                tmp = path.with_suffix(".csv.tmp")
+                with open(tmp, "w", newline="") as f:
+                    csv.writer(f).writerows(kept)
+                os.replace(tmp, path)
+
     def _keep_csv_headers(self) -> None:
         """A resumed run appends to the CSV files of the first one: tell DeepSpeed's CSV writer
         they already have their header line (it writes one the first time it sees a name)."""
@@ -143,6 +199,13 @@ class TrainingMonitor:
         for existing in Path(csv.log_dir).glob("*.csv"):
             if existing.stem not in csv.filenames:
                 csv.filenames.append(existing.stem)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")  # a torn line: dropped
 
 
 def _backends(monitor: Any) -> Iterator[Any]:
