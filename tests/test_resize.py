@@ -2,24 +2,25 @@
 DeepSpeed's universal checkpoint, stage 0 as it is (the control).
 
 Each stage trains ``recipes/train.py`` uninterrupted on 1 and on 2 gloo ranks for 6 steps
-(checkpoint at 3; global batch 16 in micro-batches of 4 rows: 1 and 2 ranks take two-pass steps,
-4 ranks one pass), then resumes step-3 of the 2-rank run on 1 and 4 ranks and step-3 of the
-1-rank run on 2 ranks (stage 0: 2 -> 1 and 1 -> 2). Each resumed run is compared with the
-uninterrupted run on the ranks that wrote its checkpoint: the lr of every step exactly, the losses
-of steps 4-6, the weights and the EMA of step 6, the counters, the loader's position, and the
-sample keys of global batches 3-5.
+(checkpoint at 3; global batch 16), then resumes step-3 of the 2-rank run on 1 and 4 ranks and
+step-3 of the 1-rank run on 2 ranks (stage 0: 2 -> 1 and 1 -> 2). Stages 0 and 2 take micro-batches
+of 4 rows (two passes on 1 and 2 ranks, one pass on 4); the ZeRO 1 runs take one pass and have a
+buffer (Fourier time embedding) and the label module frozen from iteration 0 (a parameter group
+without Adam state). Each resumed run is compared with the uninterrupted run on the ranks that
+wrote its checkpoint: the lr of every step exactly, the losses of steps 4-6, the weights and the
+EMA of step 6, the counters, the loader's position, and the sample keys of global batches 3-5.
 
 Tolerances. Without dropout every draw of a step is seeded by (seed, step) for the global batch,
 so a resumed run computes the uninterrupted run's steps in another summation order (2 vs 1 process:
 loss terms ~1e-7 relative, gradients ~6e-5 relative L2, tests/test_distributed.py) and with another
 micro-batch split. Adam divides by sqrt(v), so gradient components that are rounding noise (~1e-5,
 directions the loss does not depend on) take lr-sized steps of arbitrary sign on either side, which
-is what separates the weights. Measured (ZeRO 0, 1, 2; 2 -> 1, 1 -> 2, 2 -> 4): losses of steps
-4-6 within 6e-6 relative, step-6 weights 3-4e-3 of their change over steps 4-6, the EMA 1e-2 of
-its lag behind the weights. Bounds: LOSS_RTOL = 1e-4 and MOVE_RTOL = 5e-2 (>= 5x room). What they
-catch, measured by hand (ZeRO 0, 2 -> 1): Adam moments zeroed at the resume move the losses of
-steps 5-6 by 2e-3 and 8e-3 and the weights by 0.91; an EMA restarted at the resume is 0.44 of its
-lag away.
+is what separates the weights. Measured (ZeRO 0, 1, 2; 2 -> 1, 1 -> 2, 2 -> 4; 2026-12-07): losses of
+steps 4-6 within 6e-6 relative, step-6 weights 3-6e-3 of their change over steps 4-6, the EMA
+0.9-1.9e-2 of its lag behind the weights. Bounds: LOSS_RTOL = 1e-4 and MOVE_RTOL = 0.1 (>= 5x
+room). What they catch, measured by hand (ZeRO 0, 2 -> 1): Adam moments zeroed at the resume move
+the losses of steps 5-6 by 2e-3 and 8e-3 and the weights by 0.91; an EMA restarted at the resume
+is 0.44 of its lag away.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ CASES = {  # stage -> [(ranks that wrote step-3, ranks that resume it)]
     2: [(2, 1), (1, 2), (2, 4)],
 }
 LOSS_RTOL = 1e-4
-MOVE_RTOL = 0.05  # resumed vs uninterrupted, relative to the change over steps 4-6 (or the EMA's lag)
+MOVE_RTOL = 0.1  # resumed vs uninterrupted, relative to the change over steps 4-6 (or the EMA's lag)
 
 
 def _outputs(procs: list, timeout: int = 300) -> list[str]:
@@ -78,8 +79,18 @@ def _outputs(procs: list, timeout: int = 300) -> list[str]:
     return outs
 
 
-def _stage(stage: int) -> str:
-    return f"deepspeed={{zero_optimization: {{stage: {stage}}}}}"
+def _stage(stage: int) -> list[str]:
+    """The overrides of a stage's runs. ZeRO 1 adds the image decoder's Fourier time embedding (a
+    buffer, which a universal load does not restore: the engine does) and freezes the label module
+    from iteration 0 (a parameter group without Adam state, which the engine fills in for
+    DeepSpeed's conversion), in one pass: train.freeze fails today with micro-batches (passes.py)
+    and under ZeRO 2 (DeepSpeed's gradient hook), before any checkpoint."""
+    frozen = [
+        "modalities.image.config.time_embedding=fourier",
+        "train.freeze={label: 0}",
+        "train.micro_batch_size=null",
+    ]
+    return [f"deepspeed={{zero_optimization: {{stage: {stage}}}}}", *(frozen if stage == 1 else [])]
 
 
 def _ckpt_state(run: Path, step: int) -> dict:
@@ -144,7 +155,7 @@ def uninterrupted(digits_dir: Path):
     def run(stage: int, world: int) -> Path:
         if stage not in done:
             procs = [
-                _start(digits_dir, w, [*RUN, _stage(stage), "--output", f"z{stage}-w{w}"]) for w in (1, 2)
+                _start(digits_dir, w, [*RUN, *_stage(stage), "--output", f"z{stage}-w{w}"]) for w in (1, 2)
             ]
             for p in procs:
                 _wait(p)
@@ -170,7 +181,7 @@ def test_resume_on_another_number_of_ranks_continues_the_run(
         (old, new): _start(
             digits_dir,
             new,
-            [*RUN, _stage(stage), "--output", f"z{stage}-{old}to{new}", "--from", str(sources[old])],
+            [*RUN, *_stage(stage), "--output", f"z{stage}-{old}to{new}", "--from", str(sources[old])],
         )
         for old, new in CASES[stage]
     }
@@ -187,6 +198,7 @@ def test_resume_on_another_number_of_ranks_continues_the_run(
             else "ZeRO stage 0 keeps the whole optimizer state on every rank, loaded as it is\n"
         )
         assert printed[(old, new)].count(line) == 1, printed[(old, new)][-3000:]
+        print(next(x for x in printed[(old, new)].splitlines() if x.startswith(line[:40])))
         assert f"written by {ranks(old)}, now {new}: the global batch, the data stream" in printed[(old, new)]
         assert [r["lr"] for r in got] == [r["lr"] for r in want[3:]]  # the schedule continues, exactly
         rel = [abs(g["loss"] - w["loss"]) / abs(w["loss"]) for g, w in zip(got, want[3:], strict=True)]
@@ -209,6 +221,10 @@ def test_resume_on_another_number_of_ranks_continues_the_run(
         for key in ("iteration", "skipped", "ema_updates"):
             assert end["engine"][key] == ref_end["engine"][key] == 6 * (key != "skipped")
         assert end["engine"]["world_size"] == new
+        if stage == 1:  # frozen from iteration 0, on any number of ranks
+            assert torch.equal(
+                end["module"]["encoders.label.anchors"], ref_mid["module"]["encoders.label.anchors"]
+            )
         assert end["loader"] == ref_end["loader"]  # the same samples consumed, as one stream
         state = _ckpt_state(ref, 3)["loader"]
         assert _keys(digits_dir, new, 3, state) == _keys(digits_dir, old, 6)[3:]
@@ -236,20 +252,27 @@ def test_a_failed_conversion_leaves_the_checkpoint_usable(digits_dir: Path, unin
     ``universal`` folder and no partial one of this attempt are left, the checkpoint's files are byte
     for byte as before. A partial folder of a conversion killed earlier is never read: the same
     command without the fault converts anew and continues the run. A ZeRO checkpoint resumed under
-    stage 0 is refused in one line."""
+    stage 0 is refused in one line. The resumed run's buffer (the image decoder's Fourier frequencies,
+    changed in the checkpoint by 1e-6 relative) is the checkpoint's."""
     ckpt = tmp_path / "src" / "step-3"
     src = uninterrupted(1, 1) / "ckpt" / "step-3"  # converted already if the 1 -> 2 case ran: not copied
     shutil.copytree(src, ckpt, ignore=shutil.ignore_patterns("universal*"))
+    model_file = ckpt / "mp_rank_00_model_states.pt"  # a buffer that only the checkpoint can restore
+    saved = torch.load(model_file, map_location="cpu", weights_only=False)
+    fourier = saved["module"]["decoders.image.fourier_w"] * (1 + 1e-6)
+    assert not torch.equal(fourier, saved["module"]["decoders.image.fourier_w"])
+    saved["module"]["decoders.image.fourier_w"] = fourier
+    torch.save(saved, model_file)
     killed = ckpt / "universal.partial-1-dead"  # as a conversion killed by SIGKILL leaves it
     (killed / "step-3" / "zero").mkdir(parents=True)
     (killed / "step-3" / "mp_rank_00_model_states.pt").write_bytes(b"torn")
     before = _hashes(ckpt)
     (tmp_path / "inject").mkdir()
     (tmp_path / "inject" / "sitecustomize.py").write_text(FAIL_CONVERSION)
-    args = [*RUN, _stage(1), "--output", str(tmp_path / "resumed"), "--from", str(ckpt)]
+    args = [*RUN, *_stage(1), "--output", str(tmp_path / "resumed"), "--from", str(ckpt)]
     failing = _start(digits_dir, 2, args, {"PYTHONPATH": str(tmp_path / "inject")})
     stage0 = _start(
-        digits_dir, 1, [*RUN, _stage(0), "--output", str(tmp_path / "stage0"), "--from", str(ckpt)]
+        digits_dir, 1, [*RUN, *_stage(0), "--output", str(tmp_path / "stage0"), "--from", str(ckpt)]
     )
     outs = [p.communicate(timeout=300)[0] for p in failing + stage0]
     assert [p.returncode for p in failing + stage0] == [1, 1, 1], outs
@@ -274,6 +297,7 @@ def test_a_failed_conversion_leaves_the_checkpoint_usable(digits_dir: Path, unin
     assert all(
         abs(g["loss"] - w["loss"]) < LOSS_RTOL * abs(w["loss"]) for g, w in zip(got, want[3:], strict=True)
     )
+    assert torch.equal(_ckpt_state(tmp_path / "resumed", 6)["module"]["decoders.image.fourier_w"], fourier)
     assert _hashes(ckpt) == before and killed.is_dir()  # the leftover stays, unread
     from lzn_core.train.checkpoint import universal_checkpoint
 

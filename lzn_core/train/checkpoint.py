@@ -9,9 +9,12 @@ only on as many ranks as wrote it. :func:`universal_checkpoint` converts it, onc
 DeepSpeed's own ``ds_to_universal`` into ``step-<k>/universal/`` (DeepSpeed's universal layout:
 every parameter's fp32 weights and Adam moments whole, re-split at load by ``load_universal``
 on any number of ranks). The conversion writes ``step-<k>/universal.partial-<id>/`` and renames
-it to ``universal`` only when complete: the checkpoint's own files are only read, a failed
-conversion removes its partial folder, and a ``universal.partial-*`` left by a killed one is
-never read (it goes when the checkpoint is pruned).
+it to ``universal`` only when complete: the checkpoint's own files are only read (DeepSpeed reads
+every file under its input folder, so it is given a folder of links to the checkpoint's files,
+not the checkpoint with what lies in it), a failed conversion removes its partial folder, and a
+``universal.partial-*`` left by a killed one is never read (it goes when the checkpoint is
+pruned). Living inside the checkpoint, the universal form is pruned, moved aside and replaced
+with it.
 """
 
 from __future__ import annotations

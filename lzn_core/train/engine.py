@@ -200,6 +200,27 @@ def deepspeed_config(recipe: Any, world_size: int, base_dir: Path | None = None)
     return cfg
 
 
+def _fill_missing_adam_state(zero_optimizer: Any) -> None:
+    """Zero Adam state for a flat ZeRO partition that has none, as torch's Adam would create it.
+
+    Only a group frozen since iteration 0 has none (it never stepped, and stays frozen, so the
+    state is never read); DeepSpeed's ``ds_to_universal`` fails on a group without ``exp_avg``.
+    """
+    base = getattr(zero_optimizer, "optimizer", None)
+    if not isinstance(base, torch.optim.Adam):
+        return
+    for group in base.param_groups:
+        for p in group["params"]:
+            if not base.state.get(p):
+                base.state[p] = {
+                    "step": torch.tensor(0.0),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+                if group.get("amsgrad"):
+                    base.state[p]["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 def _no_mpu_warning(record: logging.LogRecord) -> bool:
     """Drops DeepSpeed's "MPU is not provided" warning of a universal load (no model parallelism here)."""
     return "MPU is not provided" not in record.getMessage()
@@ -360,6 +381,8 @@ class Engine:
         tmp_tag, tag = f"tmp-{step}", f"step-{step}"
         state = dict(client_state, engine=self._state())
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if self.zero_stage:
+            _fill_missing_adam_state(self.optimizer)
         self.ds.save_checkpoint(str(self.ckpt_dir), tag=tmp_tag, client_state=state, save_latest=False)
         (self.ckpt_dir / tmp_tag).mkdir(exist_ok=True)
         torch.save(rng_state(), self.ckpt_dir / tmp_tag / f"rng-rank{rank()}.pt")  # each rank its own
