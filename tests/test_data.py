@@ -149,6 +149,27 @@ def test_resume_equals_uninterrupted_stream(pattern: str, num_workers: int) -> N
     assert resumed.state().epoch == 2 and resumed.state().step == 2
 
 
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 4)])
+def test_resume_on_another_number_of_ranks_continues_the_global_stream(
+    pattern: str, before: int, after: int
+) -> None:
+    """A state saved by ``before`` ranks, loaded by ``after`` ranks of the same global batch (8):
+    the ranks' rows of each global batch, in rank order, are the uninterrupted stream's, across
+    the epoch boundary (4 batches per epoch)."""
+
+    def stream(world: int, steps: int, state: dict | None = None) -> list[list[int]]:
+        kw = {"batch_size": 8 // world, "world_size": world, "seed": 3, "resume_from": state}
+        per_rank = [ids(islice(loader(pattern, {"label": LABEL}, rank=r, **kw), steps)) for r in range(world)]
+        return [sum((rows[k] for rows in per_rank), []) for k in range(steps)]
+
+    full = stream(before, 10)
+    first = loader(pattern, {"label": LABEL}, batch_size=8 // before, world_size=before, seed=3)
+    assert len(ids(islice(first, 3))) == 3
+    saved = json.loads(json.dumps(first.state().model_dump()))  # rank 0's, as stored in a checkpoint
+    assert stream(after, 7, saved) == full[3:]
+    assert full[4] != full[0]  # the next epoch is another permutation
+
+
 def test_resume_refuses_a_different_batch_or_data_set(pattern: str, tmp_path: Path) -> None:
     state = LoaderState(epoch=1, step=2, seed=0, global_batch_size=8, num_samples=N)
     with pytest.raises(DataError, match=r"global batch is 8, now 4 x 1 = 4"):

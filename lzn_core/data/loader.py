@@ -339,12 +339,18 @@ class ShardLoader:
         )
 
     def load_state(self, state: LoaderState | Mapping[str, Any]) -> None:
-        """Continue from ``state`` (a :class:`LoaderState` or its ``model_dump()``)."""
+        """Continue from ``state`` (a :class:`LoaderState` or its ``model_dump()``).
+
+        The state is a position in the global stream, so it may have been saved on another number
+        of ranks: ``batch_size * world_size`` must equal the saved global batch, however it is split
+        (two ranks of 8 continue what one rank of 16 or four ranks of 4 read).
+        """
         st = state if isinstance(state, LoaderState) else LoaderState.model_validate(dict(state))
         if st.global_batch_size != self._plan.global_batch:
             raise DataError(
                 f"cannot resume: the checkpoint's global batch is {st.global_batch_size}, now "
-                f"{self._plan.batch_size} x {self._plan.world_size} = {self._plan.global_batch}"
+                f"{self._plan.batch_size} x {self._plan.world_size} = {self._plan.global_batch}; keep the "
+                f"global batch at {st.global_batch_size} (on any number of ranks that divides it)"
             )
         if st.num_samples != self.num_samples:
             raise DataError(

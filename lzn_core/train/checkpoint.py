@@ -3,20 +3,44 @@
 A checkpoint is written as ``tmp-<k>`` and renamed to ``step-<k>`` only when complete, then
 ``latest`` is replaced atomically; ``tmp-*`` leftovers of a crash are never read. Pruning keeps
 the newest ``keep`` checkpoints and never the one ``latest`` names.
+
+A ZeRO (stage 1, 2) checkpoint holds one optimizer partition per rank, and DeepSpeed loads it
+only on as many ranks as wrote it. :func:`universal_checkpoint` converts it, once, with
+DeepSpeed's own ``ds_to_universal`` into ``step-<k>/universal/`` (DeepSpeed's universal layout:
+every parameter's fp32 weights and Adam moments whole, re-split at load by ``load_universal``
+on any number of ranks). The conversion writes ``step-<k>/universal.partial-<id>/`` and renames
+it to ``universal`` only when complete: the checkpoint's own files are only read (DeepSpeed reads
+every file under its input folder, so it is given a folder of links to the checkpoint's files,
+not the checkpoint with what lies in it), a failed conversion removes its partial folder, and a
+``universal.partial-*`` left by a killed one is never read (it goes when the checkpoint is
+pruned). Living inside the checkpoint, the universal form is pruned, moved aside and replaced
+with it.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
 import re
 import shutil
+import time
+import uuid
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import LZNError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+ZERO_PARTITION = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
+UNIVERSAL = "universal"
+"""The folder, inside a checkpoint, holding its universal form (DeepSpeed's load root)."""
+CONVERSION_TIMEOUT = timedelta(hours=6)
+"""How long the other ranks wait for rank 0's conversion."""
 
 
 def step_of(tag: str | Path) -> int | None:
@@ -86,3 +110,105 @@ def rank() -> int:
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def ranks(n: int) -> str:
+    """``1 rank``, ``2 ranks``: for messages."""
+    return f"{n} rank" if n == 1 else f"{n} ranks"
+
+
+def zero_partitions(ckpt: Path) -> int:
+    """Ranks whose ZeRO optimizer partitions checkpoint ``ckpt`` holds (0: no ZeRO files, stage 0)."""
+    if not Path(ckpt).is_dir():
+        return 0
+    return len({m.group(1) for p in Path(ckpt).iterdir() if (m := ZERO_PARTITION.match(p.name))})
+
+
+def universal_info() -> tuple[str, dict[str, Any]]:
+    """``(attribute, value)``: what a module must carry for ``ds_to_universal`` to accept its
+    checkpoints (DeepSpeed's ``UNIVERSAL_CHECKPOINT_INFO``, saved by ``save_checkpoint``)."""
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    return UNIVERSAL_CHECKPOINT_INFO, {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
+
+
+def universal_checkpoint(ckpt: Path) -> tuple[Path, float | None]:
+    """The universal form of ZeRO checkpoint ``ckpt``: ``(load root, seconds the conversion took)``.
+
+    Rank 0 converts when ``ckpt/universal`` does not exist yet (seconds None: reused), the
+    others wait in a collective; DeepSpeed loads ``load root / ckpt.name`` with ``load_universal``.
+
+    Raises:
+        LZNError: on every rank, when the conversion failed (the checkpoint itself is untouched).
+    """
+    ckpt = Path(ckpt)
+    out = ckpt / UNIVERSAL
+    seconds: float | None = None
+    error: str | None = None
+    # the other ranks wait for rank 0 in a gloo group of their own, made before the conversion, whose
+    # timeout is CONVERSION_TIMEOUT, not the training group's (DeepSpeed's default is 10 minutes, which
+    # a large checkpoint's conversion can exceed); a rank that dies still fails the wait at once
+    group: Any = None
+    if torch.distributed.is_initialized():
+        group = torch.distributed.new_group(backend="gloo", timeout=CONVERSION_TIMEOUT)
+    if rank() == 0 and not out.is_dir():
+        try:
+            seconds = _convert(ckpt, out)
+        except Exception as exc:  # reported on every rank below, as one line
+            last = str(exc).strip().splitlines()
+            error = (
+                f"converting {ckpt} to DeepSpeed's universal checkpoint failed ({type(exc).__name__}: "
+                f"{last[-1] if last else 'no message'}); the checkpoint is untouched: resume it on "
+                f"{ranks(zero_partitions(ckpt))}, or fix the cause and resume again"
+            )
+    if group is not None:
+        box = [(error, seconds)]
+        try:
+            torch.distributed.broadcast_object_list(box, src=0, group=group)
+        finally:
+            torch.distributed.destroy_process_group(group)
+        error, seconds = box[0]
+    if error is not None:
+        raise LZNError(error)
+    return out, seconds
+
+
+def _convert(ckpt: Path, out: Path) -> float:
+    """``ds_to_universal`` of ``ckpt`` into a partial folder, renamed to ``out`` when complete."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    start = time.perf_counter()
+    partial = ckpt / f"{UNIVERSAL}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    view = partial / "input"  # the checkpoint's own files: DeepSpeed reads every file under its input
+    args = argparse.Namespace(
+        input_folder=str(view),
+        output_folder=str(partial / ckpt.name),  # DeepSpeed writes partial/latest_universal beside it
+        num_extract_workers=1,  # in this process: no worker pool forked from a rank
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # only for checkpoints written before the engine saved the info
+    )
+    log = io.StringIO()
+    try:
+        view.mkdir(parents=True)
+        for path in ckpt.iterdir():  # not the folders in it (an earlier attempt's partial one)
+            if path.is_file():
+                (view / path.name).symlink_to(path.resolve())
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            ds_to_universal.main(args)
+        shutil.rmtree(view)
+        try:
+            partial.rename(out)
+        except OSError:
+            if not out.is_dir():  # not "another job converted it first"
+                raise
+            shutil.rmtree(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return time.perf_counter() - start

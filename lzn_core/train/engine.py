@@ -23,11 +23,17 @@ reader does not need to see there:
   ``rng-rank<r>.pt``, each rank's own generator states), renames it to ``ckpt/step-<step>``
   and then replaces ``ckpt/latest`` atomically: a crash mid-write leaves the previous
   checkpoint usable. ``Engine.load`` restores all of it, this rank's generators last.
+* A checkpoint resumes on another number of ranks: under ZeRO 1/2 through DeepSpeed's universal
+  checkpoint (``ds_to_universal`` once, kept in ``step-<k>/universal``, then ``load_universal``;
+  :func:`~lzn_core.train.checkpoint.universal_checkpoint`); under stage 0 every rank holds the
+  whole optimizer state and loads it as it is. One line on rank 0 says which, and a warning that
+  the per-rank generator streams (dropout) cannot continue as on the old number of ranks.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -40,7 +46,17 @@ import torch
 from torch import nn
 
 from ..errors import LZNError, LZNWarning
-from .checkpoint import barrier, prune, rank, resolve_checkpoint, write_atomic
+from .checkpoint import (
+    barrier,
+    prune,
+    rank,
+    ranks,
+    resolve_checkpoint,
+    universal_checkpoint,
+    universal_info,
+    write_atomic,
+    zero_partitions,
+)
 from .launcher import apply as apply_launch
 from .launcher import from_environment
 from .monitor import configure as configure_monitor
@@ -186,6 +202,32 @@ def deepspeed_config(recipe: Any, world_size: int, base_dir: Path | None = None)
     return cfg
 
 
+def _fill_missing_adam_state(zero_optimizer: Any) -> None:
+    """Zero Adam state for a flat ZeRO partition that has none, as torch's Adam would create it.
+
+    Only a group frozen since iteration 0 has none (it never stepped, and stays frozen, so the
+    state is never read); DeepSpeed's ``ds_to_universal`` fails on a group without ``exp_avg``.
+    """
+    base = getattr(zero_optimizer, "optimizer", None)
+    if not isinstance(base, torch.optim.Adam):
+        return
+    for group in base.param_groups:
+        for p in group["params"]:
+            if not base.state.get(p):
+                base.state[p] = {
+                    "step": torch.tensor(0.0),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+                if group.get("amsgrad"):
+                    base.state[p]["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def _no_mpu_warning(record: logging.LogRecord) -> bool:
+    """Drops DeepSpeed's "MPU is not provided" warning of a universal load (no model parallelism here)."""
+    return "MPU is not provided" not in record.getMessage()
+
+
 class Engine:
     """DeepSpeed engine + EMA + freeze schedule + atomic checkpoints for an ``LZNModel``.
 
@@ -229,10 +271,14 @@ class Engine:
         self.freezes = [(g["freeze_at"], list(g["params"])) for g in groups if g["freeze_at"] is not None]
         lambdas = [self._lambda(g["freeze_at"]) for g in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        self.zero_stage = int(cfg["zero_optimization"].get("stage", 0))
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=cfg
         )
         self.model = self.ds.module
+        key, info = universal_info()  # saved with every checkpoint: ds_to_universal requires it
+        if getattr(self.model, key, None) is None:
+            setattr(self.model, key, info)
         self.device = self.ds.device
         self.groups = groups
         self.iteration = 0  # optimiser iterations taken or skipped
@@ -337,6 +383,8 @@ class Engine:
         tmp_tag, tag = f"tmp-{step}", f"step-{step}"
         state = dict(client_state, engine=self._state())
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if self.zero_stage:
+            _fill_missing_adam_state(self.optimizer)
         self.ds.save_checkpoint(str(self.ckpt_dir), tag=tmp_tag, client_state=state, save_latest=False)
         (self.ckpt_dir / tmp_tag).mkdir(exist_ok=True)
         torch.save(rng_state(), self.ckpt_dir / tmp_tag / f"rng-rank{rank()}.pt")  # each rank its own
@@ -364,26 +412,95 @@ class Engine:
         """Restore model, optimiser, scheduler, EMA, counters and this rank's generator states
         (the last thing done: build every module before calling it); returns the client state.
 
+        A checkpoint written on another number of ranks is loaded too: ZeRO 1/2 partitions through
+        DeepSpeed's universal checkpoint (converted once, beside the checkpoint), stage 0 as it is.
+
         Args:
             which: ``"latest"``, a tag (``step-500``) or a checkpoint directory path.
         """
         root, tag = resolve_checkpoint(self.ckpt_dir, which)
-        path, client = self.ds.load_checkpoint(str(root), tag=tag)
+        src = root / tag
+        saved = zero_partitions(src)  # ranks that wrote ZeRO partitions; 0: stage 0
+        if bool(saved) != bool(self.zero_stage):
+            was = f"ZeRO optimizer partitions of {ranks(saved)}" if saved else "no ZeRO partitions (stage 0)"
+            raise LZNError(
+                f"{src} holds {was}, but this run uses ZeRO stage {self.zero_stage}: resume it with the "
+                "zero_optimization.stage it was written with (the recipe's deepspeed config)"
+            )
+        if saved and saved != self.world_size:
+            load_root, seconds = universal_checkpoint(src)
+            how = "reused" if seconds is None else f"converted in {seconds:.1f} s"
+            self._say(
+                f"resuming {src} (written by {ranks(saved)}) on {ranks(self.world_size)}: its ZeRO stage "
+                f"{self.zero_stage} optimizer partitions are re-split by DeepSpeed's universal checkpoint "
+                f"{load_root} ({how})"
+            )
+            path, client = self._load_universal(load_root, tag)
+        else:
+            path, client = self.ds.load_checkpoint(str(root), tag=tag)
         if path is None or client is None:
-            raise LZNError(f"could not load checkpoint {root / tag}")
+            raise LZNError(f"could not load checkpoint {src}")
         st = client.pop("engine")
         self.iteration, self.skipped, self.ema_updates = st["iteration"], st["skipped"], st["ema_updates"]
         self.ema = {k: v.to(self.device) for k, v in st["ema"].items()}
-        rng = root / tag / f"rng-rank{rank()}.pt"
-        if rng.is_file():
+        written_by = st.get("world_size")
+        if not saved and written_by is not None and written_by != self.world_size:
+            self._say(
+                f"resuming {src} (written by {ranks(written_by)}) on {ranks(self.world_size)}: ZeRO stage 0 keeps "
+                "the whole optimizer state on every rank, loaded as it is"
+            )
+        rng = src / f"rng-rank{rank()}.pt"
+        if written_by is not None and written_by != self.world_size:
+            if rank() == 0:
+                warnings.warn(
+                    f"{src} was written by {ranks(written_by)}, now {self.world_size}: the global batch, the "
+                    "data stream, the lr schedule, the optimizer and the EMA continue, but dropout and other "
+                    "per-rank generator draws differ from an uninterrupted run",
+                    LZNWarning,
+                    stacklevel=2,
+                )
+            if rng.is_file():  # a rank that had a stream continues it; the others keep their seed_rank
+                set_rng_state(torch.load(rng, weights_only=True))
+        elif rng.is_file():
             set_rng_state(torch.load(rng, weights_only=True))
         else:
-            by = f"{st['world_size']} ranks" if "world_size" in st else "a version without per-rank states"
+            by = f"{written_by} ranks" if written_by is not None else "a version without per-rank states"
             warnings.warn(
-                f"{root / tag} has no generator state for rank {rank()} (written by {by}, now "
+                f"{src} has no generator state for rank {rank()} (written by {by}, now "
                 f"{self.world_size} ranks): the run continues from it, but dropout and other global-RNG "
                 "draws differ from an uninterrupted run",
                 LZNWarning,
                 stacklevel=2,
             )
         return client
+
+    def _load_universal(self, load_root: Path, tag: str) -> tuple[Any, Any]:
+        """DeepSpeed's ``load_checkpoint`` with ``load_universal`` on for this one load.
+
+        A universal load restores the parameters from their fp32 copies and skips the module's
+        state dict, so the module's buffers are restored here from the checkpoint's model file.
+        """
+        from deepspeed.utils import logger as ds_logger
+
+        config = self.ds._config  # DeepSpeedConfig: load_universal is read at load time only
+        before = config.load_universal_checkpoint
+        config.load_universal_checkpoint = True
+        ds_logger.addFilter(_no_mpu_warning)
+        try:
+            path, client = self.ds.load_checkpoint(str(load_root), tag=tag)
+        finally:
+            config.load_universal_checkpoint = before
+            ds_logger.removeFilter(_no_mpu_warning)
+        buffers = {name: b for name, b in self.model.named_buffers()}
+        if path is not None and buffers:
+            saved = torch.load(path, map_location="cpu", weights_only=False)["module"]
+            with torch.no_grad():
+                for name, buffer in buffers.items():
+                    if name in saved:
+                        buffer.copy_(saved[name])
+        return path, client
+
+    @staticmethod
+    def _say(line: str) -> None:
+        if rank() == 0:
+            print(line, flush=True)
