@@ -36,7 +36,7 @@ from ..errors import DataError, LZNError
 from ..modality import PreviewWriter, Reconstructs, SampleJudge
 from ..model import LZNModel
 from . import protocol as p
-from .features import CLEAN_FID, DIGIT_FEATURES, CleanFIDFeatures, clean_fid
+from .features import CLEAN_FID, DIGIT_FEATURES, CleanFIDFeatures
 from .metrics import (
     accuracy,
     auroc,
@@ -316,16 +316,15 @@ def _generation(
         else:
             fake = p.unconditional_samples(model, target, n_fake, steps=steps, seed=seed)
             f_real, f_fake, f_test = extractor(real), extractor(fake), extractor(test[target])
-            distance = clean_fid if name == CLEAN_FID else frechet_distance
             kid, kid_std = kernel_inception_distance(
                 f_real, f_fake, subsets=20, subset_size=min(1000, n_fake, len(real))
             )
             res.update(
-                fid=distance(f_real, f_fake),
+                fid=frechet_distance(f_real, f_fake),
                 kid=kid,
                 kid_std=kid_std,
                 fid_features=name,
-                fid_real_test_vs_train=distance(f_real, f_test),
+                fid_real_test_vs_train=frechet_distance(f_real, f_test),
                 fid_samples=n_fake,
                 fid_real=len(real),
             )
