@@ -366,8 +366,7 @@ def fill_banks(model: LZNModel, recipe: Any, *, seed: int = 0) -> None:
     with torch.no_grad():
         for batch in ld:
             for n in names:
-                b = batch[n].to(device) if isinstance(batch[n], torch.Tensor) else batch[n]
-                rows[n].append(model.encode(n, b).cpu())
+                rows[n].append(model.encode(n, batch[n]).cpu())  # encode moves the batch
             if sum(r.shape[0] for r in rows[names[0]]) >= size:
                 break
     for n in names:

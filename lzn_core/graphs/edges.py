@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ComposeError, LZNError
-from ..modality import BackboneFeatures, Reconstructs
+from ..modality import BackboneFeatures, Reconstructs, move_batch
 from ..model import CLASS_ZONE_STEPS, LZNModel
 
 LATENT = "latent"
@@ -61,18 +61,18 @@ def inference_mode(model: LZNModel) -> Iterator[None]:
 
 
 def as_batch(batch: Any, device: torch.device) -> Any:
-    """Normalise a request: an int/str/scalar becomes a batch of one; tensors go to ``device``;
-    a float (C, H, W) tensor becomes (1, C, H, W)."""
+    """Normalise a request: an int/str/scalar becomes a batch of one; tensors and custom batch
+    types go to ``device`` (:func:`~lzn_core.modality.move_batch`); a float (C, H, W) tensor
+    becomes (1, C, H, W)."""
     if isinstance(batch, (int, bool)) or (isinstance(batch, torch.Tensor) and batch.dim() == 0):
         batch = torch.as_tensor([int(batch)])
     elif isinstance(batch, str):
         batch = [batch]
     elif isinstance(batch, (list, tuple)) and batch and all(isinstance(b, int) for b in batch):
         batch = torch.as_tensor(batch, dtype=torch.int64)
-    if isinstance(batch, torch.Tensor):
-        if batch.is_floating_point() and batch.dim() == 3:
-            batch = batch[None]
-        batch = batch.to(device)
+    if isinstance(batch, torch.Tensor) and batch.is_floating_point() and batch.dim() == 3:
+        batch = batch[None]
+    batch = move_batch(batch, device)
     if not hasattr(batch, "__len__") or len(batch) == 0:
         raise ComposeError(
             f"empty or unsized request ({type(batch).__name__}): give a batch of at least one item"
