@@ -202,3 +202,19 @@ def test_a_points_step_in_two_passes_equals_one_pass() -> None:
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     finally:
         reset_plugins(previous)
+
+
+def test_the_tutorial_shows_the_real_batch_type_and_the_kits_real_message() -> None:
+    """docs/writing-a-plugin.md, "Custom batch types": the PointBatch block is the test plugin's
+    class, and the quoted error is what the kit says for a batch type without to()."""
+    import inspect
+    import re
+
+    doc = (ROOT / "docs" / "writing-a-plugin.md").read_text()
+    block = re.search(r"<!-- source: \S+ PointBatch -->\s*```python\n(.*?)```", doc, flags=re.S)
+    assert block is not None and block.group(1) == inspect.getsource(lzn_points.PointBatch)
+    quoted = re.search(r"```\n(modality 'points' breaks the contract: a NoTo .*?)```", doc, flags=re.S)
+    assert quoted is not None
+    with pytest.raises(ContractError) as caught:
+        check_modality(_with_collate(_as(NoTo)), train=False)
+    assert " ".join(quoted.group(1).split()) == str(caught.value)
