@@ -25,8 +25,8 @@ two small micro-batch sizes. The peak of a step is modelled as
   step, the engine's gradients (plus ZeRO's flat partition).
 
 Peaks are measured where the step will run: on CUDA ``torch.cuda.max_memory_allocated``; on the
-CPU the process's peak resident memory (``VmHWM``, reset through ``/proc/self/clear_refs``, with
-glibc's mmap threshold lowered so freed tensors leave the process). A CPU measurement predicts
+CPU the process's peak resident memory (``VmHWM``, reset through ``/proc/self/clear_refs``; glibc
+maps every tensor on its own while measuring, so freed memory leaves the process). A CPU measurement predicts
 a GPU: the activations are the same tensors in the same dtypes; what differs (cuDNN and oneDNN
 workspaces, the CUDA caching allocator's rounding) is what the headroom is for.
 """
@@ -152,19 +152,27 @@ def _status_bytes(key: str) -> int:
     raise LZNError(f"/proc/self/status has no {key}: CPU memory cannot be measured here")
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
 class _Peak:
-    """Peak memory of a block above its start, on CUDA (allocated) or the CPU (resident)."""
+    """Peak memory of a block above its start, on CUDA (allocated) or the CPU (resident).
+
+    On the CPU (glibc), freed memory is returned to the system before the block, and inside it
+    every allocation of 64 KiB or more is mapped on its own (returned to the system when freed),
+    so the resident size follows the live tensors; afterwards allocations up to 32 MiB come from
+    the heap again, the threshold glibc's own adjustment settles at.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self._libc: Any = None
         if not self.cuda:
             try:
-                libc = ctypes.CDLL("libc.so.6")
-                libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: tensors are mmapped, freed to the OS
-                self._trim: Callable[[], Any] = lambda: libc.malloc_trim(0)
+                self._libc = ctypes.CDLL("libc.so.6")
             except OSError:  # pragma: no cover - not glibc
-                self._trim = lambda: None
+                pass
 
     @contextlib.contextmanager
     def measure(self, out: list[int]) -> Iterator[None]:
@@ -174,16 +182,23 @@ class _Peak:
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
         else:
-            self._trim()
+            if self._libc is not None:
+                self._libc.malloc_trim(0)
+                self._libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current resident size
             base = _status_bytes("VmRSS")
-        yield
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            out.append(torch.cuda.max_memory_allocated(self.device) - base)
-        else:
-            out.append(max(0, _status_bytes("VmHWM") - base))
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+                out.append(torch.cuda.max_memory_allocated(self.device) - base)
+            else:
+                out.append(max(0, _status_bytes("VmHWM") - base))
+                if self._libc is not None:
+                    self._libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+                    self._libc.mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
 
 
 # ----------------------------------------------------------------------------- the step's calls
