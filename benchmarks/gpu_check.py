@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, required=True, help="the page, e.g. benchmarks/results/gpu.md")
     r.add_argument("--rehearse", action="store_true", help="CPU, tiny sizes")
     r.add_argument(
-        "--budget", type=float, default=330.0, help="seconds from --started; later steps are skipped"
+        "--budget", type=float, default=390.0, help="seconds from --started; later steps are skipped"
     )
     r.add_argument(
         "--started", type=float, default=None, help="epoch seconds the budget counts from (default: now)"

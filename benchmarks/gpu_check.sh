@@ -9,7 +9,7 @@
 # The installs are benchmarks/gpu_install.sh (the rehearsal runs the same script). The first lines
 # printed are the versions the run ended up with. The page goes to $OUT/gpu.md when OUT is set (the
 # device tool's folder), else benchmarks/results/; it is rewritten after each configuration.
-# Environment: PY (default python3), WORK (scratch folder), BUDGET (seconds, default 330: the
+# Environment: PY (default python3), WORK (scratch folder), BUDGET (seconds, default 390: the
 # installs, the data and everything measured end inside it; a configuration is started only while
 # its estimated time fits).
 set -euo pipefail
@@ -31,7 +31,7 @@ if ((!installed)); then
   bash benchmarks/gpu_install.sh carry
 fi
 "$py" benchmarks/gpu_check.py versions
-args=(--budget "${BUDGET:-330}" --started "$start")
+args=(--budget "${BUDGET:-390}" --started "$start")
 if ((rehearse)); then
   export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
   args+=(--rehearse)
