@@ -30,7 +30,28 @@ rows=)``
 ``batch[lo:hi]``                                 two-pass training (``train.micro_batch_size``):
                                                  encoder and loss on row blocks; rows must be
                                                  independent (no batch statistics)
+``batch.to(device)`` (:class:`MovesToDevice`)    :func:`move_batch`: training before the step,
+                                                 ``LZNModel.encode`` / ``condition`` (so compose,
+                                                 evaluation and bank filling), compose requests
 ===============================================  ==============================================
+
+Batches (:data:`Batch`): whatever ``collate`` returns. A tensor, a list (of str, or of tensors
+that the plugin's encoder places on its own device), or a *custom batch type* of the plugin (a
+padded tensor + a mask, points of different counts, ...). A custom batch type supports:
+
+* ``len(batch)``: the number of rows B;
+* ``batch[lo:hi]``: rows lo..hi as a batch of the same type, independent of the other rows
+  (two-pass steps encode and decode row blocks; a moved batch's rows stay on its device);
+* pickling: loader workers send batches to the training process;
+* ``to(device) -> batch`` (:class:`MovesToDevice`) when it holds tensors: the same rows with
+  every tensor on ``device``, returned (not moved in place and ``None`` returned). The framework
+  calls it (:func:`move_batch`) before any encoder, decoder loss or condition sees the batch, so
+  a plugin never meets a CPU batch on a GPU model. ``transform`` and ``augment`` then get a
+  generator on that device.
+
+The conformance kit checks all four on CPU (``to("meta")`` stands in for a GPU: a tensor left
+behind, or made on the CPU inside the encoder, fails there as it would on a GPU), and that the
+framework's entry points hand the encoder and the loss moved batches only (a spy batch).
 
 Optional capabilities are named protocols below; the framework tests for one with
 ``isinstance(module, Capability)`` and never probes attribute names:
@@ -66,6 +87,8 @@ from .errors import ContractError
 
 __all__ = [
     "Batch",
+    "MovesToDevice",
+    "move_batch",
     "DecoderKind",
     "DECODER_KINDS",
     "Encoder",
@@ -83,7 +106,39 @@ __all__ = [
 ]
 
 Batch = Any
-"""Whatever a modality's ``collate`` returns (a tensor for images, a list of str for text, ...)."""
+"""Whatever a modality's ``collate`` returns (a tensor for images, a list of str for text, a
+custom batch type: the module doc says what one supports)."""
+
+
+@runtime_checkable
+class MovesToDevice(Protocol):
+    """Batch capability: a batch that holds tensors moves itself (tensors have it too)."""
+
+    def to(self, device: Any) -> Any:
+        """The same rows with every tensor on ``device``; a new batch (or ``self``), never None."""
+        ...
+
+
+def move_batch(batch: Batch, device: Any) -> Batch:
+    """``batch`` on ``device``: ``batch.to(device)`` for a tensor or a :class:`MovesToDevice`
+    batch type; any other batch (a list of str, or of tensors the encoder places itself) as it is.
+
+    This is the framework's one rule for where a batch goes (training, ``LZNModel.encode`` and
+    ``condition``, compose requests).
+
+    Raises:
+        ContractError: ``to`` returned None (a batch type that moves in place must return self).
+    """
+    if not isinstance(batch, MovesToDevice):
+        return batch
+    moved = batch.to(device)
+    if moved is None:
+        raise ContractError(
+            f"{type(batch).__name__}.to(device) returned None: return the moved batch "
+            "(lzn_core.modality: custom batch types)"
+        )
+    return moved
+
 
 DecoderKind = Literal["generative", "zonal", "none"]
 DECODER_KINDS: tuple[str, ...] = ("generative", "zonal", "none")

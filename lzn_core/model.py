@@ -25,7 +25,7 @@ from torch import nn
 from . import zoning
 from .data import iter_raw, loader
 from .errors import ContractError, LZNError, MissingShardsError, RecipeError, ZonalLossError, did_you_mean
-from .modality import AnchorBank, ConditionProvider, ModalitySpec
+from .modality import AnchorBank, ConditionProvider, ModalitySpec, move_batch
 from .plugins import get_modality
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -211,9 +211,10 @@ class LZNModel(nn.Module):
         return any(t.kind == "generate" and t.target == name for t in self.recipe.tasks)
 
     def encode(self, name: str, batch: Any) -> torch.Tensor:
-        """Anchors of a batch of modality ``name``: (B, q)."""
+        """Anchors of a batch of modality ``name``: (B, q); the batch is moved to the model's
+        device first (:func:`~lzn_core.modality.move_batch`)."""
         self._check(name)
-        return self.encoders[name](batch)
+        return self.encoders[name](move_batch(batch, self.device))
 
     # ------------------------------------------------------------------ zoning
     def latents(
@@ -399,8 +400,7 @@ class LZNModel(nn.Module):
         with torch.no_grad():
             for batch in ld:
                 for n in names:
-                    b = batch[n].to(device) if isinstance(batch[n], torch.Tensor) else batch[n]
-                    rows[n].append(self.encode(n, b).cpu())
+                    rows[n].append(self.encode(n, batch[n]).cpu())  # encode moves the batch
                 if sum(r.shape[0] for r in rows[names[0]]) >= size:
                     break
         for n in names:
@@ -413,7 +413,7 @@ class LZNModel(nn.Module):
         encoder = self.encoders[name]
         if not isinstance(encoder, ConditionProvider):
             raise LZNError(f"modality {name!r} cannot condition a decoder (its encoder has no condition())")
-        return encoder.condition(batch)
+        return encoder.condition(move_batch(batch, self.device))
 
     # ------------------------------------------------------------------ weights
     def load_weights(self, state: dict[str, torch.Tensor], *, strict: bool = True) -> None:

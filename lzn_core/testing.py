@@ -25,6 +25,13 @@ the framework makes it, then, for a registered modality, *trains and serves* it:
    cuts a batch into rows, the encoder treats rows independently (no batch statistics), and a
    generative loss over all rows is the row-weighted sum of its losses over row blocks drawn
    from the same generator state with ``rows`` shifted;
+   batches: a custom batch type (:mod:`lzn_core.modality`) keeps its rows through pickling
+   (loader workers) and slicing, and one that holds tensors has ``to(device)``, which returns a
+   batch of the same type with every tensor moved; ``to("meta")`` stands in for a GPU on the CPU:
+   the encoder runs on the meta device with a moved batch, so a tensor made on the CPU inside it
+   fails here as it would on a GPU; and a spy batch checks that the framework's own entry points
+   (training's step, ``LZNModel.encode``, compose) hand encoders and losses moved batches only
+   (:func:`check_framework_moves_batches`);
 5. training: tiny shards with the modality's key beside a partner modality's (a zonal one,
    e.g. label, found by capability; or a generative one for a zonal modality under test), a
    recipe with the tasks that make sense (generate; align to the partner and back; two views
@@ -538,6 +545,293 @@ def _check_micro_batches(
     )
 
 
+# ----------------------------------------------------------------------------- batches and devices
+
+META = "meta"
+"""The device that stands in for a GPU on the CPU: tensors there have shapes and no data, and an
+operation that mixes them with CPU tensors fails as one that mixes CUDA and CPU tensors does."""
+
+
+def _tensors_in(obj: Any, depth: int = 0) -> list[torch.Tensor]:
+    """The tensors a batch holds: itself, its items (list, tuple, dict) and attributes, 3 levels deep."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if depth >= 3 or isinstance(obj, (str, bytes, int, float, bool)) or obj is None:
+        return []
+    if isinstance(obj, dict):
+        items: list[Any] = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        items = list(obj)
+    else:
+        items = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+        items += [getattr(obj, n) for n in getattr(type(obj), "__slots__", ()) if hasattr(obj, n)]
+    return [t for x in items for t in _tensors_in(x, depth + 1)]
+
+
+def _check_batch_type(spec: ModalitySpec, encoder: Any, batch: Any, q: int, rep: ConformanceReport) -> None:
+    """A custom batch type: pickling, slicing, ``to(device)``; every batch: the encoder on another device."""
+    import copy
+    import pickle
+
+    import torch
+
+    from .modality import MovesToDevice, move_batch
+
+    b = _batch_len(batch) or 0
+    custom = not isinstance(batch, (torch.Tensor, list, tuple))
+    hint = "(custom batch types: lzn_core.modality)"
+    if custom:
+        name = type(batch).__name__
+        try:
+            back = pickle.loads(pickle.dumps(batch))
+        except Exception as exc:
+            raise _fail(
+                spec, f"a {name} batch cannot be pickled ({exc}); loader workers send batches {hint}"
+            ) from exc
+        held, back_held = _tensors_in(batch), _tensors_in(back)
+        if type(back) is not type(batch) or _batch_len(back) != b or len(held) != len(back_held):
+            raise _fail(spec, f"a {name} batch does not survive pickling with its {b} rows {hint}")
+        if not all(torch.equal(x, y) for x, y in zip(held, back_held, strict=True)):
+            raise _fail(spec, f"a pickled {name} batch holds other values than the original {hint}")
+        if b >= 2 and type(batch[0:1]) is not type(batch):
+            raise _fail(spec, f"{name}[0:1] is a {type(batch[0:1]).__name__}, expected a {name} {hint}")
+        if held and not isinstance(batch, MovesToDevice):
+            raise _fail(
+                spec,
+                f"a {name} batch holds tensors but has no to(device): the framework cannot move it to a "
+                f"GPU, and the encoder would get CPU tensors there; add `def to(self, device)` returning "
+                f"a {name} with every tensor moved {hint}",
+            )
+        rep.checks.append(f"batch type {name}: pickled and sliced with its rows")
+    moved: Any = batch
+    if isinstance(batch, MovesToDevice):
+        try:
+            moved = move_batch(batch, torch.device(META))
+        except ContractError as exc:
+            raise _fail(spec, str(exc)) from exc
+        if type(moved) is not type(batch) or _batch_len(moved) != b:
+            raise _fail(
+                spec, f"batch.to(device) returned {type(moved).__name__} of length {_batch_len(moved)}"
+            )
+        left = [tuple(t.shape) for t in _tensors_in(moved) if t.device.type != META]
+        if left:
+            raise _fail(spec, f"batch.to(device) left tensors of shapes {left} on the CPU {hint}")
+        if any(t.device.type == META for t in _tensors_in(batch)):
+            raise _fail(spec, f"batch.to(device) moved the original batch in place: return a new one {hint}")
+        if custom and b >= 2 and any(t.device.type != META for t in _tensors_in(moved[0:1])):  # type: ignore[index]
+            raise _fail(spec, f"rows [0:1] of a moved batch are not on its device {hint}")
+        if custom:
+            rep.checks.append("batch.to(device) moves every tensor (meta device), slices stay there")
+    try:
+        on_meta = copy.deepcopy(encoder).to(META)
+        with torch.no_grad():
+            anchors = on_meta(moved)
+    except RuntimeError as exc:
+        msg = str(exc)
+        if "meta" in msg and ("cpu" in msg.lower() or "device" in msg.lower()):
+            raise _fail(
+                spec,
+                "encoder(batch) mixes devices when the model and the batch are on another device (the "
+                "meta device stands in for a GPU): a tensor made inside the encoder needs "
+                f"device=... of the batch or the parameters ({msg.splitlines()[0]})",
+            ) from exc
+        rep.checks.append(
+            f"encoder on another device: not checked (the meta device cannot run it: {msg.splitlines()[0][:80]})"
+        )
+        return
+    except (NotImplementedError, TypeError) as exc:
+        rep.checks.append(
+            f"encoder on another device: not checked (the meta device cannot run it: {str(exc)[:80]})"
+        )
+        return
+    if not isinstance(anchors, torch.Tensor) or anchors.device.type != META or tuple(anchors.shape) != (b, q):
+        where = anchors.device if isinstance(anchors, torch.Tensor) else type(anchors).__name__
+        raise _fail(
+            spec, f"encoder(batch) on another device returned anchors on {where}, expected ({b}, {q}) there"
+        )
+    rep.checks.append(
+        "encoder on another device (meta): the batch and every tensor it makes follow the parameters"
+    )
+
+
+class SpyBatch:
+    """The kit's spy: a custom batch type that records where ``to`` put it (:func:`check_framework_moves_batches`).
+
+    ``moved_to`` is the device of the last ``to`` call (None: never moved); slices keep it, as a
+    moved batch's rows stay on its device. ``log`` (shared with every slice and copy) lists each
+    ``to`` call. On the CPU, where a real move changes nothing, the marker is what a GPU would
+    check: a batch that reaches the spy's encoder or loss unmoved fails.
+    """
+
+    def __init__(self, rows: torch.Tensor, moved_to: Any = None, log: list[str] | None = None) -> None:
+        self.rows, self.moved_to = rows, moved_to
+        self.log: list[str] = [] if log is None else log
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __getitem__(self, rows: slice) -> SpyBatch:
+        return SpyBatch(self.rows[rows], self.moved_to, self.log)
+
+    def to(self, device: Any) -> SpyBatch:
+        import torch
+
+        self.log.append(str(device))
+        return SpyBatch(self.rows.to(device), torch.device(device), self.log)
+
+
+def _require_moved(batch: Any, device: Any, where: str) -> None:
+    moved = getattr(batch, "moved_to", None)
+    if not isinstance(batch, SpyBatch) or moved != device:
+        raise ContractError(
+            f"the framework handed the {where} a batch that was not moved to the model's device "
+            f"({device}; the batch: {moved}): batches must go through lzn_core.modality.move_batch"
+        )
+
+
+def _spy_spec() -> ModalitySpec:
+    import torch
+    from pydantic import BaseModel, ConfigDict
+    from torch import nn
+
+    from .modality import ModalitySpec
+
+    class SpyConfig(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        dim: int = 3
+
+    class SpyEncoder(nn.Module):
+        def __init__(self, config: SpyConfig, q: int) -> None:
+            super().__init__()
+            self.lin = nn.Linear(config.dim, q)
+
+        def forward(self, batch: SpyBatch) -> torch.Tensor:
+            _require_moved(batch, self.lin.weight.device, "encoder")
+            return self.lin(batch.rows)
+
+        def condition(self, batch: SpyBatch) -> torch.Tensor:
+            _require_moved(batch, self.lin.weight.device, "encoder's condition()")
+            return batch.rows
+
+    class SpyDecoder(nn.Module):
+        kind = "generative"
+
+        def __init__(self, config: SpyConfig, q: int, condition_dim: int = 0) -> None:
+            super().__init__()
+            self.lin = nn.Linear(q, config.dim)
+
+        def loss(
+            self, z: Any, batch: SpyBatch, cond: Any = None, *, generator: Any = None, rows: Any = None
+        ) -> Any:
+            _require_moved(batch, self.lin.weight.device, "decoder's loss")
+            return (self.lin(z) - batch.rows).square().mean()
+
+        def sample(self, z: Any, cond: Any = None, *, steps: Any = None, generator: Any = None) -> Any:
+            return SpyBatch(self.lin(z))
+
+    def decode(raw: bytes) -> torch.Tensor:
+        return torch.tensor([float(v) for v in raw.split()])
+
+    return ModalitySpec(
+        name=SPY_MODALITY,
+        config=SpyConfig,
+        build_encoder=SpyEncoder,
+        build_decoder=SpyDecoder,
+        shard_keys=("spy",),
+        decode_sample=decode,
+        collate=lambda items: SpyBatch(torch.stack(list(items))),
+        condition_dim=lambda config: config.dim,
+        accepts_condition=True,
+    )
+
+
+SPY_MODALITY = "lzn_kit_spy"
+"""Name of the kit's spy modality (never registered outside :func:`check_framework_moves_batches`)."""
+
+
+def check_framework_moves_batches() -> list[str]:
+    """Check, with :class:`SpyBatch`, that the framework moves custom batches before a plugin sees them.
+
+    A model with the kit's spy modality (its encoder, condition and loss fail on a batch that
+    ``to`` did not move to the parameters' device) runs what training, evaluation and compose do:
+    ``LZNModel.encode`` and ``condition``, one training step of ``recipes/train.py``
+    (``to_device``, ``task_losses``, the two-pass micro-batches of
+    :mod:`lzn_core.train.passes` and their backward), and a compose request. The spy itself is
+    checked first: an unmoved batch handed to its encoder must fail.
+
+    Returns:
+        the paths checked, one line each.
+
+    Raises:
+        ContractError: a path handed the spy an unmoved batch.
+    """
+    import torch
+
+    from .graphs import compose
+    from .model import LZNModel
+    from .plugins import PluginRegistry, registry, reset_plugins
+    from .recipe import Recipe
+    from .train.passes import TwoPass
+
+    try:
+        from lzn_recipes import train as script
+    except ImportError as exc:  # pragma: no cover - lzn_recipes ships with lzn
+        raise ContractError(f"the training script lzn_recipes.train cannot be imported ({exc})") from exc
+
+    from types import ModuleType, SimpleNamespace
+
+    from .hookspecs import hookimpl
+
+    def register_spy(register: Callable[[ModalitySpec], None]) -> None:
+        register(_spy_spec())
+
+    plugin = ModuleType(f"{__name__}.spy_plugin")  # pluggy keeps plugins in sets: a hashable object
+    plugin.lzn_register_modalities = hookimpl(register_spy)  # type: ignore[attr-defined]
+    spy_ep = SimpleNamespace(name=SPY_MODALITY, value=__name__, group="lzn", dist=None, load=lambda: plugin)
+    previous = registry()
+    reset_plugins(PluginRegistry([spy_ep], environ={}))
+    checked: list[str] = []
+    try:
+        recipe = Recipe.model_validate(
+            {
+                "name": "spy",
+                "latent": {"dim": 4, "steps": 3, "g": 1e-3},
+                "modalities": {"spy": {"plugin": SPY_MODALITY, "config": {"dim": 3}}},
+                "tasks": [{"kind": "generate", "target": "spy"}],
+                "data": {"train": "unused-*.tar"},
+                "train": {"batch_size": 6, "iterations": 1, "micro_batch_size": 2},
+            }
+        )
+        torch.manual_seed(0)
+        model = LZNModel(recipe)
+        batch = SpyBatch(torch.randn(6, 3))
+        try:
+            model.encoders["spy"](batch)
+        except ContractError:
+            pass
+        else:  # pragma: no cover - the spy would check nothing
+            raise ContractError("the kit's spy accepted an unmoved batch")
+        model.encode("spy", batch)
+        model.condition("spy", batch)
+        checked.append("LZNModel.encode and LZNModel.condition move the batch")
+        moved = script.to_device({"spy": batch}, model.device)
+        nets = TwoPass(model, 2)
+        losses = script.task_losses(model, recipe, moved, 0, 0, 1, nets)
+        surrogate = nets.loss_for_backward(sum(losses.values()))
+        surrogate.backward()
+        checked.append("training: to_device, task_losses over two-pass micro-batches of 2 rows, backward")
+        model.set_bank("spy", torch.randn(8, 4))
+        compose("spy -> latent", model=model)(batch, seed=0)
+        checked.append("compose: the request is moved")
+        if not batch.log:  # pragma: no cover - the paths above all call to()
+            raise ContractError("no path called to() on the spy batch")
+    finally:
+        reset_plugins(previous)
+    return checked
+
+
 # ----------------------------------------------------------------------------- training and serving
 
 
@@ -778,6 +1072,13 @@ def check_modality(
     _check_encoder(spec, config, encoder, batch, latent_dim, rep)
     _check_decoder(spec, config, encoder, decoder, batch, latent_dim, sample_steps, rep)
     _check_micro_batches(spec, encoder, decoder, batch, latent_dim, rep)
+    _check_batch_type(spec, encoder, batch, latent_dim, rep)
+    if not isinstance(batch, (torch.Tensor, list, tuple)):
+        try:
+            moves = check_framework_moves_batches()
+        except ContractError as exc:
+            raise _fail(spec, f"the installed framework does not move custom batches: {exc}") from exc
+        rep.checks.append("framework (spy batch): " + "; ".join(moves))
     registered = spec.name in list_modalities() and get_modality(spec.name) == spec
     if train is None:
         train = registered

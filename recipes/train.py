@@ -55,12 +55,14 @@ from lzn_core.alignment import alignment_loss, class_weights, gather_anchors
 from lzn_core.data import loader
 from lzn_core.eval.training import TrainingEvaluator, describe_metric
 from lzn_core.io.files import write_model
+from lzn_core.modality import MovesToDevice, move_batch
 from lzn_core.model import LZNModel
 from lzn_core.recipe import load_recipe
 from lzn_core.train.engine import Engine, setup_distributed
 from lzn_core.train.failures import reported
 from lzn_core.train.monitor import TrainingMonitor
 from lzn_core.train.passes import OnePass, network_passes
+from lzn_core.train.plan import planned_train
 from lzn_core.train.preemption import Preemption
 from lzn_core.train.rng import seed_rank, untouched
 from lzn_core.train.rundir import RunDir
@@ -116,12 +118,16 @@ def seeded(seed: int, step: int, salt: int, device: Any = "cpu") -> torch.Genera
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Each modality's batch on ``device``: tensors and custom batch types (``to``); lists stay."""
+    return {k: move_batch(v, device) for k, v in batch.items()}
 
 
-def home(batch: Any) -> torch.device:
-    """Where a batch is: a tensor's device; a ragged batch (a list) stays on the CPU."""
-    return batch.device if isinstance(batch, torch.Tensor) else torch.device("cpu")
+def home(batch: Any, device: torch.device) -> torch.device:
+    """Where a batch is after ``to_device``: a tensor's device, ``device`` for a custom batch type
+    (it moved itself), the CPU for a list (its tensors, if any, are placed by the encoder)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.device
+    return device if isinstance(batch, MovesToDevice) else torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- one step's losses
@@ -137,7 +143,7 @@ def task_losses(
     for i, name in enumerate(model.names):  # training-time augmentation (e.g. CIFAR's random flips)
         spec = model.specs[name]
         if spec.transform is not None:
-            gen = seeded(recipe.seed, step, 500 + i, home(batch[name]))
+            gen = seeded(recipe.seed, step, 500 + i, home(batch[name], device))
             batch[name] = spec.transform(batch[name], model.configs[name], generator=gen, rows=(start, total))
     anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (own rows (b, q), all rows (B, q))
     noise: dict[str, torch.Tensor] = {}  # name -> ε of own rows (b, q), drawn for the global batch
@@ -164,7 +170,7 @@ def task_losses(
         return z
 
     def view(name: str, k: int) -> Any:  # augmented view k of own rows; seeded by (seed, step, rank, k)
-        gen = seeded(recipe.seed, step, 1000 + 10 * rank + k, home(batch[name]))
+        gen = seeded(recipe.seed, step, 1000 + 10 * rank + k, home(batch[name], device))
         return model.specs[name].augment(batch[name], model.configs[name], generator=gen)
 
     losses: dict[str, torch.Tensor] = {}
@@ -250,6 +256,8 @@ def train(args: argparse.Namespace) -> int:
     )
     engine = Engine(model, recipe, run.ckpt, world_size=world)
     model, device = engine.model, engine.device
+    step_losses = lambda b, n: task_losses(model, recipe, b, 0, rank, world, n)  # noqa: E731
+    tr = planned_train(model, recipe, step_losses, rank=rank, world=world)  # micro_batch_size: auto -> rows
     nets = network_passes(model, tr, world)  # all rows at once, or two passes over micro-batches
     if rank == 0:
         write_recipe(recipe, run.path / "recipe.yaml")

@@ -278,7 +278,8 @@ def test_a_pickle_with_a_disallowed_global_is_refused(tmp_path: Path) -> None:
     ckpt = torch.load(DATA / "case1.pt", weights_only=True)
     ckpt["payload"] = _OpensAFile(marker)
     torch.save(ckpt, tmp_path / "evil.pt")
-    with pytest.raises(OfficialCheckpointError, match=r"refused to unpickle: it references io.open"):
+    # the global is named as torch's unpickler reports it: _io.open up to torch 2.11, io.open later
+    with pytest.raises(OfficialCheckpointError, match=r"refused to unpickle: it references _?io\.open"):
         import_official(tmp_path / "evil.pt", 1, tmp_path / "out")
     assert not marker.exists() and not (tmp_path / "out").exists()
     torch.save({"encoder": {}, "config": argparse.Namespace(lr=1.0)}, tmp_path / "ns.pt")

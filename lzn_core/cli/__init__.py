@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 COMMANDS: dict[str, str] = {
     "plugins": "list plugins: name, distribution, version, modalities, commands, status",
     "validate": "check a recipe (and key=value overrides) without training",
+    "plan": "the memory plan of a training step: rows per micro-batch, passes, predicted peak (train.micro_batch_size: auto)",
     "shards": "build webdataset shards: digits, cifar10, folder, captions; map: add a key to shards",
     "export": "write a run's weights (safetensors) + resolved recipe",
     "sample": "generate items from a model (optionally from the zone of a class)",

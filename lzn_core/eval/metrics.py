@@ -21,6 +21,7 @@ __all__ = [
     "reliability_diagram",
     "auroc",
     "frechet_distance",
+    "sqrtm_psd",
     "kernel_inception_distance",
     "linear_probe",
     "linear_probe_topk",
@@ -164,9 +165,22 @@ def _check_feats(a: Any, b: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]
     return a, b
 
 
-def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
-    """Symmetric PSD square root via eigh (negative round-off eigenvalues clamped to 0)."""
+def sqrtm_psd(s: torch.Tensor) -> torch.Tensor:
+    """The square root of a symmetric positive semi-definite matrix: the symmetric PSD R with R·R = S.
 
+    From the eigendecomposition S = V diag(λ) Vᵀ (``torch.linalg.eigh`` of the symmetrised
+    (S + Sᵀ)/2): R = V diag(√max(λ, 0)) Vᵀ. A covariance is PSD in exact arithmetic; the tiny
+    negative eigenvalues that round-off gives a singular one (fewer samples than dimensions)
+    are clamped to 0, so R is always real and finite. Unlike a general matrix square root
+    (``scipy.linalg.sqrtm``: Schur form, complex round-off on non-symmetric input), nothing
+    here depends on scipy.
+
+    Args:
+        s: (d, d) symmetric PSD matrix (float64 recommended).
+
+    Returns:
+        (d, d) symmetric PSD R with R·R = S (up to round-off).
+    """
     vals, vecs = torch.linalg.eigh((s + s.T) / 2)
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
 
@@ -174,9 +188,14 @@ def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
 def frechet_distance(feats_a: Any, feats_b: Any) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (FID when the features are Inception's).
 
-    d² = ‖μ_a − μ_b‖² + tr Σ_a + tr Σ_b − 2 tr (Σ_a^½ Σ_b Σ_a^½)^½, in float64.
-    tr (Σ_a Σ_b)^½ is computed from the eigenvalues of the symmetric PSD product
-    Σ_a^½ Σ_b Σ_a^½ (no scipy, no complex round-off).
+    d² = ‖μ_a − μ_b‖² + tr Σ_a + tr Σ_b − 2 tr (Σ_a Σ_b)^½, in float64, with the unbiased
+    covariances (``np.cov``'s, as clean-fid and the TTUR code use). The cross term: Σ_a Σ_b =
+    Σ_a^½ (Σ_a^½ Σ_b) and M = (Σ_a^½ Σ_b) Σ_a^½ = Σ_a^½ Σ_b Σ_a^½ share their eigenvalues (AB
+    and BA do), and M is symmetric PSD, so tr (Σ_a Σ_b)^½ = Σ_i √λ_i(M): one
+    :func:`sqrtm_psd` and one ``eigvalsh``, real at every step. clean-fid computes the same
+    term with ``scipy.linalg.sqrtm(Σ_a Σ_b)`` (a general, complex square root whose real part
+    it keeps); its values agree with these to 1e-8 relative on full-rank and singular
+    covariances (``tests/test_evaluation.py``), and nothing here needs scipy or clean-fid.
 
     Args:
         feats_a: (n, d) features; feats_b: (m, d) features.
@@ -185,7 +204,7 @@ def frechet_distance(feats_a: Any, feats_b: Any) -> float:
     a, b = _check_feats(feats_a, feats_b, "frechet_distance")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
-    root = _psd_sqrt(cov_a)
+    root = sqrtm_psd(cov_a)
     cross = torch.linalg.eigvalsh(root @ cov_b @ root).clamp_min(0).sqrt().sum()
     d2 = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross
     return float(d2.clamp_min(0))

@@ -30,7 +30,7 @@ import torch
 from ..data import loader
 from ..errors import LZNError
 from ..graphs import compose
-from ..modality import AnchorBank, BackboneFeatures, Reconstructs
+from ..modality import AnchorBank, BackboneFeatures, Reconstructs, move_batch
 from ..model import LZNModel
 from .metrics import accuracy, knn_accuracy, linear_probe_topk
 
@@ -251,7 +251,9 @@ def reconstruction_error(
         for i in range(0, n, chunk):
             x = batch[i : i + chunk]
             c = cond[i : i + chunk] if cond is not None else None
-            rec = decoder.reconstruct(x, z[i : i + chunk], c, steps=steps, clip=clip)
+            rec = decoder.reconstruct(
+                move_batch(x, model.device), z[i : i + chunk], c, steps=steps, clip=clip
+            )
             total += float((rec - x.to(rec)).flatten(1).norm(dim=1).sum())
     return total / (n * draws)
 
@@ -375,7 +377,7 @@ def probe_features(
     for start in range(0, _size(batch), batch_size):
         x = take(batch, slice(start, start + batch_size))
         if kind == "backbone":
-            parts.append(encoder.features(x).flatten(1))
+            parts.append(encoder.features(move_batch(x, model.device)).flatten(1))
             continue
         a = model.encode(name, x)
         if kind == "anchor":
@@ -434,7 +436,7 @@ def backbone_features(
                 f"the items of {labels!r} are not class indices (got {type(y).__name__}); "
                 "eval.probe / eval.knn labels: must name a modality whose items are ints (e.g. one reading cls)"
             )
-        feats.append(encoder.features(batch[features]).flatten(1).float().cpu())
+        feats.append(encoder.features(move_batch(batch[features], model.device)).flatten(1).float().cpu())
         ys.append(y.long().cpu())
         n += len(y)
         if limit is not None and n >= limit:

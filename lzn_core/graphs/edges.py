@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..errors import ComposeError, LZNError
 from ..latent import sample_prior
-from ..modality import BackboneFeatures, ModalitySpec, Reconstructs
+from ..modality import BackboneFeatures, ModalitySpec, Reconstructs, move_batch
 from ..model import LZNModel
 
 LATENT = "latent"
@@ -64,11 +64,11 @@ def inference_mode(model: LZNModel) -> Iterator[None]:
 def as_batch(batch: Any, device: torch.device, spec: ModalitySpec | None = None) -> Any:
     """A request as a batch on ``device``: the modality's ``spec.as_batch`` says how a request
     becomes a batch (one item -> a batch of one); without it (or for latents, ``spec`` None) the
-    request is taken as a batch. Tensors go to ``device``."""
+    request is taken as a batch. Tensors and custom batch types go to ``device``
+    (:func:`~lzn_core.modality.move_batch`)."""
     if spec is not None and spec.as_batch is not None:
         batch = spec.as_batch(batch)
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device)
+    batch = move_batch(batch, device)
     try:
         size = len(batch)
     except TypeError:  # no __len__, or a 0-d tensor

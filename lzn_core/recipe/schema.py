@@ -193,7 +193,8 @@ class TrainConfig(BaseModel):
         micro_batch_size: rows per micro-batch on each rank (None: all of the rank's rows at
             once). A rank holding more rows runs the step in two passes over micro-batches
             (:mod:`lzn_core.train.passes`): the gradient of the whole global batch, exactly,
-            with the activation memory of one micro-batch.
+            with the activation memory of one micro-batch. ``"auto"``: the largest that fits the
+            device's memory, measured before training (:mod:`lzn_core.train.plan`, ``lzn plan``).
         precision: "fp32", or "bf16": the encoders and decoders run under bf16 autocast; the
             weights, the anchors, the zoning solver, the alignment and the EMA stay float32.
         ckpt_every_minutes: also checkpoint when this many minutes of wall time (rank 0's clock)
@@ -220,7 +221,7 @@ class TrainConfig(BaseModel):
     sample_every: int = Field(default=500, ge=0)
     ckpt_every: int = Field(default=500, ge=0)
     keep_checkpoints: int = Field(default=2, gt=0)
-    micro_batch_size: int | None = Field(default=None, gt=0)
+    micro_batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
     ckpt_every_minutes: float | None = Field(default=None, gt=0.0)
     stop_signals: list[StopSignal] = Field(default_factory=lambda: list[StopSignal](["SIGTERM", "SIGUSR1"]))

@@ -277,6 +277,11 @@ def network_passes(model: nn.Module, train: Any, world_size: int = 1) -> OnePass
     """
     rows = int(train.batch_size) // max(int(world_size), 1)
     micro, precision = train.micro_batch_size, train.precision
+    if micro == "auto":
+        raise ValueError(
+            "train.micro_batch_size: auto is a plan, not a size: plan it first (lzn_core.train.plan; "
+            "recipes/train.py does before training) and pass the planned size"
+        )
     if micro is None or micro >= rows:
         return OnePass(model, precision)
     return TwoPass(model, int(micro), precision)

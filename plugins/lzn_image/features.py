@@ -5,8 +5,9 @@
 "clean" FID column (PAPER Table 5): images are quantised to uint8 as the authors' trainer does
 (``to_uint8``), resized to 299×299 per channel with PIL's bicubic filter in float
 (``build_resizer("clean")``) and fed, in [0, 255], to the torchscript Inception-v3 of
-StyleGAN2-ADA (``inception-2015-12-05.pt``); the FID is clean-fid's ``frechet_distance`` of the
-two feature sets' means and covariances. clean-fid is an optional extra (``pip install
+StyleGAN2-ADA (``inception-2015-12-05.pt``). The distance of two feature sets is the project's
+:func:`lzn_core.eval.metrics.frechet_distance` (clean-fid's own calls ``scipy.linalg.sqrtm(...,
+disp=False)``, which scipy 1.18 removed; the two agree to 1e-7 relative). clean-fid is an optional extra (``pip install
 lzn[fid]``); its weights are read from a given file or folder, or from clean-fid's own cache
 (``/tmp``), never downloaded here.
 
@@ -125,16 +126,6 @@ class CleanFIDFeatures:
             for chunk in images.split(self.batch_size)
         ]
         return torch.cat(out)
-
-
-def clean_fid(feats_a: Any, feats_b: Any) -> float:
-    """clean-fid's own ``frechet_distance`` of two feature sets (n, d), (m, d) (float64 means and
-    ``np.cov`` covariances, as ``cleanfid.fid.fid_from_feats``)."""
-    from cleanfid.fid import frechet_distance
-
-    a = np.asarray(torch.as_tensor(feats_a).double())
-    b = np.asarray(torch.as_tensor(feats_b).double())
-    return float(frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
 
 
 _CACHE: dict[str, DigitFeatures] = {}

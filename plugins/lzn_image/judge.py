@@ -26,7 +26,7 @@ from lzn_core.errors import LZNError
 from lzn_core.eval.metrics import frechet_distance, kernel_inception_distance
 
 from .config import ImageConfig
-from .features import CLEAN_FID, DIGIT_FEATURES, CleanFIDFeatures, clean_fid, digit_features
+from .features import CLEAN_FID, DIGIT_FEATURES, CleanFIDFeatures, digit_features
 from .io import to_config_channels
 
 FID_CHOICES = ("auto", CLEAN_FID, "digits", "none")
@@ -124,17 +124,16 @@ def fid_kid(
     if extractor is None:
         return {"fid_skipped": why}
     f_real, f_fake = extractor(real), extractor(samples)
-    distance = clean_fid if name == CLEAN_FID else frechet_distance
     kid, kid_std = kernel_inception_distance(
         f_real, f_fake, subsets=20, subset_size=min(1000, len(samples), len(real))
     )
     out: dict[str, Any] = {
-        "fid": distance(f_real, f_fake),
+        "fid": frechet_distance(f_real, f_fake),
         "kid": kid,
         "kid_std": kid_std,
         "fid_features": name,
     }
     if held_out is not None:
-        out["fid_real_test_vs_train"] = distance(f_real, extractor(held_out))
+        out["fid_real_test_vs_train"] = frechet_distance(f_real, extractor(held_out))
     out.update(fid_samples=len(samples), fid_real=len(real))
     return out
