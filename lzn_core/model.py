@@ -24,7 +24,7 @@ from torch import nn
 
 from . import zoning
 from .data import iter_raw, loader
-from .errors import ContractError, LZNError, MissingShardsError, RecipeError, ZonalLossError, did_you_mean
+from .errors import ContractError, LZNError, RecipeError, ZonalLossError, did_you_mean
 from .modality import AnchorBank, ConditionProvider, ModalitySpec, move_batch
 from .plugins import get_modality
 
@@ -383,7 +383,7 @@ class LZNModel(nn.Module):
         if not names:
             return
         size = self.recipe.latent.bank_size
-        try:
+        with self.recipe.data.explained():  # missing shards of the recipe: say its data.make
             ld = loader(
                 pattern or self.recipe.data.train,
                 {n: self.specs[n] for n in names},
@@ -391,8 +391,6 @@ class LZNModel(nn.Module):
                 seed=seed + 1,
                 drop_last=False,
             )
-        except MissingShardsError as exc:
-            raise MissingShardsError(self.recipe.data.explain(exc), exc.pattern) from None
         device = self.device
         rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         was_training = self.training

@@ -40,7 +40,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -64,7 +63,7 @@ from lzn_core.train.monitor import TrainingMonitor
 from lzn_core.train.passes import OnePass, network_passes
 from lzn_core.train.plan import planned_train
 from lzn_core.train.preemption import Preemption
-from lzn_core.train.rng import seed_rank, untouched
+from lzn_core.train.rng import seed_rank, seeded, untouched
 from lzn_core.train.rundir import RunDir
 
 matplotlib.use("Agg")
@@ -109,12 +108,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--from names the checkpoint to resume; it cannot be combined with --resume auto")
     args.resume = args.resume or bool(args.checkpoint)
     return args
-
-
-def seeded(seed: int, step: int, salt: int, device: Any = "cpu") -> torch.Generator:
-    """A generator on ``device`` for (seed, step, purpose): the same on every rank and after a resume."""
-    value = ((seed * 1_000_003 + step) * 1_009 + salt) % (2**63 - 1)
-    return torch.Generator(device=device).manual_seed(value)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -208,23 +201,6 @@ def task_losses(
     return losses
 
 
-def fault_injection(step: int, rank: int) -> float:
-    """``LZN_FAULT_NAN=STEP[:RANK]`` (tests only): the loss of 0-based step STEP (on RANK) becomes NaN."""
-    spec = os.environ.get("LZN_FAULT_NAN", "")
-    if not spec:
-        return 1.0
-    at, _, on = spec.partition(":")
-    return float("nan") if int(at) == step and (not on or int(on) == rank) else 1.0
-
-
-def crash_injection(it: int) -> None:
-    """Tests only: after step ``it``, ``LZN_FAULT_CRASH=it`` raises and ``LZN_FAULT_KILL=it`` is kill -9."""
-    if os.environ.get("LZN_FAULT_KILL") == str(it):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get("LZN_FAULT_CRASH") == str(it):
-        raise RuntimeError(f"injected crash after step {it} (LZN_FAULT_CRASH)")
-
-
 # --------------------------------------------------------------------------- the run
 def main(argv: list[str] | None = None) -> int:
     """Train; an error prints as one line on rank 0 and exits 1 (``--debug``: the traceback)."""
@@ -244,16 +220,17 @@ def train(args: argparse.Namespace) -> int:
     # same on every rank); only then are this rank's generators seeded, or restored on resume.
     torch.manual_seed(recipe.seed)
     model, tr = LZNModel(recipe), recipe.train
-    data = loader(
-        recipe.data.train,
-        model.specs,
-        configs=model.configs,
-        batch_size=tr.batch_size // world,
-        rank=rank,
-        world_size=world,
-        seed=recipe.seed,
-        num_workers=recipe.data.num_workers,
-    )
+    with recipe.data.explained():  # missing shards: the error names the recipe's data.make command
+        data = loader(
+            recipe.data.train,
+            model.specs,
+            configs=model.configs,
+            batch_size=tr.batch_size // world,
+            rank=rank,
+            world_size=world,
+            seed=recipe.seed,
+            num_workers=recipe.data.num_workers,
+        )
     engine = Engine(model, recipe, run.ckpt, world_size=world)
     model, device = engine.model, engine.device
     step_losses = lambda b, n: task_losses(model, recipe, b, 0, rank, world, n)  # noqa: E731
@@ -281,7 +258,7 @@ def train(args: argparse.Namespace) -> int:
                 batch = to_device(next(batches), device)
             losses = task_losses(model, recipe, batch, step, rank, world, nets)
             weights = {t: task.weight for t, task in zip(losses, recipe.tasks, strict=True)}
-            total = sum(weights[k] * v for k, v in losses.items()) * fault_injection(step, rank)
+            total = sum(weights[k] * v for k, v in losses.items())
             engine.step(total, nets)
             it = step + 1
             if it % tr.log_every == 0 or it == tr.iterations:
@@ -317,7 +294,6 @@ def train(args: argparse.Namespace) -> int:
                 saved = engine.save(it, {"step": it, "loader": data.state().model_dump()})
             if at.stop:  # every rank, after the same step: one line on rank 0, exit status 75
                 return preempt.stopped(it, saved)
-            crash_injection(it)
             do_eval = it == tr.iterations or bool(tr.eval_every and it % tr.eval_every == 0)
             do_samples = it == tr.iterations or bool(tr.sample_every and it % tr.sample_every == 0)
             if rank == 0 and (do_eval or do_samples):

@@ -47,7 +47,7 @@ def test_move_batch_moves_tensors_and_batch_types_and_leaves_lists() -> None:
 
 
 def test_the_kit_accepts_the_points_plugin_and_checks_its_batch_type() -> None:
-    rep = check_modality(lzn_points.SPEC, train=False)
+    rep = check_modality(lzn_points.SPEC)
     text = "\n".join(rep.checks)
     assert "batch type PointBatch: pickled and sliced with its rows" in text
     assert "batch.to(device) moves every tensor (meta device)" in text
@@ -57,7 +57,8 @@ def test_the_kit_accepts_the_points_plugin_and_checks_its_batch_type() -> None:
 
 # ----------------------------------------------------------------------------- broken batch types
 def _with_collate(collate: Any, **kw: Any) -> Any:
-    return dataclasses.replace(lzn_points.SPEC, collate=collate, **kw)
+    """The points spec with another batch type: its collate, and no as_batch (points' makes PointBatch)."""
+    return dataclasses.replace(lzn_points.SPEC, collate=collate, **{"as_batch": None, **kw})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,7 @@ def _as(cls: type) -> Any:
 )
 def test_the_kit_names_what_a_batch_type_lacks(cls: type, message: str) -> None:
     with pytest.raises(ContractError, match=message):
-        check_modality(_with_collate(_as(cls)), train=False)
+        check_modality(_with_collate(_as(cls)))
 
 
 def test_the_kit_finds_a_tensor_the_encoder_makes_on_the_cpu() -> None:
@@ -125,7 +126,7 @@ def test_the_kit_finds_a_tensor_the_encoder_makes_on_the_cpu() -> None:
         return enc
 
     with pytest.raises(ContractError, match=r"mixes devices .*meta device stands in for a GPU"):
-        check_modality(dataclasses.replace(lzn_points.SPEC, build_encoder=build_encoder), train=False)
+        check_modality(dataclasses.replace(lzn_points.SPEC, build_encoder=build_encoder))
 
 
 # ----------------------------------------------------------------------------- the framework's side
@@ -216,5 +217,5 @@ def test_the_tutorial_shows_the_real_batch_type_and_the_kits_real_message() -> N
     quoted = re.search(r"```\n(modality 'points' breaks the contract: a NoTo .*?)```", doc, flags=re.S)
     assert quoted is not None
     with pytest.raises(ContractError) as caught:
-        check_modality(_with_collate(_as(NoTo)), train=False)
+        check_modality(_with_collate(_as(NoTo)))
     assert " ".join(quoted.group(1).split()) == str(caught.value)

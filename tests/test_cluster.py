@@ -2,7 +2,7 @@
 
 Real processes, real signals (sent by the test to the launcher, to every process, to one rank,
 repeated); a checkpoint write or an evaluation is made slow from outside the script
-(``tests/cluster_runner.py`` wraps a function before calling ``main``). The reference run is 2
+(``tests/fault_runner.py`` wraps a function before calling ``main``). The reference run is 2
 ranks under the deepspeed launcher, dropout on; everything that should equal it is compared
 weight by weight (max abs difference 0).
 """
@@ -24,7 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-RUNNER = ROOT / "tests" / "cluster_runner.py"
+RUNNER = ROOT / "tests" / "fault_runner.py"
 ITERATIONS = 24
 RUN = [
     "--recipe",
@@ -95,7 +95,7 @@ def _deepspeed(
 def _ranks(
     cwd: Path, out: str, *extra: str, world: int = 2, wrap: str = "none", env: dict | None = None
 ) -> list[subprocess.Popen]:
-    """``world`` ranks started as a launcher would (RANK etc.), each ``cluster_runner.py WRAP``."""
+    """``world`` ranks started as a launcher would (RANK etc.), each ``fault_runner.py WRAP``."""
     port = _port()
     return [
         _popen(

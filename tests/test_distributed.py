@@ -403,16 +403,15 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _start(
-    cwd: Path, world: int, args: list[str], env: dict[str, str] | None = None
-) -> list[subprocess.Popen]:
-    """``python recipes/train.py ARGS`` as ``world`` gloo ranks (``RANK`` etc. set as a launcher does)."""
+def _start(cwd: Path, world: int, args: list[str], wrap: str = "none") -> list[subprocess.Popen]:
+    """``python recipes/train.py ARGS`` as ``world`` gloo ranks (``RANK`` etc. set as a launcher does),
+    through ``tests/fault_runner.py WRAP`` (a fault injected from outside; ``none``: the script as is)."""
     port = _free_port()
-    base = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0", **(env or {})}
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"}
     ranks = [dict(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world)) for r in range(world)]
     return [
         subprocess.Popen(
-            [sys.executable, str(ROOT / "recipes" / "train.py"), *args],
+            [sys.executable, str(ROOT / "tests" / "fault_runner.py"), wrap, *args],
             cwd=cwd,
             env={**base, **rank, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
             stdout=subprocess.PIPE,
@@ -451,7 +450,7 @@ def test_kill_9_after_a_checkpoint_and_resume_equals_the_uninterrupted_run(
 
     common = ["--recipe", "digits_joint", *KILL_RUN]
     straight_run = _start(digits_dir, world, [*common, "--output", f"straight{world}"])
-    killed_run = _start(digits_dir, world, [*common, "--output", f"killed{world}"], {"LZN_FAULT_KILL": "3"})
+    killed_run = _start(digits_dir, world, [*common, "--output", f"killed{world}"], wrap="kill:3")
     assert _wait(straight_run) == [0] * world
     # a rank whose peer was killed in the middle of a collective may fail (exit 1) before its own kill
     killed = _wait(killed_run, allowed=(-9, 1))

@@ -70,6 +70,13 @@ def test_conformance_kit_passes() -> None:
     assert any("decoder.loss" in c for c in rep.checks)
 
 
+def test_trains_and_serves_beside_label() -> None:
+    from lzn_core.testing import run_trial
+
+    rep = run_trial("image", latent_dim=Q)  # the kit's trial, in this process
+    assert rep.partner == "label" and "label -> image -> label" in rep.edges
+
+
 def test_registered_through_entry_point_and_plugin_import_is_light() -> None:
     import lzn_image.plugin
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from lzn_core.errors import ContractError
 from lzn_core.model import ZonalDecoder
 from lzn_core.plugins import PluginRegistry
-from lzn_core.testing import check_modality
+from lzn_core.testing import check_modality, run_trial
 
 
 @pytest.fixture
@@ -34,6 +34,12 @@ def test_registered_spec_is_the_plugin_spec(label_spec):
 def test_conformance(label_spec):
     rep = check_modality(label_spec, latent_dim=8)
     assert rep.decoder_kind == "zonal" and any("condition" in c for c in rep.checks)
+
+
+def test_trains_and_serves_beside_a_generative_modality(label_spec):
+    rep = run_trial(label_spec, latent_dim=8)  # the kit's trial, in this process
+    assert rep.partner == "image" and "align image -> label" in rep.tasks
+    assert {"image -> label", "label -> image", "image -> label -> image"} <= set(rep.edges)
 
 
 def test_conformance_by_name(monkeypatch):

@@ -251,8 +251,7 @@ def test_top_level_is_the_contract_and_the_math() -> None:
         "modality.py",
         "model.py",
         "plugins.py",
-        "testing.py",
         "zoning.py",
     ]
     roles = sorted(p.name for p in CORE.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
-    assert roles == ["cli", "data", "eval", "graphs", "io", "recipe", "train"]
+    assert roles == ["cli", "data", "eval", "graphs", "io", "recipe", "testing", "train"]

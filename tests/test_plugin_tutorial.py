@@ -72,12 +72,13 @@ def test_example_passes_the_conformance_kit(site, monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
     reg = PluginRegistry(discover_entry_points([str(site)]), environ={"LZN_STRICT_PLUGINS": "1"})
     spec = reg.get_modality("vector")
-    report = check_modality(spec, latent_dim=8, train=False)  # this registry is private: static checks
+    report = check_modality(spec, latent_dim=8)  # the contract (the package's own tests run the trial)
     assert report.decoder_kind == "generative" and len(report.checks) >= 6
 
 
 def test_example_package_own_tests_use_the_pytest_plugin(site):
-    """The package's tests get the `lzn_check_modality` fixture from lzn's pytest11 entry point."""
+    """The package's tests get the `lzn_check_modality` and `lzn_trial` fixtures from lzn's pytest11
+    entry point."""
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
         cwd=EXAMPLE,
@@ -87,7 +88,7 @@ def test_example_package_own_tests_use_the_pytest_plugin(site):
         timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "2 passed" in out.stdout  # the conformance test trains vector beside label and serves it
+    assert "3 passed" in out.stdout  # contract, trial (vector trains beside label and serves), decode
 
 
 def test_tutorial_quotes_the_real_files():

@@ -738,8 +738,8 @@ def test_kit_argument_errors(monkeypatch):
         check_modality("toy")
 
 
-def test_kit_fixture_is_registered(pytestconfig, lzn_check_modality):
-    from lzn_core.testing import check_modality
+def test_kit_fixture_is_registered(pytestconfig, lzn_check_modality, lzn_trial):
+    from lzn_core.testing import check_modality, run_trial
 
     assert pytestconfig.pluginmanager.has_plugin("lzn")  # the pytest11 entry point of lzn
-    assert lzn_check_modality is check_modality
+    assert lzn_check_modality is check_modality and lzn_trial is run_trial

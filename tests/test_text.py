@@ -351,6 +351,13 @@ def test_registered_and_conformant() -> None:
     assert report.decoder_kind == "generative" and len(report.checks) >= 5
 
 
+def test_trains_and_serves_beside_label() -> None:
+    from lzn_core.testing import run_trial
+
+    report = run_trial("text", latent_dim=Q)  # the kit's trial, in this process
+    assert report.partner == "label" and "text -> label" in report.edges
+
+
 def test_model_export_and_load_need_neither_shards_nor_cache(tmp_path, monkeypatch) -> None:
     """digits_text.yaml with tiny sizes: prepare trains the tokenizer in LZNModel; the exported
     model rebuilds from model.safetensors + recipe.yaml after the shards and cache are gone."""

@@ -279,6 +279,13 @@ def test_lzn_info_of_an_export_without_info_json(run: Path, tmp_path: Path, caps
     rc, out, err = _main(capsys, "info", str(old))
     assert rc == 0, err
     assert "no info.json" in out and "training     3 of 3 iterations" in out
+    rc, out, err = _main(
+        capsys, "info", str(old.parent)
+    )  # the run directory: the same (lzn_core.io.run_metrics)
+    assert rc == 0 and "training     3 of 3 iterations" in out, err
+    (old.parent / "metrics.jsonl").rename(old.parent / "elsewhere.jsonl")  # an export outside a run
+    rc, out, err = _main(capsys, "info", str(old))
+    assert rc == 0 and "no training metrics stored" in out, err
 
 
 # ----------------------------------------------------------------------------- the hub

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fault_runner
 import pytest
 import torch
 
@@ -240,7 +241,7 @@ def test_crash_mid_checkpoint_keeps_previous_usable(train, workdir, monkeypatch)
 
 
 def test_nonfinite_loss_skips_the_step(train, workdir, monkeypatch) -> None:
-    monkeypatch.setenv("LZN_FAULT_NAN", "0")
+    fault_runner.wrap(train, "nan-loss:0", monkeypatch.setattr)  # the first step's loss is NaN
     run = _run(train, workdir, monkeypatch, "runs/nan", extra=["train.ckpt_every=2"])
     rows = [r for r in _metrics(run) if "loss" in r]
     assert rows[0]["skipped"] == 1 and rows[-1]["skipped"] == 1
@@ -422,11 +423,13 @@ def test_a_bad_recipe_prints_what_lzn_validate_prints_on_rank_0_only(
 
 
 def test_missing_shards_print_one_line_on_rank_0_only(workdir, tmp_path) -> None:
-    """Two ranks meet the same missing shard set after the process group is up: one line from rank 0."""
+    """Two ranks meet the same missing shard set after the process group is up: one line from rank 0,
+    with the recipe's data.make command."""
     ranks = _launch(tmp_path, ["--recipe", "digits_joint", "--output", "run", *DIGITS], world=2)
     assert [code for code, _ in ranks] == [1, 1]
     assert _noise_free(ranks[0][1]) == (
-        "train.py: error: no shards match 'data/digits/train-*.tar'; directory 'data/digits' does not exist\n"
+        "train.py: error: no shards match 'data/digits/train-*.tar'; directory 'data/digits' does not exist; "
+        "make them with: lzn shards digits data/digits\n"
     )
     assert _noise_free(ranks[1][1]) == ""
 
@@ -548,7 +551,7 @@ def test_half_precision_is_train_precision_not_deepspeeds() -> None:
     with pytest.raises(RecipeError) as info:
         load_recipe("cifar_joint", ["train.precision=fp16", "train.micro_batch_size=0"])
     assert sorted(info.value.problems) == [
-        "train.micro_batch_size: Input should be greater than 0 (got 0)",
+        "train.micro_batch_size: Input should be greater than 0 or one of 'auto' (got 0)",
         "train.precision: 'fp16' is not one of 'fp32', 'bf16'; did you mean 'bf16'?",
     ]
 

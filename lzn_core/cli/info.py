@@ -19,7 +19,7 @@ import textwrap
 import warnings
 from typing import Any
 
-from ..io import load, locate
+from ..io import load, locate, run_metrics
 from ..io.files import INFO, RECIPE, model_info, read_info, read_recipe_mapping
 from ..io.hub import CARD
 from ..plugins import PluginRegistry, PluginWarning
@@ -45,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = read_recipe_mapping(folder)
     info, computed = read_info(folder), False
     if info is None:  # an export older than info.json: build the model to describe it
-        metrics = folder.parent / "metrics.jsonl" if folder.name == "final" else None
-        info, computed = model_info(load(args.model, revision=args.revision), metrics), True
+        info, computed = model_info(load(args.model, revision=args.revision), run_metrics(folder)), True
     if args.json:
         print(json.dumps({"path": str(folder), **info, "recipe": recipe}, indent=2))
         return 0

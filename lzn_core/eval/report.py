@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..data import loader
-from ..errors import DataError, MissingShardsError
+from ..errors import DataError
 from ..modality import PreviewWriter, Reconstructs, SampleJudge
 from ..model import LZNModel
 from . import protocol as p
@@ -95,7 +95,7 @@ def load_split(
         return {}
     specs = {n: model.specs[n] for n in names}
     configs = {n: model.configs[n] for n in names}
-    try:
+    with model.recipe.data.explained():  # the recipe's own shards: say how they are made (data.make)
         ld = loader(
             pattern,
             specs,
@@ -106,8 +106,6 @@ def load_split(
             infinite=False,
             replace_bad=False,
         )
-    except MissingShardsError as exc:  # the recipe's own shards: say how they are made (data.make)
-        raise MissingShardsError(model.recipe.data.explain(exc), exc.pattern) from None
     parts: dict[str, list[Any]] = {n: [] for n in names}
     for batch in ld:
         for n in names:

@@ -7,8 +7,9 @@
   the model card).
 
 :func:`locate` is the one place that turns what a user gives (an exported directory, a run
-directory, a hub id) into a local folder, and :func:`load` the one way a model is read
-(``lzn_core.load``; every command that takes MODEL calls it).
+directory, a hub id) into a local folder (and :func:`run_metrics` that folder into its run's
+``metrics.jsonl``), and :func:`load` the one way a model is read (``lzn_core.load``; every
+command that takes MODEL calls it).
 """
 
 from __future__ import annotations
@@ -18,14 +19,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .export import export_run
-from .files import INFO, RECIPE, WEIGHTS, read_info, read_model, resolve_model_dir, write_model
+from .files import (
+    FINAL,
+    INFO,
+    METRICS,
+    RECIPE,
+    WEIGHTS,
+    read_info,
+    read_model,
+    resolve_model_dir,
+    run_metrics,
+    write_model,
+)
 from .hub import MODEL_FILES, download, is_hub_id, push_to_hub, save_pretrained
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import LZNModel
 
 __all__ = [
+    "FINAL",
     "INFO",
+    "METRICS",
     "MODEL_FILES",
     "RECIPE",
     "WEIGHTS",
@@ -35,6 +49,7 @@ __all__ = [
     "locate",
     "push_to_hub",
     "read_info",
+    "run_metrics",
     "save_pretrained",
     "write_model",
 ]

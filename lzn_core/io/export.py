@@ -20,7 +20,7 @@ from ..errors import DataError, LZNError, LZNWarning
 from ..model import LZNModel
 from ..recipe import validate_recipe
 from ..train.checkpoint import resolve_checkpoint
-from .files import INFO, RECIPE, WEIGHTS, read_metrics, write_model
+from .files import FINAL, INFO, METRICS, RECIPE, WEIGHTS, read_metrics, write_model
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
@@ -35,7 +35,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         FileNotFoundError: ``run_dir`` has neither a checkpoint nor ``final/``.
     """
     run_dir, out = Path(run_dir), Path(out)
-    final = run_dir / "final"
+    final = run_dir / FINAL
     if (final / WEIGHTS).is_file() and (final / RECIPE).is_file():
         if final.resolve() != out.resolve():
             out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def _export_checkpoint(run_dir: Path, out: Path) -> Path:
     model.load_weights(state)
     _fill_banks_if_possible(model)
     step = ckpt.get("step")
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if step is None or r["step"] <= int(step)]
+    rows = [r for r in read_metrics(run_dir / METRICS) if step is None or r["step"] <= int(step)]
     return write_model(model, out, metrics=rows)
 
 

@@ -38,6 +38,10 @@ WEIGHTS = "model.safetensors"
 RECIPE = "recipe.yaml"
 INFO = "info.json"
 INFO_FORMAT = 1
+FINAL = "final"
+"""A training run directory's exported model (``runs/<name>/final``)."""
+METRICS = "metrics.jsonl"
+"""A training run directory's metrics rows (``runs/<name>/metrics.jsonl``)."""
 
 Metrics = str | Path | Iterable[Mapping[str, Any]] | None
 """A run's metrics: the path of its ``metrics.jsonl``, its rows, or None."""
@@ -220,7 +224,7 @@ def resolve_model_dir(path: str | Path) -> Path:
         FileNotFoundError: neither holds ``model.safetensors`` + ``recipe.yaml``; the message says what to run.
     """
     p = Path(path)
-    for candidate in (p, p / "final"):
+    for candidate in (p, p / FINAL):
         if (candidate / WEIGHTS).is_file() and (candidate / RECIPE).is_file():
             return candidate
     if not p.exists():
@@ -229,8 +233,16 @@ def resolve_model_dir(path: str | Path) -> Path:
         )
     missing = WEIGHTS if not (p / WEIGHTS).is_file() else RECIPE
     raise FileNotFoundError(
-        f"{p / missing} is missing (and {p / 'final'} holds no model); export a run with `lzn export RUN_DIR OUT`"
+        f"{p / missing} is missing (and {p / FINAL} holds no model); export a run with `lzn export RUN_DIR OUT`"
     )
+
+
+def run_metrics(model_dir: str | Path) -> Path | None:
+    """The ``metrics.jsonl`` of the training run whose model ``model_dir`` is (a folder
+    :func:`resolve_model_dir` returned: a run's ``final/``), or None (an export outside a run)."""
+    folder = Path(model_dir)
+    metrics = folder.parent / METRICS
+    return metrics if folder.name == FINAL and metrics.is_file() else None
 
 
 def read_recipe_mapping(folder: Path) -> dict[str, Any]:

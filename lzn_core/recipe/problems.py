@@ -134,17 +134,21 @@ def _scalar(value: Any) -> bool:
 def translate_errors(exc: ValidationError, root: Any, prefix: tuple[Any, ...] = ()) -> list[str]:
     """One ``path: message`` line per pydantic error of ``root`` (a model class), paths under ``prefix``."""
     lines: dict[str, list[str]] = {}
+    inputs: dict[str, Any] = {}
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         parts, tp = _walk(root, loc)
         path = ".".join([str(p) for p in prefix] + parts) or "recipe"
         lines.setdefault(path, []).append(_message(dict(err), root, loc, tp))
+        inputs.setdefault(path, err.get("input"))
     out = []
     for path, messages in lines.items():
         messages = list(dict.fromkeys(messages))
-        got = re.search(r" \(got .*\)$", messages[-1])
-        if len(messages) > 1 and got:  # a union: say the value once, at the end
-            messages = [m.removesuffix(got.group(0)) for m in messages[:-1]] + [messages[-1]]
+        value = inputs[path]
+        if len(messages) > 1 and _scalar(value):  # a union: each way it failed, the value once at the end
+            got = f" (got {value!r})"
+            messages = [m.removesuffix(got).replace(f"{value!r} is not one of ", "one of ") for m in messages]
+            messages[-1] += got
         out.append(f"{path}: " + " or ".join(messages))
     return out
 

@@ -15,7 +15,8 @@ writes); ``Recipe.model_validate`` reads it back to an equal recipe.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -163,6 +164,15 @@ class DataConfig(BaseModel):
         if isinstance(exc, MissingShardsError) and self.make and exc.pattern in (self.train, self.eval):
             return f"{exc}; make them with: {self.make}"
         return str(exc)
+
+    @contextlib.contextmanager
+    def explained(self) -> Iterator[None]:
+        """Around reading this recipe's shards: a :class:`~lzn_core.errors.MissingShardsError`
+        comes out with :meth:`explain`'s message (the ``data.make`` command)."""
+        try:
+            yield
+        except MissingShardsError as exc:
+            raise MissingShardsError(self.explain(exc), exc.pattern) from None
 
     @field_validator("train", "eval")
     @classmethod

@@ -2,6 +2,7 @@
 freezing, EMA, non-finite skipping) and the run's checkpoints.
 
 * :mod:`~lzn_core.train.engine`: ``setup_distributed``, ``Engine``;
+* :mod:`~lzn_core.train._deepspeed`: what lzn uses of DeepSpeed beyond its documented API, one list;
 * :mod:`~lzn_core.train.checkpoint`: checkpoint directories, ``latest``, resolution, pruning;
 * :mod:`~lzn_core.train.rundir`: a run directory and how a run starts in it (``--resume``,
   ``--fresh`` or refused), its ``metrics.jsonl``;

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -46,6 +45,7 @@ import torch
 from torch import nn
 
 from ..errors import LZNError, LZNWarning
+from . import _deepspeed
 from .checkpoint import (
     barrier,
     prune,
@@ -76,12 +76,11 @@ def setup_distributed(timeout_minutes: float = 30.0) -> tuple[int, int, int]:
     """
 
     import deepspeed
-    import deepspeed.comm.torch  # noqa: F401 - patched below (the attribute path is shadowed by torch)
 
     apply_launch(from_environment())
     cpu = not torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR") == "cpu"
-    if cpu:
-        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None  # type: ignore[attr-defined]
+    if cpu:  # no public switch: lzn_core.train._deepspeed lists it
+        _deepspeed.replace("deepspeed.comm.torch", "build_shm_op", lambda: None)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(
             dist_backend="gloo" if cpu else "nccl", verbose=False, timeout=timedelta(minutes=timeout_minutes)
@@ -94,15 +93,15 @@ def setup_distributed(timeout_minutes: float = 30.0) -> tuple[int, int, int]:
 
 def teardown_distributed() -> None:
     """End this process's group so that a later run in the same process (a notebook, a test
-    session) starts a fresh one: the torch group, DeepSpeed's communication backend and the clone
-    of the world group DeepSpeed caches (a stale clone fails the next engine's broadcast)."""
-    import deepspeed.comm.comm as ds_comm
-    import deepspeed.utils.groups as ds_groups
+    session) starts a fresh one. ``deepspeed.comm.destroy_process_group`` also drops the groups
+    DeepSpeed caches (a stale clone of the world group fails the next engine's broadcast), and
+    the next ``deepspeed.init_distributed`` starts a new backend."""
+    import deepspeed.comm as ds_comm
 
-    if torch.distributed.is_initialized():
+    if ds_comm.is_initialized():
+        ds_comm.destroy_process_group()
+    elif torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    ds_comm.cdb = None
-    ds_groups._WORLD_GROUP = None
 
 
 def _module_key(param_name: str) -> tuple[str, str]:

@@ -151,8 +151,7 @@ class Preemption:
     ) -> None:
         """Uninstall, unless a signal came: then the stop signals stay ignored until the process
         exits (Python's own shutdown would restore their default, deadly action) and the deadline
-        stays, bounding the process's teardown too."""
-        global _active
+        stays, bounding the process's teardown too (:meth:`release` ends both)."""
         if self._stop_line:  # printed here: after the progress bar of the same with-statement closed
             print(self._stop_line, file=sys.stderr, flush=True)
         if self._pipe is None:
@@ -161,6 +160,15 @@ class Preemption:
             for sig in self.signals:
                 signal.signal(sig, signal.SIG_IGN)
             return
+        self.release()
+
+    def release(self) -> None:
+        """Uninstall now: the previous signal handlers and wakeup fd, no watcher, no deadline. The
+        with-statement does it unless a signal came; after a stop, a process that goes on (a
+        training run in-process: a notebook, the conformance kit's trial) calls it."""
+        global _active
+        if self._pipe is None:
+            return
         signal.set_wakeup_fd(self._old_wakeup)
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
@@ -168,7 +176,9 @@ class Preemption:
         if self._watcher is not None:
             self._watcher.join()
         os.close(self._pipe[1])
-        _active = None
+        self._pipe = None
+        if _active is self:
+            _active = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._pid:  # a forked child that still runs the parent's handler

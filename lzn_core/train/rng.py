@@ -1,7 +1,7 @@
 """The global random number generators of one training process: seeding, saving, restoring.
 
 Everything random in a training step that the script controls comes from ``(seed, step)``
-generators (``recipes/train.py``: noise, decoder losses, augmentation). What remains is the
+generators (:func:`seeded`; ``recipes/train.py``: noise, decoder losses, augmentation). What remains is the
 *global* state that modules draw from by themselves, e.g. ``nn.Dropout``: torch's CPU
 generator, the CUDA generator of this process's device, numpy's and Python's. Exact resume
 needs each rank's own states saved with the checkpoint and restored with nothing drawing
@@ -18,6 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
+
+
+def seeded(seed: int, step: int, salt: int, device: Any = "cpu") -> torch.Generator:
+    """A generator on ``device`` for (seed, step, purpose ``salt``): the same on every rank and
+    after a resume. ``recipes/train.py`` draws every random number of a step from these."""
+    value = ((seed * 1_000_003 + step) * 1_009 + salt) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(value)
 
 
 def seed_rank(seed: int, rank: int) -> None:

@@ -61,6 +61,14 @@ class PointBatch:
         return PointBatch(points, mask)
 
 
+def as_batch(request: Any) -> PointBatch:
+    """``ModalitySpec.as_batch``: a PointBatch as it is, one set (k, d) as a batch of one, a list of
+    sets (what ``batch[i]`` gives: evaluation gathers rows that way) collated."""
+    if isinstance(request, PointBatch):
+        return request
+    return PointBatch.collate(list(request) if isinstance(request, (list, tuple)) else [request])
+
+
 def decode(raw: bytes) -> Any:
     import torch
 
@@ -172,6 +180,7 @@ SPEC = ModalitySpec(
     decode_sample=decode,
     validate_item=validate,
     collate=PointBatch.collate,
+    as_batch=as_batch,
     accepts_condition=True,
     description="test: point sets of different sizes in a padded batch type (PointBatch)",
     example_items=example_items,

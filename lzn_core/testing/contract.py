@@ -1,12 +1,5 @@
-"""Conformance kit for modality plugins (also a pytest plugin, entry point ``pytest11``).
-
-A plugin author's whole test can be::
-
-    def test_conformance(lzn_check_modality):
-        lzn_check_modality("vector")          # a registered modality name (or a ModalitySpec)
-
-:func:`check_modality` makes every call of the contract (:mod:`lzn_core.modality`) the way
-the framework makes it, then, for a registered modality, *trains and serves* it:
+"""The contract part of the conformance kit: every call the framework makes on a modality, made
+the way the framework makes it, in this process, without training (:func:`check_modality`).
 
 1. config: ``spec.example_config`` is valid; unknown keys are rejected;
 2. data: ``decode_sample`` decodes ``spec.example_items`` (and ``validate_item`` accepts them),
@@ -31,49 +24,34 @@ the framework makes it, then, for a registered modality, *trains and serves* it:
    the encoder runs on the meta device with a moved batch, so a tensor made on the CPU inside it
    fails here as it would on a GPU; and a spy batch checks that the framework's own entry points
    (training's step, ``LZNModel.encode``, compose) hand encoders and losses moved batches only
-   (:func:`check_framework_moves_batches`);
-5. training: tiny shards with the modality's key beside a partner modality's (a zonal one,
-   e.g. label, found by capability; or a generative one for a zonal modality under test), a
-   recipe with the tasks that make sense (generate; align to the partner and back; two views
-   when the spec augments), validated like ``lzn validate``; ``recipes/train.py`` runs in a
-   subprocess exactly as a user launches it, is killed after its first checkpoint and resumed
-   to the end, and exports the model;
-6. serving: ``lzn_core.load`` reads the export and every edge of
-   :func:`lzn_core.graphs.possible_edges` runs on a small request.
+   (:func:`check_framework_moves_batches`).
 
 The first violation raises :class:`~lzn_core.errors.ContractError` saying what is wrong and
-what was expected. Importing this module does not import torch (pytest loads it in every
-session).
+what was expected. Training and serving are the trial's (:mod:`lzn_core.testing.trial`).
+Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import socket
-import subprocess
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ContractError, LZNError
+from ..errors import ContractError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .modality import ModalitySpec
+    from ..modality import ModalitySpec
 
 CORRUPT_SAMPLES: tuple[bytes, ...] = (b"", b"\x89\x00\xff\xfe\x13 lzn corrupt \x00\xd8")
 """Raw values every ``decode_sample`` must reject with a ``ValueError``."""
 
 KIT_CONDITION_DIM = 3
 """Size of the conditioning vector the kit builds a decoder with (``accepts_condition``)."""
-
-TRAIN_TIMEOUT = 600
-"""Seconds each training subprocess of the kit may take."""
 
 
 @dataclass
@@ -85,8 +63,6 @@ class ConformanceReport:
     batch_size: int
     decoder_kind: str
     checks: list[str] = field(default_factory=list)
-    partner: str | None = None
-    edges: list[str] = field(default_factory=list)
 
 
 def _fail(spec: ModalitySpec, msg: str) -> ContractError:
@@ -94,8 +70,8 @@ def _fail(spec: ModalitySpec, msg: str) -> ContractError:
 
 
 def _resolve(spec_or_name: ModalitySpec | str) -> ModalitySpec:
-    from .modality import ModalitySpec
-    from .plugins import get_modality
+    from ..modality import ModalitySpec
+    from ..plugins import get_modality
 
     if isinstance(spec_or_name, str):
         return get_modality(spec_or_name)
@@ -288,7 +264,7 @@ def _check_encoder(
 ) -> None:
     import torch
 
-    from .modality import AnchorBank, BackboneFeatures, ConditionProvider
+    from ..modality import AnchorBank, BackboneFeatures, ConditionProvider
 
     b = _batch_len(batch) or 0
     anchors = _check_tensor(spec, "encoder(batch)", encoder(batch), (b, q))
@@ -353,7 +329,7 @@ def _check_decoder(
 ) -> None:
     import torch
 
-    from .modality import AnchorBank, PreviewWriter, Reconstructs, SampleJudge
+    from ..modality import AnchorBank, PreviewWriter, Reconstructs, SampleJudge
 
     b = _batch_len(batch) or 0
     kind = decoder.kind
@@ -577,7 +553,7 @@ def _check_batch_type(spec: ModalitySpec, encoder: Any, batch: Any, q: int, rep:
 
     import torch
 
-    from .modality import MovesToDevice, move_batch
+    from ..modality import MovesToDevice, move_batch
 
     b = _batch_len(batch) or 0
     custom = not isinstance(batch, (torch.Tensor, list, tuple))
@@ -696,7 +672,7 @@ def _spy_spec() -> ModalitySpec:
     from pydantic import BaseModel, ConfigDict
     from torch import nn
 
-    from .modality import ModalitySpec
+    from ..modality import ModalitySpec
 
     class SpyConfig(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -769,11 +745,11 @@ def check_framework_moves_batches() -> list[str]:
     """
     import torch
 
-    from .graphs import compose
-    from .model import LZNModel
-    from .plugins import PluginRegistry, registry, reset_plugins
-    from .recipe import Recipe
-    from .train.passes import TwoPass
+    from ..graphs import compose
+    from ..model import LZNModel
+    from ..plugins import PluginRegistry, registry, reset_plugins
+    from ..recipe import Recipe
+    from ..train.passes import TwoPass
 
     try:
         from lzn_recipes import train as script
@@ -782,7 +758,7 @@ def check_framework_moves_batches() -> list[str]:
 
     from types import ModuleType, SimpleNamespace
 
-    from .hookspecs import hookimpl
+    from ..hookspecs import hookimpl
 
     def register_spy(register: Callable[[ModalitySpec], None]) -> None:
         register(_spy_spec())
@@ -832,199 +808,6 @@ def check_framework_moves_batches() -> list[str]:
     return checked
 
 
-# ----------------------------------------------------------------------------- training and serving
-
-
-def _find_partner(spec: ModalitySpec, zonal: bool) -> ModalitySpec | None:
-    """A registered modality to train beside ``spec``: a zonal one (with a bank) for a non-zonal
-    modality, a generative one for a zonal modality; by capability, in name order."""
-    from .modality import AnchorBank
-    from .plugins import get_modality, list_modalities
-
-    for name in list_modalities():
-        other = get_modality(name)
-        if other.name == spec.name or other.example_items is None:
-            continue
-        try:
-            encoder, decoder = other.build(other.config(**dict(other.example_config)), 4)
-        except Exception:  # noqa: BLE001 - a partner that cannot be built is simply not a candidate
-            continue
-        if zonal and decoder.kind == "generative":
-            return other
-        if not zonal and decoder.kind == "zonal" and isinstance(encoder, AnchorBank):
-            return other
-    return None
-
-
-def _tasks(
-    spec: ModalitySpec, kind: str, partner: ModalitySpec | None, partner_kind: str | None
-) -> list[dict[str, Any]]:
-    tasks: list[dict[str, Any]] = []
-    mine, theirs = spec.name, partner.name if partner is not None else None
-    if partner is None:
-        return [{"kind": "generate", "target": mine}] if kind == "generative" else []
-    zonal, other = (mine, theirs) if kind == "zonal" else (theirs, mine)
-    zonal_spec, other_spec = (spec, partner) if kind == "zonal" else (partner, spec)
-    other_kind = partner_kind if kind == "zonal" else kind
-    if other_kind == "generative":
-        task: dict[str, Any] = {"kind": "generate", "target": other}
-        if other_spec.accepts_condition and zonal_spec.condition_dim is not None:
-            task["condition"] = zonal
-        tasks.append(task)
-    tasks.append(
-        {"kind": "align", "source": other, "target": zonal, "class_weights": True, "steps": 4, "loss": "prob"}
-    )
-    tasks.append({"kind": "align", "source": zonal, "target": other, "steps": 4})
-    if other_spec.augment is not None:
-        tasks.append({"kind": "align", "source": other, "target": other, "steps": 4})
-    return tasks
-
-
-def _write_shards(root: Path, specs: list[ModalitySpec], n: int) -> None:
-    from .data.shards import write_split
-
-    values = {s.name: _raw_items(s, n) for s in specs}
-    for split in ("train", "test"):
-        samples = ((f"kit{i:05d}", {s.shard_keys[0]: values[s.name][i] for s in specs}) for i in range(n))
-        write_split(root, split, samples, total=n, progress=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _train(
-    spec: ModalitySpec, recipe_path: Path, run_dir: Path, extra: list[str], env: dict[str, str]
-) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "lzn_recipes.train",
-        "--recipe",
-        str(recipe_path),
-        "--output",
-        str(run_dir),
-        *extra,
-    ]
-    try:
-        done = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=TRAIN_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise _fail(spec, f"training did not finish within {TRAIN_TIMEOUT} s ({' '.join(cmd)})") from exc
-    if done.returncode != 0 and not (env.get("LZN_FAULT_CRASH") and "injected crash" in done.stderr):
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
-        raise _fail(spec, f"training failed (exit {done.returncode}) running {' '.join(cmd)}:\n{tail}")
-
-
-def _train_and_serve(
-    spec: ModalitySpec,
-    config: Any,
-    kind: str,
-    partner: ModalitySpec | None,
-    latent_dim: int,
-    workdir: Path,
-    rep: ConformanceReport,
-) -> None:
-    import torch
-    import yaml
-
-    from .graphs import compose, possible_edges
-    from .io import load
-    from .recipe import load_recipe
-
-    specs = [spec] + ([partner] if partner is not None else [])
-    partner_kind = None
-    if partner is not None:
-        _, partner_decoder = partner.build(partner.config(**dict(partner.example_config)), latent_dim)
-        partner_kind = partner_decoder.kind
-    tasks = _tasks(spec, kind, partner, partner_kind)
-    if not tasks:
-        rep.checks.append("training skipped: no task can train this modality without a partner modality")
-        return
-    n = 16
-    _write_shards(workdir / "data", specs, n)
-    recipe = {
-        "name": f"conformance-{spec.name}",
-        "seed": 0,
-        "latent": {"dim": latent_dim, "steps": 4, "g": 1e-3, "bank_size": 8},
-        "modalities": {s.name: {"plugin": s.name, "config": dict(s.example_config)} for s in specs},
-        "tasks": tasks,
-        "data": {
-            "train": str(workdir / "data" / "train-*.tar"),
-            "eval": str(workdir / "data" / "test-*.tar"),
-        },
-        "train": {
-            "batch_size": 8,
-            "iterations": 4,
-            "lr": {"default": 1.0e-3},
-            "warmup": 1,
-            "ema": 0.9,
-            "log_every": 1,
-            "eval_every": 4,
-            "sample_every": 4,
-            "ckpt_every": 2,
-            "keep_checkpoints": 2,
-        },
-        "eval": {"batch_size": 8, "alpha": 0.0, "steps": 4, "samples_per_class": 2},
-        "deepspeed": {
-            "zero_optimization": {"stage": 0},
-            "optimizer": {"type": "Adam", "params": {"torch_adam": True}},
-        },
-    }
-    path = workdir / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    try:
-        load_recipe(path)
-    except LZNError as exc:
-        raise _fail(spec, f"the kit's recipe does not validate: {exc}") from exc
-    rep.checks.append(
-        "recipe: "
-        + "; ".join(
-            f"{t['kind']} {t.get('source', t.get('condition', 'latent'))} -> {t['target']}" for t in tasks
-        )
-    )
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1",
-        "MASTER_PORT": str(_free_port()),
-        "PYTHONUNBUFFERED": "1",
-    }
-    run_dir = workdir / "run"
-    _train(spec, path, run_dir, [], {**env, "LZN_FAULT_CRASH": "2"})
-    if not (run_dir / "ckpt" / "latest").is_file():
-        raise _fail(spec, f"training wrote no checkpoint after 2 steps under {run_dir / 'ckpt'}")
-    _train(spec, path, run_dir, ["--resume"], env)
-    rep.checks.append(
-        "training: 2 steps, crash, --resume to step 4, export (recipes/train.py in a subprocess)"
-    )
-    model = load(run_dir / "final")
-    items = {s.name: s.collate([s.decode_sample(r) for r in _raw_items(s, 4)]) for s in specs}
-    for edge in possible_edges(model):
-        source = edge.split(" -> ")[0]
-        graph: Any = compose(edge, model=model)
-        request = torch.randn(2, latent_dim) if source == "latent" else items[source]
-        try:
-            out = graph(request, seed=0)
-        except Exception as exc:
-            raise _fail(
-                spec, f"compose({edge!r}) on the trained model failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        want = 2 if source == "latent" else len(items[source])
-        got = len(out.labels) if hasattr(out, "labels") else _batch_len(out)
-        if got != want:
-            raise _fail(spec, f"compose({edge!r}) returned {got} items for a request of {want}")
-        rep.edges.append(edge)
-    with torch.no_grad():
-        anchors = model.encode(spec.name, items[spec.name])
-    if tuple(anchors.shape) != (len(items[spec.name]), latent_dim):
-        raise _fail(spec, "the exported model's encoder gives anchors of the wrong shape")
-    rep.checks.append("serving: lzn_core.load + every compose edge: " + ", ".join(rep.edges))
-
-
 def check_modality(
     spec_or_name: ModalitySpec | str,
     latent_dim: int = 8,
@@ -1032,32 +815,24 @@ def check_modality(
     batch_size: int = 4,
     sample_steps: int = 4,
     seed: int = 0,
-    train: bool | None = None,
-    partner: str | None = None,
-    workdir: str | Path | None = None,
 ) -> ConformanceReport:
-    """Check that a modality obeys the contract of :mod:`lzn_core.modality`, then train and serve it.
+    """Check that a modality obeys the contract of :mod:`lzn_core.modality` (the module doc's
+    list), in this process, in seconds; nothing is trained (that is :func:`~lzn_core.testing.run_trial`).
 
     Args:
-        spec_or_name: a ``ModalitySpec`` or a registered modality name.
+        spec_or_name: a ``ModalitySpec`` (registered or not) or a registered modality name.
         latent_dim: q.
-        batch_size: B, number of example items of the static checks.
+        batch_size: B, number of example items.
         sample_steps: ``steps`` passed to ``decoder.sample``.
         seed: torch seed, for a reproducible check.
-        train: run the training and serving part (steps 5-6 of the module doc); None: when the
-            modality is registered (the training script finds modalities through the plugins).
-        partner: name of the modality to train beside it (default: found by capability).
-        workdir: where shards, recipe and run go (default: a temporary directory, removed after).
 
     Returns:
-        a :class:`ConformanceReport` listing the checks that passed and the compose edges served.
+        a :class:`ConformanceReport` listing the checks that passed.
 
     Raises:
         ContractError: the first violation, naming the modality and what was expected.
     """
     import torch
-
-    from .plugins import get_modality, list_modalities
 
     spec = _resolve(spec_or_name)
     torch.manual_seed(seed)
@@ -1079,45 +854,4 @@ def check_modality(
         except ContractError as exc:
             raise _fail(spec, f"the installed framework does not move custom batches: {exc}") from exc
         rep.checks.append("framework (spy batch): " + "; ".join(moves))
-    registered = spec.name in list_modalities() and get_modality(spec.name) == spec
-    if train is None:
-        train = registered
-    if not train:
-        return rep
-    if not registered:
-        raise _fail(
-            spec,
-            "train=True needs the modality registered through an entry point (the training script discovers plugins)",
-        )
-    other = get_modality(partner) if partner is not None else _find_partner(spec, rep.decoder_kind == "zonal")
-    rep.partner = other.name if other is not None else None
-    if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        _train_and_serve(spec, config, rep.decoder_kind, other, latent_dim, Path(workdir), rep)
-    else:
-        with tempfile.TemporaryDirectory(prefix="lzn-kit-") as tmp:
-            _train_and_serve(spec, config, rep.decoder_kind, other, latent_dim, Path(tmp), rep)
     return rep
-
-
-try:  # the pytest11 plugin part: a fixture for plugin authors' test suites
-    import pytest
-except ImportError:  # pragma: no cover - pytest is only needed to run tests
-    pass
-else:
-
-    @pytest.fixture
-    def lzn_check_modality() -> Callable[..., ConformanceReport]:
-        """The conformance kit :func:`lzn_core.testing.check_modality` as a fixture."""
-        return check_modality
-
-    @pytest.fixture
-    def lzn_plugins() -> Iterator[Callable[..., None]]:
-        """A fresh plugin registry for one test: discovery runs again on first use and is forgotten
-        afterwards. Yields :func:`lzn_core.plugins.reset_plugins`; call it with a
-        ``PluginRegistry(entry_points, environ={...})`` to install a registry of your own."""
-        from .plugins import reset_plugins
-
-        reset_plugins()
-        yield reset_plugins
-        reset_plugins()
