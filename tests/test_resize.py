@@ -83,8 +83,8 @@ def _stage(stage: int) -> list[str]:
     """The overrides of a stage's runs. ZeRO 1 adds the image decoder's Fourier time embedding (a
     buffer, which a universal load does not restore: the engine does) and freezes the label module
     from iteration 0 (a parameter group without Adam state, which the engine fills in for
-    DeepSpeed's conversion), in one pass: train.freeze fails today with micro-batches (passes.py)
-    and under ZeRO 2 (DeepSpeed's gradient hook), before any checkpoint."""
+    DeepSpeed's conversion), in one pass (freezing with micro-batches and under ZeRO 2 is
+    tests/test_train.py's)."""
     frozen = [
         "modalities.image.config.time_embedding=fourier",
         "train.freeze={label: 0}",

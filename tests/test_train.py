@@ -684,17 +684,28 @@ def test_frozen_module_is_kept_out_of_the_update_and_the_clipping_norm(train, tm
     assert any(g is not None and g.abs().sum() > 0 for g in encoder)
 
 
+@pytest.mark.parametrize(
+    "way",
+    [
+        pytest.param([], id="one-pass"),
+        pytest.param(["train.micro_batch_size=3"], id="two-pass"),  # froze between forward and backward
+        pytest.param(["deepspeed={zero_optimization: {stage: 2}}"], id="zero2"),  # DeepSpeed's grad hook
+    ],
+)
 def test_a_frozen_decoder_exports_the_same_weights_at_and_after_its_freeze_step(
-    train, workdir, monkeypatch, tmp_path
+    train, workdir, monkeypatch, tmp_path, way, request
 ) -> None:
     """train.freeze {image.decoder: 2}: the exported (EMA) decoder after 2 steps and after 4 (resumed)
-    are bit-identical, and so is its Adam state in the two checkpoints; the encoder keeps changing."""
+    are bit-identical, and so is its Adam state in the two checkpoints; the encoder keeps changing.
+    In one pass, in two passes over micro-batches, and under ZeRO 2 (the freeze happens before the
+    step's forward: a step that froze between its forward and its backward failed in both)."""
     from safetensors.torch import load_file
 
-    extra = ["train.iterations=2", "train.ckpt_every=2", "train.freeze.image.decoder=2"]
-    run = _run(train, workdir, monkeypatch, "runs/freeze", extra=extra)
+    extra = ["train.iterations=2", "train.ckpt_every=2", "train.freeze.image.decoder=2", *way]
+    out = f"runs/freeze-{request.node.callspec.id}"
+    run = _run(train, workdir, monkeypatch, out, extra=extra)
     shutil.copytree(run / "final", tmp_path / "at2")
-    _run(train, workdir, monkeypatch, "runs/freeze", extra=[*extra, "train.iterations=4"], flags=["--resume"])
+    _run(train, workdir, monkeypatch, out, extra=[*extra, "train.iterations=4"], flags=["--resume"])
     at2, at4 = (
         load_file(tmp_path / "at2" / "model.safetensors"),
         load_file(run / "final" / "model.safetensors"),
@@ -711,6 +722,8 @@ def test_a_frozen_decoder_exports_the_same_weights_at_and_after_its_freeze_step(
         [group] = [g for g in opt["param_groups"] if g["name"] == "image.decoder"]
         return [v for i in group["params"] for v in opt["state"][i].values()]
 
+    if way and "zero" in way[0]:  # the moments live in ZeRO's flat partitions: the weights said it
+        return
     m2, m4 = decoder_moments(2), decoder_moments(4)
     assert m2 and len(m2) == len(m4) and all(torch.equal(a, b) for a, b in zip(m2, m4, strict=True))
 

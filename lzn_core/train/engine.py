@@ -291,6 +291,7 @@ class Engine:
             k: _lookup(freeze, *_module_key(k), None) for k in self.ema if k.count(".") >= 1
         }
         self.world_size = world_size
+        self._freeze_due(self.iteration)
 
     def _lambda(self, freeze_at: int | None):  # noqa: ANN202 - a closure for LambdaLR
         warmup = self.warmup
@@ -312,8 +313,7 @@ class Engine:
         The skip decision is the step's one host sync: the finite flag is read once, after the
         forward (all ranks' flags reduced first), before anything is reduced.
         """
-        i = self.iteration  # 0-based index of this iteration
-        self._freeze_due(i)
+        i = self.iteration  # 0-based index of this iteration (its freezing was done when it began)
         bad = (~torch.isfinite(loss.detach()).all()).to(torch.float32).reshape(1)  # on the device
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
@@ -325,14 +325,22 @@ class Engine:
             with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()  # keep the lr schedule on the iteration count
+            self._freeze_due(self.iteration)
             return False
         self.ds.backward(loss if nets is None else nets.loss_for_backward(loss))
         self.ds.step()
         self._update_ema(i)
+        self._freeze_due(self.iteration)  # before the next step's forward
         return True
 
     def _freeze_due(self, iteration: int) -> None:
         """Modules whose ``train.freeze`` iteration has come stop requiring gradients.
+
+        Called before iteration ``iteration``'s forward (at start, after a load, at the end of each
+        step), never between a forward and its backward: a graph built with a parameter that then
+        stops requiring gradients breaks a two-pass step (its decoder terms' gradients were taken
+        for the parameters of the forward) and ZeRO 2's gradient hooks (they meet a parameter
+        without ``.grad``).
 
         Their lr is 0 from then on (the schedule), and with no gradient they also take no
         share of the clipping norm; under ZeRO the gradients live in DeepSpeed's partitioned
@@ -441,6 +449,7 @@ class Engine:
             raise LZNError(f"could not load checkpoint {src}")
         st = client.pop("engine")
         self.iteration, self.skipped, self.ema_updates = st["iteration"], st["skipped"], st["ema_updates"]
+        self._freeze_due(self.iteration)
         self.ema = {k: v.to(self.device) for k, v in st["ema"].items()}
         written_by = st.get("world_size")
         if not saved and written_by is not None and written_by != self.world_size:
