@@ -216,7 +216,7 @@ def test_text_benchmark_measures_a_trained_run(train, workdir, monkeypatch, tmp_
 
 
 def test_crash_mid_checkpoint_keeps_previous_usable(train, workdir, monkeypatch) -> None:
-    import lzn_core.train.engine as engine_mod
+    import lzn_core.train.checkpoint as checkpoint_mod
     from lzn_core.train.checkpoint import list_checkpoints
 
     real_replace = os.replace
@@ -227,13 +227,13 @@ def test_crash_mid_checkpoint_keeps_previous_usable(train, workdir, monkeypatch)
         return real_replace(src, dst)
 
     extra = ["train.iterations=4", "train.ckpt_every=2"]
-    monkeypatch.setattr(engine_mod.os, "replace", failing_replace)
+    monkeypatch.setattr(checkpoint_mod.os, "replace", failing_replace)
     _run(train, workdir, monkeypatch, "runs/atomic", extra=extra, status=1)
-    monkeypatch.setattr(engine_mod.os, "replace", real_replace)
+    monkeypatch.setattr(checkpoint_mod.os, "replace", real_replace)
     ckpt = workdir / "runs/atomic/ckpt"
     assert (ckpt / "tmp-4").is_dir()  # the half-written one, under its temporary name
     assert (ckpt / "latest").read_text() == "step-2"
-    assert engine_mod.resolve_checkpoint(ckpt, "latest") == (ckpt, "step-2")
+    assert checkpoint_mod.resolve_checkpoint(ckpt, "latest") == (ckpt, "step-2")
     assert [p.name for p in list_checkpoints(ckpt)] == ["step-2"]
     _run(train, workdir, monkeypatch, "runs/atomic", extra=extra, flags=["--resume"])
     assert (ckpt / "latest").read_text() == "step-4"
@@ -760,8 +760,12 @@ def test_deepspeed_config_errors(tmp_path) -> None:
     with pytest.raises(LZNError, match="train.batch_size=10 is not divisible by the world size 3"):
         deepspeed_config(recipe, 3)
     recipe.deepspeed = "nope.json"
-    with pytest.raises(LZNError, match="deepspeed config 'nope.json' not found"):
-        deepspeed_config(recipe, 1, tmp_path)
+    with pytest.raises(
+        LZNError, match=r"deepspeed: file 'nope.json' not found \(looked at .*/recipes/nope.json\)"
+    ):
+        deepspeed_config(
+            recipe, 1, tmp_path
+        )  # the recipe loader's lookup: given folder, cwd, shipped recipes
 
 
 def test_train_help() -> None:

@@ -1,8 +1,12 @@
 """Checkpoint directories of a run: ``<run>/ckpt/step-<k>`` written whole, ``latest`` naming one.
 
-A checkpoint is written as ``tmp-<k>`` and renamed to ``step-<k>`` only when complete, then
-``latest`` is replaced atomically; ``tmp-*`` leftovers of a crash are never read. Pruning keeps
-the newest ``keep`` checkpoints and never the one ``latest`` names.
+The one module that knows the layout: the engine writes a checkpoint's files into
+:func:`staging` (DeepSpeed's, plus :func:`rng_file` per rank), :func:`commit` renames it to
+``step-<k>`` only when every rank is done, then replaces ``latest`` atomically and prunes;
+``tmp-*`` leftovers of a crash are never read. Reading (:func:`resolve_checkpoint`,
+:func:`list_checkpoints`) and pruning (the newest ``keep``, never the one ``latest`` names) are
+here too; what a run directory does with them (resume, ``--fresh``, the lock) is
+:mod:`~lzn_core.train.rundir`'s policy.
 
 A ZeRO (stage 1, 2) checkpoint holds one optimizer partition per rank, and DeepSpeed loads it
 only on as many ranks as wrote it. :func:`universal_checkpoint` converts it, once, with
@@ -41,6 +45,33 @@ UNIVERSAL = "universal"
 """The folder, inside a checkpoint, holding its universal form (DeepSpeed's load root)."""
 CONVERSION_TIMEOUT = timedelta(hours=6)
 """How long the other ranks wait for rank 0's conversion."""
+
+
+def staging(ckpt_dir: Path, step: int) -> tuple[Path, str]:
+    """``(root, tag)`` where every rank writes checkpoint ``step`` before :func:`commit`: ``tmp-<step>``."""
+    return Path(ckpt_dir), f"tmp-{step}"
+
+
+def rng_file(ckpt: Path, rank_: int) -> Path:
+    """Rank ``rank_``'s generator states inside checkpoint folder ``ckpt``."""
+    return Path(ckpt) / f"rng-rank{rank_}.pt"
+
+
+def commit(ckpt_dir: Path, step: int, keep: int) -> Path:
+    """Make the staged checkpoint ``step`` the run's: after every rank wrote its part (a
+    collective), rank 0 renames ``tmp-<step>`` to ``step-<step>``, points ``latest`` at it
+    atomically and keeps the newest ``keep``; the other ranks wait for that. Returns the folder."""
+    root, tmp = staging(ckpt_dir, step)
+    final = root / f"step-{step}"
+    barrier()
+    if rank() == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(root / tmp, final)
+        write_atomic(root / "latest", final.name)
+        prune(root, keep)
+    barrier()
+    return final
 
 
 def step_of(tag: str | Path) -> int | None:

@@ -19,10 +19,10 @@ reader does not need to see there:
   after iteration k - 1.
 * An EMA of every parameter with warm-up decay ``min(d, (1+k)/(10+k))`` kept outside
   DeepSpeed and saved in the checkpoints' client state.
-* ``Engine.save(step, client_state)`` writes ``ckpt/tmp-<step>`` (DeepSpeed's files plus
-  ``rng-rank<r>.pt``, each rank's own generator states), renames it to ``ckpt/step-<step>``
-  and then replaces ``ckpt/latest`` atomically: a crash mid-write leaves the previous
-  checkpoint usable. ``Engine.load`` restores all of it, this rank's generators last.
+* ``Engine.save(step, client_state)`` writes DeepSpeed's files and each rank's own generator
+  states into the staging folder and commits it (:mod:`~lzn_core.train.checkpoint`: renamed
+  to ``ckpt/step-<step>`` when complete, then ``ckpt/latest`` replaced atomically): a crash
+  mid-write leaves the previous checkpoint usable. ``Engine.load`` restores all of it, this rank's generators last.
 * A checkpoint resumes on another number of ranks: under ZeRO 1/2 through DeepSpeed's universal
   checkpoint (``ds_to_universal`` once, kept in ``step-<k>/universal``, then ``load_universal``;
   :func:`~lzn_core.train.checkpoint.universal_checkpoint`); under stage 0 every rank holds the
@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -45,16 +44,17 @@ import torch
 from torch import nn
 
 from ..errors import LZNError, LZNWarning
+from ..recipe.files import read_deepspeed
 from . import _deepspeed
 from .checkpoint import (
-    barrier,
-    prune,
+    commit,
     rank,
     ranks,
     resolve_checkpoint,
+    rng_file,
+    staging,
     universal_checkpoint,
     universal_info,
-    write_atomic,
     zero_partitions,
 )
 from .launcher import apply as apply_launch
@@ -172,20 +172,15 @@ def deepspeed_config(recipe: Any, world_size: int, base_dir: Path | None = None)
     The optimiser and scheduler are built here (torch Adam, warm-up/freeze lambdas), so an
     ``optimizer`` section only contributes its ``betas``/``eps``/``weight_decay``.
     """
-    src = getattr(recipe, "deepspeed", None)
+    src = getattr(recipe, "deepspeed", None)  # load_recipe has read a file into a dict already
     cfg: dict[str, Any] = {}
-    if isinstance(src, dict):
-        cfg = json.loads(json.dumps(src))
-    elif src:
-        path = Path(src)
-        candidates = [path] if path.is_absolute() else [(base_dir or Path.cwd()) / path, Path.cwd() / path]
-        candidates.append(Path(__file__).resolve().parent.parent / "recipes" / path)
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
+    if src:
+        data, problems = read_deepspeed(src, base_dir)  # a recipe built in Python may name a file
+        if not isinstance(data, dict):
             raise LZNError(
-                f"deepspeed config {src!r} not found (looked in {', '.join(map(str, candidates))})"
+                "; ".join(problems) or f"deepspeed: expected a file name or a mapping, got {src!r}"
             )
-        cfg = json.loads(found.read_text())
+        cfg = json.loads(json.dumps(data))
     batch = int(recipe.train.batch_size)
     if batch % world_size:
         raise LZNError(f"train.batch_size={batch} is not divisible by the world size {world_size}")
@@ -386,25 +381,17 @@ class Engine:
 
     # ------------------------------------------------------------ checkpoints
     def save(self, step: int, client_state: dict[str, Any]) -> Path:
-        """Write ``ckpt/step-<step>`` atomically and keep the last ``keep_checkpoints``."""
-        tmp_tag, tag = f"tmp-{step}", f"step-{step}"
+        """Write ``ckpt/step-<step>`` atomically and keep the last ``keep_checkpoints``
+        (the directory layout: :mod:`~lzn_core.train.checkpoint`)."""
+        root, tmp = staging(self.ckpt_dir, step)
         state = dict(client_state, engine=self._state())
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
         if self.zero_stage:
             _fill_missing_adam_state(self.optimizer)
-        self.ds.save_checkpoint(str(self.ckpt_dir), tag=tmp_tag, client_state=state, save_latest=False)
-        (self.ckpt_dir / tmp_tag).mkdir(exist_ok=True)
-        torch.save(rng_state(), self.ckpt_dir / tmp_tag / f"rng-rank{rank()}.pt")  # each rank its own
-        barrier()
-        if rank() == 0:
-            final = self.ckpt_dir / tag
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(self.ckpt_dir / tmp_tag, final)
-            write_atomic(self.ckpt_dir / "latest", tag)
-            prune(self.ckpt_dir, self.keep)
-        barrier()
-        return self.ckpt_dir / tag
+        self.ds.save_checkpoint(str(root), tag=tmp, client_state=state, save_latest=False)
+        (root / tmp).mkdir(exist_ok=True)
+        torch.save(rng_state(), rng_file(root / tmp, rank()))  # each rank its own
+        return commit(self.ckpt_dir, step, self.keep)
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -457,7 +444,7 @@ class Engine:
                 f"resuming {src} (written by {ranks(written_by)}) on {ranks(self.world_size)}: ZeRO stage 0 keeps "
                 "the whole optimizer state on every rank, loaded as it is"
             )
-        rng = src / f"rng-rank{rank()}.pt"
+        rng = rng_file(src, rank())
         if written_by is not None and written_by != self.world_size:
             if rank() == 0:
                 warnings.warn(
