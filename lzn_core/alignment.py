@@ -15,7 +15,12 @@ import math
 
 import torch
 import torch.distributed as dist
-from torch.distributed._functional_collectives import AsyncCollectiveTensor, all_gather_single
+from torch.distributed._functional_collectives import AsyncCollectiveTensor
+
+try:  # torch >= 2.12 (the name its deprecation of torch.distributed.nn.functional.all_gather gives)
+    from torch.distributed._functional_collectives import all_gather_single
+except ImportError:  # torch 2.11 (the GPU image): the same collective and backward under its older name
+    from torch.distributed._functional_collectives import all_gather_tensor as all_gather_single
 
 from .errors import checks_values
 
