@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     except Exception:  # pragma: no cover - torch is a hard dependency
         has_cuda = False
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
-    # the CPU rehearsal of benchmarks/gpu_check.sh runs tests/test_gpu.py on the CPU at small sizes
+    # the CPU rehearsal of benchmarks/gpu_check.sh runs tests/e2e/test_gpu.py on the CPU at small sizes
     has_cuda = has_cuda or os.environ.get("LZN_GPU_TESTS_DEVICE") == "cpu"
     for item in items:
         # the marker itself: item.keywords also holds the names of the folders above the test
@@ -51,9 +51,9 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory):
     need a model that has learnt something: ``(exported model dir, test shards pattern)``."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    from paths import ROOT
+
     work = tmp_path_factory.mktemp("trained_digits")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     subprocess.run(
@@ -75,7 +75,7 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory):
     done = subprocess.run(
         [
             sys.executable,
-            str(root / "recipes" / "train.py"),
+            str(ROOT / "recipes" / "train.py"),
             "--recipe",
             "digits_joint.yaml",
             "--output",

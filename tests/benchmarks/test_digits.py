@@ -1,0 +1,338 @@
+"""benchmarks/: the seed statistics and verdicts, the attribute captions, the digits report."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from paths import ROOT
+from PIL import Image
+
+from lzn_core.cli import main as cli
+from lzn_core.data import digits as dd
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark modules (benchmarks/ is not a package): ``(_stats, digits, _digits_report, text)``."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        yield tuple(importlib.import_module(m) for m in ("_stats", "digits", "_digits_report", "text"))
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+# ----------------------------------------------------------------------------- the verdict rule
+def test_a_difference_inside_the_seed_spread_does_not_reproduce(bench) -> None:
+    stats = bench[0]
+    a, b = [0.90, 0.95, 0.86], [0.91, 0.85, 0.89]  # a is higher on average, by less than the spread
+    t = stats.welch(a, b)
+    assert t.diff > 0 and not t.significant and t.low < 0 < t.high
+    assert stats.directional(t, 1) == "within the spread (leans the claimed way)"
+
+
+def test_a_difference_beyond_the_seed_spread_reproduces_in_its_direction_only(bench) -> None:
+    stats = bench[0]
+    a, b = [0.950, 0.955, 0.948], [0.900, 0.905, 0.898]
+    t = stats.welch(a, b)
+    assert t.significant and t.low > 0
+    assert stats.directional(t, 1) == "reproduces"
+    assert stats.directional(t, -1) == "does not reproduce (significant, the other way)"
+    assert stats.directional(stats.welch(a[:1], b), 1).startswith("n/a")  # one seed: no spread, no test
+
+
+def test_paired_test_uses_the_per_seed_differences(bench) -> None:
+    stats = bench[0]
+    # a large spread between seeds, but every seed gains the same 1 point: paired, that is beyond the spread
+    a, b = [0.80, 0.90, 0.70], [0.79, 0.89, 0.69]
+    assert not stats.welch(a, b).significant
+    t = stats.paired(a, b)
+    assert t.significant and stats.directional(t, 1) == "reproduces"
+
+
+def test_equivalence_needs_the_interval_inside_the_margin(bench) -> None:
+    stats = bench[0]
+    close = stats.welch([0.961, 0.963, 0.962], [0.965, 0.964, 0.966])  # 0.3 pt lower, tight
+    assert stats.equivalent(close, 0.01, one_sided=True).startswith("reproduces")
+    far = stats.welch([0.93, 0.931, 0.929], [0.98, 0.981, 0.979])  # 5 pt lower
+    assert stats.equivalent(far, 0.01, one_sided=True) == "does not reproduce (significant difference)"
+    noisy = stats.welch([0.90, 0.99, 0.95], [0.96, 0.95, 0.97])
+    assert stats.equivalent(noisy, 0.01, one_sided=True).startswith("within the spread")
+
+
+def test_summary_text_is_mean_and_sample_std(bench) -> None:
+    s = bench[0].summary([0.95, 0.96, 0.97, float("nan")])
+    assert s.n == 3 and s.mean == pytest.approx(0.96) and s.std == pytest.approx(0.01)
+    assert s.text(".1f", 100, "%") == "96.0 ± 1.0%"
+    assert bench[0].summary([]).text() == "–"
+
+
+# ----------------------------------------------------------------------------- attribute captions
+@pytest.fixture(scope="module")
+def digit_attributes() -> dd.DigitAttributes:
+    x, y = dd.real_digits()
+    return dd.DigitAttributes.fit(dd.ink_of(x), y.numpy())
+
+
+def _image(columns_per_row: list[list[int]]) -> np.ndarray:
+    """An 8×8 image in [-1, 1]: full ink at the given columns of each row, no ink elsewhere."""
+    img = -np.ones((8, 8))
+    for r, cols in enumerate(columns_per_row):
+        img[r, cols] = 1.0
+    return img
+
+
+def _words(attrs: dd.DigitAttributes, img: np.ndarray, label: int = 1) -> dict[str, str]:
+    levels = attrs.levels(dd.ink_of(img[None]), [label])[0]
+    caption = dd.attribute_caption(label, levels)
+    return {k: dd.ATTRIBUTES[k][v] for k, v in dd.caption_attributes(caption).items()}
+
+
+def test_stroke_weight_comes_from_the_ink(digit_attributes) -> None:
+    thin = _image([[3, 4]] * 8)  # a 2-pixel bar through the centre
+    thick = _image([[2, 3, 4, 5]] * 8)  # a 4-pixel bar through the centre
+    assert _words(digit_attributes, thin)["stroke"] == "thin"
+    assert _words(digit_attributes, thick)["stroke"] == "thick"
+    assert (
+        _words(digit_attributes, thin)["position"] == _words(digit_attributes, thick)["position"] == "centred"
+    )
+
+
+def test_slant_comes_from_the_ink_axis(digit_attributes) -> None:
+    top_right = _image([[7 - r, 6 - r] if r < 7 else [0] for r in range(8)])  # "/" (rows grow downwards)
+    top_left = _image([[r, r + 1] if r < 7 else [7] for r in range(8)])  # "\"
+    upright = _image([[3, 4]] * 8)
+    assert _words(digit_attributes, top_right)["slant"] == "right-leaning"
+    assert _words(digit_attributes, top_left)["slant"] == "left-leaning"
+    assert _words(digit_attributes, upright)["slant"] == "upright"
+
+
+def test_position_and_width_come_from_the_ink(digit_attributes) -> None:
+    assert _words(digit_attributes, _image([[0, 1]] * 8))["position"] == "left of centre"
+    assert _words(digit_attributes, _image([[6, 7]] * 8))["position"] == "right of centre"
+    narrow, wide = _image([[3, 4]] * 8), _image([[1, 6]] * 8)  # same ink, spread 0.5 vs 2.5 px
+    assert _words(digit_attributes, narrow)["width"] == "narrow"
+    assert _words(digit_attributes, wide)["width"] == "wide"
+
+
+def test_an_image_without_ink_has_no_attribute_levels(digit_attributes) -> None:
+    levels = digit_attributes.levels(dd.ink_of(-np.ones((1, 8, 8))), [3])
+    assert (levels[0, 1:] == -1).all()  # slant, width, position undefined (stroke: the least ink)
+
+
+def test_caption_attributes_reads_back_what_attribute_caption_wrote() -> None:
+    for choice in (0, 1):
+        for levels in ([0, 1, 2, 0], [2, 0, 1, 2], [1, 2, 0, 1]):
+            caption = dd.attribute_caption(7, levels, choice)
+            assert dd.caption_attributes(caption) == dict(zip(dd.ATTRIBUTES, levels, strict=True)), caption
+    assert dd.caption_attributes("a handwritten seven") == {}
+    assert dd.attribute_caption(7, [0, 1, 0, 2]) == "a thin, upright, narrow 7, right of centre"
+
+
+def _samples(out: Path, split: str) -> list[dict[str, bytes]]:
+    got = []
+    for shard in sorted(out.glob(f"{split}-*.tar")):
+        with tarfile.open(shard) as tar:
+            per: dict[str, dict[str, bytes]] = {}
+            for m in tar:
+                key, ext = m.name.split(".", 1)
+                per.setdefault(key, {})[ext] = tar.extractfile(m).read()
+            got += list(per.values())
+    return got
+
+
+def test_shards_cli_writes_attribute_captions_computed_from_the_pixels(tmp_path: Path) -> None:
+    out = tmp_path / "digits-attributes"
+    assert cli(["shards", "digits", str(out), "--captions", "attributes", "--no-progress"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["captions"] == "attributes"
+    split = {s: _samples(out, s) for s in ("train", "test")}
+    ink = {
+        s: np.stack([np.asarray(Image.open(io.BytesIO(r["png"]))) / 255.0 for r in v])
+        for s, v in split.items()
+    }
+    labels = {s: np.array([int(r["cls"]) for r in v]) for s, v in split.items()}
+    fitted = dd.DigitAttributes.fit(ink["train"], labels["train"])  # from the shards' own training pixels
+    for name, cuts in dd.DigitAttributes.from_json(meta["attribute_cuts"]).cuts.items():
+        np.testing.assert_allclose(cuts, fitted.cuts[name], atol=1e-6)
+    for s in ("train", "test"):
+        levels = fitted.levels(ink[s], labels[s])
+        stated = [dd.caption_attributes(r["txt"].decode()) for r in split[s]]
+        assert all(len(st) == 4 for st in stated)
+        assert np.array_equal(np.array([[st[k] for k in dd.ATTRIBUTES] for st in stated]), levels)
+        assert all(
+            str(y) in r["txt"].decode() or dd.DIGIT_NAMES[y] in r["txt"].decode()
+            for y, r in zip(labels[s], split[s], strict=True)
+        )
+    # per-class terciles: every level holds about a third of the training images of each attribute
+    shares = np.stack([(fitted.levels(ink["train"], labels["train"]) == k).mean(0) for k in range(3)])
+    assert (abs(shares - 1 / 3) < 0.05).all(), shares
+
+
+def test_template_captions_state_no_attributes(tmp_path: Path) -> None:
+    out = tmp_path / "digits"
+    dd.write_digits(out, progress=False)
+    assert json.loads((out / "meta.json").read_text())["attribute_cuts"] is None
+    assert all(dd.caption_attributes(r["txt"].decode()) == {} for r in _samples(out, "test"))
+
+
+# ----------------------------------------------------------------------------- the digits report
+def _runs(metric_values: dict[str, list[float]]) -> list[dict]:
+    n = len(next(iter(metric_values.values())))
+    return [
+        {
+            "seed": i,
+            "train_seconds": 60.0,
+            "train_start": 1000.0 + 100 * i,
+            "eval_seconds": 10.0,
+            "eval_end": 1070.0 + 100 * i,
+            "metrics": {k: v[i] for k, v in metric_values.items()},
+        }
+        for i in range(n)
+    ]
+
+
+def _fake_results(digits, skip: tuple[str, ...]) -> dict:
+    cfg = dict(digits.QUICK)
+    acc = {
+        "joint": [0.950, 0.955, 0.948],
+        "ce": [0.980, 0.982, 0.979],
+        "align_only": [0.900, 0.905, 0.898],
+        "cutoff05": [0.951, 0.947, 0.953],
+        "cw_on": [0.80, 0.85, 0.75],
+        "cw_off": [0.78, 0.83, 0.76],  # lower on average, by less than the spread
+    }
+    variants = {}
+    for v in digits.variants(cfg).values():
+        seeds = list(cfg["text_seeds"] if v.measure == "text" else (0, 1, 2))
+        values = {
+            "accuracy": acc.get(v.name, [0.95, 0.95, 0.95]),
+            "train_accuracy": [1.0] * 3,
+            "recon_error": [0.5, 0.52, 0.51] if v.name == "rf_baseline" else [0.3, 0.31, 0.29],
+        }
+        runs = [] if v.name in skip else _runs(values)
+        variants[v.name] = {
+            "description": v.description,
+            "group": v.group,
+            "measure": v.measure,
+            "planned": seeds,
+            "seeds": [r["seed"] for r in runs],
+            "runs": runs,
+        }
+    return {
+        "settings": {k: list(x) if isinstance(x, tuple) else x for k, x in cfg.items()},
+        "iterations": cfg["iterations"],
+        "variants": variants,
+        "gap_rows": digits.gap_rows(cfg),
+        "not_run": {k: v["planned"] for k, v in variants.items() if not v["runs"]},
+        "figures": {},
+        "command": "python benchmarks/digits.py --quick",
+    }
+
+
+def _claim_rows(page: str) -> dict[str, str]:
+    return {ln.split(" | ")[0].lstrip("| "): ln for ln in page.splitlines() if ln.startswith("| ")}
+
+
+def test_report_judges_claims_by_the_spread_and_marks_missing_variants_not_run(bench, tmp_path) -> None:
+    _, digits, report, _ = bench
+    missing = ("cw_off", "text_templates", "text_attributes", "its20", "ce_its20")
+    res = _fake_results(digits, missing)
+    out, docs = tmp_path / "results", tmp_path / "docs" / "results.md"
+    report.write_report(res, tmp_path / "runs", out, docs)
+    page = docs.read_text()
+    rows = _claim_rows(page)
+    assert rows["8: joint beats alignment only"].endswith("| reproduces |")  # 5 pt, spread 0.4 pt
+    assert "does not reproduce" in rows["case 3: the LZN classifier matches the same encoder + CE head"]
+    assert rows["6/9: the latent cuts reconstruction error"].endswith("| reproduces |")
+    assert rows["11: class weights help at a small batch"].endswith("| not run (`cw_off` not run) |")
+    not_run = page.split("## Not run", 1)[1].split("\n## ", 1)[0]
+    assert all(f"* `{name}`" in not_run for name in missing) and "`joint`" not in not_run
+    assert "| iterations 4 -> 20 (`its20`) |" in page and "not run (`its20`, `ce_its20`)" in page
+    gap = {r["lzn"]: r for r in json.loads((out / "digits.json").read_text())["gap"]}
+    assert gap["joint"]["gap"] == "open" and gap["its20"]["gap"].startswith("not run")
+    assert (out / "digits_claims.png").is_file() and (out / "digits_gap.png").is_file()
+    assert "LZN 95.1 ± 0.4% vs CE 98.0 ± 0.2%" in page
+
+
+def test_report_with_every_variant_has_no_not_run_section(bench, tmp_path) -> None:
+    _, digits, report, _ = bench
+    res = _fake_results(digits, ())
+    docs = tmp_path / "results.md"
+    report.write_report(res, tmp_path / "runs", tmp_path / "out", docs)
+    page = docs.read_text()
+    assert "## Not run" not in page and "not run" not in page
+    assert _claim_rows(page)["11: class weights help at a small batch"].endswith(
+        "| within the spread (leans the claimed way) |"
+    )
+
+
+def test_variants_are_valid_recipes_in_priority_order(bench, tmp_path) -> None:
+    from lzn_core.recipe import load_recipe
+
+    _, digits, _, _ = bench
+    import _runs
+
+    cfg = {**digits.QUICK, "iterations": 400}
+    vs = digits.variants(cfg)
+    names = list(vs)
+    assert names[:7] == ["joint", "ce", "align_only", "cutoff05", "rf_baseline", "cw_on", "cw_off"]
+    assert names[7:9] == ["text_templates", "text_attributes"]
+    assert names[-4:] == ["its800", "ce_its800", "its2000", "ce_its2000"]
+    data = {"digits": tmp_path / "d", "digits-attributes": tmp_path / "a"}
+    got = {}
+    for name, v in vs.items():
+        path = _runs.write_recipe(v, 1, cfg, data, tmp_path / "runs", tmp_path / f"{name}.yaml")
+        got[name] = load_recipe(path)
+    assert got["joint"].train.iterations == 400 and got["joint"].seed == 1
+    assert got["its2000"].train.iterations == 2000 and got["ce_its800"].train.iterations == 800
+    assert [t.kind for t in got["align_only"].tasks] == ["align"]
+    assert got["cutoff05"].tasks[1].cutoff == 0.05 and got["joint"].tasks[1].cutoff == 0.2
+    assert got["rf_baseline"].modalities["image"].config.use_latent is False
+    assert got["cw_on"].tasks[0].class_weights and not got["cw_off"].tasks[0].class_weights
+    assert got["cw_on"].train.batch_size == cfg["small_batch"]
+    assert got["loss_log"].tasks[1].loss == "log" and got["alpha0"].tasks[1].alpha == 0.0
+    assert got["text_attributes"].data.train.startswith(str(tmp_path / "a"))
+
+
+def test_ce_baseline_trains_the_recipe_encoder(bench, tmp_path) -> None:
+    _, digits, _, _ = bench
+    import _runs
+
+    cfg = {**digits.QUICK, "iterations": 2, "batch_size": 8}
+    v = digits.variants(cfg)["ce"]
+    path = _runs.write_recipe(v, 0, cfg, {"digits": tmp_path}, tmp_path / "runs", tmp_path / "ce.yaml")
+    x, y = dd.real_digits()
+    out = digits.ce_baseline(path, (x[:50], y[:50]), (x[50:80], y[50:80]))
+    assert (
+        all(0 <= out[k] <= 1 for k in ("accuracy", "accuracy_ema", "train_accuracy")) and out["seconds"] >= 0
+    )
+
+
+@pytest.mark.slow
+def test_digits_benchmark_quick_smoke_run(tmp_path) -> None:
+    """``benchmarks/digits.py --quick`` on two variants end to end (train, evaluate, page); the rest is
+    reported as not run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH", "")])
+    docs = tmp_path / "results.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "digits.py"), "--quick", "--only", "cw_on", "ce"]
+    cmd += ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--docs", str(docs)]
+    cmd += ["--data", str(tmp_path / "data")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = {p.parent.name + "/" + p.stem for p in (tmp_path / "out" / "digits_runs").glob("*/seed*.json")}
+    assert runs == {"cw_on/seed0", "cw_on/seed1", "ce/seed0", "ce/seed1"}
+    page = docs.read_text()
+    assert "## Not run" in page and "* `joint`" in page and "* `ce`" not in page
+    assert _claim_rows(page)["11: class weights help at a small batch"].endswith(
+        "| not run (`cw_off` not run) |"
+    )
