@@ -89,3 +89,15 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return out / "final", f"{work}/data/test-*.tar"
+
+
+@pytest.fixture(scope="session")
+def monitored_run(tmp_path_factory: pytest.TempPathFactory):
+    """A 3-iteration digits_joint run with TensorBoard and CSV switched on (tests/support/monitored_run.py),
+    trained once for the tests of the monitor, info.json and ``lzn info``: its run directory."""
+    pytest.importorskip(
+        "tensorboard", reason="the TensorBoard backend needs `pip install 'lzn[tensorboard]'`"
+    )
+    from monitored_run import train_monitored
+
+    return train_monitored(tmp_path_factory.mktemp("monitored"))

@@ -3,6 +3,7 @@ few subprocess runs for --help and error formatting)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from lzn_main import run_lzn
 from paths import ROOT
 from tiny_models import images, tiny_model
 
-from lzn_core.cli import main
+from lzn_core.cli import COMMANDS, main
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -53,12 +55,6 @@ def workdir(tmp_path_factory) -> Path:
     return tmp
 
 
-def _main(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
 # ----------------------------------------------------------------------------- help and existing commands
 
 
@@ -83,22 +79,22 @@ def test_inference_help_has_examples(capsys, cmd: str) -> None:
 
 
 def test_plugins_validate_shards_export(capsys, workdir: Path) -> None:
-    rc, out, _ = _main(capsys, "plugins")
+    rc, out, _ = run_lzn(capsys, "plugins")
     assert rc == 0 and "image" in out and "label" in out and "ok" in out
-    rc, out, _ = _main(capsys, "validate", "digits_joint.yaml", "train.iterations=3", "--skip-data")
+    rc, out, _ = run_lzn(capsys, "validate", "digits_joint.yaml", "train.iterations=3", "--skip-data")
     assert rc == 0 and "digits_joint" in out
-    rc, _, err = _main(capsys, "validate", "digits_joint.yaml", f"data.train={workdir}/none-*.tar")
+    rc, _, err = run_lzn(capsys, "validate", "digits_joint.yaml", f"data.train={workdir}/none-*.tar")
     assert rc == 1 and "data.train: no shards match" in err
-    rc, _, err = _main(capsys, "validate", "digits_joint.yaml", "train.iterations=-1")
+    rc, _, err = run_lzn(capsys, "validate", "digits_joint.yaml", "train.iterations=-1")
     assert rc == 1 and "train.iterations" in err
     folder = workdir / "folder"
     for i, cls in enumerate(["a", "a", "b"]):
         _png(images(1, seed=i)[0], folder / cls / f"{i}.png")
-    rc, out, _ = _main(capsys, "shards", "folder", str(folder), str(workdir / "shards"), "--no-progress")
+    rc, out, _ = run_lzn(capsys, "shards", "folder", str(folder), str(workdir / "shards"), "--no-progress")
     assert rc == 0 and (workdir / "shards" / "train-000000.tar").is_file()
-    rc, out, _ = _main(capsys, "export", str(workdir / "run"), str(workdir / "exported"))
+    rc, out, _ = run_lzn(capsys, "export", str(workdir / "run"), str(workdir / "exported"))
     assert rc == 0 and (workdir / "exported" / "model.safetensors").is_file()
-    rc, _, err = _main(capsys, "export", str(workdir / "nowhere"), str(workdir / "x"))
+    rc, _, err = run_lzn(capsys, "export", str(workdir / "nowhere"), str(workdir / "x"))
     assert rc == 1 and err.count("\n") <= 2 and "Traceback" not in err
 
 
@@ -106,18 +102,18 @@ def test_plugins_validate_shards_export(capsys, workdir: Path) -> None:
 
 
 def test_classify_table_and_json(capsys, workdir: Path) -> None:
-    rc, out, _ = _main(capsys, "classify", str(workdir / "model"), str(workdir / "imgs"))
+    rc, out, _ = run_lzn(capsys, "classify", str(workdir / "model"), str(workdir / "imgs"))
     lines = out.strip().splitlines()
     assert rc == 0 and lines[0].split() == ["path", "label", "confidence"] and len(lines) == 6
     assert any("sub" in line for line in lines)  # directories are searched recursively
-    rc, out, _ = _main(capsys, "classify", str(workdir / "run"), str(workdir / "imgs" / "0.png"), "--json")
+    rc, out, _ = run_lzn(capsys, "classify", str(workdir / "run"), str(workdir / "imgs" / "0.png"), "--json")
     rows = [json.loads(line) for line in out.strip().splitlines()]
     assert rc == 0 and len(rows) == 1 and set(rows[0]) == {"path", "label", "confidence"}
     assert 0 <= rows[0]["label"] < 10 and 0.0 <= rows[0]["confidence"] <= 1.0 + 1e-6
     # the same image gives the same label alone (zoned with the bank) as in the table
     table = {Path(line.split()[0]).name: int(line.split()[1]) for line in lines[1:]}
     assert table["0.png"] == rows[0]["label"]
-    rc, out, _ = _main(
+    rc, out, _ = run_lzn(
         capsys,
         "classify",
         str(workdir / "model"),
@@ -140,7 +136,7 @@ def test_embed_writes_safetensors(capsys, workdir: Path) -> None:
 
     for what, dim in (("latent", 8), ("anchor", 8), ("backbone", None)):
         out = workdir / f"feats_{what}.safetensors"
-        rc, text, _ = _main(
+        rc, text, _ = run_lzn(
             capsys, "embed", str(workdir / "model"), str(workdir / "imgs"), "-o", str(out), "--what", what
         )
         assert rc == 0 and f"wrote {what} features" in text
@@ -153,7 +149,7 @@ def test_embed_writes_safetensors(capsys, workdir: Path) -> None:
 def test_sample_grids(capsys, workdir: Path) -> None:
     from PIL import Image
 
-    rc, out, _ = _main(
+    rc, out, _ = run_lzn(
         capsys,
         "sample",
         str(workdir / "model"),
@@ -169,7 +165,7 @@ def test_sample_grids(capsys, workdir: Path) -> None:
     assert rc == 0 and "wrote 4 sample(s)" in out
     w, h = Image.open(workdir / "g.png").size
     assert w > 3 * h and h >= 64  # one row of 4 upscaled 8x8 tiles (a row per class)
-    rc, out, _ = _main(
+    rc, out, _ = run_lzn(
         capsys,
         "sample",
         str(workdir / "model"),
@@ -185,16 +181,16 @@ def test_sample_grids(capsys, workdir: Path) -> None:
     )
     w, h = Image.open(workdir / "rows.png").size
     assert rc == 0 and "wrote 6 sample(s)" in out and w > h  # one row of 3 per class
-    rc, out, _ = _main(
+    rc, out, _ = run_lzn(
         capsys, "sample", str(workdir / "model"), "-n", "2", "-o", str(workdir / "u.png"), "--steps", "2"
     )
     assert rc == 0 and (workdir / "u.png").is_file()
     a = (workdir / "u.png").read_bytes()
-    _main(capsys, "sample", str(workdir / "model"), "-n", "2", "-o", str(workdir / "u.png"), "--steps", "2")
+    run_lzn(capsys, "sample", str(workdir / "model"), "-n", "2", "-o", str(workdir / "u.png"), "--steps", "2")
     assert (workdir / "u.png").read_bytes() == a  # seeded (--seed 0 by default)
-    rc, _, err = _main(capsys, "sample", str(workdir / "model"), "-n", "0")
+    rc, _, err = run_lzn(capsys, "sample", str(workdir / "model"), "-n", "0")
     assert rc == 1 and "-n must be >= 1" in err
-    rc, _, err = _main(capsys, "sample", str(workdir / "model"), "--label", "42", "-n", "1")
+    rc, _, err = run_lzn(capsys, "sample", str(workdir / "model"), "--label", "42", "-n", "1")
     assert rc == 1 and "class indices must be in [0, 9]" in err
 
 
@@ -202,9 +198,9 @@ def test_reconstruct(capsys, workdir: Path, monkeypatch) -> None:
     from PIL import Image
 
     monkeypatch.chdir(workdir)
-    rc, out, _ = _main(capsys, "reconstruct", "model", "imgs/0.png", "--steps", "2")
+    rc, out, _ = run_lzn(capsys, "reconstruct", "model", "imgs/0.png", "--steps", "2")
     assert rc == 0 and (workdir / "0_recon.png").is_file()
-    rc, out, _ = _main(
+    rc, out, _ = run_lzn(
         capsys,
         "reconstruct",
         "model",
@@ -257,7 +253,7 @@ def test_bad_paths_and_models_give_one_line_errors(capsys, workdir: Path) -> Non
     (run_only / "recipe.yaml").write_text("name: x\n")
     cases.append((["sample", str(run_only)], "lzn export RUN_DIR OUT"))
     for argv, message in cases:
-        rc, out, err = _main(capsys, *argv)
+        rc, out, err = run_lzn(capsys, *argv)
         assert rc == 1, argv
         assert message in err, (argv, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
@@ -271,3 +267,10 @@ def test_debug_shows_the_traceback(workdir: Path) -> None:
     assert plain.stderr.startswith(f"lzn classify: error: model {missing!r} does not exist")
     debug = _run("classify", missing, str(workdir / "imgs"), "--debug")
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_module_has_the_listed_help(name: str) -> None:
+    module = importlib.import_module(f"lzn_core.cli.{name.replace('-', '_')}")
+    assert module.HELP == COMMANDS[name]
+    assert callable(module.add_arguments) and callable(module.run)
