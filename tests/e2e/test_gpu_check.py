@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,15 +88,6 @@ def test_synthetic_cifar_tarball_has_the_official_layout(tmp_path: Path) -> None
     batch = next(iter(loader(str(tmp_path / "shards" / "train-*.tar"), specs, batch_size=50, seed=0)))
     assert batch["image"].shape == (50, 3, 32, 32)
     assert set(batch["label"].tolist()) <= set(range(10)) and len(set(batch["label"].tolist())) > 3
-
-
-def test_make_leaves_the_accelerator_to_the_user() -> None:
-    """No global DS_ACCELERATOR in the Makefile (a GPU run launched from make would silently use the
-    CPU); `make run` defaults it to cpu only when unset, `make test` sets it for the tests."""
-    text = (ROOT / "Makefile").read_text()
-    assert not re.search(r"^export DS_ACCELERATOR", text, re.M)
-    assert "DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu}" in text
-    assert "DS_ACCELERATOR=cpu $(PY) -m pytest" in text
 
 
 @pytest.mark.gpu

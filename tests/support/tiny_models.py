@@ -1,11 +1,13 @@
-"""A tiny random model for the tests that need one without training it (compose, the CLI, the hub):
-image (tiny preset, 8x8x1) + label [+ text], latent dimension ``Q``, random weights, eval mode."""
+"""Tiny random models for the tests that need one without training it (compose, the CLI, the hub,
+the export): image (tiny preset, 8x8x1) + label [+ text], latent dimension ``Q``, random weights,
+eval mode."""
 
 from __future__ import annotations
 
 import torch
 
 Q = 8
+TINY = ["modalities.image.config.preset=tiny", f"latent.dim={Q}"]  # digits_joint at the tiny sizes
 
 
 def tiny_model(cond: bool = True, tasks: list | None = None, text: bool = False, bank: bool = True):
@@ -70,3 +72,15 @@ def _responsive(decoder: torch.nn.Module) -> None:
 
 def images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def tiny_digits_joint():
+    """The shipped digits_joint recipe at the tiny sizes (``TINY``), random weights (seed 0), a random
+    image bank of 16 anchors, eval mode."""
+    from lzn_core.model import LZNModel
+    from lzn_core.recipe import load_recipe
+
+    torch.manual_seed(0)
+    m = LZNModel(load_recipe("digits_joint.yaml", TINY))
+    m.set_bank("image", torch.randn(16, Q))
+    return m.eval()
