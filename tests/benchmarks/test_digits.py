@@ -1,22 +1,17 @@
-"""benchmarks/: the seed statistics and verdicts, the attribute captions, the digits report."""
+"""benchmarks/digits.py and its helpers (_stats, _digits_report, _runs): the seed statistics and verdicts,
+the report, the variants, the CE baseline, a quick run (the attribute captions: data/test_digits.py)."""
 
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
-from pathlib import Path
 
-import numpy as np
 import pytest
 from paths import ROOT
-from PIL import Image
 
-from lzn_core.cli import main as cli
 from lzn_core.data import digits as dd
 
 
@@ -73,115 +68,6 @@ def test_summary_text_is_mean_and_sample_std(bench) -> None:
     assert s.n == 3 and s.mean == pytest.approx(0.96) and s.std == pytest.approx(0.01)
     assert s.text(".1f", 100, "%") == "96.0 ± 1.0%"
     assert bench[0].summary([]).text() == "–"
-
-
-# ----------------------------------------------------------------------------- attribute captions
-@pytest.fixture(scope="module")
-def digit_attributes() -> dd.DigitAttributes:
-    x, y = dd.real_digits()
-    return dd.DigitAttributes.fit(dd.ink_of(x), y.numpy())
-
-
-def _image(columns_per_row: list[list[int]]) -> np.ndarray:
-    """An 8×8 image in [-1, 1]: full ink at the given columns of each row, no ink elsewhere."""
-    img = -np.ones((8, 8))
-    for r, cols in enumerate(columns_per_row):
-        img[r, cols] = 1.0
-    return img
-
-
-def _words(attrs: dd.DigitAttributes, img: np.ndarray, label: int = 1) -> dict[str, str]:
-    levels = attrs.levels(dd.ink_of(img[None]), [label])[0]
-    caption = dd.attribute_caption(label, levels)
-    return {k: dd.ATTRIBUTES[k][v] for k, v in dd.caption_attributes(caption).items()}
-
-
-def test_stroke_weight_comes_from_the_ink(digit_attributes) -> None:
-    thin = _image([[3, 4]] * 8)  # a 2-pixel bar through the centre
-    thick = _image([[2, 3, 4, 5]] * 8)  # a 4-pixel bar through the centre
-    assert _words(digit_attributes, thin)["stroke"] == "thin"
-    assert _words(digit_attributes, thick)["stroke"] == "thick"
-    assert (
-        _words(digit_attributes, thin)["position"] == _words(digit_attributes, thick)["position"] == "centred"
-    )
-
-
-def test_slant_comes_from_the_ink_axis(digit_attributes) -> None:
-    top_right = _image([[7 - r, 6 - r] if r < 7 else [0] for r in range(8)])  # "/" (rows grow downwards)
-    top_left = _image([[r, r + 1] if r < 7 else [7] for r in range(8)])  # "\"
-    upright = _image([[3, 4]] * 8)
-    assert _words(digit_attributes, top_right)["slant"] == "right-leaning"
-    assert _words(digit_attributes, top_left)["slant"] == "left-leaning"
-    assert _words(digit_attributes, upright)["slant"] == "upright"
-
-
-def test_position_and_width_come_from_the_ink(digit_attributes) -> None:
-    assert _words(digit_attributes, _image([[0, 1]] * 8))["position"] == "left of centre"
-    assert _words(digit_attributes, _image([[6, 7]] * 8))["position"] == "right of centre"
-    narrow, wide = _image([[3, 4]] * 8), _image([[1, 6]] * 8)  # same ink, spread 0.5 vs 2.5 px
-    assert _words(digit_attributes, narrow)["width"] == "narrow"
-    assert _words(digit_attributes, wide)["width"] == "wide"
-
-
-def test_an_image_without_ink_has_no_attribute_levels(digit_attributes) -> None:
-    levels = digit_attributes.levels(dd.ink_of(-np.ones((1, 8, 8))), [3])
-    assert (levels[0, 1:] == -1).all()  # slant, width, position undefined (stroke: the least ink)
-
-
-def test_caption_attributes_reads_back_what_attribute_caption_wrote() -> None:
-    for choice in (0, 1):
-        for levels in ([0, 1, 2, 0], [2, 0, 1, 2], [1, 2, 0, 1]):
-            caption = dd.attribute_caption(7, levels, choice)
-            assert dd.caption_attributes(caption) == dict(zip(dd.ATTRIBUTES, levels, strict=True)), caption
-    assert dd.caption_attributes("a handwritten seven") == {}
-    assert dd.attribute_caption(7, [0, 1, 0, 2]) == "a thin, upright, narrow 7, right of centre"
-
-
-def _samples(out: Path, split: str) -> list[dict[str, bytes]]:
-    got = []
-    for shard in sorted(out.glob(f"{split}-*.tar")):
-        with tarfile.open(shard) as tar:
-            per: dict[str, dict[str, bytes]] = {}
-            for m in tar:
-                key, ext = m.name.split(".", 1)
-                per.setdefault(key, {})[ext] = tar.extractfile(m).read()
-            got += list(per.values())
-    return got
-
-
-def test_shards_cli_writes_attribute_captions_computed_from_the_pixels(tmp_path: Path) -> None:
-    out = tmp_path / "digits-attributes"
-    assert cli(["shards", "digits", str(out), "--captions", "attributes", "--no-progress"]) == 0
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["captions"] == "attributes"
-    split = {s: _samples(out, s) for s in ("train", "test")}
-    ink = {
-        s: np.stack([np.asarray(Image.open(io.BytesIO(r["png"]))) / 255.0 for r in v])
-        for s, v in split.items()
-    }
-    labels = {s: np.array([int(r["cls"]) for r in v]) for s, v in split.items()}
-    fitted = dd.DigitAttributes.fit(ink["train"], labels["train"])  # from the shards' own training pixels
-    for name, cuts in dd.DigitAttributes.from_json(meta["attribute_cuts"]).cuts.items():
-        np.testing.assert_allclose(cuts, fitted.cuts[name], atol=1e-6)
-    for s in ("train", "test"):
-        levels = fitted.levels(ink[s], labels[s])
-        stated = [dd.caption_attributes(r["txt"].decode()) for r in split[s]]
-        assert all(len(st) == 4 for st in stated)
-        assert np.array_equal(np.array([[st[k] for k in dd.ATTRIBUTES] for st in stated]), levels)
-        assert all(
-            str(y) in r["txt"].decode() or dd.DIGIT_NAMES[y] in r["txt"].decode()
-            for y, r in zip(labels[s], split[s], strict=True)
-        )
-    # per-class terciles: every level holds about a third of the training images of each attribute
-    shares = np.stack([(fitted.levels(ink["train"], labels["train"]) == k).mean(0) for k in range(3)])
-    assert (abs(shares - 1 / 3) < 0.05).all(), shares
-
-
-def test_template_captions_state_no_attributes(tmp_path: Path) -> None:
-    out = tmp_path / "digits"
-    dd.write_digits(out, progress=False)
-    assert json.loads((out / "meta.json").read_text())["attribute_cuts"] is None
-    assert all(dd.caption_attributes(r["txt"].decode()) == {} for r in _samples(out, "test"))
 
 
 # ----------------------------------------------------------------------------- the digits report

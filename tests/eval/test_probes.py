@@ -1,5 +1,6 @@
 """Probes of frozen backbone features (case 2): the paper's linear probe, the kNN check, their
-declaration in a recipe's ``eval:`` section, and the ImageNet-style folder converter."""
+declaration in a recipe's ``eval:`` section and ``lzn eval`` running them (the ImageNet-style folder
+converter: data/test_convert.py)."""
 
 from __future__ import annotations
 
@@ -229,56 +230,6 @@ def test_imagenet_recipe_declares_the_papers_probe() -> None:
     )
     assert (img.resolution, img.eval_resize, img.augment_kind) == (224, 256, "simclr")
     assert r.modalities["label"].config.num_classes == 1000
-
-
-# ----------------------------------------------------------------------- folder converter
-def test_folder_converter_keeps_full_images_or_a_fixed_short_side(tmp_path) -> None:
-    from lzn_image.config import ImageConfig
-    from lzn_image.plugin import SPEC
-
-    from lzn_core.cli import main
-    from lzn_core.data import loader
-    from lzn_core.data.convert import write_folder
-
-    for cls, size in (("cat", (300, 200)), ("dog", (120, 260))):
-        (tmp_path / "src" / cls).mkdir(parents=True)
-        Image.new("RGB", size, (10, 20, 30)).save(tmp_path / "src" / cls / "a.jpg", quality=95)
-
-    def sizes(out: Path) -> list[tuple[int, int]]:
-        cfg = ImageConfig(resolution=32, channels=3, eval_resize=36)
-        ld = loader(
-            str(out / "train-*.tar"),
-            {"image": SPEC},
-            configs={"image": cfg},
-            batch_size=2,
-            shuffle=False,
-            drop_last=False,
-            infinite=False,
-        )
-        batch = next(iter(ld))["image"]
-        return [tuple(x.shape[-2:]) for x in batch]
-
-    write_folder(tmp_path / "src", tmp_path / "full", progress=False, keep_sizes=True)
-    assert sizes(tmp_path / "full") == [(200, 300), (260, 120)]
-    write_folder(tmp_path / "src", tmp_path / "short", progress=False, short_side=64)
-    assert sizes(tmp_path / "short") == [(64, 96), (139, 64)]
-    assert (
-        main(
-            [
-                "shards",
-                "folder",
-                str(tmp_path / "src"),
-                str(tmp_path / "cli"),
-                "--short-side",
-                "40",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    assert sizes(tmp_path / "cli") == [(40, 60), (87, 40)]
-    with pytest.raises(ValueError, match="short_side must be a positive number of pixels"):
-        write_folder(tmp_path / "src", tmp_path / "bad", short_side=0)
 
 
 def test_lzn_eval_runs_the_recipes_probes(tmp_path, capsys) -> None:
