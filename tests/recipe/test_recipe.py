@@ -173,6 +173,18 @@ def test_deepspeed_configs_are_fp32_torch_adam(name: str) -> None:
     assert not config["fp16"]["enabled"] and not config["bf16"]["enabled"]
 
 
+def test_rf_baseline_recipe_is_digits_joint_without_the_latent() -> None:
+    from lzn_core.recipe import load_recipe
+
+    joint, rf = load_recipe("digits_joint.yaml"), load_recipe("digits_rf_baseline.yaml")
+    assert rf.modalities["image"].config == joint.modalities["image"].config.model_copy(
+        update={"use_latent": False}
+    )
+    assert [t.kind for t in rf.tasks] == ["generate"] and rf.tasks[0] == joint.tasks[0]
+    same = ("latent", "data", "train", "eval", "deepspeed", "seed")
+    assert {k: getattr(rf, k) for k in same} == {k: getattr(joint, k) for k in same}
+
+
 # ------------------------------------------------------------------ valid recipes
 
 

@@ -10,8 +10,17 @@ Q = 8
 TINY = ["modalities.image.config.preset=tiny", f"latent.dim={Q}"]  # digits_joint at the tiny sizes
 
 
-def tiny_model(cond: bool = True, tasks: list | None = None, text: bool = False, bank: bool = True):
-    """image (tiny preset, 8x8x1) + label (10 classes) [+ text], q = 8, random weights, eval mode."""
+def tiny_model(
+    cond: bool = True,
+    tasks: list | None = None,
+    text: bool = False,
+    bank: bool = True,
+    responsive: bool = True,
+    **image: object,
+):
+    """image (tiny preset, 8x8x1; ``image`` overrides its config) + label (10 classes) [+ text], q = 8,
+    random weights (seed 0), eval mode; ``bank``: anchor banks of 32 random images (and 2 captions);
+    ``responsive``: the image decoder's near-zero output layers re-drawn (see ``_responsive``)."""
     from lzn_core.model import LZNModel
     from lzn_core.recipe import Recipe
 
@@ -22,7 +31,7 @@ def tiny_model(cond: bool = True, tasks: list | None = None, text: bool = False,
     mods: dict = {
         "image": {
             "plugin": "image",
-            "config": {"preset": "tiny", "sample_steps": 3},
+            "config": {"preset": "tiny", "sample_steps": 3, **image},
         },
         "label": {"plugin": "label", "config": {"num_classes": 10}},
     }
@@ -45,7 +54,8 @@ def tiny_model(cond: bool = True, tasks: list | None = None, text: bool = False,
         }
     )
     model = LZNModel(recipe).eval()
-    _responsive(model.decoders["image"])
+    if responsive:
+        _responsive(model.decoders["image"])
     if bank:
         with torch.no_grad():
             for name in model.names:
@@ -72,6 +82,12 @@ def _responsive(decoder: torch.nn.Module) -> None:
 
 def images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def plain_model(cond: bool = True, **image: object):
+    """:func:`tiny_model` as built: no anchor bank, the decoders as initialised, 4 sampling steps
+    (the evaluation tests)."""
+    return tiny_model(cond, bank=False, responsive=False, **{"sample_steps": 4, **image})
 
 
 def tiny_digits_joint():
