@@ -101,3 +101,26 @@ def monitored_run(tmp_path_factory: pytest.TempPathFactory):
     from monitored_run import train_monitored
 
     return train_monitored(tmp_path_factory.mktemp("monitored"))
+
+
+@pytest.fixture(scope="module")
+def train():
+    """recipes/train.py as a module (tests/support/tiny_runs.py); the process group a run in this
+    process starts is torn down after the module (a later module's engine starts its own)."""
+    from tiny_runs import load_train_script
+
+    yield load_train_script()
+    from lzn_core.train.engine import teardown_distributed
+
+    teardown_distributed()
+
+
+@pytest.fixture(scope="module")
+def digits_workdir(tmp_path_factory: pytest.TempPathFactory):
+    """A working directory with data/digits (the real digits, a test split of 50): the digits recipes'
+    relative data paths resolve there. One per test module (runs are written beside the data)."""
+    from lzn_core.data.digits import write_digits
+
+    root = tmp_path_factory.mktemp("digits_workdir")
+    write_digits(root / "data" / "digits", test_size=50, progress=False)
+    return root

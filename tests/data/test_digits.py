@@ -74,7 +74,6 @@ def test_digits_bad_test_size(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- attribute captions
-# ----------------------------------------------------------------------------- attribute captions
 @pytest.fixture(scope="module")
 def digit_attributes() -> digits.DigitAttributes:
     x, y = digits.real_digits()

@@ -1,16 +1,15 @@
 """recipes/train.py end to end on tiny shards: one process, in this pytest process (CPU, gloo).
 
-Covers: a smoke run of every shipped recipe (size overrides), atomic checkpoints (a crash
-mid-write leaves the previous one usable), the non-finite skip, the engine's lr/freeze schedule
-and param groups, export of a run; how a run starts in its directory (refused, --resume,
---fresh, --from an earlier checkpoint, pruning that spares ``latest``); one-line errors; the
-DeepSpeed JSON checks; a frozen module's EMA and Adam state. (Exact resume after kill -9, one
-and two ranks, is in test_distributed.py.)
+Covers: atomic checkpoints (a crash mid-write leaves the previous one usable), the non-finite skip,
+the engine's lr/freeze schedule and param groups, export of a run; how a run starts in its directory
+(refused, --resume, --fresh, --from an earlier checkpoint, pruning that spares ``latest``); one-line
+errors; a frozen module's EMA and Adam state. (A smoke run of every shipped recipe:
+tests/e2e/test_recipes.py; exact resume after kill -9, one and two ranks: tests/e2e/test_distributed.py;
+the DeepSpeed JSON checks: tests/recipe/test_ds_config.py.)
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -24,102 +23,13 @@ import fault_runner
 import pytest
 import torch
 from paths import ROOT
-
-# Size overrides per recipe: tiny networks, batch 8, 2 iterations, cheap evaluation.
-_COMMON = [
-    "train.batch_size=8",
-    "train.iterations=2",
-    "train.log_every=1",
-    "train.ckpt_every=0",
-    "train.eval_every=0",
-    "train.sample_every=0",
-    "latent.bank_size=8",
-    "data.num_workers=0",
-    "eval.batch_size=16",
-    "eval.steps=4",
-    "eval.samples_per_class=1",
-]
-_IMG8 = ["modalities.image.config.preset=tiny", "modalities.image.config.sample_steps=2", "latent.dim=8"]
-_IMG32 = [
-    "modalities.image.config.preset=small32",
-    "modalities.image.config.sample_steps=2",
-    "modalities.image.config.sample_method=euler",
-    "latent.dim=8",
-    "deepspeed=ds/cpu.json",
-]
-SMOKE = {
-    "digits_joint": _IMG8,
-    "digits_rf_baseline": _IMG8,
-    "digits_text": _IMG8
-    + [
-        "modalities.text.config.width=16",
-        "modalities.text.config.decoder_width=16",
-        "modalities.text.config.layers=1",
-        "modalities.text.config.decoder_layers=1",
-        "modalities.text.config.retrieval_bank_size=8",
-        "modalities.text.config.vocab_size=64",
-    ],
-    "cifar_gen": _IMG32,
-    "cifar_joint": _IMG32,
-    "imagenet_repr": [
-        "modalities.image.config.resolution=32",
-        "modalities.image.config.encoder=resnet18",
-        "modalities.image.config.proj_hidden=32",
-        "latent.dim=8",
-        "latent.chunk=null",
-        "deepspeed=ds/cpu.json",
-    ],
-}
-DIGITS = _COMMON + _IMG8
+from tiny_runs import DIGITS, IMG8
 
 
 @pytest.fixture(scope="module")
-def train():
-    """recipes/train.py as a module; the process group it starts is torn down afterwards."""
-    spec = importlib.util.spec_from_file_location("lzn_train_script", ROOT / "recipes" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    yield mod
-    from lzn_core.train.engine import teardown_distributed
-
-    teardown_distributed()  # a later module's engine starts its own group
-
-
-def _synthetic(out: Path, n: int, side: int, channels: int) -> None:
-    import numpy as np
-
-    from lzn_core.data.shards import make_sample, png_bytes, write_split
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", n), ("test", n // 2)):
-        shape = (side, side) if channels == 1 else (side, side, channels)
-        samples = (
-            make_sample(
-                f"s{i:05d}",
-                {
-                    "png": png_bytes(rng.integers(0, 256, shape, dtype=np.uint8)),
-                    "txt": f"a picture of class {i % 10}",
-                    "cls": i % 10,
-                },
-            )
-            for i in range(count)
-        )
-        write_split(out, split, samples, total=count, shard_size=max(1, count // 2), progress=False)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cwd with data/digits (the real digits) and data/cifar10, data/imagenet (synthetic 32x32 RGB)."""
-    from lzn_core.data.digits import write_digits
-
-    root = tmp_path_factory.mktemp("train")
-    write_digits(root / "data" / "digits", test_size=50, progress=False)
-    _synthetic(root / "data" / "cifar10", 24, 32, 3)
-    _synthetic(root / "data" / "imagenet", 24, 32, 3)
-    for name in ("val-000000.tar",):  # imagenet_repr's eval split is called val
-        src = root / "data" / "imagenet" / "test-000000.tar"
-        (root / "data" / "imagenet" / name).write_bytes(src.read_bytes())
-    return root
+def workdir(digits_workdir: Path) -> Path:
+    """A cwd with data/digits (the real digits)."""
+    return digits_workdir
 
 
 def _run(
@@ -144,74 +54,6 @@ def _states(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.parametrize("recipe", sorted(SMOKE))
-def test_smoke_every_recipe(
-    train, workdir: Path, monkeypatch: pytest.MonkeyPatch, recipe: str, capsys
-) -> None:
-    assert (ROOT / "recipes" / f"{recipe}.yaml").is_file()
-    monkeypatch.chdir(workdir)
-    out = f"runs/smoke_{recipe}"
-    assert train.main(["--recipe", recipe, "--output", out, *_COMMON, *SMOKE[recipe]]) == 0
-    run = workdir / out
-    rows = [r for r in _metrics(run) if "loss" in r]
-    assert [r["step"] for r in rows] == [1, 2]
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
-    assert (run / "final" / "model.safetensors").is_file() and (run / "recipe.yaml").is_file()
-    assert (run / "loss.png").is_file()
-    printed = capsys.readouterr().out
-    assert f"run {recipe}: 2 iterations" in printed and "run dir:" in printed
-    if recipe in ("digits_joint", "cifar_joint"):
-        assert "test accuracy image->label (zonal flow" in printed and "samples of image:" in printed
-        grid = printed.split("samples of image: ")[1].split()[0]
-        assert Path(grid).is_file()
-    from lzn_core.io import load
-
-    model = load(run / "final")
-    import yaml
-
-    assert set(model.names) == set(yaml.safe_load((run / "recipe.yaml").read_text())["modalities"])
-
-
-def test_text_benchmark_measures_a_trained_run(train, workdir, monkeypatch, tmp_path) -> None:
-    """benchmarks/text.py on a 2-iteration digits_text run: every metric is a rate in [0, 1], the
-    JSON is written, and the digit a caption names is read the way the metrics need."""
-    monkeypatch.chdir(workdir)
-    run = workdir / "runs" / "smoke_digits_text"
-    if not (run / "final" / "model.safetensors").is_file():
-        assert (
-            train.main(["--recipe", "digits_text", "--output", str(run), *_COMMON, *SMOKE["digits_text"]])
-            == 0
-        )
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import text as bench
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    assert [
-        bench.named_digit(c)
-        for c in (
-            "an 8x8 picture of a handwritten one",
-            "the number one (1) in handwriting",
-            "a small blurry 7",
-            "digits 3 and 4",
-            "a picture",
-        )
-    ] == [1, 1, 7, -1, -1]
-    out = tmp_path / "text.json"
-    assert bench.main(["--model", str(run / "final"), "--out", str(out), "--steps", "4"]) == 0
-    got = json.loads(out.read_text())
-    rates = ("retrieval_r1", "caption_generation", "caption_to_image", "label_flow_accuracy", "text_to_label")
-    assert all(0.0 <= got[k] <= 1.0 for k in rates), got
-    assert got["n_test"] == 50 and len(got["examples"]) == 10
-    assert Path(got["grid"]).is_file() and len(got["grid_captions"]) == 10
-    page = out.with_suffix(".md").read_text()
-    assert "| `caption_to_image` |" in page and "![caption -> image](text.png)" in page
-    assert all(
-        isinstance(e["generated"], str) and bench.named_digit(e["retrieved"]) in range(10)
-        for e in got["examples"]
-    )
 
 
 def test_crash_mid_checkpoint_keeps_previous_usable(train, workdir, monkeypatch) -> None:
@@ -471,116 +313,6 @@ def test_error_lines_by_kind_and_rank() -> None:
     )
 
 
-# ----------------------------------------------------------------------------- the DeepSpeed JSON
-def test_deepspeed_json_problems_have_field_paths() -> None:
-    from lzn_core.recipe.ds_config import deepspeed_problems
-
-    good = json.loads((ROOT / "recipes" / "ds" / "cpu.json").read_text())
-    assert deepspeed_problems(good) == []
-    assert deepspeed_problems(json.loads((ROOT / "recipes" / "ds" / "zero1.json").read_text())) == []
-    bad = {
-        "optimzer": {"type": "Adam"},
-        "zero_optimization": {"stage": "1", "overlap_com": True, "reduce_bucket_size": -5},
-        "fp16": {"enabled": "yes"},
-        "bf16": [],
-        "gradient_clipping": "1.0",
-        "steps_per_print": 0,
-        "_comment": "comments are fine",
-    }
-    assert deepspeed_problems(bad) == [
-        "deepspeed.optimzer: unknown key; did you mean 'optimizer'?",
-        "deepspeed.steps_per_print: must be a positive integer, got 0",
-        "deepspeed.zero_optimization.overlap_com: unknown key; did you mean 'overlap_comm'?",
-        "deepspeed.zero_optimization.stage: must be an integer 0..3, got '1' (str)",
-        "deepspeed.zero_optimization.reduce_bucket_size: must be a positive integer, got -5",
-        "deepspeed.fp16.enabled: must be true or false, got 'yes' (str)",
-        "deepspeed.bf16: must be an object (a JSON {...}), got []",
-        "deepspeed.gradient_clipping: must be a number >= 0, got '1.0' (str)",
-    ]
-    ignored = {
-        "optimizer": {"type": "SGD", "params": {"lr": 0.1, "beta": [0.9, 0.99], "adam_w_mode": True}},
-        "scheduler": {"type": "WarmupLR"},
-        "zero_optimization": {"stage": 4},
-        "train_batch_size": 64,
-        "gradient_clipping": 0.5,
-    }
-    assert deepspeed_problems(ignored, {"batch_size": 32, "grad_clip": 1.0}) == [
-        "deepspeed.zero_optimization.stage: must be an integer 0..3, got 4",
-        "deepspeed.optimizer.type: 'SGD' is not used: the engine always trains with torch Adam (one group per "
-        "module, rates from train.lr); set 'Adam' or remove the optimizer section",
-        "deepspeed.optimizer.params.lr: not used: learning rates come from train.lr; remove it",
-        "deepspeed.optimizer.params.beta: not used by the engine; did you mean 'betas'?",
-        "deepspeed.optimizer.params.adam_w_mode: true is not used: the engine's torch Adam applies "
-        "weight_decay as L2 (Adam, not AdamW); set it to false",
-        "deepspeed.scheduler: not used: the engine builds the lr schedule from train.warmup and train.freeze; "
-        "remove it",
-        "deepspeed.train_batch_size: 64 disagrees with train.batch_size=32 (the engine sets it from "
-        "train.batch_size); remove it",
-        "deepspeed.gradient_clipping: 0.5 disagrees with train.grad_clip=1.0 (the engine sets it from "
-        "train.grad_clip); remove it",
-    ]
-
-
-def test_half_precision_is_train_precision_not_deepspeeds() -> None:
-    """DeepSpeed's fp16/bf16 would cast the whole model (bf16 anchors, a bf16 EMA) and its
-    torch_autocast wraps an engine forward the script never calls: each is refused with the
-    recipe key to use; accumulation steps are refused with the key that micro-batches exactly."""
-    from lzn_core.errors import RecipeError
-    from lzn_core.recipe import load_recipe
-    from lzn_core.recipe.ds_config import deepspeed_problems
-
-    cfg = {"bf16": {"enabled": True}, "fp16": {"enabled": True}, "torch_autocast": {"enabled": True}}
-    problems = deepspeed_problems(cfg)
-    assert [p.split(":")[0] for p in problems] == [
-        "deepspeed.fp16.enabled",
-        "deepspeed.bf16.enabled",
-        "deepspeed.torch_autocast.enabled",
-    ]
-    assert all("train.precision: bf16" in p for p in problems)
-    assert "set train.micro_batch_size" in deepspeed_problems({"gradient_accumulation_steps": 4})[0]
-    recipe = load_recipe("cifar_joint", ["train.precision=bf16", "train.micro_batch_size=250"])
-    assert (recipe.train.precision, recipe.train.micro_batch_size) == ("bf16", 250)
-    assert (
-        load_recipe("digits_joint").train.precision,
-        load_recipe("digits_joint").train.micro_batch_size,
-    ) == (
-        "fp32",
-        None,
-    )
-    with pytest.raises(RecipeError) as info:
-        load_recipe("cifar_joint", ["train.precision=fp16", "train.micro_batch_size=0"])
-    assert sorted(info.value.problems) == [
-        "train.micro_batch_size: Input should be greater than 0 or one of 'auto' (got 0)",
-        "train.precision: 'fp16' is not one of 'fp32', 'bf16'; did you mean 'bf16'?",
-    ]
-
-
-def test_lzn_validate_reports_deepspeed_problems_with_the_rest(workdir, monkeypatch, capsys) -> None:
-    """A DeepSpeed file with a typo and an invalid type, an inline config with a bad stage, and a recipe
-    typo: `lzn validate` lists them all at once (and load_recipe raises with the same lines)."""
-    from lzn_core.cli import main as lzn
-    from lzn_core.errors import RecipeError
-    from lzn_core.recipe import load_recipe
-
-    monkeypatch.chdir(workdir)
-    cfg = json.loads((ROOT / "recipes" / "ds" / "cpu.json").read_text())
-    cfg["optimzer"] = cfg.pop("optimizer")
-    cfg["fp16"] = {"enabled": "yes"}
-    Path("ds_bad.json").write_text(json.dumps(cfg))
-    assert lzn(["validate", "digits_joint", "deepspeed=ds_bad.json", "train.batchsize=8"]) == 1
-    err = capsys.readouterr().err.splitlines()
-    assert err[0].endswith("digits_joint.yaml has 3 problems:")
-    assert sorted(err[1:]) == [
-        "  - deepspeed.fp16.enabled: must be true or false, got 'yes' (str)",
-        "  - deepspeed.optimzer: unknown key; did you mean 'optimizer'?",
-        "  - train.batchsize: extra field; did you mean 'batch_size'?",
-    ]
-    with pytest.raises(RecipeError) as info:
-        load_recipe("digits_joint", ["deepspeed={zero_optimization: {stage: 4}}"])
-    assert info.value.problems == ["deepspeed.zero_optimization.stage: must be an integer 0..3, got 4"]
-    assert lzn(["validate", "digits_joint", "--skip-data"]) == 0  # the shipped recipe and ds/cpu.json pass
-
-
 def test_export_run_from_checkpoint_and_final(train, workdir, monkeypatch, tmp_path) -> None:
     import shutil
 
@@ -631,7 +363,7 @@ def test_frozen_module_is_kept_out_of_the_update_and_the_clipping_norm(train, tm
     from lzn_core.train.engine import Engine, setup_distributed
 
     ds = f"deepspeed={{zero_optimization: {{stage: {stage}}}}}"
-    recipe = load_recipe("digits_joint.yaml", [*_IMG8, "train.batch_size=4", "train.grad_clip=1.0", ds])
+    recipe = load_recipe("digits_joint.yaml", [*IMG8, "train.batch_size=4", "train.grad_clip=1.0", ds])
     recipe.train.freeze = {"image.decoder": 1}
     setup_distributed()
     torch.manual_seed(0)
@@ -720,7 +452,7 @@ def test_param_groups_follow_lr_keys() -> None:
     from lzn_core.recipe import load_recipe
     from lzn_core.train.engine import param_groups
 
-    model = LZNModel(load_recipe("digits_joint.yaml", _IMG8))
+    model = LZNModel(load_recipe("digits_joint.yaml", IMG8))
     lr = {"default": 1.0, "image.decoder": 2.0, "label": 3.0}
     groups = {g["name"]: g for g in param_groups(model, lr, {"image.decoder": 60})}
     assert {k: g["lr"] for k, g in groups.items()} == {
@@ -760,38 +492,3 @@ def test_train_help() -> None:
         timeout=60,
     )
     assert out.returncode == 0 and "--resume" in out.stdout and "key=value" in out.stdout
-
-
-def test_step_profile_splits_a_real_step(workdir, monkeypatch, tmp_path) -> None:
-    """benchmarks/step_profile.py (issue 15): the parts of a real digits_joint step add up to the step."""
-    import subprocess
-    import sys
-
-    out = tmp_path / "profile.json"
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "step_profile.py"),
-        "--recipe",
-        "digits_joint.yaml",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--out",
-        str(out),
-        "train.batch_size=16",
-        "latent.dim=8",
-        "tasks.1.steps=5",
-    ]
-    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    import json
-
-    (res,) = json.loads(out.read_text())
-    parts = {k: v for k, v in res["seconds"].items() if k != "total"}
-    assert (
-        all(v >= 0 for v in parts.values()) and parts["solver forward"] > 0 and parts["decoder forward"] > 0
-    )
-    assert parts["solver backward"] > 0 and parts["optimiser step"] > 0
-    assert abs(sum(parts.values()) - res["seconds"]["total"]) < 0.2 * res["seconds"]["total"]
-    assert "| solver backward |" in out.with_suffix(".md").read_text()
