@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,7 +29,17 @@ def _no_launcher_env_leaks():
             os.environ[k] = v
 
 
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: `-m "not integration"` must see the marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e is marked ``integration`` (by its folder: a file moved there needs no
+    decorator); ``gpu`` tests are skipped without CUDA."""
+    integration = pytest.mark.integration
+    for item in items:
+        if E2E in item.path.parents:
+            item.add_marker(integration)
     try:
         import torch
 
