@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from paths import ROOT
 
 
+@pytest.mark.slow  # the benchmark in a subprocess: 4 s (load 3)
 def test_loader_benchmark_writes_what_it_measured(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 from paths import ROOT
 
 
+@pytest.mark.slow  # the benchmark in a subprocess: 5 s (load 3)
 def test_step_profile_splits_a_real_step(digits_workdir, tmp_path) -> None:
     """benchmarks/step_profile.py (issue 15): the parts of a real digits_joint step add up to the step."""
 

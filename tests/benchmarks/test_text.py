@@ -7,10 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from paths import ROOT
 from tiny_runs import COMMON, IMG8, TEXT
 
 
+@pytest.mark.slow  # a digits_text run and the benchmark: 4 s (load 3)
 def test_text_benchmark_measures_a_trained_run(train, digits_workdir, monkeypatch, tmp_path) -> None:
     """benchmarks/text.py on a 2-iteration digits_text run: every metric is a rate in [0, 1], the
     JSON is written, and the digit a caption names is read the way the metrics need."""

@@ -17,6 +17,7 @@ def digits_shards(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # 13 s (load 3)
 def test_cli_eval_end_to_end(tmp_path, digits_shards, capsys, monkeypatch) -> None:
     import json
 

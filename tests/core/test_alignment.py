@@ -144,6 +144,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 2 processes: 7 s (load 3)
 def test_two_process_gloo_matches_one_process(tmp_path):
     import torch.multiprocessing as mp
 

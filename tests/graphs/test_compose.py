@@ -225,6 +225,7 @@ def _class_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x - x.mean(dim=(1, 2, 3), keepdim=True) + (y.float() / 5 - 1).view(-1, 1, 1, 1), y
 
 
+@pytest.mark.slow  # 40 lone images each zoned with a bank of 200: 26 s (load 3)
 def test_one_image_vs_batch_consistency() -> None:
     """Classifying an image alone (zoned with the bank) agrees with classifying it in a batch."""
     m = tiny_model()
@@ -379,6 +380,7 @@ def test_third_modality_condition_is_read_at_the_zone_centre(monkeypatch) -> Non
     assert "label" not in seen  # a given condition is used as is
 
 
+@pytest.mark.slow  # 7 s (load 3)
 def test_alpha_and_inference_batch_are_levers() -> None:
     """PAPER §1.6: without a bank, accuracy grows with the inference batch and as α -> 0."""
     m = tiny_model()

@@ -242,6 +242,7 @@ def _noise_free(err: str) -> str:
     return "".join(line for line in err.splitlines(keepends=True) if not line.lstrip().startswith(skip))
 
 
+@pytest.mark.slow  # 2 ranks in subprocesses: 9 s (load 3)
 def test_a_bad_recipe_prints_what_lzn_validate_prints_on_rank_0_only(
     train, workdir, monkeypatch, capsys
 ) -> None:
@@ -263,6 +264,7 @@ def test_a_bad_recipe_prints_what_lzn_validate_prints_on_rank_0_only(
         train.main([*bad, "--debug"])
 
 
+@pytest.mark.slow  # 2 ranks in subprocesses: 10 s (load 3)
 def test_missing_shards_print_one_line_on_rank_0_only(workdir, tmp_path) -> None:
     """Two ranks meet the same missing shard set after the process group is up: one line from rank 0,
     with the recipe's data.make command."""
