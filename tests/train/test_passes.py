@@ -8,7 +8,7 @@
 * a step makes one host sync, the engine's skip decision: no value is read back from the device
   in the solver loops, the losses or the backward (counted by patching the reading methods).
 
-(Two ranks through DeepSpeed's own reduction: test_distributed.py.) This file is also the worker
+(Two ranks through DeepSpeed's own reduction: tests/e2e/test_distributed.py.) This file is also the worker
 of the memory test: ``python tests/train/test_passes.py memory MICRO``.
 """
 
