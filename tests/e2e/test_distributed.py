@@ -25,6 +25,7 @@ import pytest
 import torch
 from paths import ROOT, with_support
 from rank_launch import free_port, logged, start_ranks, wait_ranks
+from tiny_runs import load_train_script
 
 OVERRIDES = [
     "modalities.image.config.preset=tiny",
@@ -54,15 +55,11 @@ def _worker(rank: int, world: int, port: int, out: Path, mode: str = "", micro: 
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
-    import importlib.util
-
     from lzn_core.model import LZNModel
     from lzn_core.recipe import load_recipe
     from lzn_core.train.engine import Engine, setup_distributed
 
-    spec = importlib.util.spec_from_file_location("lzn_train_script", ROOT / "recipes" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_train_script()
     setup_distributed()
     if mode:
         return _passes_worker(train, rank, world, out, mode, micro)

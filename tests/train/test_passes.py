@@ -15,7 +15,6 @@ of the memory test: ``python tests/train/test_passes.py memory MICRO``.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from paths import ROOT, with_support
+from tiny_runs import load_train_script
 
 RGB8 = [  # cifar_joint's tasks (conditioned decoder, class-weighted label flow, flips) at 8x8 RGB
     "modalities.image.config.preset=tiny",
@@ -49,22 +49,6 @@ RECIPES = {
         "deepspeed=ds/cpu.json",
     ],
 }
-
-
-def _load_train():
-    spec = importlib.util.spec_from_file_location("lzn_train_script", ROOT / "recipes" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def train():
-    """recipes/train.py as a module; a process group started by an engine is torn down afterwards."""
-    yield _load_train()
-    from lzn_core.train.engine import teardown_distributed
-
-    teardown_distributed()  # a later module's engine starts its own group
 
 
 def _batch(recipe, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -229,7 +213,7 @@ def _memory_worker(micro: int) -> None:
     from lzn_core.train.passes import OnePass, TwoPass
 
     torch.set_num_threads(1)
-    train = _load_train()
+    train = load_train_script()
     model, recipe = _model(
         "cifar_joint",
         [
