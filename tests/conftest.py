@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     decorator); ``gpu`` tests are skipped without CUDA."""
     integration = pytest.mark.integration
     for item in items:
-        if E2E in item.path.parents:
+        if E2E in item.path.resolve().parents:
             item.add_marker(integration)
     try:
         import torch

@@ -45,7 +45,9 @@ def test_the_integration_tier_is_the_e2e_folder(request: pytest.FixtureRequest) 
     e2e = ROOT / "tests" / "e2e"
     assert request.session.items
     for item in request.session.items:
-        assert (item.get_closest_marker("integration") is not None) == (e2e in item.path.parents), item.nodeid
+        assert (item.get_closest_marker("integration") is not None) == (e2e in item.path.resolve().parents), (
+            item.nodeid
+        )
 
 
 def test_make_leaves_the_accelerator_to_the_user() -> None:
