@@ -14,7 +14,7 @@ export DS_BUILD_OPS := 0
 export DS_BUILD_SHM_COMM := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test test-fast lint bench venv clean
 
 venv: $(STAMP)
 
@@ -30,10 +30,20 @@ run: $(STAMP)
 	# one rank, one thread: 2 OpenMP threads on 2 busy cores measured 15x slower (spin-waiting)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(VENV)/bin/deepspeed --num_gpus 1 recipes/train.py --recipe digits_joint.yaml
 
-# pytest exits 5 when it collected nothing: a failure of ours, reported as such.
+# The tests on CPU with pytest's arguments $(1). pytest exits 5 when it collected nothing (or -m
+# deselected everything): a failure of ours, reported as such.
+define pytest
+	OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu $(PY) -m pytest -q -p no:cacheprovider $(1); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make $@: no tests were collected" >&2; exit 1; fi; exit $$rc
+endef
+
+# every test: the integration tier (tests/e2e) and the slow ones included (CI: .ci/run)
 test: $(STAMP)
-	OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu $(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
-	  if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
+	$(call pytest,)
+
+# while you work: without tests/e2e (marked integration) and without the tests marked slow
+test-fast: $(STAMP)
+	$(call pytest,-m "not integration and not slow")
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lzn_core plugins recipes tests benchmarks

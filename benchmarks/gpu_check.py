@@ -1,5 +1,5 @@
 """The GPU check (issues 16, 24, 27): cifar_joint and cifar_gen at full model size and the paper's
-batch 2000 on one GPU, fp32 and bf16, and the device checks of ``tests/test_gpu.py``; writes
+batch 2000 on one GPU, fp32 and bf16, and the device checks of ``tests/e2e/test_gpu.py``; writes
 ``gpu.md`` and ``gpu.json``. Driven by ``benchmarks/gpu_check.sh`` (which installs first).
 
     python benchmarks/gpu_check.py versions                    # what the interpreter ended up with
@@ -11,7 +11,7 @@ batch 2000 on one GPU, fp32 and bf16, and the device checks of ``tests/test_gpu.
 class a coloured blob on noise, so the images are not pure noise) and converts it with the
 project's own ``lzn shards cifar10``: nothing is downloaded.
 
-``run`` first runs the device checks (``pytest -m gpu tests/test_gpu.py``: two passes = one
+``run`` first runs the device checks (``pytest -m gpu tests/e2e/test_gpu.py``: two passes = one
 pass, bf16 leaves the zoning unchanged, a ragged batch's step on the device, the memory plan
 against measured steps; each test records its numbers), then every configuration in a fresh
 process (``one``), so each peak memory is its own, and rewrites the page after each step (a run
@@ -263,13 +263,23 @@ def measure(recipe_name: str, precision: str, data: Path, size: dict[str, Any]) 
 
 # ----------------------------------------------------------------------------- the device checks
 def device_checks(work: Path, rehearse: bool, timeout: float) -> dict[str, Any]:
-    """``pytest -m gpu tests/test_gpu.py`` in a subprocess; the numbers its tests record."""
+    """``pytest -m gpu tests/e2e/test_gpu.py`` in a subprocess; the numbers its tests record."""
     record = work / "checks.jsonl"
     record.unlink(missing_ok=True)
     env = {**os.environ, "LZN_GPU_RECORD": str(record)}
     if rehearse:
         env["LZN_GPU_TESTS_DEVICE"] = "cpu"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "gpu",
+        "tests/e2e/test_gpu.py",
+    ]
     t = time.time()
     try:
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -345,14 +355,14 @@ def page(
         f"~{PAPER_IMAGES_PER_S} images/s per A100; the target of issue 27 is >= {TARGET_IMAGES_PER_S} images/s "
         f"for cifar_joint on one GPU ({'rehearsal: no GPU' if meta['rehearse'] else verdict}).",
         "",
-        "## Device checks (`tests/test_gpu.py`, marked gpu)",
+        "## Device checks (`tests/e2e/test_gpu.py`, marked gpu)",
         "",
     ]
     if checks is None:
         lines.append("Not run.")
     else:
         lines += [
-            f"`pytest -m gpu tests/test_gpu.py`: {checks['summary']} (exit {checks['returncode']}, "
+            f"`pytest -m gpu tests/e2e/test_gpu.py`: {checks['summary']} (exit {checks['returncode']}, "
             f"{checks['seconds']:.0f} s).",
             "",
             "| check | numbers |",

@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_check.sh                          # a GPU machine: install, data, measure, page
 #   bash benchmarks/gpu_check.sh --rehearse               # CPU: the same steps at tiny sizes
 #   bash benchmarks/gpu_check.sh --rehearse --installed   # ... in an environment that has the project
-#                                                         #     (tests/test_gpu_check.py: the dev .venv)
+#                                                         #     (tests/e2e/test_gpu_check.py: the dev .venv)
 # Before a GPU run, here: bash benchmarks/gpu_rehearse.sh (carry/ + the rehearsal on a stand-in of the
 # GPU image); then with the device tool: run(command="bash benchmarks/gpu_check.sh", carry=["carry"]).
 # The installs are benchmarks/gpu_install.sh (the rehearsal runs the same script). The first lines

@@ -11,7 +11,7 @@
 #      worst: the oldest pip, setuptools and typing_extensions the image might hold (the file's
 #             WORST line);
 # 3. in each pass, exactly what the device runs: `bash benchmarks/gpu_check.sh --rehearse` (the same
-#    install script, benchmarks/gpu_install.sh, then the device checks of tests/test_gpu.py and the
+#    install script, benchmarks/gpu_install.sh, then the device checks of tests/e2e/test_gpu.py and the
 #    measurement at small sizes on the CPU), then the GPU-relevant test files on that interpreter
 #    (the worst pass: the quick ones).
 # Needs the network here (PyPI) for the stand-in and the carry; python3.12 from PATH, pyenv or $PY312.
@@ -24,17 +24,22 @@ standin=${LZN_STANDIN:-$HOME/.cache/lzn/gpu-standin}
 # The test files that exercise what the image changes (torch 2.11, numpy 2.5, safetensors 0.8,
 # sentencepiece 0.2, huggingface_hub 1.x, scipy 1.18, the carried pydantic/webdataset/open_clip):
 # the step and its micro-batches, the solver, the plugins, the data, export/load, evaluation, the
-# memory plan and the check's own tests (its end-to-end rehearsal just ran: deselected). The worst
-# pass differs in what the install meets (pip, setuptools, typing_extensions): it runs the install,
-# the rehearsal and the quick files. Not part of `make test`.
-tests_image=(tests/test_gpu_check.py tests/test_plan.py tests/test_passes.py tests/test_batch_types.py
-             tests/test_zoning.py tests/test_alignment.py tests/test_image.py tests/test_label.py
-             tests/test_text.py tests/test_data.py tests/test_shards.py tests/test_export.py
-             tests/test_evaluation.py tests/test_official.py tests/test_recipe.py tests/test_plugins.py
-             tests/test_compose.py)
-tests_worst=(tests/test_gpu_check.py tests/test_batch_types.py tests/test_recipe.py tests/test_plugins.py
-             tests/test_zoning.py)
-deselect=(--deselect tests/test_gpu_check.py::test_gpu_check_rehearses_on_cpu_end_to_end)
+# memory plan and the check's own tools (its end-to-end rehearsal, tests/e2e/test_gpu_check.py, just
+# ran: not listed). The worst pass differs in what the install meets (pip, setuptools,
+# typing_extensions): it runs the install, the rehearsal and the quick files. Not part of `make test`.
+tests_image=(tests/benchmarks/test_gpu_tools.py tests/repo/test_make.py tests/train/test_plan.py
+             tests/train/test_passes.py tests/core/test_batch_types.py tests/core/test_zoning.py
+             tests/benchmarks/test_solver.py tests/core/test_alignment.py tests/plugins/image/test_image.py
+             tests/plugins/label/test_label.py tests/plugins/text/test_text.py tests/data/test_loader.py
+             tests/benchmarks/test_loader.py tests/data/test_shards.py tests/data/test_digits.py
+             tests/data/test_convert.py tests/io/test_export.py tests/core/test_model.py
+             tests/core/test_package.py tests/eval/test_metrics.py tests/eval/test_protocol.py
+             tests/eval/test_training.py tests/plugins/image/test_features.py tests/cli/test_eval.py
+             tests/plugins/image/test_official.py tests/recipe/test_recipe.py tests/core/test_plugins.py
+             tests/core/test_kit.py tests/graphs/test_compose.py)
+tests_worst=(tests/benchmarks/test_gpu_tools.py tests/repo/test_make.py tests/core/test_batch_types.py
+             tests/recipe/test_recipe.py tests/core/test_plugins.py tests/core/test_kit.py
+             tests/core/test_zoning.py tests/benchmarks/test_solver.py)
 
 find_py312() {
   local c
@@ -97,7 +102,7 @@ for pass in "${passes[@]}"; do
   fi
   echo "gpu_rehearse: [$pass] the GPU-relevant tests on the stand-in"
   if ! env -u VIRTUAL_ENV PATH="$venv/bin:$PATH" OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 \
-      "$vpy" -m pytest -q -p no:cacheprovider "${deselect[@]}" "${tests[@]}" 2>&1 | tee "$work/tests.log" | tail -n 25; then
+      "$vpy" -m pytest -q -p no:cacheprovider "${tests[@]}" 2>&1 | tee "$work/tests.log" | tail -n 25; then
     failed+=("$pass: tests (log: $work/tests.log)")
   fi
   echo "gpu_rehearse: [$pass] done in $(($(date +%s) - t)) s"

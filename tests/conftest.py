@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,7 +29,17 @@ def _no_launcher_env_leaks():
             os.environ[k] = v
 
 
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: `-m "not integration"` must see the marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e is marked ``integration`` (by its folder: a file moved there needs no
+    decorator); ``gpu`` tests are skipped without CUDA."""
+    integration = pytest.mark.integration
+    for item in items:
+        if E2E in item.path.resolve().parents:
+            item.add_marker(integration)
     try:
         import torch
 
@@ -36,7 +47,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     except Exception:  # pragma: no cover - torch is a hard dependency
         has_cuda = False
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
-    # the CPU rehearsal of benchmarks/gpu_check.sh runs tests/test_gpu.py on the CPU at small sizes
+    # the CPU rehearsal of benchmarks/gpu_check.sh runs tests/e2e/test_gpu.py on the CPU at small sizes
     has_cuda = has_cuda or os.environ.get("LZN_GPU_TESTS_DEVICE") == "cpu"
     for item in items:
         # the marker itself: item.keywords also holds the names of the folders above the test
@@ -51,9 +62,9 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory):
     need a model that has learnt something: ``(exported model dir, test shards pattern)``."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    from paths import ROOT
+
     work = tmp_path_factory.mktemp("trained_digits")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     subprocess.run(
@@ -75,7 +86,7 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory):
     done = subprocess.run(
         [
             sys.executable,
-            str(root / "recipes" / "train.py"),
+            str(ROOT / "recipes" / "train.py"),
             "--recipe",
             "digits_joint.yaml",
             "--output",
@@ -89,3 +100,38 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return out / "final", f"{work}/data/test-*.tar"
+
+
+@pytest.fixture(scope="session")
+def monitored_run(tmp_path_factory: pytest.TempPathFactory):
+    """A 3-iteration digits_joint run with TensorBoard and CSV switched on (tests/support/monitored_run.py),
+    trained once for the tests of the monitor, info.json and ``lzn info``: its run directory."""
+    pytest.importorskip(
+        "tensorboard", reason="the TensorBoard backend needs `pip install 'lzn[tensorboard]'`"
+    )
+    from monitored_run import train_monitored
+
+    return train_monitored(tmp_path_factory.mktemp("monitored"))
+
+
+@pytest.fixture(scope="module")
+def train():
+    """recipes/train.py as a module (tests/support/tiny_runs.py); the process group a run in this
+    process starts is torn down after the module (a later module's engine starts its own)."""
+    from tiny_runs import load_train_script
+
+    yield load_train_script()
+    from lzn_core.train.engine import teardown_distributed
+
+    teardown_distributed()
+
+
+@pytest.fixture(scope="module")
+def digits_workdir(tmp_path_factory: pytest.TempPathFactory):
+    """A working directory with data/digits (the real digits, a test split of 50): the digits recipes'
+    relative data paths resolve there. One per test module (runs are written beside the data)."""
+    from lzn_core.data.digits import write_digits
+
+    root = tmp_path_factory.mktemp("digits_workdir")
+    write_digits(root / "data" / "digits", test_size=50, progress=False)
+    return root

@@ -195,7 +195,7 @@ def frechet_distance(feats_a: Any, feats_b: Any) -> float:
     :func:`sqrtm_psd` and one ``eigvalsh``, real at every step. clean-fid computes the same
     term with ``scipy.linalg.sqrtm(Σ_a Σ_b)`` (a general, complex square root whose real part
     it keeps); its values agree with these to 1e-8 relative on full-rank and singular
-    covariances (``tests/test_evaluation.py``), and nothing here needs scipy or clean-fid.
+    covariances (``tests/eval/test_metrics.py``), and nothing here needs scipy or clean-fid.
 
     Args:
         feats_a: (n, d) features; feats_b: (m, d) features.

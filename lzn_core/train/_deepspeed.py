@@ -4,7 +4,7 @@
 public call for what the framework needs, the framework uses it (``deepspeed.init_distributed``,
 ``deepspeed.initialize``, ``deepspeed.comm.destroy_process_group``, the engine's
 ``backward``/``step``/``save_checkpoint``/``load_checkpoint``); what has none is an entry of
-:data:`INTERNALS`, with who uses it and why. ``tests/test_deepspeed_internals.py`` checks every entry
+:data:`INTERNALS`, with who uses it and why. ``tests/train/test_deepspeed_internals.py`` checks every entry
 against the installed DeepSpeed and fails naming the attribute and the version, so an upgrade
 that removes one fails there, not in a user's run.
 """
