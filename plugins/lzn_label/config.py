@@ -11,7 +11,7 @@ class LabelConfig(BaseModel):
     Attributes:
         num_classes: number of classes C; the anchor matrix is (C, q).
         flow_steps: Euler steps of the label flow (reverse flow latent -> class anchors)
-            used by the decoder (PAPER §1.5: 100).
+            used by the decoder (docs/method.md §4: 100).
         init_scale: the anchors start as ``init_scale * randn(C, q)``.
     """
 
