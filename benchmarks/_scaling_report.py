@@ -1,0 +1,485 @@
+"""The page of ``benchmarks/batch_scaling.py``: per-seed results in; tables, plots and verdicts out.
+
+``write_report(cfg, variants, out, extra)`` takes the collected jobs (``_runs.collect``), writes
+``batch_scaling.json`` (the computed tables too), the figures and ``batch_scaling.md``. The
+verdicts follow the rule of ``docs/results.md`` (``benchmarks/_stats.py``): a difference counts
+when a two-sided t-test at 5% rejects "no difference" (Welch for independently trained models,
+paired for two readings of the same models) and it has the claimed sign; "matches" when the 95%
+interval lies within the margin. A cell whose jobs did not finish reads "–"; a verdict that needs
+them says "not run".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _digits_report import ACC_MARGIN, _saved, metric, test_text  # noqa: E402
+from _stats import Summary, directional, equivalent, paired, summary, welch  # noqa: E402
+
+SHARE_MATTERS = 0.25
+"""The solver "matters" once it takes at least a quarter of the training step (95% interval above)."""
+CHANCE = 0.1
+KIND_LABEL = {"joint": "joint (z + one-hot)", "zonly": "z only", "rf": "RF (no z)"}
+COLOR = {"joint": "C0", "zonly": "C2", "rf": "C3"}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+# ----------------------------------------------------------------------------- values
+def values(variants: dict[str, Any], kind: str, b: int, key: str) -> list[float]:
+    """A metric ("at/large/recon", "profile/solver_share", ...) over the finished seeds of kind at B."""
+    runs = variants.get(f"{kind}_b{b}", {}).get("runs", [])
+    return [x for x in (metric(r, key) for r in runs) if x is not None]
+
+
+def cell(s: Summary, kind: str) -> str:
+    if kind == "pct":
+        return s.text(".1f", 100, "%")
+    if kind == "ms":
+        return s.text(".0f", 1000, " ms")
+    if kind == "mib":
+        return s.text(".0f", 1, " MiB")
+    if kind == "min":
+        return s.text(".1f", 1 / 60, " min")
+    return s.text(".3f")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def one_sample(xs: list[float], level: float) -> Any:
+    """Paired t-test of the values against a constant (mean − level)."""
+    return paired(xs, [level] * len(xs))
+
+
+# ----------------------------------------------------------------------------- verdicts
+def verdicts(variants: dict[str, Any], batches: list[int]) -> list[dict[str, str]]:
+    """One row per question: what is compared, the measured values, the test and the verdict."""
+    lo, hi = min(batches), max(batches)
+    rows = []
+
+    def ran(kind: str, b: int, key: str) -> bool:
+        return len(values(variants, kind, b, key)) >= 2
+
+    def row(question: str, what: str, a: list[float], b: list[float], fmt: str, claimed: int, t: Any) -> None:
+        scale, unit, f = (100.0, " pt", "+.1f") if fmt == "pct" else (1.0, "", "+.3f")
+        if len(a) < 2 or len(b) < 2:
+            rows.append(dict(question=question, what=what, measured="–", test="–", verdict="not run"))
+            return
+        sa, sb = summary(a), summary(b)
+        rows.append(
+            dict(
+                question=question,
+                what=what,
+                measured=f"{cell(sa, fmt)} vs {cell(sb, fmt)}",
+                test=test_text(t, scale, unit, f),
+                verdict=directional(t, claimed) if isinstance(claimed, int) else claimed,
+            )
+        )
+
+    q1 = "1. does z carry more of the sample as B grows?"
+    for key, fmt, sign, what in (
+        ("at/large/recon", "num", -1, "recon error (inference batch large), joint: B {hi} vs B {lo}"),
+        (
+            "at/large/retrieval",
+            "pct",
+            1,
+            "image -> latent -> image retrieval (large), joint: B {hi} vs B {lo}",
+        ),
+        ("at/train/retrieval", "pct", 1, "retrieval at the training batch, joint: B {hi} vs B {lo}"),
+        ("at/large/recon", "num", -1, "recon error (large), z only: B {hi} vs B {lo}"),
+    ):
+        kind = "zonly" if "z only" in what else "joint"
+        a, b = values(variants, kind, hi, key), values(variants, kind, lo, key)
+        row(q1, what.format(hi=hi, lo=lo), a, b, fmt, sign, welch(a, b))
+    for b in batches:
+        a, r = values(variants, "joint", b, "at/large/recon"), values(variants, "rf", b, "at/large/recon")
+        t = welch(a, r)
+        what = f"recon error, joint vs RF baseline at B {b}"
+        if len(a) >= 2 and len(r) >= 2:
+            what += f" ({100 * (1 - summary(a).mean / summary(r).mean):.0f}% lower)"
+        row(q1, what, a, r, "num", -1, t)
+    q2 = "2. does the z-only decoder carry the class?"
+    for b in batches:
+        a, j = (
+            values(variants, "zonly", b, "class_consistency"),
+            values(variants, "joint", b, "class_consistency"),
+        )
+        t = welch(a, j)
+        v = equivalent(t, ACC_MARGIN, one_sided=True) if math.isfinite(t.p) else "n/a"
+        chance = one_sample(a, CHANCE) if len(a) >= 2 else None
+        above = directional(chance, 1).replace("reproduces", "above chance") if chance else "–"
+        row(
+            q2,
+            f"class-zone samples, z only vs joint (one-hot) at B {b}; vs chance 10%: {above}",
+            a,
+            j,
+            "pct",
+            0,
+            t,
+        )
+        rows[-1]["verdict"] = v if rows[-1]["verdict"] != "not run" else "not run"
+    a, b0 = (
+        values(variants, "zonly", hi, "class_consistency"),
+        values(variants, "zonly", lo, "class_consistency"),
+    )
+    row(q2, f"class consistency, z only: B {hi} vs B {lo}", a, b0, "pct", 1, welch(a, b0))
+    a, b0 = values(variants, "zonly", hi, "zone_agreement"), values(variants, "zonly", lo, "zone_agreement")
+    row(
+        q2,
+        f"z ~ N(0, I): decoded class = label-flow class, z only: B {hi} vs B {lo}",
+        a,
+        b0,
+        "pct",
+        1,
+        welch(a, b0),
+    )
+    q3 = f"3. where does the solver's share start to matter (≥ {SHARE_MATTERS:.0%} of the step)?"
+    for b in batches:
+        shares = values(variants, "joint", b, "profile/solver_share")
+        if len(shares) < 2:
+            rows.append(
+                dict(question=q3, what=f"solver share at B {b}", measured="–", test="–", verdict="not run")
+            )
+            continue
+        t = one_sample(shares, SHARE_MATTERS)
+        verdict = directional(t, 1).replace("reproduces", f"matters (above {SHARE_MATTERS:.0%})")
+        verdict = verdict.replace(
+            "does not reproduce (significant, the other way)", f"below {SHARE_MATTERS:.0%}"
+        )
+        rows.append(
+            dict(
+                question=q3,
+                what=f"solver share of the step, joint at B {b}",
+                measured=cell(summary(shares), "pct"),
+                test=test_text(t),
+                verdict=verdict,
+            )
+        )
+    del ran
+    return rows
+
+
+# ----------------------------------------------------------------------------- figures
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+PANELS = (  # (key, title, format, kinds, also at the training batch)
+    ("at/large/accuracy", "label-flow test accuracy", "pct", ("joint", "zonly"), True),
+    ("at/large/recon", "recon error ℓ2 (paper Table 1)", "num", ("joint", "zonly", "rf"), True),
+    ("at/large/retrieval", "retrieval: nearest train image = source", "pct", ("joint", "zonly", "rf"), True),
+    (
+        "at/large/retrieval_class",
+        "retrieval: nearest train image has its class",
+        "pct",
+        ("joint", "zonly", "rf"),
+        False,
+    ),
+    ("class_consistency", "class consistency, class-zone samples", "pct", ("joint", "zonly", "rf"), False),
+    ("zone_agreement", "z ~ N(0,I): decoded class = label-flow class", "pct", ("joint", "zonly"), False),
+    ("profile/solver_share", "solver share of the step", "pct", ("joint", "zonly"), False),
+    ("profile/step_seconds", "step time (s, profile)", "num", ("joint", "zonly", "rf"), False),
+    ("profile/peak_rss_mib", "peak memory above baseline (MiB)", "num", ("joint", "zonly", "rf"), False),
+)
+
+
+def metrics_png(variants: dict[str, Any], batches: list[int], path: Path) -> Path:
+    """Each metric against B (log scale), one line per variant: mean ± std over the seeds; dashed:
+    latents at the training batch instead of the fixed large one."""
+    plt = _plt()
+    cols = 3
+    rows = (len(PANELS) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (key, title, fmt, kinds, train_too) in zip(axes.flat, PANELS, strict=False):
+        scale = 100.0 if fmt == "pct" else 1.0
+        for kind in kinds:
+            for k, style in ((key, "o-"), (key.replace("/large/", "/train/"), "s--")):
+                if style == "s--" and (not train_too or k == key):
+                    continue
+                pts = [(b, summary(values(variants, kind, b, k))) for b in batches]
+                pts = [(b, s) for b, s in pts if s.n]
+                if not pts:
+                    continue
+                label = KIND_LABEL[kind] + (" (latents at training B)" if style == "s--" else "")
+                ax.errorbar(
+                    [b for b, _ in pts],
+                    [scale * s.mean for _, s in pts],
+                    yerr=[scale * s.std for _, s in pts],
+                    fmt=style,
+                    color=COLOR[kind],
+                    capsize=3,
+                    label=label,
+                    alpha=1.0 if style == "o-" else 0.6,
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.set_xlabel("training batch B")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(PANELS) :]:
+        ax.axis("off")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _saved(plt, fig, path)
+
+
+# ----------------------------------------------------------------------------- the page
+def cost(variants: dict[str, Any]) -> dict[str, Any]:
+    """CPU time (user + system of the training and evaluation processes), process wall time,
+    the wall span of the jobs and the load during them."""
+    total, wall, starts, ends, loads, jobs, unmeasured = 0.0, 0.0, [], [], [], 0, 0
+    for v in variants.values():
+        for r in v["runs"]:
+            jobs += 1
+            wall += (r.get("train_seconds") or 0.0) + (r.get("eval_seconds") or 0.0)
+            cpu = [r.get("train_cpu_seconds"), r.get("eval_cpu_seconds")]
+            unmeasured += any(c is None for c in cpu)
+            total += sum(c or 0.0 for c in cpu)
+            if r.get("eval_end"):
+                ends.append(r["eval_end"])
+                starts.append(r.get("train_start") or r["eval_end"] - (r.get("eval_seconds") or 0.0))
+            loads += [x for x in (r["metrics"].get("train_load") or []) if x is not None]
+            loads += [x for x in (r["metrics"].get("profile", {}).get("load") or []) if x is not None]
+    return {
+        "jobs": jobs,
+        "cpu_hours": total / 3600,
+        "process_wall_hours": wall / 3600,
+        "cpu_unmeasured_jobs": unmeasured,
+        "span_hours": (max(ends) - min(starts)) / 3600 if ends else float("nan"),
+        "load": [min(loads), statistics.median(loads), max(loads)] if loads else None,
+    }
+
+
+def markdown(cfg: dict[str, Any], variants: dict[str, Any], res: dict[str, Any], out: Path) -> str:
+    batches = sorted(cfg["batches"])
+    c = res["cost"]
+    seeds = len(cfg["seeds"])
+    load = c["load"]
+    busy = (
+        f"1-minute load average during training and profiles: min {load[0]:.1f}, median {load[1]:.1f}, "
+        f"max {load[2]:.1f} on {os.cpu_count()} cores"
+        if load
+        else "no load recorded"
+    )
+    lines = [
+        "# How LZN scales with the batch (digits, CPU)",
+        "",
+        f"Generated by `python benchmarks/batch_scaling.py --reuse` on {res['date']}, {os.cpu_count()} CPU cores "
+        f"({cpu_name()}), {res.get('parallel', 2)} jobs at a time, one torch thread each. Measured over the "
+        f"{c['jobs']} finished jobs (one variant, one batch, one seed: training, then evaluation): "
+        f"**{c['cpu_hours']:.2f} CPU-hours** (user + system time of the training and evaluation processes"
+        + (f"; {c['cpu_unmeasured_jobs']} jobs without a CPU-time record" if c["cpu_unmeasured_jobs"] else "")
+        + f"), {c['process_wall_hours']:.2f} h of process wall time, {c['span_hours']:.1f} h wall from the first "
+        f"job's start to the last one's end. The machine was shared with other work: {busy}; so wall times "
+        "(training minutes, the training's own step times) are **busy-machine** numbers, longer than on idle "
+        "cores. The step profile is timed in CPU seconds of its thread, which the other processes do not "
+        "inflate, so its step times and the solver's share compare across jobs. Raw numbers: "
+        "`benchmarks/results/batch_scaling.json`, per job `benchmarks/results/batch_scaling_runs/`.",
+        "",
+        "**Why.** Zones are computed per batch (the paper's minibatch approximation): a latent says "
+        '"which of the B anchors of this batch", so it can carry at most log2(B) bits about its sample '
+        "(7 bits at our usual B = 128). The paper trains at B = 2000 (CIFAR-10) and 8192 (ImageNet).",
+        "",
+        f"**Setup.** scikit-learn's 8×8 digits (1497 train / 300 test). digits_joint trained for "
+        f"{cfg['iterations']} iterations at every B (a fixed number of steps, as the paper; the samples seen "
+        f"grow with B), {seeds} seeds each, in three variants: "
+        + "; ".join(f"`{k}`: {v}" for k, v in _descriptions().items())
+        + f". Latents for the measurements are computed twice: at the training batch B and at a fixed large "
+        f"inference batch of {cfg['large_batch']} (test items zoned together with training images as "
+        "context; every item sees exactly that many anchors). Recon: the paper's protocol (z at α 1, invert "
+        f"the decoder's ODE conditioned on z, regenerate; {cfg['recon_images']} test images, {cfg['draws']} "
+        f"draws of ε, {cfg['recon_steps']} Euler steps each way). Retrieval: {cfg['retrieval_items']} training "
+        "images' zone centres (α 0) decoded from fresh noise; a hit when the nearest training image (ℓ2 "
+        "pixels) of the decoded image is its source (chance 1/1497 = 0.07%; a decoder that knows only the "
+        "class: about 1/150). Class consistency: "
+        f"{10 * cfg['per_class']} class-zone samples judged by an SVC on real training digits; zone "
+        f"agreement: {cfg['zone_samples']} z ~ N(0, I), decoded, the judge's class against the label flow's "
+        "class of the same z. Step profile: a fresh model of the job's recipe, "
+        f"{cfg['profile_steps']} steps after {cfg['profile_warmup']} warm-up, medians "
+        "(`benchmarks/step_profile.py`); peak memory = maximum resident set above the process's baseline.",
+        "",
+        "**Rule** (as `docs/results.md`): a difference counts only when a two-sided t-test at 5% rejects "
+        '"no difference" and it has the claimed sign (Welch for independently trained models). '
+        f'"Matches or beats": the 95% interval of the difference lies above −{100 * ACC_MARGIN:.0f} point. '
+        f"The solver share is tested against {SHARE_MATTERS:.0%} (one-sample t-test over the seeds' profiles).",
+        "",
+    ]
+    missing = res["not_run"]
+    if missing:
+        lines += [
+            "## Not run",
+            "",
+            "These jobs had not finished when the page was written (the jobs run in priority order: the two "
+            "LZN variants at B in {"
+            + ", ".join(map(str, cfg["first"]))
+            + "}, then the other batches, then the "
+            "RF baseline). Nothing is extrapolated; `--reuse` runs them and keeps the finished ones.",
+            "",
+            *(f"* `{k}`: seed(s) {', '.join(map(str, s))}" for k, s in missing.items()),
+            "",
+        ]
+    lines += [
+        "## Verdicts",
+        "",
+        *_table(
+            ["question", "compared", f"measured (mean ± std, {seeds} seeds)", "test", "verdict"],
+            [[r["question"], r["what"], r["measured"], r["test"], r["verdict"]] for r in res["verdicts"]],
+        ),
+        "",
+        f"![metrics against the batch]({os.path.relpath(res['figures']['metrics'], out)})",
+        "",
+        "Solid lines: latents at the fixed large inference batch; dashed: at the training batch. Error bars: "
+        "standard deviation over the seeds.",
+        "",
+    ]
+    groups = (
+        (
+            "## What z carries about its sample",
+            [
+                ("recon (large)", "at/large/recon", "num", KIND_LABEL.keys()),
+                ("recon (train B)", "at/train/recon", "num", KIND_LABEL.keys()),
+                ("retrieval (large)", "at/large/retrieval", "pct", KIND_LABEL.keys()),
+                ("retrieval (train B)", "at/train/retrieval", "pct", KIND_LABEL.keys()),
+                ("retrieval, class (large)", "at/large/retrieval_class", "pct", KIND_LABEL.keys()),
+                ("decode error (large)", "at/large/decode_error", "num", KIND_LABEL.keys()),
+            ],
+        ),
+        (
+            "## The class",
+            [
+                ("label-flow accuracy (large)", "at/large/accuracy", "pct", ("joint", "zonly")),
+                ("label-flow accuracy (train B)", "at/train/accuracy", "pct", ("joint", "zonly")),
+                ("class consistency", "class_consistency", "pct", KIND_LABEL.keys()),
+                ("zone agreement", "zone_agreement", "pct", ("joint", "zonly")),
+            ],
+        ),
+        (
+            "## Cost",
+            [
+                ("step (profile)", "profile/step_seconds", "ms", KIND_LABEL.keys()),
+                ("solver share", "profile/solver_share", "pct", ("joint", "zonly")),
+                ("solver (fwd + bwd)", "profile/solver_seconds", "ms", ("joint", "zonly")),
+                ("peak memory", "profile/peak_rss_mib", "mib", KIND_LABEL.keys()),
+                ("step (training, busy)", "train_step_seconds", "ms", KIND_LABEL.keys()),
+            ],
+        ),
+    )
+    for title, metrics in groups:
+        header = ["B", "samples seen"]
+        cols = []
+        for label, key, fmt, kinds in metrics:
+            for k in kinds:
+                header.append(f"{label}: {k}")
+                cols.append((key, fmt, k))
+        body = []
+        for b in batches:
+            body.append(
+                [str(b), f"{cfg['iterations'] * b:,}"]
+                + [cell(summary(values(variants, k, b, key)), fmt) for key, fmt, k in cols]
+            )
+        lines += [title, "", *_table(header, body), ""]
+    train_min = [
+        [str(b)]
+        + [
+            cell(
+                summary(
+                    [
+                        r["train_seconds"]
+                        for r in variants.get(f"{k}_b{b}", {}).get("runs", [])
+                        if r.get("train_seconds")
+                    ]
+                ),
+                "min",
+            )
+            for k in KIND_LABEL
+        ]
+        for b in batches
+    ]
+    lines += [
+        "Training wall time per job (busy machine, 2 jobs at a time):",
+        "",
+        *_table(["B", *(f"training: {k}" for k in KIND_LABEL)], train_min),
+        "",
+        "## Class-zone samples (seed 0): one per class, 0 to 9",
+        "",
+    ]
+    for b in batches:
+        for k in KIND_LABEL:
+            f = out / "batch_scaling" / f"{k}_b{b}.png"
+            if f.is_file():
+                lines.append(f"* B = {b}, {KIND_LABEL[k]}: ![{k} {b}]({os.path.relpath(f, out)})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _descriptions() -> dict[str, str]:
+    from batch_scaling import DESCRIPTION
+
+    return DESCRIPTION
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Summary):
+        return {"mean": x.mean, "std": x.std, "n": x.n}
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_report(
+    cfg: dict[str, Any], variants: dict[str, Any], out: Path, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``batch_scaling.json``, the figure and ``batch_scaling.md`` into ``out``."""
+    batches = sorted(cfg["batches"])
+    out.mkdir(parents=True, exist_ok=True)
+    res: dict[str, Any] = {
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "date": time.strftime("%Y-%m-%d"),
+        **extra,
+        "variants": variants,
+        "not_run": {
+            k: [s for s in v["planned"] if s not in v["seeds"]]
+            for k, v in variants.items()
+            if len(v["seeds"]) < len(v["planned"])
+        },
+    }
+    res["finished"] = sum(len(v["runs"]) for v in variants.values())
+    res["cost"] = cost(variants)
+    res["verdicts"] = verdicts(variants, batches)
+    res["figures"] = {"metrics": str(metrics_png(variants, batches, out / "batch_scaling.png"))}
+    page = out / "batch_scaling.md"
+    page.write_text(markdown(cfg, variants, res, out))
+    res["page"] = str(page)
+    (out / "batch_scaling.json").write_text(json.dumps(_plain(res), indent=1) + "\n")
+    return res
