@@ -29,8 +29,15 @@ from _stats import Summary, directional, equivalent, paired, summary, welch  # n
 SHARE_MATTERS = 0.25
 """The solver "matters" once it takes at least a quarter of the training step (95% interval above)."""
 CHANCE = 0.1
-KIND_LABEL = {"joint": "joint (z + one-hot)", "zonly": "z only", "rf": "RF (no z)"}
-COLOR = {"joint": "C0", "zonly": "C2", "rf": "C3"}
+KIND_LABEL = {
+    "joint": "joint (z + one-hot)",
+    "zonly": "z only",
+    "rf": "RF (no z)",
+    "zonly_a0": "z only, zone centres (fix attempt)",
+}
+COLOR = {"joint": "C0", "zonly": "C2", "rf": "C3", "zonly_a0": "C1"}
+LZN = ("joint", "zonly", "zonly_a0")
+ALL = ("joint", "zonly", "rf", "zonly_a0")
 
 
 def cpu_name() -> str:
@@ -154,6 +161,21 @@ def verdicts(variants: dict[str, Any], batches: list[int]) -> list[dict[str, str
         1,
         welch(a, b0),
     )
+    for b in sorted({int(k.rsplit("_b", 1)[1]) for k in variants if k.startswith("zonly_a0_b")}):
+        for key, what in (
+            ("class_consistency", "class-zone samples (α 1)"),
+            ("class_consistency_alpha0", "class-zone centres (α 0)"),
+        ):
+            a, z = values(variants, "zonly_a0", b, key), values(variants, "zonly", b, key)
+            row(
+                q2,
+                f"fix attempt at B {b}, {what}: decoder on zone centres vs z only",
+                a,
+                z,
+                "pct",
+                1,
+                welch(a, z),
+            )
     q3 = f"3. where does the solver's share start to matter (≥ {SHARE_MATTERS:.0%} of the step)?"
     for b in batches:
         shares = values(variants, "joint", b, "profile/solver_share")
@@ -191,20 +213,14 @@ def _plt() -> Any:
 
 
 PANELS = (  # (key, title, format, kinds, also at the training batch)
-    ("at/large/accuracy", "label-flow test accuracy", "pct", ("joint", "zonly"), True),
-    ("at/large/recon", "recon error ℓ2 (paper Table 1)", "num", ("joint", "zonly", "rf"), True),
-    ("at/large/retrieval", "retrieval: nearest train image = source", "pct", ("joint", "zonly", "rf"), True),
-    (
-        "at/large/retrieval_class",
-        "retrieval: nearest train image has its class",
-        "pct",
-        ("joint", "zonly", "rf"),
-        False,
-    ),
-    ("class_consistency", "class consistency, class-zone samples", "pct", ("joint", "zonly", "rf"), False),
-    ("zone_agreement", "z ~ N(0,I): decoded class = label-flow class", "pct", ("joint", "zonly"), False),
-    ("profile/solver_share", "solver share of the step", "pct", ("joint", "zonly"), False),
-    ("profile/step_seconds", "step time (s, profile)", "num", ("joint", "zonly", "rf"), False),
+    ("at/large/accuracy", "label-flow test accuracy", "pct", LZN, True),
+    ("at/large/recon", "recon error ℓ2 (paper Table 1)", "num", ALL, True),
+    ("at/large/retrieval", "retrieval: nearest train image = source", "pct", ALL, True),
+    ("at/large/retrieval_class", "retrieval: nearest train image has its class", "pct", ALL, False),
+    ("class_consistency", "class consistency, class-zone samples", "pct", ALL, False),
+    ("zone_agreement", "z ~ N(0,I): decoded class = label-flow class", "pct", LZN, False),
+    ("profile/solver_share", "solver share of the step (CPU time)", "pct", ("joint", "zonly"), False),
+    ("profile/step_seconds", "step time (CPU s, profile)", "num", ("joint", "zonly", "rf"), False),
     ("profile/peak_rss_mib", "peak memory above baseline (MiB)", "num", ("joint", "zonly", "rf"), False),
 )
 
@@ -363,47 +379,52 @@ def markdown(cfg: dict[str, Any], variants: dict[str, Any], res: dict[str, Any],
         (
             "## What z carries about its sample",
             [
-                ("recon (large)", "at/large/recon", "num", KIND_LABEL.keys()),
-                ("recon (train B)", "at/train/recon", "num", KIND_LABEL.keys()),
-                ("retrieval (large)", "at/large/retrieval", "pct", KIND_LABEL.keys()),
-                ("retrieval (train B)", "at/train/retrieval", "pct", KIND_LABEL.keys()),
-                ("retrieval, class (large)", "at/large/retrieval_class", "pct", KIND_LABEL.keys()),
-                ("decode error (large)", "at/large/decode_error", "num", KIND_LABEL.keys()),
+                ("recon (large)", "at/large/recon", "num", ALL),
+                ("recon (train B)", "at/train/recon", "num", ALL),
+                ("retrieval (large)", "at/large/retrieval", "pct", ALL),
+                ("retrieval (train B)", "at/train/retrieval", "pct", ALL),
+                ("retrieval, class (large)", "at/large/retrieval_class", "pct", ALL),
+                ("decode error (large)", "at/large/decode_error", "num", ALL),
             ],
         ),
         (
             "## The class",
             [
-                ("label-flow accuracy (large)", "at/large/accuracy", "pct", ("joint", "zonly")),
-                ("label-flow accuracy (train B)", "at/train/accuracy", "pct", ("joint", "zonly")),
-                ("class consistency", "class_consistency", "pct", KIND_LABEL.keys()),
-                ("zone agreement", "zone_agreement", "pct", ("joint", "zonly")),
+                ("label-flow accuracy (large)", "at/large/accuracy", "pct", LZN),
+                ("label-flow accuracy (train B)", "at/train/accuracy", "pct", LZN),
+                ("label-flow accuracy of α 1 latents (train B)", "at/train/accuracy_alpha1", "pct", LZN),
+                ("the same, training images", "class_accuracy_alpha1_train", "pct", LZN),
+                ("class consistency (α 1)", "class_consistency", "pct", ALL),
+                ("class consistency (α 0)", "class_consistency_alpha0", "pct", ALL),
+                ("zone agreement", "zone_agreement", "pct", LZN),
             ],
         ),
         (
             "## Cost",
             [
-                ("step (profile)", "profile/step_seconds", "ms", KIND_LABEL.keys()),
+                ("step (profile, CPU)", "profile/step_seconds", "ms", ("joint", "zonly", "rf")),
                 ("solver share", "profile/solver_share", "pct", ("joint", "zonly")),
-                ("solver (fwd + bwd)", "profile/solver_seconds", "ms", ("joint", "zonly")),
-                ("peak memory", "profile/peak_rss_mib", "mib", KIND_LABEL.keys()),
-                ("step (training, busy)", "train_step_seconds", "ms", KIND_LABEL.keys()),
+                ("solver (fwd + bwd, CPU)", "profile/solver_seconds", "ms", ("joint", "zonly")),
+                ("peak memory", "profile/peak_rss_mib", "mib", ("joint", "zonly", "rf")),
+                ("step (training, wall, busy)", "train_step_seconds", "ms", ("joint", "zonly", "rf")),
             ],
         ),
     )
     for title, metrics in groups:
-        header = ["B", "samples seen"]
-        cols = []
-        for label, key, fmt, kinds in metrics:
-            for k in kinds:
-                header.append(f"{label}: {k}")
-                cols.append((key, fmt, k))
+        kinds = [k for k in KIND_LABEL if any(k in m[3] for m in metrics)]
+        header = ["B", "variant", *(label for label, _, _, _ in metrics)]
         body = []
         for b in batches:
-            body.append(
-                [str(b), f"{cfg['iterations'] * b:,}"]
-                + [cell(summary(values(variants, k, b, key)), fmt) for key, fmt, k in cols]
-            )
+            for k in kinds:
+                if not variants.get(f"{k}_b{b}", {}).get("runs"):
+                    continue  # not run (listed above) or not planned at this B
+                body.append(
+                    [str(b), KIND_LABEL[k]]
+                    + [
+                        cell(summary(values(variants, k, b, key)), fmt) if k in ks else ""
+                        for _, key, fmt, ks in metrics
+                    ]
+                )
         lines += [title, "", *_table(header, body), ""]
     train_min = [
         [str(b)]

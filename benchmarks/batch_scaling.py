@@ -62,12 +62,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _runs import Job, Variant, collect, run_all, run_dir, sha1, write_recipe, write_result  # noqa: E402
 
 EVAL_VERSION = 2  # bump when an evaluation changes: every job is evaluated again
-KINDS = ("joint", "zonly", "rf")
+KINDS = ("joint", "zonly", "rf", "zonly_a0")
 FULL = dict(
     iterations=400,  # the iterations of every other digits page (benchmarks/digits.py)
     batch_size=None,  # each variant sets its own
     batches=(64, 128, 256, 512, 1024),
     first=(64, 256, 1024),  # the reduced grid: run first (the issue's minimum)
+    fix=(64, 256),  # the attempt to let the z-only decoder carry the class (zonly_a0)
     seeds=(0, 1, 2),
     large_batch=1024,
     label_steps=100,
@@ -86,6 +87,7 @@ QUICK = dict(
     batch_size=None,
     batches=(16, 32),
     first=(16, 32),
+    fix=(16,),
     seeds=(0, 1),
     large_batch=64,
     label_steps=10,
@@ -103,6 +105,7 @@ DESCRIPTION = {
     "joint": "digits_joint as shipped: the decoder reads z and the label one-hot",
     "zonly": "digits_joint, the decoder reads z alone (no condition)",
     "rf": "digits_rf_baseline: the same decoder fed zeros instead of z, no alignment",
+    "zonly_a0": "z only, the decoder trained on zone centres (latent α 0; the alignment keeps α 1)",
 }
 
 
@@ -117,6 +120,7 @@ def variants(cfg: dict[str, Any]) -> dict[str, Variant]:
         "joint": {},
         "zonly": {"tasks.0.condition": None},
         "rf": {"tasks": [gen], "modalities.image.config.use_latent": False},
+        "zonly_a0": {"tasks.0.condition": None, "latent.alpha": 0.0},
     }
     out = {}
     for b in cfg["batches"]:
@@ -136,11 +140,18 @@ def variants(cfg: dict[str, Any]) -> dict[str, Variant]:
 
 def job_order(cfg: dict[str, Any]) -> list[tuple[str, int]]:
     """(variant, seed) in priority order: joint and zonly at the ``first`` batches, seed by seed;
-    then at the other batches; then the RF baseline (first batches first)."""
+    the attempt to let the z-only decoder carry the class (``zonly_a0`` at the ``fix`` batches);
+    joint and zonly at the other batches; then the RF baseline (first batches first)."""
     first = [b for b in cfg["first"] if b in cfg["batches"]]
     rest = [b for b in cfg["batches"] if b not in first]
     order = []
-    for batches, kinds in ((first, ("joint", "zonly")), (rest, ("joint", "zonly")), (first + rest, ("rf",))):
+    tiers = (
+        (first, ("joint", "zonly")),
+        ([b for b in cfg["fix"] if b in cfg["batches"]], ("zonly_a0",)),
+        (rest, ("joint", "zonly")),
+        (first + rest, ("rf",)),
+    )
+    for batches, kinds in tiers:
         for seed in cfg["seeds"]:
             for b in batches:
                 order += [(name_of(k, b), seed) for k in kinds]
@@ -153,7 +164,7 @@ def make_jobs(
     """Every (variant, seed) job in priority order; ``write``: write the recipes first."""
     out, runs = paths["out"], paths["runs"]
     vs = variants(cfg)
-    settings = {k: v for k, v in cfg.items() if k not in ("seeds", "first", "batches")}
+    settings = {k: v for k, v in cfg.items() if k not in ("seeds", "first", "batches", "fix")}
     jobs = []
     for name, seed in job_order(cfg):
         v = vs[name]
@@ -267,7 +278,8 @@ def evaluate_model(
     test, train = (load_split(model, str(data / f"{s}-*.tar"), ["image", "label"]) for s in ("test", "train"))
     xte, yte, xtr, ytr = test["image"], test["label"], train["image"], train["label"]
     dec, label = model.decoders["image"], model.decoders["label"]
-    cond = (lambda y: model.condition("label", y)) if kind != "zonly" else (lambda y: None)
+    conditioned = model.condition_source("image") is not None  # joint and rf: the one-hot; z-only kinds: none
+    cond = (lambda y: model.condition("label", y)) if conditioned else (lambda y: None)
     perm = torch.randperm(xtr.shape[0], generator=torch.Generator().manual_seed(1000 + seed))
     ret_idx, ctx_idx = perm[: cfg["retrieval_items"]], perm[cfg["retrieval_items"] :]
     res: dict[str, Any] = {"at": {}}
@@ -323,6 +335,16 @@ def evaluate_model(
             c = label.sample(z, steps=cfg["label_steps"]).cpu()
             imgs = dec.sample(z, cond(c), steps=cfg["sample_steps"], generator=gen)
             res["zone_agreement"] = dec.judge_samples(imgs, c, xtr, ytr)["class_consistency"]
+            res["class_accuracy_alpha1_train"] = float(  # class the label flow reads from training-time z
+                (
+                    label.sample(
+                        zoned(model, a_tr, a_tr, train_b, alpha=1.0, generator=gen), steps=cfg["label_steps"]
+                    ).cpu()
+                    == ytr
+                )
+                .float()
+                .mean()
+            )
     return res
 
 

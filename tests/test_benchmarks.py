@@ -421,19 +421,22 @@ def test_batch_scaling_runs_the_reduced_grid_first_and_writes_valid_recipes(scal
 
     cfg = bs.FULL
     order = bs.job_order(cfg)
-    assert len(order) == 3 * 5 * 3 and len(set(order)) == len(order)
+    assert len(order) == 3 * 5 * 3 + 2 * 3 and len(set(order)) == len(order)
     first = {f"{k}_b{b}" for k in ("joint", "zonly") for b in (64, 256, 1024)}
     assert {n for n, _ in order[:18]} == first and {s for _, s in order[:18]} == {0, 1, 2}
     assert order[:2] == [("joint_b64", 0), ("zonly_b64", 0)]
-    assert {n for n, _ in order[18:30]} == {f"{k}_b{b}" for k in ("joint", "zonly") for b in (128, 512)}
-    assert all(n.startswith("rf_b") for n, _ in order[30:])
+    assert {n for n, _ in order[18:24]} == {"zonly_a0_b64", "zonly_a0_b256"}
+    assert {n for n, _ in order[24:36]} == {f"{k}_b{b}" for k in ("joint", "zonly") for b in (128, 512)}
+    assert all(n.startswith("rf_b") for n, _ in order[36:])
     got = {}
-    for name in ("joint_b64", "zonly_b1024", "rf_b256"):
+    for name in ("joint_b64", "zonly_b1024", "rf_b256", "zonly_a0_b64"):
         path = _runs.write_recipe(
             bs.variants(cfg)[name], 2, cfg, {"digits": tmp_path}, tmp_path / "runs", tmp_path / f"{name}.yaml"
         )
         got[name] = load_recipe(path)
-    assert [r.train.batch_size for r in got.values()] == [64, 1024, 256]
+    assert [r.train.batch_size for r in got.values()] == [64, 1024, 256, 64]
+    assert got["zonly_a0_b64"].latent.alpha == 0.0 and got["zonly_a0_b64"].tasks[1].alpha == 1.0
+    assert got["zonly_a0_b64"].tasks[0].condition is None and got["joint_b64"].latent.alpha == 1.0
     assert all(r.train.iterations == 400 and r.seed == 2 for r in got.values())
     assert got["joint_b64"].tasks[0].condition == "label" and got["zonly_b1024"].tasks[0].condition is None
     assert [t.kind for t in got["zonly_b1024"].tasks] == ["generate", "align"]
