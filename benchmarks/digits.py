@@ -294,9 +294,10 @@ def ce_baseline(
     return {**res, "seconds": seconds}
 
 
-def classifier_metrics(model: Any, test: dict[str, Any], train: dict[str, Any]) -> dict[str, float]:
-    """LZN classifier (α, batch and steps of the recipe's ``eval``) on the test and training splits,
-    and a linear probe on the anchors (train -> test)."""
+def classifier_metrics(model: Any, test: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """LZN classifier (α, batch and steps of the recipe's ``eval``) on the test and training splits
+    (``test_wrong``: the indices of the misclassified test images), and a linear probe on the
+    anchors (train -> test)."""
     from lzn_core.eval import protocol as em
     from lzn_core.eval.metrics import linear_probe
 
@@ -313,6 +314,8 @@ def classifier_metrics(model: Any, test: dict[str, Any], train: dict[str, Any]) 
             steps=ecfg.steps,
         )
         out[split] = float((pred == data["label"]).float().mean())
+        if split == "accuracy":  # which test images (shard order) it gets wrong: two seeds' errors differ
+            out["test_wrong"] = (pred != data["label"]).nonzero().flatten().tolist()
     f_tr, f_te = (em.probe_features(model, "image", t["image"], "anchor") for t in (train, test))
     out["probe_anchor"] = linear_probe(f_tr, train["label"], f_te, test["label"])
     return out
