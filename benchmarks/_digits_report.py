@@ -696,6 +696,16 @@ def not_run_section(res: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _more_seeds(res: dict[str, Any], seeds: int) -> str:
+    """ " (5 for `its2000`, `ce_its2000`)" for the variants planned with another number of seeds."""
+    other: dict[int, list[str]] = {}
+    for name, v in res["variants"].items():
+        n = len(v["planned"])
+        if n != seeds and v.get("measure") != "text":
+            other.setdefault(n, []).append(f"`{name}`")
+    return "".join(f" ({n} for {', '.join(names)})" for n, names in other.items())
+
+
 def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
     """The docs/results.md text."""
     s = res["settings"]
@@ -722,8 +732,12 @@ def markdown(res: dict[str, Any], figs: dict[str, str], docs: Path) -> str:
         "",
         "Data: scikit-learn's bundled 8×8 digits (1497 train / 300 test, `lzn shards digits`). Every variant "
         f"trains {res['iterations']} iterations at batch {s['batch_size'] or 128} unless noted, with "
-        f"**{seeds} seeds** (seed = the recipe's `seed`: initialisation, data order and noise); tables give "
-        "mean ± sample standard deviation over the seeds.",
+        f"**{seeds} seeds**{_more_seeds(res, seeds)} (seed = the recipe's `seed`: initialisation, data order and "
+        "noise); tables give "
+        "mean ± sample standard deviation over the seeds. Every row here is at one training batch; how the "
+        "latent, the z-only decoder and the solver's cost change with it (64 to 1024): "
+        "[batch_scaling.md](../benchmarks/results/batch_scaling.md). The method in this project's notation: "
+        "[method.md](method.md).",
         "",
         f"**When a claim reproduces.** A difference counts only when it exceeds the seed spread: a two-sided "
         f't-test at {ALPHA:.0%} rejects "no difference" and the difference has the claimed sign. Two '
