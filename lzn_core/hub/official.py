@@ -352,7 +352,7 @@ def official_recipe(
     """The recipe (plain data) of the framework's model matching an official checkpoint.
 
     The one place that writes recipes for imported models: latent settings, modalities and tasks
-    of the paper's configuration of ``case`` (PAPER §4), with the image config read from the checkpoint.
+    of the paper's configuration of ``case`` (docs/method.md §7), with the image config read from the checkpoint.
 
     Args:
         case: 1, 2 or 3.

@@ -7,7 +7,7 @@ reader does not need to see there:
   runs as plain ``python`` and starts ``torch.distributed`` (gloo on CPU, nccl on GPU).
 * ``Engine(model, recipe)`` builds per-module parameter groups from ``train.lr``
   (keys ``default | <mod> | <mod>.encoder | <mod>.decoder``), a linear warm-up from
-  lr/5000 (PAPER §4), a freeze schedule (lr 0 and no gradients from iteration k),
+  lr/5000 (docs/method.md §7), a freeze schedule (lr 0 and no gradients from iteration k),
   gradient clipping, and ``deepspeed.initialize`` around them (fp32, torch Adam); the
   DeepSpeed config's monitor sections write into the run directory (``train/monitor.py``).
 * ``Engine.step(loss, nets)`` skips the step on every rank when the loss is non-finite on any;
@@ -43,7 +43,7 @@ from .checkpoint import barrier, prune, rank, resolve_checkpoint, write_atomic
 from .monitor import configure as configure_monitor
 from .rng import rng_state, set_rng_state
 
-WARMUP_START = 1.0 / 5000.0  # warm-up starts at lr/5000 (PAPER §4)
+WARMUP_START = 1.0 / 5000.0  # warm-up starts at lr/5000 (docs/method.md §7)
 
 
 def setup_distributed() -> tuple[int, int, int]:
