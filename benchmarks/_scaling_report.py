@@ -128,24 +128,29 @@ def verdicts(variants: dict[str, Any], batches: list[int]) -> list[dict[str, str
         row(q1, what, a, r, "num", -1, t)
     q2 = "2. does the z-only decoder carry the class?"
     for b in batches:
-        a, j = (
-            values(variants, "zonly", b, "class_consistency"),
-            values(variants, "joint", b, "class_consistency"),
-        )
-        t = welch(a, j)
-        v = equivalent(t, ACC_MARGIN, one_sided=True) if math.isfinite(t.p) else "n/a"
-        chance = one_sample(a, CHANCE) if len(a) >= 2 else None
-        above = directional(chance, 1).replace("reproduces", "above chance") if chance else "–"
-        row(
-            q2,
-            f"class-zone samples, z only vs joint (one-hot) at B {b}; vs chance 10%: {above}",
-            a,
-            j,
-            "pct",
-            0,
-            t,
-        )
-        rows[-1]["verdict"] = v if rows[-1]["verdict"] != "not run" else "not run"
+        for key, what in (
+            ("class_consistency", "samples (α 1)"),
+            ("class_consistency_alpha0", "centres (α 0)"),
+        ):
+            a, j = values(variants, "zonly", b, key), values(variants, "joint", b, key)
+            t = welch(a, j)
+            v = equivalent(t, ACC_MARGIN, one_sided=True) if math.isfinite(t.p) else "n/a"
+            v = v.replace(
+                "does not reproduce (significant difference)", "no: significantly below the one-hot"
+            )
+            v = v.replace("reproduces", "yes: matches the one-hot (within 1 point)")
+            chance = one_sample(a, CHANCE) if len(a) >= 2 else None
+            above = directional(chance, 1).replace("reproduces", "above chance") if chance else "–"
+            row(
+                q2,
+                f"class-zone {what}, z only vs joint (one-hot) at B {b}; vs chance 10%: {above}",
+                a,
+                j,
+                "pct",
+                0,
+                t,
+            )
+            rows[-1]["verdict"] = v if rows[-1]["verdict"] != "not run" else "not run"
     a, b0 = (
         values(variants, "zonly", hi, "class_consistency"),
         values(variants, "zonly", lo, "class_consistency"),
