@@ -494,7 +494,7 @@ def _table(results: dict) -> str:
         "| peak memory (train: ours / naive / authors') |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    sizes = sorted({r["n"] for r in [*results["train"], *results["inference"]]} | set(cfg["sizes"]))
+    sizes = sorted({r["n"] for r in [*results["train"], *results["inference"]]})  # the measured ones
     for n in sizes:
         ours, naive, inf = train.get(("ours", n), {}), train.get(("naive", n), {}), inference.get(n, {})
         official = train.get(("official", n), {})
@@ -559,8 +559,12 @@ def _table(results: dict) -> str:
             if agree_official
             else ""
         )
-        + f" (busy): other processes used more than {CONTENDED:.0%} of the CPUs during that measurement; its "
-        "times are upper bounds."
+        + (
+            ""
+            if cpu_clock
+            else f" (busy): other processes used more than {CONTENDED:.0%} of the CPUs during that measurement; "
+            "its times are upper bounds."
+        )
         + " Authors' code: their `EulerLatentFlow` and `Gaussian` prior (gradient checkpointing on, as their "
         f"trainers run it), imported at run time from a local copy named by `{OFFICIAL_ENV}`"
         + (f" (skipped: {results['official_skipped']})." if results.get("official_skipped") else "."),
@@ -573,7 +577,9 @@ def _table(results: dict) -> str:
             f"`{OFFICIAL_ENV}=path/to/latent-zoning-networks python benchmarks/solver.py --only ours,naive,official "
             "--sizes 256,512 --threads 1 --clock cpu --out benchmarks/results/solver_official`.",
         ]
-    if pen:
+    if (
+        pen and not cpu_clock
+    ):  # a wall-time ratio: meaningless next to CPU-time rows measured on a busy machine
         lines += [
             "",
             f"This CPU on subnormal numbers (N = {pen['n']}): GEMM with subnormal operands "
@@ -589,6 +595,8 @@ def _table(results: dict) -> str:
             + (f", of which {waited / 60:.1f} min waiting for an idle machine." if waited else "."),
         ]
     rt = results["round_trip"]
+    if not rt["rows"]:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         f"Round trip (float64, N = {rt['config']['n']}, q = {rt['config']['q']}, g = {rt['config']['g']}): "
