@@ -247,7 +247,7 @@ def metrics_png(variants: dict[str, Any], batches: list[int], path: Path) -> Pat
                 pts = [(b, s) for b, s in pts if s.n]
                 if not pts:
                     continue
-                label = KIND_LABEL[kind] + (" (latents at training B)" if style == "s--" else "")
+                label = KIND_LABEL[kind] if style == "o-" else None  # dashed: the caption says it
                 ax.errorbar(
                     [b for b, _ in pts],
                     [scale * s.mean for _, s in pts],
