@@ -206,7 +206,7 @@ def report(cfg: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> dict[s
         f"{verdict}. Independent − together(alone): {test_text(t1)}. "
         + (
             "So the default is **independent** (`lzn_core.model.INDEPENDENT = True`): an answer no longer "
-            "depends on the rest of the request; `independent=False` (`--together` on the command line) "
+            "depends on the rest of the request; `independent=False` (`--no-independent` on the command line) "
             "zones a request together as before."
             if choose
             else "So the default stays **together** (`lzn_core.model.INDEPENDENT = False`); "

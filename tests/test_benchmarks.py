@@ -591,3 +591,12 @@ def test_authors_code_computes_the_same_iteration_as_ours(solver_bench) -> None:
         assert torch.allclose(theirs, ours, rtol=1e-9, atol=1e-12)
     for theirs, ours in zip(*both(), strict=True):
         assert float((theirs - ours).norm() / ours.norm()) < 1e-3
+
+
+def test_the_independent_default_is_the_one_the_committed_measurement_chose() -> None:
+    """lzn_core.model.INDEPENDENT follows benchmarks/results/batch_dependence.json (rerun the benchmark
+    and change the constant together)."""
+    from lzn_core.model import INDEPENDENT
+
+    res = json.loads((ROOT / "benchmarks" / "results" / "batch_dependence.json").read_text())
+    assert len(res["runs"]) >= 2 and res["choose_independent"] is INDEPENDENT

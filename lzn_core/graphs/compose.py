@@ -24,10 +24,10 @@ edge                   computation                                              
 Latents of a request (docs/method.md §2, docs/method.md §6): zones are defined relative to other anchors,
 so a request's anchors are zoned *together with* the modality's anchor bank (M stored
 training anchors; ``bank_size`` of them) and only the request's rows are kept; one image
-is classified like a large batch. By default the request's items are also zoned with each other,
-so an item's answer can depend on the rest of the request; ``independent=True`` zones each item
-with the bank alone (one answer per item, whatever else the request holds; the default is
-``lzn_core.model.INDEPENDENT``, chosen by ``benchmarks/results/batch_dependence.md``). ``bank_size=0`` zones each inference batch alone (the
+is classified like a large batch. By default each item is zoned with the bank alone, so its
+answer is the same whatever else the request holds (``lzn_core.model.INDEPENDENT``, chosen by
+``benchmarks/results/batch_dependence.md``); ``independent=False`` zones a request's items
+together (with the bank and each other), one flow for the whole request. ``bank_size=0`` zones each inference batch alone (the
 paper's minibatch evaluation, where accuracy grows with ``batch_size`` and as α -> 0,
 docs/method.md §5). A modality with a fixed bank (label classes) gives class-zone latents: IFM over
 the bank started at the item's own anchor (docs/method.md §4: Euler, 100 steps, α = 1).
