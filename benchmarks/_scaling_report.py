@@ -79,8 +79,33 @@ def one_sample(xs: list[float], level: float) -> Any:
     return paired(xs, [level] * len(xs))
 
 
+def rf_reference(out: Path) -> dict[str, Any] | None:
+    """The RF baseline's recon error from the digits page's jobs (``digits_runs/rf_baseline``:
+    digits_rf_baseline at its recipe's B 128, 400 iterations, the same protocol: unclipped, 256
+    test images, 10 Euler steps each way; z is zeros there, so the inference batch plays no
+    part), the floor where this benchmark's own RF jobs did not run; None when absent."""
+    runs = sorted((out / "digits_runs" / "rf_baseline").glob("seed*.json"))
+    xs = [x for x in (metric(json.loads(f.read_text()), "recon_error") for f in runs) if x is not None]
+    if not xs:
+        return None
+    batch = None
+    for f in runs:
+        batch = json.loads(f.read_text()).get("metrics", {}).get("batch_size", batch)
+    return {"values": xs, "batch": batch or 128, "source": "benchmarks/results/digits_runs/rf_baseline"}
+
+
+def rf_floor(variants: dict[str, Any], b: int, ref: dict[str, Any] | None) -> tuple[list[float], str]:
+    """RF recon errors for comparison at B: this benchmark's own at B, else the digits page's."""
+    own = values(variants, "rf", b, "at/large/recon")
+    if len(own) >= 2 or ref is None:
+        return own, f"RF baseline at B {b}"
+    return list(ref["values"]), f"RF baseline at B {ref['batch']} (digits page; RF at B {b} not run)"
+
+
 # ----------------------------------------------------------------------------- verdicts
-def verdicts(variants: dict[str, Any], batches: list[int]) -> list[dict[str, str]]:
+def verdicts(
+    variants: dict[str, Any], batches: list[int], ref: dict[str, Any] | None = None
+) -> list[dict[str, str]]:
     """One row per question: what is compared, the measured values, the test and the verdict."""
     lo, hi = min(batches), max(batches)
     rows = []
@@ -120,12 +145,14 @@ def verdicts(variants: dict[str, Any], batches: list[int]) -> list[dict[str, str
         a, b = values(variants, kind, hi, key), values(variants, kind, lo, key)
         row(q1, what.format(hi=hi, lo=lo), a, b, fmt, sign, welch(a, b))
     for b in batches:
-        a, r = values(variants, "joint", b, "at/large/recon"), values(variants, "rf", b, "at/large/recon")
-        t = welch(a, r)
-        what = f"recon error, joint vs RF baseline at B {b}"
-        if len(a) >= 2 and len(r) >= 2:
-            what += f" ({100 * (1 - summary(a).mean / summary(r).mean):.0f}% lower)"
-        row(q1, what, a, r, "num", -1, t)
+        for kind in ("joint", "zonly"):
+            a = values(variants, kind, b, "at/large/recon")
+            r, floor = rf_floor(variants, b, ref)
+            t = welch(a, r)
+            what = f"recon error, {KIND_LABEL[kind]} at B {b} vs {floor}"
+            if len(a) >= 2 and len(r) >= 2:
+                what += f" ({100 * (1 - summary(a).mean / summary(r).mean):.0f}% lower)"
+            row(q1, what, a, r, "num", -1, t)
     q2 = "2. does the z-only decoder carry the class?"
     for b in batches:
         for key, what in (
@@ -207,6 +234,70 @@ def verdicts(variants: dict[str, Any], batches: list[int]) -> list[dict[str, str
     return rows
 
 
+def summary_table(variants: dict[str, Any], batches: list[int], ref: dict[str, Any] | None) -> list[str]:
+    """One row per (B, variant): the answers of the issue at a glance (mean ± std over the seeds)."""
+    body = []
+    for b in batches:
+        for k in KIND_LABEL:
+            runs = variants.get(f"{k}_b{b}", {}).get("runs", [])
+            if not runs:
+                continue
+            rec = summary(values(variants, k, b, "at/large/recon"))
+            floor, _ = rf_floor(variants, b, ref)
+            vs_rf = "–"
+            if k != "rf" and rec.n and floor:
+                own = len(values(variants, "rf", b, "at/large/recon")) >= 2 or ref is None
+                vs_rf = f"{100 * (rec.mean / summary(floor).mean - 1):+.0f}%" + ("" if own else " †")
+            body.append(
+                [
+                    str(b),
+                    KIND_LABEL[k],
+                    str(len(runs)),
+                    cell(summary(values(variants, k, b, "at/large/accuracy")), "pct") if k != "rf" else "–",
+                    cell(rec, "num"),
+                    vs_rf,
+                    cell(summary(values(variants, k, b, "at/large/retrieval")), "pct"),
+                    cell(summary(values(variants, k, b, "class_consistency")), "pct"),
+                    cell(summary(values(variants, k, b, "class_consistency_alpha0")), "pct"),
+                    cell(summary(values(variants, k, b, "profile/solver_share")), "pct")
+                    if k != "rf"
+                    else "–",
+                    cell(summary(values(variants, k, b, "profile/step_seconds")), "ms"),
+                    cell(summary(values(variants, k, b, "profile/peak_rss_mib")), "mib"),
+                ]
+            )
+    header = [
+        "B",
+        "variant",
+        "seeds",
+        "label-flow accuracy",
+        "recon error",
+        "recon vs RF",
+        "retrieval (source)",
+        "class consistency α 1",
+        "class consistency α 0",
+        "solver share",
+        "step (CPU)",
+        "peak memory",
+    ]
+    note = (
+        "Latents at the fixed large inference batch. recon vs RF: the recon error's change against the RF "
+        "baseline trained at the same B; "
+        + (
+            f"† against the RF baseline of the digits page instead (`{ref['source']}`: B {ref['batch']}, "
+            f"400 iterations, {len(ref['values'])} seeds, recon "
+            f"{cell(summary(ref['values']), 'num')}, the same protocol with 10 draws of ε), where this "
+            "benchmark's RF job at that B did not run. "
+            if ref
+            else ""
+        )
+        + "Class consistency α 1: class-zone samples; α 0: the class zones' centres. zonly_a0 is "
+        "trained with latents at α 0, so its recon reads α 0 latents (the recipe's α) and is not "
+        "comparable to the others' α 1 recon."
+    )
+    return ["## Summary", "", *_table(header, body), "", note, ""]
+
+
 # ----------------------------------------------------------------------------- figures
 def _plt() -> Any:
     import matplotlib
@@ -230,9 +321,12 @@ PANELS = (  # (key, title, format, kinds, also at the training batch)
 )
 
 
-def metrics_png(variants: dict[str, Any], batches: list[int], path: Path) -> Path:
+def metrics_png(
+    variants: dict[str, Any], batches: list[int], path: Path, ref: dict[str, Any] | None = None
+) -> Path:
     """Each metric against B (log scale), one line per variant: mean ± std over the seeds; dashed:
-    latents at the training batch instead of the fixed large one."""
+    latents at the training batch instead of the fixed large one; dotted (recon): the digits page's
+    RF baseline where this benchmark's RF jobs did not run."""
     plt = _plt()
     cols = 3
     rows = (len(PANELS) + cols - 1) // cols
@@ -258,6 +352,10 @@ def metrics_png(variants: dict[str, Any], batches: list[int], path: Path) -> Pat
                     label=label,
                     alpha=1.0 if style == "o-" else 0.6,
                 )
+        if key == "at/large/recon" and ref and not any(values(variants, "rf", b, key) for b in batches):
+            s = summary(ref["values"])
+            ax.axhline(s.mean, color=COLOR["rf"], ls=":", label=f"RF, B {ref['batch']} (digits page)")
+            ax.axhspan(s.mean - s.std, s.mean + s.std, color=COLOR["rf"], alpha=0.1)
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_xlabel("training batch B")
@@ -276,6 +374,7 @@ def cost(variants: dict[str, Any]) -> dict[str, Any]:
     """CPU time (user + system of the training and evaluation processes), process wall time,
     the wall span of the jobs and the load during them."""
     total, wall, starts, ends, loads, jobs, unmeasured = 0.0, 0.0, [], [], [], 0, 0
+    spans = []
     for v in variants.values():
         for r in v["runs"]:
             jobs += 1
@@ -286,6 +385,7 @@ def cost(variants: dict[str, Any]) -> dict[str, Any]:
             if r.get("eval_end"):
                 ends.append(r["eval_end"])
                 starts.append(r.get("train_start") or r["eval_end"] - (r.get("eval_seconds") or 0.0))
+                spans.append((starts[-1], ends[-1]))
             loads += [x for x in (r["metrics"].get("train_load") or []) if x is not None]
             loads += [x for x in (r["metrics"].get("profile", {}).get("load") or []) if x is not None]
     return {
@@ -295,6 +395,8 @@ def cost(variants: dict[str, Any]) -> dict[str, Any]:
         "cpu_unmeasured_jobs": unmeasured,
         "span_hours": (max(ends) - min(starts)) / 3600 if ends else float("nan"),
         "load": [min(loads), statistics.median(loads), max(loads)] if loads else None,
+        # most jobs of this benchmark running at one moment (from their start and end times)
+        "concurrency": max((sum(s <= t < e for s, e in spans) for t, _ in spans), default=0),
     }
 
 
@@ -313,7 +415,8 @@ def markdown(cfg: dict[str, Any], variants: dict[str, Any], res: dict[str, Any],
         "# How LZN scales with the batch (digits, CPU)",
         "",
         f"Generated by `python benchmarks/batch_scaling.py --reuse` on {res['date']}, {os.cpu_count()} CPU cores "
-        f"({cpu_name()}), {res.get('parallel', 2)} jobs at a time, one torch thread each. Measured over the "
+        f"({cpu_name()}), at most {c['concurrency']} of its jobs at a time (from their start and end times), one "
+        "torch thread each. Measured over the "
         f"{c['jobs']} finished jobs (one variant, one batch, one seed: training, then evaluation): "
         f"**{c['cpu_hours']:.2f} CPU-hours** (user + system time of the training and evaluation processes"
         + (f"; {c['cpu_unmeasured_jobs']} jobs without a CPU-time record" if c["cpu_unmeasured_jobs"] else "")
@@ -352,6 +455,19 @@ def markdown(cfg: dict[str, Any], variants: dict[str, Any], res: dict[str, Any],
         f"The solver share is tested against {SHARE_MATTERS:.0%} (one-sample t-test over the seeds' profiles).",
         "",
     ]
+    lines += summary_table(variants, batches, res.get("rf_reference"))
+    cut = list(cfg.get("cut_batches") or ())
+    if cut:
+        lines += [
+            "## Cut",
+            "",
+            f"B in {{{', '.join(map(str, cut))}}} was not run for any variant (`--batches "
+            f"{' '.join(map(str, batches))}`): the CPU budget of the issue (about 3 CPU-hours) fits "
+            "its reduced grid, B in {64, 256, 1024} × 3 seeds of the two LZN variants, and not the full "
+            "one; a B = 1024 job alone takes about 10 CPU-minutes of training. The figures and verdicts "
+            "use the batches above only.",
+            "",
+        ]
     missing = res["not_run"]
     if missing:
         lines += [
@@ -449,7 +565,7 @@ def markdown(cfg: dict[str, Any], variants: dict[str, Any], res: dict[str, Any],
         for b in batches
     ]
     lines += [
-        "Training wall time per job (busy machine, 2 jobs at a time):",
+        "Training wall time per job (busy machine: other processes shared the cores):",
         "",
         *_table(["B", *(f"training: {k}" for k in KIND_LABEL)], train_min),
         "",
@@ -502,8 +618,11 @@ def write_report(
     }
     res["finished"] = sum(len(v["runs"]) for v in variants.values())
     res["cost"] = cost(variants)
-    res["verdicts"] = verdicts(variants, batches)
-    res["figures"] = {"metrics": str(metrics_png(variants, batches, out / "batch_scaling.png"))}
+    res["rf_reference"] = rf_reference(out)
+    res["verdicts"] = verdicts(variants, batches, res["rf_reference"])
+    res["figures"] = {
+        "metrics": str(metrics_png(variants, batches, out / "batch_scaling.png", res["rf_reference"]))
+    }
     page = out / "batch_scaling.md"
     page.write_text(markdown(cfg, variants, res, out))
     res["page"] = str(page)

@@ -164,7 +164,7 @@ def make_jobs(
     """Every (variant, seed) job in priority order; ``write``: write the recipes first."""
     out, runs = paths["out"], paths["runs"]
     vs = variants(cfg)
-    settings = {k: v for k, v in cfg.items() if k not in ("seeds", "first", "batches", "fix")}
+    settings = {k: v for k, v in cfg.items() if k not in ("seeds", "first", "batches", "fix", "cut_batches")}
     jobs = []
     for name, seed in job_order(cfg):
         v = vs[name]
@@ -409,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, help="seeds per variant (default 3)")
     p.add_argument("--jobs", type=int, default=2, help="jobs at a time (default 2: one per core)")
     p.add_argument("--only", nargs="*", help="run only these variants (the page marks the others not run)")
+    p.add_argument(
+        "--batches",
+        nargs="+",
+        type=int,
+        help="training batches of the grid, a subset of the default (the page says which were cut)",
+    )
     p.add_argument("--report-only", action="store_true", help="no training: the page from the finished jobs")
     p.add_argument(
         "--data", default=str(ROOT / "data" / "digits"), help="digits shards (written when missing)"
@@ -420,6 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dict(QUICK if args.quick else FULL)
     if args.seeds:
         cfg["seeds"] = tuple(range(args.seeds))
+    if args.batches:
+        bad = sorted(set(args.batches) - set(cfg["batches"]))
+        if bad:
+            raise SystemExit(
+                f"--batches: {', '.join(map(str, bad))} not in the grid; choose from {', '.join(map(str, cfg['batches']))}"
+            )
+        cfg["cut_batches"] = tuple(b for b in cfg["batches"] if b not in args.batches)
+        cfg["batches"] = tuple(b for b in cfg["batches"] if b in args.batches)
     paths = {
         "out": Path(args.out or ROOT / "benchmarks" / "results" / ("quick" if args.quick else "")),
         "runs": Path(
