@@ -444,6 +444,43 @@ def test_batch_scaling_runs_the_reduced_grid_first_and_writes_valid_recipes(scal
     assert [t.kind for t in got["rf_b256"].tasks] == ["generate"]
 
 
+def test_batch_scaling_batches_option_cuts_the_grid_and_refuses_unknown_batches(scaling) -> None:
+    bs, _ = scaling
+    with pytest.raises(SystemExit, match="--batches: 100 not in the grid; choose from 64, 128"):
+        bs.main(["--report-only", "--batches", "64", "100"])
+    cfg = {**bs.FULL, "batches": (64, 1024)}
+    want = {f"{k}_b{b}" for k in ("joint", "zonly", "rf") for b in (64, 1024)} | {"zonly_a0_b64"}
+    assert {n for n, _ in bs.job_order(cfg)} == want
+
+
+def test_scaling_page_compares_recon_with_the_rf_of_the_same_batch_else_the_digits_page(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        sr = importlib.import_module("_scaling_report")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert sr.rf_reference(tmp_path) is None
+    for seed, err in enumerate((0.8, 0.7)):
+        f = tmp_path / "digits_runs" / "rf_baseline" / f"seed{seed}.json"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({"metrics": {"recon_error": err}}))
+    ref = sr.rf_reference(tmp_path)
+    assert ref["values"] == [0.8, 0.7] and ref["batch"] == 128
+
+    def runs(*recon: float) -> dict:
+        return {"runs": [{"metrics": {"at": {"large": {"recon": r}}}} for r in recon]}
+
+    variants = {"joint_b64": runs(0.6, 0.6), "joint_b256": runs(0.5, 0.5), "rf_b256": runs(1.0, 1.0)}
+    assert sr.rf_floor(variants, 64, ref) == (
+        [0.8, 0.7],
+        "RF baseline at B 128 (digits page; RF at B 64 not run)",
+    )
+    assert sr.rf_floor(variants, 256, ref) == ([1.0, 1.0], "RF baseline at B 256")
+    rows = {r.split(" | ")[0] + r.split(" | ")[1]: r for r in sr.summary_table(variants, [64, 256], ref)[4:7]}
+    assert "| -20% † |" in rows["| 64joint (z + one-hot)"]  # 0.6 against 0.75, the digits page's
+    assert "| -50% |" in rows["| 256joint (z + one-hot)"]  # 0.5 against its own RF's 1.0
+
+
 def test_zoned_latents_see_exactly_the_inference_batch(scaling) -> None:
     """Every item is zoned among exactly b anchors: its chunk of the items + the next context rows."""
     import torch
