@@ -188,6 +188,8 @@ def verdicts(
         values(variants, "zonly", lo, "class_consistency"),
     )
     row(q2, f"class consistency, z only: B {hi} vs B {lo}", a, b0, "pct", 1, welch(a, b0))
+    a, b0 = (values(variants, "joint", x, "class_consistency") for x in (hi, lo))
+    row(q2, f"class consistency, joint (one-hot): B {hi} vs B {lo}", a, b0, "pct", 1, welch(a, b0))
     a, b0 = values(variants, "zonly", hi, "zone_agreement"), values(variants, "zonly", lo, "zone_agreement")
     row(
         q2,
@@ -311,6 +313,19 @@ def _verdict(res: dict[str, Any], *parts: str) -> str:
     return "not run"
 
 
+def _growth(variants: dict[str, Any], batches: list[int]) -> list[tuple[int, int, float, float]]:
+    """(B, next B, solver time ratio, step time ratio) of joint's means, for consecutive batches that ran."""
+    out = []
+    for a, b in zip(batches, batches[1:], strict=False):
+        r = [
+            summary(values(variants, "joint", b, k)).mean / summary(values(variants, "joint", a, k)).mean
+            for k in ("profile/solver_seconds", "profile/step_seconds")
+        ]
+        if all(math.isfinite(x) for x in r):
+            out.append((a, b, r[0], r[1]))
+    return out
+
+
 def reading(variants: dict[str, Any], batches: list[int], res: dict[str, Any]) -> list[str]:
     """The answers in words, every number and verdict taken from the tables of this page."""
     lo, hi = min(batches), max(batches)
@@ -356,18 +371,28 @@ def reading(variants: dict[str, Any], batches: list[int], res: dict[str, Any]) -
         "training. What would fix samples at α 1 as well (not measured here): a larger B (the trend above), "
         "or training the decoder on latents at both α 0 and α 1.",
         "",
-        f"**3. The solver's share of the step** (CPU time, digits networks): {shares}; the solver itself "
-        f"(forward + backward) {solver}. Its cost grows as B² (B × B distances per flow step) while the "
-        "networks' grows as B, so its share rises at large B; on these tiny networks it is a quarter to "
-        "a third of the step already at B 64 (the verdicts above test it against 25%). The share on a GPU "
-        "with CIFAR-10's U-Net is not measured here.",
+        f"**3. The solver's share of the step** (CPU time, digits networks): {shares} (each tested against "
+        f"25% in the verdicts); the solver itself (forward + backward) {solver}, the whole step "
+        f"{span('joint', 'profile/step_seconds', 'ms')}. The flow computes B × B distances per step, so "
+        "the solver's cost becomes quadratic in B once that term dominates. Growth of the solver's and the "
+        "step's time (joint, means): "
+        + "; ".join(
+            f"B {a} → {b} ({b / a:.0f}× the rows): solver ×{rs:.1f}, step ×{rt:.1f}"
+            for a, b, rs, rt in _growth(variants, batches)
+        )
+        + ". The share on a GPU with CIFAR-10's U-Net is not measured here.",
         "",
         f"**For a GPU user of `cifar_joint`.** Keep the global batch at the paper's B = 2000 "
         "(`train.batch_size`) and do not lower it to fit memory: every latent is zoned among the B anchors "
-        f"of its step, and here, from B {lo} to B {hi}, retrieval through the latent (joint: "
-        f"{_verdict(res, 'retrieval (large), joint')}), the z-only decoder's class "
-        f"({_verdict(res, 'class consistency, z only')}) and the one-hot decoder's class consistency "
-        f"({span('joint', 'class_consistency')}) all moved with B; none of them was measured above "
+        f"of its step. Here, B {lo} → B {hi}: retrieval through the latent, joint, "
+        f"{v('joint', lo, 'at/large/retrieval')} → {v('joint', hi, 'at/large/retrieval')} "
+        f"({_verdict(res, 'retrieval (large), joint')}); class consistency of the one-hot decoder "
+        f"{v('joint', lo, 'class_consistency')} → {v('joint', hi, 'class_consistency')} "
+        f"({_verdict(res, 'class consistency, joint (one-hot)')}) and of the z-only decoder "
+        f"{v('zonly', lo, 'class_consistency')} → {v('zonly', hi, 'class_consistency')} "
+        f"({_verdict(res, 'class consistency, z only')}); recon error, joint, "
+        f"{v('joint', lo, 'at/large/recon', 'num')} → {v('joint', hi, 'at/large/recon', 'num')} "
+        f"({_verdict(res, 'recon error (inference batch large), joint')}). Nothing was measured above "
         f"B {hi}. cifar_joint conditions its decoder on the one-hot (as the paper's case study 3). "
         "Choose `train.micro_batch_size` by GPU memory alone: the two-pass "
         "step zones the whole global batch and gives the same gradient as one pass (`lzn_core/train/"
