@@ -420,6 +420,7 @@ PANELS = (  # (key, title, format, kinds, also at the training batch)
     ("at/large/retrieval", "retrieval: nearest train image = source", "pct", ALL, True),
     ("at/large/retrieval_class", "retrieval: nearest train image has its class", "pct", ALL, False),
     ("class_consistency", "class consistency, class-zone samples", "pct", ALL, False),
+    ("class_consistency_alpha0", "class consistency, class-zone centres (α 0)", "pct", ALL, False),
     ("zone_agreement", "z ~ N(0,I): decoded class = label-flow class", "pct", LZN, False),
     ("profile/solver_share", "solver share of the step (CPU time)", "pct", ("joint", "zonly"), False),
     ("profile/step_seconds", "step time (CPU s, profile)", "num", ("joint", "zonly", "rf"), False),
