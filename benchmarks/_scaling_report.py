@@ -295,7 +295,7 @@ def summary_table(variants: dict[str, Any], batches: list[int], ref: dict[str, A
             f"400 iterations, {len(ref['values'])} seeds, recon "
             f"{cell(summary(ref['values']), 'num')}, the same protocol with 10 draws of ε), where this "
             "benchmark's RF job at that B did not run. "
-            if ref
+            if ref and any("†" in r[5] for r in body)
             else ""
         )
         + "Class consistency α 1: class-zone samples; α 0: the class zones' centres. zonly_a0 is "
@@ -350,11 +350,11 @@ def reading(variants: dict[str, Any], batches: list[int], res: dict[str, Any]) -
         f" (the RF floor and the change against it per B: the summary table; the digits page's RF: {floor})."
         " The paper reports 45% lower recon with the latent for a class-conditioned decoder at B 2000 "
         "(CIFAR-10, Table 4: 0.69 → 0.38; unconditioned, Table 1: 0.83 → 0.41). "
-        "The decoder is trained on latents at α 1 (a random point of the zone), so what it can "
-        "read of a sample is bounded by how large the zone is, not only by B: the fix attempt's decoder, "
-        f"trained on zone centres (α 0), has recon {span('zonly_a0', 'at/large/recon', 'num')} and retrieval "
-        f"{span('zonly_a0', 'at/large/retrieval')} (its recon reads α 0 latents, so it is not the same "
-        "protocol as the α 1 rows).",
+        "The shipped decoder is trained on latents at α 1 (a random point of the sample's zone); the fix "
+        "attempt's decoder, trained and read at zone centres (α 0), has recon "
+        f"{span('zonly_a0', 'at/large/recon', 'num')} and retrieval {span('zonly_a0', 'at/large/retrieval')}"
+        " (its recon reads α 0 latents, not the same protocol as the α 1 rows): the α 1 noise, not only "
+        "B, limits what a decoder reads of a sample from z.",
         "",
         f"**2. Does a decoder that reads z alone carry the class?** Class-zone samples (α 1), z only: {span('zonly', 'class_consistency')} (the one-hot "
         f"decoder: {span('joint', 'class_consistency')}); B {hi} vs B {lo}: "
