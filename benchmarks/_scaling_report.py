@@ -492,7 +492,11 @@ def cost(variants: dict[str, Any]) -> dict[str, Any]:
             if r.get("eval_end"):
                 ends.append(r["eval_end"])
                 starts.append(r.get("train_start") or r["eval_end"] - (r.get("eval_seconds") or 0.0))
-                spans.append((starts[-1], ends[-1]))
+                # training and evaluation as two intervals: a job evaluated again later was not
+                # running in between
+                if r.get("train_start") and r.get("train_seconds"):
+                    spans.append((r["train_start"], r["train_start"] + r["train_seconds"]))
+                spans.append((r["eval_end"] - (r.get("eval_seconds") or 0.0), r["eval_end"]))
             loads += [x for x in (r["metrics"].get("train_load") or []) if x is not None]
             loads += [x for x in (r["metrics"].get("profile", {}).get("load") or []) if x is not None]
     return {
