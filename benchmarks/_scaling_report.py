@@ -602,10 +602,10 @@ def markdown(cfg: dict[str, Any], variants: dict[str, Any], res: dict[str, Any],
             "## Cut",
             "",
             f"B in {{{', '.join(map(str, cut))}}} was not run for any variant (`--batches "
-            f"{' '.join(map(str, batches))}`): the CPU budget of the issue (about 3 CPU-hours) fits "
-            "its reduced grid, B in {64, 256, 1024} × 3 seeds of the two LZN variants, and not the full "
-            "one; a B = 1024 job alone takes about 10 CPU-minutes of training. The figures and verdicts "
-            "use the batches above only.",
+            f"{' '.join(map(str, batches))}`): the issue's reduced grid (B in {{64, 256, 1024}} × 3 seeds of "
+            "the two LZN variants) ran first, then the RF baseline at those batches; the other batches did "
+            "not fit the time available on the shared machine (the CPU time of the jobs that ran is in the "
+            "first paragraph). The figures and verdicts use the batches above only.",
             "",
         ]
     missing = res["not_run"]
