@@ -6,7 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-export OMP_NUM_THREADS ?= 2
+# One OpenMP thread per process: measured 2026-12-07 on this project's 2-core machine while it was
+# shared (load 16-20), a digits_joint training step took 0.48-0.87 s with 1 thread and 11.8-26.1 s
+# with 2 (the threads spin-wait for cores that others hold); every CPU command here runs one thread.
+export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 # DS_ACCELERATOR is left to the user: `make run` trains the embedded default on CPU unless it is set,
 # `make test` runs on CPU; nothing else is pinned (a GPU run started from make would use the GPU).
@@ -27,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: $(STAMP)
 	$(VENV)/bin/lzn shards digits data/digits
-	# one rank, one thread: 2 OpenMP threads on 2 busy cores measured 15x slower (spin-waiting)
+	# one rank, one thread (see OMP_NUM_THREADS above)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(VENV)/bin/deepspeed --num_gpus 1 recipes/train.py --recipe digits_joint.yaml
 
 # The tests on CPU with pytest's arguments $(1). pytest exits 5 when it collected nothing (or -m
@@ -53,6 +56,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py
 	$(PY) benchmarks/digits.py --iterations 400 --reuse
+	$(PY) benchmarks/batch_scaling.py --reuse
+	$(PY) benchmarks/batch_dependence.py --reuse
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

@@ -169,26 +169,42 @@ def log(msg: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _call(cmd: list[str], out: Any) -> tuple[int, float]:
+    """Run ``cmd`` (cwd the repository, :func:`child_env`); returns its exit status and the CPU
+    seconds (user + system) it used: on a shared machine the wall time says how busy the cores
+    were, the CPU time what the job cost."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
 def _train(job: Job, logs: Path) -> dict[str, Any]:
     shutil.rmtree(job.run, ignore_errors=True)  # metrics.jsonl is appended to: start clean
     logs.mkdir(parents=True, exist_ok=True)
     logfile = logs / f"{job.variant.name}-seed{job.seed}.log"
-    start = time.time()
+    start, load_start = time.time(), os.getloadavg()
     with open(logfile, "w") as out:
-        rc = subprocess.call(
-            [sys.executable, str(ROOT / "recipes" / "train.py"), "--recipe", str(job.recipe)],
-            cwd=ROOT,
-            env=child_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
+        rc, cpu = _call(
+            [sys.executable, str(ROOT / "recipes" / "train.py"), "--recipe", str(job.recipe)], out
         )
     if rc != 0:
         raise RuntimeError(f"training {job.key} failed (exit {rc}); see {logfile}")
     info = {
         "recipe_sha1": job.recipe_sha1(),
         "seconds": time.time() - start,
+        "cpu_seconds": cpu,
         "start": start,
         "end": time.time(),
+        # 1-minute load averages when training started and ended: how busy the cores were (wall times
+        # measured on a loaded machine are longer; ratios measured inside one process are not)
+        "load": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(),
     }
     (job.run / "bench-train.json").write_text(json.dumps(info) + "\n")
     return info
@@ -198,10 +214,17 @@ def _evaluate(job: Job, logs: Path) -> dict[str, Any]:
     logfile = logs / f"{job.variant.name}-seed{job.seed}.eval.log"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logfile, "w") as out:
-        rc = subprocess.call(job.eval_cmd, cwd=ROOT, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+        rc, cpu = _call(job.eval_cmd, out)
     if rc != 0 or not job.result.is_file():
         raise RuntimeError(f"evaluating {job.key} failed (exit {rc}); see {logfile}")
-    return json.loads(job.result.read_text())
+    res = json.loads(job.result.read_text())
+    res["eval_cpu_seconds"] = cpu
+    if res.get("train_cpu_seconds") is None:
+        res["train_cpu_seconds"] = (job.trained() or {}).get("cpu_seconds")
+    tmp = job.result.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.replace(job.result)
+    return res
 
 
 def run_job(job: Job, logs: Path, reuse: bool) -> dict[str, Any]:
@@ -235,6 +258,45 @@ def run_all(jobs: list[Job], logs: Path, *, reuse: bool, parallel: int) -> list[
                 log(f"{job.key}: FAILED: {exc}")
                 failed.append(f"{job.key}: {exc}")
     return failed
+
+
+def finished(job: Job) -> dict[str, Any] | None:
+    """The job's result when it was written with these evaluation settings (and, when its recipe
+    is on disk, for that recipe); else None (not run, or stale)."""
+    if not job.result.is_file():
+        return None
+    res = json.loads(job.result.read_text())
+    if res.get("eval_key") != job.eval_key:
+        return None
+    if job.recipe.is_file() and res.get("recipe_sha1") != job.recipe_sha1():
+        return None
+    return res
+
+
+def collect(jobs: list[Job]) -> dict[str, Any]:
+    """``{variant: {"description", "group", "measure", "seeds": [finished], "planned": [all],
+    "runs": [result JSON per finished seed]}}`` in the jobs' order; a variant none of whose jobs
+    finished has no runs (the report says "not run")."""
+    per: dict[str, Any] = {}
+    for job in jobs:
+        v = job.variant
+        entry = per.setdefault(
+            v.name,
+            {
+                "description": v.description,
+                "group": v.group,
+                "measure": v.measure,
+                "seeds": [],
+                "planned": [],
+                "runs": [],
+            },
+        )
+        entry["planned"].append(job.seed)
+        res = finished(job)
+        if res is not None:
+            entry["seeds"].append(job.seed)
+            entry["runs"].append(res)
+    return per
 
 
 def write_result(path: Path, job_info: dict[str, Any], metrics: dict[str, Any]) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _runs import Job, Variant, run_all, run_dir, sha1, write_recipe, write_result  # noqa: E402
+from _runs import Job, Variant, collect, run_all, run_dir, sha1, write_recipe, write_result  # noqa: E402
 
 EVAL_VERSION = 1  # bump when an evaluation changes: every job is evaluated again
 FULL = dict(
@@ -50,6 +50,7 @@ FULL = dict(
     small_batch=16,
     seeds=(0, 1, 2),
     text_seeds=(0, 1, 2),
+    long_seeds=(0, 1, 2, 3, 4),  # the longest iteration run and its CE head: the "gap closed" verdict
     text_context=24,  # tokens: the attribute captions need up to 20 (the recipe's 16 cuts them)
     draws=10,
     samples=1000,
@@ -65,6 +66,7 @@ QUICK = dict(
     small_batch=16,
     seeds=(0, 1),
     text_seeds=(0,),
+    long_seeds=(0, 1),
     text_context=24,
     draws=1,
     samples=100,
@@ -75,6 +77,7 @@ QUICK = dict(
     batch_sizes=(30, 300),
 )
 ITERATION_FACTORS = (2, 5)  # iteration ablation: × the base iterations (400 -> 800 and 2000)
+SEED_KEYS = ("seeds", "text_seeds", "long_seeds")  # not evaluation settings: more seeds re-evaluate nothing
 CAPTION_DATA = {"templates": "digits", "attributes": "digits-attributes"}
 
 
@@ -165,6 +168,16 @@ def iteration_ablation(cfg: dict[str, Any]) -> list[int]:
     return [f * base_iterations(cfg) for f in ITERATION_FACTORS]
 
 
+def seeds_of(v: Variant, cfg: dict[str, Any], longest: int) -> tuple[int, ...]:
+    """The seeds a variant is trained with: the caption sets' own count; 5 for the longest iteration
+    run and its CE head (the one "gap closed" verdict rests on them); else ``cfg["seeds"]``."""
+    if v.measure == "text":
+        return tuple(cfg["text_seeds"])
+    if v.name in (f"its{longest}", f"ce_its{longest}"):
+        return tuple(cfg["long_seeds"])
+    return tuple(cfg["seeds"])
+
+
 def gap_rows(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(what changes, LZN variant, CE variant at the same encoder size and iterations) per row."""
     its = base_iterations(cfg)
@@ -194,11 +207,12 @@ def make_jobs(
     ``out/recipes`` for the page). An evaluation job only reads them (a training may be reading)."""
     out, runs = paths["out"], paths["runs"]
     jobs = []
-    eval_settings = {k: v for k, v in cfg.items() if k not in ("seeds", "text_seeds")}
+    eval_settings = {k: v for k, v in cfg.items() if k not in SEED_KEYS}
+    longest = max(iteration_ablation(cfg))
     for v in variants(cfg).values():
         if names and v.name not in names:
             continue
-        for seed in cfg["text_seeds"] if v.measure == "text" else cfg["seeds"]:
+        for seed in seeds_of(v, cfg, longest):
             recipe = runs / "recipes" / f"{v.name}-seed{seed}.yaml"
             if write:
                 write_recipe(v, seed, cfg, paths["data"], runs, recipe)
@@ -280,9 +294,10 @@ def ce_baseline(
     return {**res, "seconds": seconds}
 
 
-def classifier_metrics(model: Any, test: dict[str, Any], train: dict[str, Any]) -> dict[str, float]:
-    """LZN classifier (α, batch and steps of the recipe's ``eval``) on the test and training splits,
-    and a linear probe on the anchors (train -> test)."""
+def classifier_metrics(model: Any, test: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """LZN classifier (α, batch and steps of the recipe's ``eval``) on the test and training splits
+    (``test_wrong``: the indices of the misclassified test images), and a linear probe on the
+    anchors (train -> test)."""
     from lzn_core.eval import protocol as em
     from lzn_core.eval.metrics import linear_probe
 
@@ -299,6 +314,8 @@ def classifier_metrics(model: Any, test: dict[str, Any], train: dict[str, Any]) 
             steps=ecfg.steps,
         )
         out[split] = float((pred == data["label"]).float().mean())
+        if split == "accuracy":  # which test images (shard order) it gets wrong: two seeds' errors differ
+            out["test_wrong"] = (pred != data["label"]).nonzero().flatten().tolist()
     f_tr, f_te = (em.probe_features(model, "image", t["image"], "anchor") for t in (train, test))
     out["probe_anchor"] = linear_probe(f_tr, train["label"], f_te, test["label"])
     return out
@@ -442,45 +459,6 @@ def figures(cfg: dict[str, Any], paths: dict[str, Any], names: list[str]) -> dic
     return figs
 
 
-def finished(job: Job) -> dict[str, Any] | None:
-    """The job's result when it was written with these evaluation settings (and, when its recipe
-    is on disk, for that recipe); else None (not run, or stale)."""
-    if not job.result.is_file():
-        return None
-    res = json.loads(job.result.read_text())
-    if res.get("eval_key") != job.eval_key:
-        return None
-    if job.recipe.is_file() and res.get("recipe_sha1") != job.recipe_sha1():
-        return None
-    return res
-
-
-def collect(jobs: list[Job]) -> dict[str, Any]:
-    """``{variant: {"description", "group", "measure", "seeds": [finished], "planned": [all],
-    "runs": [result JSON per finished seed]}}`` in the jobs' order; a variant none of whose jobs
-    finished has no runs (the report says "not run")."""
-    per: dict[str, Any] = {}
-    for job in jobs:
-        v = job.variant
-        entry = per.setdefault(
-            v.name,
-            {
-                "description": v.description,
-                "group": v.group,
-                "measure": v.measure,
-                "seeds": [],
-                "planned": [],
-                "runs": [],
-            },
-        )
-        entry["planned"].append(job.seed)
-        res = finished(job)
-        if res is not None:
-            entry["seeds"].append(job.seed)
-            entry["runs"].append(res)
-    return per
-
-
 def trained_model(paths: dict[str, Any], name: str, seed: int = 0) -> Path | None:
     final = run_dir(paths["runs"], name, seed) / "final"
     return final if (final / "model.safetensors").is_file() else None
@@ -507,6 +485,10 @@ def build_report(
     have = [n for n in ("joint", "rf_baseline") if trained_model(paths, n)]
     res["figures"] = figures(cfg, paths, have) if have else {}
     out = paths["out"]
+    for key in ("recon", "samples_joint", "samples_rf_baseline"):
+        drawn = out / f"digits_{key}.png"  # by an earlier invocation whose seed-0 models are gone
+        if key not in res["figures"] and drawn.is_file():
+            res["figures"][key] = str(drawn)
     for v in variants(cfg).values():
         if v.measure == "text" and (out / f"{v.name}.png").is_file() and v.name in res["variants"]:
             if res["variants"][v.name]["seeds"][:1] == [0]:

@@ -62,7 +62,9 @@ REHEARSAL = dict(  # CPU: the same pipeline at a size that runs in seconds
     estimate_s=30.0,
     checks_s=600.0,
 )
-PAPER_IMAGES_PER_S = 217  # case 1: batch 2000, 50k iterations in 8 h on 16 A100s (PAPER §4)
+PAPER_IMAGES_PER_S = (
+    217  # case 1: batch 2000, 50k iterations in 8 h on 16 A100s (the paper, docs/method.md §7)
+)
 TARGET_IMAGES_PER_S = 5 * PAPER_IMAGES_PER_S  # issue 27: >= 5x an A100 on one GPU, cifar_joint
 
 

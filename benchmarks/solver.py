@@ -1,6 +1,6 @@
 """Zoning-solver benchmark: the project's solver against the bare GEMMs it needs and the naive formulation.
 
-One training iteration (DESIGN.md §11) = ``latents(A0)`` (20 Euler steps, g = 1e-4) +
+One training iteration = ``latents(A0)`` (20 Euler steps, g = 1e-4) +
 ``assign(latents, A1, targets=arange)`` (20 Euler steps) + log alignment loss + backward to
 A0 and A1; q = 200, float32, B = N. Inference = ``latents(A0)`` without grad.
 
@@ -143,6 +143,52 @@ def _naive_iteration(a0, a1, eps, steps, g=1e-4):
     return -torch.log(tp[u:].max(0).values.clamp_min(torch.finfo(tp.dtype).tiny)).mean()
 
 
+OFFICIAL_ENV = "LZN_OFFICIAL_SRC"
+"""Environment variable naming a local copy of github.com/microsoft/latent-zoning-networks (its root,
+holding ``lzn/``): the ``official`` rows time the authors' own latent flow, imported from there at run
+time (nothing of theirs is in this repository). Unset: those rows are skipped."""
+
+
+def official_source() -> Path | None:
+    """The authors' code directory from :data:`OFFICIAL_ENV`, or None when unset or not a copy of it."""
+    src = os.environ.get(OFFICIAL_ENV)
+    if not src:
+        return None
+    path = Path(src).expanduser()
+    return path if (path / "lzn" / "latent_flow" / "euler_latent_flow.py").is_file() else None
+
+
+def _official_flow(q: int, g: float):
+    """The authors' ``EulerLatentFlow`` (checkpointing on, as their trainers run it) with their
+    ``Gaussian`` prior, imported from :func:`official_source`."""
+    from types import SimpleNamespace
+
+    src = official_source()
+    if src is None:
+        raise RuntimeError(f"set {OFFICIAL_ENV} to a copy of github.com/microsoft/latent-zoning-networks")
+    if str(src) not in sys.path:
+        sys.path.insert(0, str(src))
+    from lzn.latent_flow.euler_latent_flow import EulerLatentFlow
+    from lzn.prior.gaussian import Gaussian
+
+    return EulerLatentFlow(SimpleNamespace(prior=Gaussian(q)), eps=g, use_gradient_checkpoint=True)
+
+
+def _official_iteration(a0, a1, eps, steps, g=1e-4):
+    """One training iteration through the authors' code: their forward flow over a0 (the latents),
+    their reverse flow over a1 (unnormalised pdfs of every step), then the same loss as ours (the
+    normalised probability of the diagonal target, max over the steps after the cutoff, −log)."""
+    import torch
+
+    flow = _official_flow(a0.shape[1], g)
+    z = flow(full_encoded=a0, encoded=a0, prior_data=eps, num_steps=steps)
+    _, pdfs = flow(reverse=True, full_encoded=a1, initial_point=z, num_steps=steps)
+    targets = torch.arange(a1.shape[0])
+    tp = torch.stack([(p / p.sum(1, keepdim=True)).gather(1, targets[:, None]).squeeze(1) for p in pdfs])
+    u = int(0.2 * steps)
+    return -torch.log(tp[u:].max(0).values.clamp_min(torch.finfo(tp.dtype).tiny)).mean()
+
+
 def _our_iteration(a0, a1, eps, steps, g=1e-4):
     import torch
 
@@ -237,7 +283,8 @@ def _worker(kind: str, impl: str, n: int, q: int, steps: int, budget: float) -> 
 
     from lzn_core import zoning
 
-    for fn in (_our_iteration, _naive_iteration):  # warm-up: lazy imports and one-time allocations
+    warm = [_our_iteration, _naive_iteration] + ([_official_iteration] if impl == "official" else [])
+    for fn in warm:  # warm-up: lazy imports and one-time allocations
         small = _inputs(4, q)
         fn(*small, 2).backward()
     _bare_gemms(4, q, 2, True)()
@@ -251,18 +298,27 @@ def _worker(kind: str, impl: str, n: int, q: int, steps: int, budget: float) -> 
                 zoning.latents(a0.detach(), eps, g=1e-4, steps=steps)
             return
         a0.grad = a1.grad = None
-        value = (_our_iteration if impl == "ours" else _naive_iteration)(a0, a1, eps, steps)
+        iteration = {"ours": _our_iteration, "naive": _naive_iteration, "official": _official_iteration}[impl]
+        value = iteration(a0, a1, eps, steps)
         value.backward()
         loss = value.item()
 
+    cpu: dict[str, list[float]] = {"solver": [], "bare": []}  # CPU seconds of this process per repetition
+
+    def timed(fn, part: str) -> tuple[float, float]:
+        start = time.process_time()
+        res = _timed_share(fn)
+        cpu[part].append(time.process_time() - start)
+        return res
+
     mem = _PeakMemory()
     mem.start()
-    reps = [_timed_share(solver)]
+    reps = [timed(solver, "solver")]
     peak = mem.stop()
     bare, bare_reps = None, []
     if impl == "ours":  # alternate with the bare GEMMs of the same shapes
         bare = _bare_gemms(n, q, steps, train=kind == "train")
-        bare_reps.append(_timed_share(bare))
+        bare_reps.append(timed(bare, "bare"))
     t_start = time.perf_counter()
     limit = MIN_REPS if impl == "ours" else 1
 
@@ -279,9 +335,9 @@ def _worker(kind: str, impl: str, n: int, q: int, steps: int, budget: float) -> 
         return len(reps) < limit or next_end < budget or (contended and next_end < CONTENDED_BUDGET_S)
 
     while again():
-        reps.append(_timed_share(solver))
+        reps.append(timed(solver, "solver"))
         if bare is not None:
-            bare_reps.append(_timed_share(bare))
+            bare_reps.append(timed(bare, "bare"))
     times = [t for t, _ in reps]
     best = min(range(len(reps)), key=lambda i: reps[i][0])
     others_best = reps[best][1]
@@ -295,6 +351,7 @@ def _worker(kind: str, impl: str, n: int, q: int, steps: int, budget: float) -> 
         "steps": steps,
         "time_s": min(times),
         "times_s": times,
+        "cpu_s": min(cpu["solver"]),
         "others_cpu": [round(o, 3) for _, o in reps],
         "others_cpu_best": round(others_best, 3),
         "peak_bytes": peak,
@@ -311,6 +368,8 @@ def _worker(kind: str, impl: str, n: int, q: int, steps: int, budget: float) -> 
             "bare_times_s": bare_times,
             "bare_others_cpu": [round(o, 3) for _, o in bare_reps],
             "ratio": min(times) / min(bare_times),
+            "bare_cpu_s": min(cpu["bare"]),
+            "cpu_ratio": min(cpu["solver"]) / min(cpu["bare"]),
         }
     return row
 
@@ -408,35 +467,68 @@ def _fmt_s(row: dict, key: str = "time_s") -> str:
     return f"{t * 1e3:.3g} ms" if t < 1 else f"{t:.3g} s" if t < 1000 else f"{t:.0f} s"
 
 
+def _busy(row: dict) -> str:
+    """ " (busy)" when other processes used more than CONTENDED of the CPUs during the repetition reported."""
+    return " (busy)" if row.get("others_cpu_best", 0.0) > CONTENDED else ""
+
+
+def _ratio(row: dict, key: str = "ratio") -> str:
+    """solver / bare GEMMs; below 1 is impossible (the solver runs these GEMMs and more): then the two
+    timings saw different loads, and the cell says so instead of a number."""
+    if key not in row:
+        return "-"
+    if row[key] < 1.0:
+        return f"invalid ({row[key]:.2f}x: busy machine)"
+    return f"{row[key]:.2f}x"
+
+
 def _table(results: dict) -> str:
     cfg = results["config"]
+    cpu_clock = cfg.get("clock") == "cpu"
+    t_key, b_key, r_key = ("cpu_s", "bare_cpu_s", "cpu_ratio") if cpu_clock else ("time_s", "bare_s", "ratio")
     train = {(r["impl"], r["n"]): r for r in results["train"]}
     inference = {r["n"]: r for r in results["inference"]}
     lines = [
-        "| N | train ours | bare GEMMs | ratio | naive | speed-up over naive "
-        "| inference ours | inference GEMMs | ratio | peak memory (train: ours / naive) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| N | train ours | bare GEMMs | ratio | naive | speed-up over naive | authors' code "
+        "| speed-up over the authors' code | inference ours | inference GEMMs | ratio "
+        "| peak memory (train: ours / naive / authors') |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for n in cfg["sizes"]:
+    sizes = sorted({r["n"] for r in [*results["train"], *results["inference"]]})  # the measured ones
+    for n in sizes:
         ours, naive, inf = train.get(("ours", n), {}), train.get(("naive", n), {}), inference.get(n, {})
-        fast = "time_s" in ours and "time_s" in naive
+        official = train.get(("official", n), {})
+
+        def speedup(other: dict, ours: dict = ours) -> str:
+            return f"{other[t_key] / ours[t_key]:.0f}x" if t_key in other and t_key in ours else "-"
+
+        def busy(row: dict) -> str:
+            return "" if cpu_clock else _busy(row)  # CPU time is not inflated by the other processes
+
         cells = [
             str(n),
-            _fmt_s(ours),
-            _fmt_s(ours, "bare_s"),
-            f"{ours['ratio']:.2f}x" if "ratio" in ours else "-",
-            _fmt_s(naive),
-            f"{naive['time_s'] / ours['time_s']:.0f}x" if fast else "-",
-            _fmt_s(inf),
-            _fmt_s(inf, "bare_s"),
-            f"{inf['ratio']:.2f}x" if "ratio" in inf else "-",
-            f"{_fmt_bytes(ours.get('peak_bytes'))} / {_fmt_bytes(naive.get('peak_bytes'))}",
+            _fmt_s(ours, t_key) + busy(ours),
+            _fmt_s(ours, b_key) + busy(ours),
+            _ratio(ours, r_key),
+            _fmt_s(naive, t_key) + busy(naive),
+            speedup(naive),
+            _fmt_s(official, t_key) + busy(official),
+            speedup(official),
+            _fmt_s(inf, t_key) + busy(inf),
+            _fmt_s(inf, b_key) + busy(inf),
+            _ratio(inf, r_key),
+            " / ".join(_fmt_bytes(r.get("peak_bytes")) for r in (ours, naive, official)),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     agree = [
         abs(train["ours", n]["loss"] - train["naive", n]["loss"]) / abs(train["naive", n]["loss"])
         for n in cfg["sizes"]
         if "loss" in train.get(("ours", n), {}) and "loss" in train.get(("naive", n), {})
+    ]
+    agree_official = [
+        abs(train["ours", n]["loss"] - train["official", n]["loss"]) / abs(train["official", n]["loss"])
+        for n in sizes
+        if "loss" in train.get(("ours", n), {}) and "loss" in train.get(("official", n), {})
     ]
     rows = [*results["train"], *results["inference"]]
     threads = sorted({r["threads"] for r in rows if "threads" in r})
@@ -446,7 +538,13 @@ def _table(results: dict) -> str:
         "",
         f"q = {cfg['q']}, float32, B = N, {cfg['steps']} + {cfg['steps']} Euler steps per training "
         f"iteration ({cfg['steps']} for inference), threads: {'/'.join(map(str, threads)) or '-'}, "
-        f"{results.get('cpu', '?')}. Times: best of the repetitions; ratio = solver / bare GEMMs "
+        f"{results.get('cpu', '?')}. Times: best of the repetitions"
+        + (
+            ", in CPU seconds of the measuring process (one thread: other processes do not inflate them)"
+            if cpu_clock
+            else ", wall"
+        )
+        + "; ratio = solver / bare GEMMs "
         "of the same shapes (7 per step in training, 2 in inference), measured alternately in the "
         "same process. Peak memory: above the process's baseline."
         + (
@@ -455,9 +553,33 @@ def _table(results: dict) -> str:
             if others
             else ""
         )
-        + (f" Loss of ours and naive agree to {max(agree):.1e} (relative)." if agree else ""),
+        + (f" Loss of ours and naive agree to {max(agree):.1e} (relative)." if agree else "")
+        + (
+            f" Loss of ours and the authors' code agree to {max(agree_official):.1e}."
+            if agree_official
+            else ""
+        )
+        + (
+            ""
+            if cpu_clock
+            else f" (busy): other processes used more than {CONTENDED:.0%} of the CPUs during that measurement; "
+            "its times are upper bounds."
+        )
+        + " Authors' code: their `EulerLatentFlow` and `Gaussian` prior (gradient checkpointing on, as their "
+        f"trainers run it), imported at run time from a local copy named by `{OFFICIAL_ENV}`"
+        + (f" (skipped: {results['official_skipped']})." if results.get("official_skipped") else "."),
     ]
-    if pen:
+    if not any(r["impl"] == "official" for r in results["train"]):
+        lines += [
+            "",
+            "Against the authors' own code (their latent flow, imported at run time; CPU seconds of one thread, "
+            "so a busy machine does not distort the ratio): `benchmarks/results/solver_official/solver.md`, from "
+            f"`{OFFICIAL_ENV}=path/to/latent-zoning-networks python benchmarks/solver.py --only ours,naive,official "
+            "--sizes 256,512 --threads 1 --clock cpu --out benchmarks/results/solver_official`.",
+        ]
+    if (
+        pen and not cpu_clock
+    ):  # a wall-time ratio: meaningless next to CPU-time rows measured on a busy machine
         lines += [
             "",
             f"This CPU on subnormal numbers (N = {pen['n']}): GEMM with subnormal operands "
@@ -473,6 +595,8 @@ def _table(results: dict) -> str:
             + (f", of which {waited / 60:.1f} min waiting for an idle machine." if waited else "."),
         ]
     rt = results["round_trip"]
+    if not rt["rows"]:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         f"Round trip (float64, N = {rt['config']['n']}, q = {rt['config']['q']}, g = {rt['config']['g']}): "
@@ -534,7 +658,7 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-_PARTS = ("ours", "naive", "inference", "roundtrip")
+_PARTS = ("ours", "naive", "official", "inference", "roundtrip")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -554,6 +678,13 @@ def main(argv: list[str] | None = None) -> int:
         help="before each measurement, wait up to this many s for an idle machine",
     )
     parser.add_argument("--sizes", default="", help="comma list of N to measure (default: the config's)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what the table reports: wall time, or the CPU time of the measuring process (with --threads 1, "
+        "not inflated by other processes on a shared machine); both are recorded",
+    )
     parser.add_argument("--merge", action="store_true", help="update the rows of an existing solver.json")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -565,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dict(QUICK if args.quick else FULL)
     if args.threads:
         cfg["threads"] = args.threads
+    cfg["clock"] = args.clock
     parts = set(args.only.split(","))
     if not parts <= set(_PARTS):
         parser.error(f"--only takes a comma list of {', '.join(_PARTS)}, got {args.only!r}")
@@ -581,6 +713,13 @@ def main(argv: list[str] | None = None) -> int:
     plan = [("train", "ours", n) for n in cfg["sizes"] if "ours" in parts]
     plan += [("latents", "ours", n) for n in cfg["sizes"] if "inference" in parts]
     plan += [("train", "naive", n) for n in cfg["naive_sizes"] if "naive" in parts]
+    if "official" in parts:
+        if official_source() is None:
+            results["official_skipped"] = f"{OFFICIAL_ENV} not set to a copy of the authors' repository"
+            print(f"[solver] official rows skipped: {results['official_skipped']}", flush=True)
+        else:
+            results.pop("official_skipped", None)
+            plan += [("train", "official", n) for n in cfg["naive_sizes"]]
     plan = [step for step in plan if step[2] in chosen]
     for kind, impl, n in plan:
         waited = _wait_idle(args.wait_idle) if args.wait_idle > 0 else 0.0

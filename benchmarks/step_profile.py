@@ -41,13 +41,15 @@ PARTS = (
 )
 
 
-def _timed(store: dict[str, float], key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _timed(
+    store: dict[str, float], key: str, fn: Callable[..., Any], clock: Callable[[], float] = time.perf_counter
+) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
+        t = clock()
         try:
             return fn(*args, **kwargs)
         finally:
-            store[key] += time.perf_counter() - t
+            store[key] += clock() - t
 
     return wrapper
 
@@ -57,6 +59,7 @@ def replay_solver(
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]],
     reps: int = 5,
     sync: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[float, float]:
     """Median (forward, backward) seconds of the recorded solver calls, replayed with leaf inputs.
 
@@ -68,18 +71,18 @@ def replay_solver(
     for _ in range(reps):
         outs = []
         sync()
-        t = time.perf_counter()
+        t = clock()
         for name, args, kwargs in calls:
             leaf_args = tuple(a.detach().clone().requires_grad_(a.is_floating_point()) for a in args)
             out = getattr(model, name)(*leaf_args, **kwargs)
             outs.append(out if name == "latents" else out.target_probs)
         loss = sum((o * torch.randn_like(o)).sum() for o in outs if o is not None)
         sync()
-        fwd.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        fwd.append(clock() - t)
+        t = clock()
         loss.backward()
         sync()
-        bwd.append(time.perf_counter() - t)
+        bwd.append(clock() - t)
     return statistics.median(fwd), statistics.median(bwd)
 
 
@@ -111,8 +114,16 @@ def record_solver_calls(
     return {name: recorded(name) for name in solver}
 
 
-def profile(recipe_name: str, steps: int, warmup: int, overrides: list[str]) -> dict[str, Any]:
-    """Median seconds per part over ``steps`` training steps (after ``warmup`` steps)."""
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+"""``wall``: elapsed time; ``cpu``: this thread's CPU time, which other processes on a shared machine
+do not inflate (one torch thread: ``OMP_NUM_THREADS=1``, data read in this thread)."""
+
+
+def profile(
+    recipe_name: str, steps: int, warmup: int, overrides: list[str], clock: str = "wall"
+) -> dict[str, Any]:
+    """Median seconds per part over ``steps`` training steps (after ``warmup`` steps), timed by
+    ``clock`` (:data:`CLOCKS`)."""
     import torch
 
     sys.path.insert(0, str(ROOT / "recipes"))
@@ -137,32 +148,33 @@ def profile(recipe_name: str, steps: int, warmup: int, overrides: list[str]) -> 
         seed=recipe.seed,
     )
     batches = iter(data)
+    now = CLOCKS[clock]
     t: dict[str, float] = defaultdict(float)
-    model.encode = _timed(t, "encode", model.encode)  # type: ignore[method-assign]
+    model.encode = _timed(t, "encode", model.encode, now)  # type: ignore[method-assign]
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
     wrapped = record_solver_calls(model, calls)
-    model.latents = _timed(t, "solver forward", wrapped["latents"])  # type: ignore[method-assign]
-    model.reverse = _timed(t, "solver forward", wrapped["reverse"])  # type: ignore[method-assign]
+    model.latents = _timed(t, "solver forward", wrapped["latents"], now)  # type: ignore[method-assign]
+    model.reverse = _timed(t, "solver forward", wrapped["reverse"], now)  # type: ignore[method-assign]
     for dec in model.decoders.values():
         if dec.kind == "generative":
-            dec.loss = _timed(t, "decoder forward", dec.loss)  # type: ignore[method-assign]
-    engine.ds.backward = _timed(t, "backward", engine.ds.backward)  # type: ignore[method-assign]
-    engine.ds.step = _timed(t, "optimiser step", engine.ds.step)  # type: ignore[method-assign]
-    engine._update_ema = _timed(t, "EMA", engine._update_ema)  # type: ignore[method-assign]
+            dec.loss = _timed(t, "decoder forward", dec.loss, now)  # type: ignore[method-assign]
+    engine.ds.backward = _timed(t, "backward", engine.ds.backward, now)  # type: ignore[method-assign]
+    engine.ds.step = _timed(t, "optimiser step", engine.ds.step, now)  # type: ignore[method-assign]
+    engine._update_ema = _timed(t, "EMA", engine._update_ema, now)  # type: ignore[method-assign]
     rows: list[dict[str, float]] = []
     for k in range(warmup + steps):
         t.clear()
         calls.clear()
-        t0 = time.perf_counter()
+        t0 = now()
         batch = next(batches)
-        t["data"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
+        t["data"] = now() - t0
+        t1 = now()
         losses = train.task_losses(model, recipe, batch, k, 0, world)
-        t["losses"] = time.perf_counter() - t1
+        t["losses"] = now() - t1
         total = sum(task.weight * v for task, v in zip(recipe.tasks, losses.values(), strict=True))
-        t2 = time.perf_counter()
+        t2 = now()
         engine.step(total)
-        t["step"] = time.perf_counter() - t2
+        t["step"] = now() - t2
         if k < warmup:
             continue
         row = {
@@ -181,7 +193,7 @@ def profile(recipe_name: str, steps: int, warmup: int, overrides: list[str]) -> 
         rows.append(row)
     med = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     replayed = [c for c in calls]  # the last step's solver calls
-    _, solver_bwd = replay_solver(model, replayed)
+    _, solver_bwd = replay_solver(model, replayed, clock=now)
     med["solver backward"] = solver_bwd
     med["backward (networks)"] = max(0.0, med["backward (networks)"] - solver_bwd)
     return {
@@ -189,6 +201,7 @@ def profile(recipe_name: str, steps: int, warmup: int, overrides: list[str]) -> 
         "batch_size": recipe.train.batch_size,
         "steps": steps,
         "threads": torch.get_num_threads(),
+        "clock": clock,
         "note": "median seconds per part over the steps; solver backward from a replay of one step's solver calls",
         "seconds": med,
     }
@@ -214,10 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", default=None, help="JSON file (a .md table is written beside it)")
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: the thread's CPU time (a shared machine does not inflate it)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides for every recipe")
     args = p.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    results = [profile(r, args.steps, args.warmup, args.overrides) for r in args.recipe]
+    results = [profile(r, args.steps, args.warmup, args.overrides, args.clock) for r in args.recipe]
     for r in results:
         r["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
     table = markdown(results)

@@ -11,7 +11,7 @@ Metrics (class level: a caption counts when the digit it names is the image's cl
   distinct training captions.
 The other metrics go through the graphs a user calls (``lzn_core.compose``), whose latents are
 zoned with the model's stored anchor bank; a decoder trained with a label condition gets the
-class the label flow reads from z (PAPER §1.4, case 3):
+class the label flow reads from z (docs/method.md §4, case 3):
 
 * ``caption_generation``: ``"image -> text"`` (alpha 0, greedy); the digit named in the
   generated caption (word or numeral) against the label.

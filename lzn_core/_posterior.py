@@ -9,7 +9,7 @@ computed in row blocks of ``chunk`` rows. :class:`_PosteriorMean` saves only x (
 log w) and recomputes the logits in backward, so a solver step costs O(B·q) memory in
 the autograd graph.
 
-Numerics (see DESIGN.md §3):
+Numerics (see docs/method.md §8):
 
 * Softmax backward: G (the gradient reaching P) is first shifted, per row, by its value at
   the row's dominant entry (exact, since the softmax Jacobian annihilates constants); the row

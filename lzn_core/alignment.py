@@ -1,6 +1,6 @@
 """Latent alignment: max-over-time soft-assignment losses, class weights, anchor gathering.
 
-Align(X, Y) (PAPER.md §1.3): Y's latents run through the reverse flow over X's anchors
+Align(X, Y) (docs/method.md §3): Y's latents run through the reverse flow over X's anchors
 (:func:`lzn_core.zoning.assign` with ``targets``); the loss wants the paired anchor k_i:
 
     loss = −mean_i log max_{t ≥ u} P_t(a_{k_i} | s_t^i)   ("log", Eq. 5)

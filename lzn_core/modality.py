@@ -159,7 +159,7 @@ class Encoder(Protocol):
     """An ``nn.Module``: ``encoder(batch) -> anchors (B, q)``, float, differentiable.
 
     ``batch`` is what ``spec.collate`` returns (already on the model's device where it holds
-    tensors). Anchors are the points a_i of PAPER §1.2; every latent of a batch depends on all
+    tensors). Anchors are the points a_i of docs/method.md §2; every latent of a batch depends on all
     of them.
     """
 
@@ -250,7 +250,7 @@ class ConditionProvider(Protocol):
 
 @runtime_checkable
 class BackboneFeatures(Protocol):
-    """Encoder capability: the representation before the latent blocks (linear probes, PAPER §1.6)."""
+    """Encoder capability: the representation before the latent blocks (linear probes, docs/method.md §5)."""
 
     def features(self, batch: Batch) -> Any:
         """batch -> (B, d) float features, pooled over any spatial dimensions."""

@@ -12,10 +12,10 @@
 A step, for the global batch k split across ranks (rank r holds rows [r·b, (r+1)·b)):
   * every modality a task needs is encoded to anchors a: (b, q) and all-gathered *with
     gradients* to A: (B, q); each rank computes the latents of its own rows against all B
-    anchors, z = IFM(a_i, α ε_i) (PAPER §1.2), with ε for the *global* batch drawn from a
+    anchors, z = IFM(a_i, α ε_i) (docs/method.md §2), with ε for the *global* batch drawn from a
     (seed, k)-seeded generator and sliced, so W processes compute what one process would;
   * ``generate`` T: the decoder loss of T on z_T (optionally conditioned, e.g. one-hot labels);
-  * ``align`` S -> T: z_S flows back through T's anchors (reverse flow, PAPER §1.3); the loss
+  * ``align`` S -> T: z_S flows back through T's anchors (reverse flow, docs/method.md §3); the loss
     wants the paired anchor (max over late steps of P(a_k | s_t)); T's anchors are its bank
     (label classes, with class weights of the global batch) or T's anchors of the same rows
     (a second augmented view when S == T).
@@ -178,7 +178,7 @@ def task_losses(
             )
             continue
         src, tgt = task.source, task.target
-        if src == tgt:  # case 2: both sides are augmented views of the same rows (PAPER §4)
+        if src == tgt:  # case 2: both sides are augmented views of the same rows (docs/method.md §7)
             z = latents(src, task.alpha, view(src, 1), key=f"{src}/view1")
         else:
             z = latents(src, task.alpha)

@@ -45,6 +45,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, examples: str, *, zoned
             help="stored training anchors each request is zoned with (default: the whole bank; "
             "0: zone each inference batch alone, the paper's minibatch evaluation)",
         )
+        parser.add_argument(
+            "--independent",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="zone each input against the bank alone, so its answer does not depend on the other "
+            "inputs (--no-independent: the inputs of a batch are zoned together; default: "
+            "lzn_core.model.INDEPENDENT)",
+        )
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +144,8 @@ def read_inputs(model: LZNModel, source: str | None, paths: list[str]) -> tuple[
 
 def compose_over_inputs(args: argparse.Namespace, model: LZNModel, edge: str, **options: Any) -> Any:
     """``compose(edge)`` with the options every file command shares (batch size, bank size, progress)."""
+    if getattr(args, "independent", None) is not None:
+        options["independent"] = args.independent
     return compose(
         edge, model=model, batch_size=args.batch_size, bank_size=args.bank_size, progress=True, **options
     )

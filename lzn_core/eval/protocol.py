@@ -1,4 +1,4 @@
-"""The paper's evaluation protocols on an :class:`~lzn_core.model.LZNModel` (PAPER.md §1.6).
+"""The paper's evaluation protocols on an :class:`~lzn_core.model.LZNModel` (docs/method.md §5).
 
 Every function names the modalities it evaluates (``source``, ``target``, ...); what a model
 offers is found from its recipe and its decoders' kinds (:func:`classification_edges`,
@@ -168,7 +168,7 @@ def alpha_batch_sweep(
     steps: int | None = None,
     seed: int = 0,
 ) -> list[dict[str, float]]:
-    """Test accuracy of the zonal classifier for every (α, inference batch) pair (PAPER Fig. 25).
+    """Test accuracy of the zonal classifier for every (α, inference batch) pair (the paper's Fig. 25).
 
     Defaults: the authors' ``TunableStdClassAccuracy`` (α ∈ {0, 0.2, ..., 1.2} at their inference
     batch 2000); pass smaller ``batch_sizes`` (e.g. 32, 128, 300) for a cheap look at the trend.
@@ -212,7 +212,7 @@ def reconstruction_error(
     steps: int | None = None,
     seed: int = 0,
 ) -> float:
-    """Mean ℓ2 reconstruction error (PAPER.md §1.6) of items ``batch (n, ...)`` of ``name``.
+    """Mean ℓ2 reconstruction error (docs/method.md §5) of items ``batch (n, ...)`` of ``name``.
 
     The authors' protocol (``Reconstructions``): per draw of ε, z = C(x) over inference batches of
     ``batch_size`` items (α of the recipe); the decoder inverts its sampler x -> noise
@@ -354,7 +354,7 @@ PROBE_KINDS = ("backbone", "anchor", "latent", "latent0")
 def probe_features(
     model: LZNModel, name: str, batch: Any, kind: str, *, batch_size: int = 256, seed: int = 0
 ) -> torch.Tensor:
-    """Frozen features of items for a linear probe (PAPER.md claim 12).
+    """Frozen features of items for a linear probe (docs/method.md §9, claim 12).
 
     Args:
         kind: "backbone" (the encoder's features before the latent blocks,

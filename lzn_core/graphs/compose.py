@@ -21,13 +21,16 @@ edge                   computation                                              
                        ``text -> image``, ``image -> text``; ``X -> X``: reconstruction)
 =====================  ==========================================================  ===========
 
-Latents of a request (PAPER §1.2, DESIGN §5): zones are defined relative to other anchors,
+Latents of a request (docs/method.md §2, docs/method.md §6): zones are defined relative to other anchors,
 so a request's anchors are zoned *together with* the modality's anchor bank (M stored
 training anchors; ``bank_size`` of them) and only the request's rows are kept; one image
-is classified like a large batch. ``bank_size=0`` zones each inference batch alone (the
+is classified like a large batch. By default each item is zoned with the bank alone, so its
+answer is the same whatever else the request holds (``lzn_core.model.INDEPENDENT``, chosen by
+``benchmarks/results/batch_dependence.md``); ``independent=False`` zones a request's items
+together (with the bank and each other), one flow for the whole request. ``bank_size=0`` zones each inference batch alone (the
 paper's minibatch evaluation, where accuracy grows with ``batch_size`` and as α -> 0,
-PAPER §1.6). A modality with a fixed bank (label classes) gives class-zone latents: IFM over
-the bank started at the item's own anchor (PAPER §1.4: Euler, 100 steps, α = 1).
+docs/method.md §5). A modality with a fixed bank (label classes) gives class-zone latents: IFM over
+the bank started at the item's own anchor (docs/method.md §4: Euler, 100 steps, α = 1).
 
     classify = lzn_core.compose("image -> label", model=model, alpha=0.0)
     labels, confidence = classify(images)                # (B,), (B,)

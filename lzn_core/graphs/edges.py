@@ -108,7 +108,7 @@ def decoder_condition(
 
     From ``given`` (a batch of the conditioning modality) when passed; from the request when the
     source *is* the conditioning modality (``label -> image``: the requested classes' one-hot);
-    else read from z by the conditioning modality's zonal decoder (PAPER §1.4: the label decoder
+    else read from z by the conditioning modality's zonal decoder (docs/method.md §4: the label decoder
     applied to z).
     """
     cname = model.condition_source(target)
@@ -166,7 +166,13 @@ class Graph:
         """Latents (B, q) of the source batch ``x`` at noise scale α, zoned with the bank."""
         try:
             return self.model.zone(
-                self.source, x, alpha=alpha, steps=o["latent_steps"], bank_size=o["bank_size"], generator=gen
+                self.source,
+                x,
+                alpha=alpha,
+                steps=o["latent_steps"],
+                bank_size=o["bank_size"],
+                generator=gen,
+                independent=o["independent"],
             )
         except LZNError as exc:
             raise ComposeError(str(exc)) from None
@@ -188,12 +194,18 @@ class Represent(Graph):
 
     ``what``: "latent" (z at noise scale α, zoned with X's bank: (B, q)), "anchor" (the encoder
     output, (B, q)) or "backbone" (the encoder's pooled features before its latent blocks,
-    (B, d), for an encoder with :class:`~lzn_core.modality.BackboneFeatures`; PAPER §1.6: the
+    (B, d), for an encoder with :class:`~lzn_core.modality.BackboneFeatures`; docs/method.md §5: the
     representation used for linear probes).
     """
 
     DEFAULTS: ClassVar[dict[str, Any]] = dict(
-        what="latent", alpha=0.0, latent_steps=None, batch_size=256, bank_size=None, progress=False
+        what="latent",
+        alpha=0.0,
+        latent_steps=None,
+        batch_size=256,
+        bank_size=None,
+        independent=None,
+        progress=False,
     )
 
     def __call__(
@@ -205,6 +217,7 @@ class Represent(Graph):
         latent_steps: int | None = None,
         batch_size: int | None = None,
         bank_size: int | None = None,
+        independent: bool | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool | None = None,
@@ -240,11 +253,15 @@ class Classify(Graph):
     everywhere; uniform weights), nearest anchor.
 
     Returns a :class:`Prediction`. α = 0 (the zone centre) and a large inference batch
-    (``batch_size`` with ``bank_size=0``, or the bank) give the best accuracy (PAPER §1.6).
+    (``batch_size`` with ``bank_size=0``, or the bank) give the best accuracy (docs/method.md §5).
     The confidence is the zone vote: ``draws`` latents drawn from each item's zone at noise
     scale ``vote_alpha``, each classified the same way; the share that agrees with the
     prediction estimates how much of the item's zone lies in the predicted class's zone (the
     last-step assignment probability of the flow is ≈ 1 for every input and says nothing).
+
+    ``independent=True`` zones each item against the stored bank alone (:meth:`LZNModel.zone`):
+    at α = 0 its label is then the same whatever else the request holds (the zone-vote draws
+    still come from the request's seeded random stream).
     """
 
     DEFAULTS: ClassVar[dict[str, Any]] = dict(
@@ -253,6 +270,7 @@ class Classify(Graph):
         latent_steps=None,
         batch_size=256,
         bank_size=None,
+        independent=None,
         draws=16,
         vote_alpha=1.0,
         progress=False,
@@ -267,6 +285,7 @@ class Classify(Graph):
         latent_steps: int | None = None,
         batch_size: int | None = None,
         bank_size: int | None = None,
+        independent: bool | None = None,
         draws: int | None = None,
         vote_alpha: float | None = None,
         seed: int | None = None,
@@ -290,7 +309,12 @@ class Classify(Graph):
                     continue
                 try:
                     anchors = self.model.encode(self.source, x)
-                    zone = dict(steps=o["latent_steps"], bank_size=o["bank_size"], generator=gen)
+                    zone = dict(
+                        steps=o["latent_steps"],
+                        bank_size=o["bank_size"],
+                        generator=gen,
+                        independent=o["independent"],
+                    )
                     z = self.model.zone_anchors(self.source, anchors, alpha=o["alpha"], **zone)
                     labels = decoder.sample(z, steps=o["steps"]).cpu()
                     votes = torch.zeros(len(x))
@@ -307,7 +331,7 @@ class Generate(Graph):
     """``latent -> X``: z ~ N(0, I) (or the given z (B, q)) -> X's generative decoder.
 
     When the recipe conditions X's decoder on a zonal modality (case 3's label one-hot), the
-    condition is that modality's decoding of z (PAPER §1.4), unless ``condition=`` gives it.
+    condition is that modality's decoding of z (docs/method.md §4), unless ``condition=`` gives it.
     """
 
     DEFAULTS: ClassVar[dict[str, Any]] = dict(steps=None, batch_size=256, progress=False)
@@ -357,7 +381,7 @@ class Decode(Graph):
     bank. When the target's decoder is conditioned on a third modality (``text -> image`` with a
     label-conditioned image decoder), z keeps the requested α (a sample from the caption's zone)
     but the condition is read at the zone centre (α = 0), where the label flow classifies best
-    (PAPER §1.6): it is the source item's class, not that of a random point of its zone.
+    (docs/method.md §5): it is the source item's class, not that of a random point of its zone.
 
     ``X -> X``: reconstruction (α = 0, the zone centre, by default). ``mode="invert"`` (X -> X,
     a decoder with :class:`~lzn_core.modality.Reconstructs`) is the paper's reconstruction
@@ -371,6 +395,7 @@ class Decode(Graph):
         mode="latent",
         batch_size=256,
         bank_size=None,
+        independent=None,
         progress=False,
     )
 
@@ -385,6 +410,7 @@ class Decode(Graph):
         mode: str | None = None,
         batch_size: int | None = None,
         bank_size: int | None = None,
+        independent: bool | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool | None = None,

@@ -37,7 +37,7 @@ StopSignal = Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"]
 
 
 class LatentConfig(BaseModel):
-    """The shared latent space and its zoning flow (PAPER §1.2).
+    """The shared latent space and its zoning flow (docs/method.md §2).
 
     Attributes:
         dim: q, the latent dimension.
@@ -103,7 +103,7 @@ class GenerateTask(BaseModel):
 
 
 class AlignTask(BaseModel):
-    """Latent alignment Align(target, source) (PAPER §1.3).
+    """Latent alignment Align(target, source) (docs/method.md §3).
 
     The source's latents (from its encoder and anchors, noise scale ``alpha``) are run
     through the reverse flow over the target's anchors; the loss wants the paired anchor.
@@ -187,7 +187,7 @@ class DataConfig(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    """Optimisation (PAPER §4): Adam, per-module lr, linear warm-up, clipping, EMA, freezing.
+    """Optimisation (docs/method.md §7): Adam, per-module lr, linear warm-up, clipping, EMA, freezing.
 
     Attributes:
         batch_size: global batch (split across ranks).
@@ -277,7 +277,7 @@ class FeatureProbe(BaseModel):
 
 
 class ProbeConfig(FeatureProbe):
-    """The paper's linear probe (the authors' ``LinearProbing``, PAPER §4 case 2): a linear
+    """The paper's linear probe (the authors' ``LinearProbing``, docs/method.md §7 case 2): a linear
     layer on the frozen features, top-1/top-5 (:func:`~lzn_core.eval.metrics.linear_probe_topk`).
 
     Attributes:

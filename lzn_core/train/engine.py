@@ -8,7 +8,7 @@ reader does not need to see there:
   GPU) with the recipe's collective timeout.
 * ``Engine(model, recipe)`` builds per-module parameter groups from ``train.lr``
   (keys ``default | <mod> | <mod>.encoder | <mod>.decoder``), a linear warm-up from
-  lr/5000 (PAPER §4), a freeze schedule (lr 0 and no gradients from iteration k),
+  lr/5000 (docs/method.md §7), a freeze schedule (lr 0 and no gradients from iteration k),
   gradient clipping, and ``deepspeed.initialize`` around them (fp32, torch Adam); the
   DeepSpeed config's monitor sections write into the run directory (``train/monitor.py``).
 * ``Engine.step(loss, nets)`` skips the step on every rank when the loss is non-finite on any;
@@ -62,7 +62,7 @@ from .launcher import from_environment
 from .monitor import configure as configure_monitor
 from .rng import rng_state, set_rng_state
 
-WARMUP_START = 1.0 / 5000.0  # warm-up starts at lr/5000 (PAPER §4)
+WARMUP_START = 1.0 / 5000.0  # warm-up starts at lr/5000 (docs/method.md §7)
 
 
 def setup_distributed(timeout_minutes: float = 30.0) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ bf16 autocast when ``train.precision`` is ``"bf16"`` and hand the solver float32
 
 :class:`TwoPass` (``train.micro_batch_size``) gives the same gradient with the activation
 memory of one micro-batch. Plain gradient accumulation would change the method: every latent
-depends on every anchor of the global batch (PAPER §2). Instead, as in gradient caching
+depends on every anchor of the global batch (docs/method.md §6). Instead, as in gradient caching
 (Gao et al. 2021), the networks and the rest of the step (the *head*: zoning, alignment, the
 anchors' all-gather) are differentiated separately:
 

@@ -12,7 +12,7 @@ of the *full* image to ``resolution`` (torchvision's sampler: scale 0.08–1, as
 10 tries, else the centre crop of the clamped aspect; bilinear resize with antialiasing),
 horizontal flip, colour jitter (0.8, 0.8, 0.8, 0.2) with p = 0.8 (RGB; brightness/contrast only
 for grayscale), grayscale p = 0.2 (RGB), Gaussian blur on every view (σ in [0.1, 2], kernel
-≈ 10% of the side: 23 at 224 px), as PAPER.md §4 case 2. Jitter order is fixed (brightness,
+≈ 10% of the side: 23 at 224 px), as docs/method.md §7 case 2. Jitter order is fixed (brightness,
 contrast, saturation, hue); torchvision shuffles it. Images of any size (a ragged batch) are
 cropped from their own full extent (on the CPU, where the training loop leaves a ragged batch);
 the crops then move to the current CUDA device when there is one, for the rest of the view.

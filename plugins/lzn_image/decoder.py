@@ -1,4 +1,4 @@
-"""Rectified-flow image decoder conditioned on the LZN latent (PAPER.md §1.4, case 1 and 3).
+"""Rectified-flow image decoder conditioned on the LZN latent (docs/method.md §4, case 1 and 3).
 
 Time convention of this module (the rectified-flow one): t = 0 is noise, t = 1 is data;
 x_t = t·x + (1 − t)·ε, and the U-Net v(x_t, t, z, c) predicts x − ε. The time embedding

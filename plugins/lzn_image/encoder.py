@@ -1,4 +1,4 @@
-"""Image encoder: U-Net down path + latent transformation blocks -> anchors (PAPER.md §1.4).
+"""Image encoder: U-Net down path + latent transformation blocks -> anchors (docs/method.md §4).
 
 The down path of :class:`lzn_image.unet.DownPath` without time embedding. Each feature map
 it produces (conv_in, every ResNet(+attention) block, every down-sampling block, the

@@ -2,7 +2,7 @@
 (the image decoder's judge, :mod:`lzn_image.judge`, uses them).
 
 :class:`CleanFIDFeatures` is **clean-fid** (Parmar et al.), the library behind the paper's
-"clean" FID column (PAPER Table 5): images are quantised to uint8 as the authors' trainer does
+"clean" FID column (the paper's Table 5): images are quantised to uint8 as the authors' trainer does
 (``to_uint8``), resized to 299×299 per channel with PIL's bicubic filter in float
 (``build_resizer("clean")``) and fed, in [0, 255], to the torchscript Inception-v3 of
 StyleGAN2-ADA (``inception-2015-12-05.pt``). The distance of two feature sets is the project's

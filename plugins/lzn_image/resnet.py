@@ -1,4 +1,4 @@
-"""ResNet-GN image encoder with a projection head (PAPER.md §4, case 2: ImageNet representation).
+"""ResNet-GN image encoder with a projection head (docs/method.md §7, case 2: ImageNet representation).
 
 Backbone: torchvision's ResNet-50 (or ResNet-18 for small tests) built from scratch
 (``weights=None``) with **every BatchNorm replaced by GroupNorm(32)** and the classifier

@@ -12,7 +12,7 @@ class LabelConfig(BaseModel):
         num_classes: number of classes C; the anchor matrix is (C, q).
         flow_steps: Euler steps of the label flow (reverse flow latent -> class anchors): the
             zonal decoder's default wherever a call gives none (compose's classification, the
-            condition read from a latent; PAPER §1.5: 100).
+            condition read from a latent; docs/method.md §4: 100).
         init_scale: the anchors start as ``init_scale * randn(C, q)``.
     """
 

@@ -3,7 +3,7 @@
 Shapes: C classes, latent dimension q, batch B. The anchor matrix A: (C, q) is
 shared by both sides: the encoder maps a label k to A_k; the decoder
 (:class:`lzn_core.model.ZonalDecoder`) flows a latent z: (B, q) to the anchors with the reverse
-flow (τ = 1 -> 0, Euler) and returns the nearest anchor (PAPER §1.5, code version:
+flow (τ = 1 -> 0, Euler) and returns the nearest anchor (docs/method.md §4, code version:
 argmin_c ‖FM_A(z) − A_c‖²).
 """
 

@@ -113,6 +113,25 @@ def test_classify_table_and_json(capsys, workdir: Path) -> None:
     # the same image gives the same label alone (zoned with the bank) as in the table
     table = {Path(line.split()[0]).name: int(line.split()[1]) for line in lines[1:]}
     assert table["0.png"] == rows[0]["label"]
+    # --independent: each image zoned against the bank alone, whatever the other inputs (by construction)
+    for flag in ("--independent", "--no-independent"):
+        rc, out, _ = run_lzn(
+            capsys, "classify", str(workdir / "model"), str(workdir / "imgs"), "--draws", "0", flag
+        )
+        assert rc == 0 and len(out.strip().splitlines()) == 6
+    got = {Path(ln.split()[0]).name: int(ln.split()[1]) for ln in out.strip().splitlines()[1:]}
+    rc, one, _ = run_lzn(
+        capsys, "classify", str(workdir / "model"), str(workdir / "imgs" / "0.png"), "--independent"
+    )
+    rc2, batch, _ = run_lzn(
+        capsys, "classify", str(workdir / "model"), str(workdir / "imgs"), "--independent"
+    )
+    alone = {Path(ln.split()[0]).name: int(ln.split()[1]) for ln in batch.strip().splitlines()[1:]}
+    assert (
+        rc == rc2 == 0
+        and int(one.strip().splitlines()[1].split()[1]) == alone["0.png"]
+        and set(got) == set(alone)
+    )
     rc, out, _ = run_lzn(
         capsys,
         "classify",

@@ -1,4 +1,4 @@
-"""The zoning solver against the naive float64 reference, and the math properties of DESIGN.md §3."""
+"""The zoning solver against the naive float64 reference, and the math properties of docs/method.md §8."""
 
 from __future__ import annotations
 
@@ -215,7 +215,7 @@ def test_zero_weights_give_zero_probability_and_finite_gradients():
     assert torch.isfinite(anchors.grad).all()
 
 
-# ----------------------------------------------------------------------------- no subnormals (DESIGN.md §3)
+# ----------------------------------------------------------------------------- no subnormals (docs/method.md §8)
 
 
 class _SubnormalCount(TorchDispatchMode):
@@ -240,6 +240,34 @@ class _SubnormalCount(TorchDispatchMode):
                     if n:
                         self.found[func.name()] = self.found.get(func.name(), 0) + n
         return out
+
+
+@pytest.mark.parametrize("dtype, small", [(torch.float32, 1e-20), (F64, 1e-160)])
+def test_subnormal_count_sees_a_known_subnormal_forward_and_backward(dtype, small):
+    """Positive controls of :class:`_SubnormalCount` (an empty count must mean "none", not "blind").
+
+    Forward: x·small·small for 5 entries of x = 1 is 5 subnormals of one multiplication (small² lies
+    below the dtype's smallest normal but above 0). Backward: y = x·small is normal, and the gradient
+    of y·g with g = small (given outside the mode) is x's gradient small·small: 5 subnormals made
+    by the backward's multiplication, none by the forward.
+    """
+    tiny = torch.finfo(dtype).tiny
+    assert 0 < small * small < tiny
+    x = torch.ones(5, dtype=dtype, requires_grad=True)
+    scale = torch.full((5,), small, dtype=dtype)
+    count = _SubnormalCount()
+    with count:
+        _ = (x * small) * scale
+    assert count.found == {"aten::mul.Tensor": 5}
+    count = _SubnormalCount()
+    with count:
+        y = x * scale
+    assert count.found == {}
+    count = _SubnormalCount()
+    with count:
+        (grad,) = torch.autograd.grad(y, x, grad_outputs=scale)
+    assert sum(count.found.values()) == 5 and all(n == 5 for n in count.found.values())
+    assert bool(((grad > 0) & (grad < tiny)).all())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -346,7 +374,7 @@ def test_gradients_reach_anchors_and_noise_from_both_directions():
         assert t.grad is not None and t.grad.abs().sum() > 0
 
 
-# ----------------------------------------------------------------------------- properties (DESIGN.md §3)
+# ----------------------------------------------------------------------------- properties (docs/method.md §8)
 
 
 def test_dpm_20_agrees_with_euler_2000():

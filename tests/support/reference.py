@@ -1,7 +1,7 @@
 """Naive reference of the zoning math, written the obvious way (for tests only).
 
 Broadcasts (B, N, q), uses plain autograd and no custom Function, and follows the
-formulas of DESIGN.md §3 literally: logits_j = −‖x − (1−τ)a_j‖² / (2τ²) + log w_j.
+formulas of docs/method.md §8 literally: logits_j = −‖x − (1−τ)a_j‖² / (2τ²) + log w_j.
 DPM-Solver++ (3M) is written in the phi-function form of Lu et al. (2022), independent
 of the exponential-integral form used by ``lzn_core.zoning``.
 """
