@@ -10,6 +10,8 @@ import pytest
 
 from lzn_core.errors import UnknownModalityError
 
+pytestmark = pytest.mark.usefixtures("lzn_plugins")  # a fresh registry per test (some select LZN_PLUGINS)
+
 
 def _toy_spec(enc_out=None, dec_loss=None, dec_sample=None, enc_cls=None, **spec_kw):
     """A tiny valid modality ("toy": b"1,2,3" -> (3,) float); the hooks break one thing at a time."""
