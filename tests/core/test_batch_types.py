@@ -10,14 +10,16 @@ from typing import Any
 
 import pytest
 import torch
-from paths import ROOT, THIRDPARTY
+from paths import ROOT
+from points_plugin import (  # the test plugin with its own PointBatch
+    lzn_points,
+    points_recipe,
+    points_registered,
+)
 
 from lzn_core.errors import ContractError
 from lzn_core.modality import MovesToDevice, move_batch
 from lzn_core.testing import SpyBatch, check_framework_moves_batches, check_modality
-
-sys.path.insert(0, str(THIRDPARTY / "lzn-points"))
-import lzn_points  # noqa: E402  (the test plugin with its own batch type, PointBatch)
 
 
 def test_move_batch_moves_tensors_and_batch_types_and_leaves_lists() -> None:
@@ -153,36 +155,13 @@ def test_a_points_step_in_two_passes_equals_one_pass() -> None:
     """The ragged batch through the real step (recipes/train.py's task_losses): micro-batches of 2
     rows give the one-pass gradient of 6 rows (float64), with the points moved by to_device."""
     from lzn_core.model import LZNModel
-    from lzn_core.plugins import PluginRegistry, discover_entry_points, registry, reset_plugins
-    from lzn_core.recipe import Recipe
     from lzn_core.train.passes import OnePass, TwoPass
 
     sys.path.insert(0, str(ROOT / "recipes"))
     import train as script
 
-    points_ep = type("EP", (), {"name": "points", "value": "lzn_points", "group": "lzn", "dist": None})()
-    points_ep.load = lambda: lzn_points  # type: ignore[attr-defined]
-    previous = registry()
-    reset_plugins(
-        PluginRegistry([*discover_entry_points(), points_ep], environ={"LZN_PLUGINS": "label,points"})
-    )
-    try:
-        recipe = Recipe.model_validate(
-            {
-                "name": "points",
-                "latent": {"dim": 6, "steps": 4, "g": 1e-3},
-                "modalities": {
-                    "points": {"plugin": "points"},
-                    "label": {"plugin": "label", "config": {"num_classes": 3}},
-                },
-                "tasks": [
-                    {"kind": "generate", "target": "points", "condition": "label"},
-                    {"kind": "align", "source": "points", "target": "label", "steps": 4},
-                ],
-                "data": {"train": "unused-*.tar"},
-                "train": {"batch_size": 6, "iterations": 1},
-            }
-        )
+    with points_registered():
+        recipe = points_recipe(6, {"batch_size": 6, "iterations": 1})
         torch.manual_seed(0)
         model = LZNModel(recipe).double()
         items = [lzn_points.decode(r).double() for r in lzn_points.example_items(6)]
@@ -200,8 +179,6 @@ def test_a_points_step_in_two_passes_equals_one_pass() -> None:
         assert len(one) == len(two) and len(one) > 4
         for a, b in zip(one, two, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-    finally:
-        reset_plugins(previous)
 
 
 def test_the_tutorial_shows_the_real_batch_type_and_the_kits_real_message() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from paths import ROOT
+from tiny_runs import TWO_RANKS
 
 from lzn_core.data import CorruptSampleWarning, _remote, expand_pattern, iter_raw, loader
 from lzn_core.errors import DataError, RecipeError
@@ -374,21 +375,7 @@ def test_s3_shards_through_a_local_s3_emulator(digits_dir: Path, tmp_path: Path,
 
 # ----------------------------------------------------------------------------- 2 ranks of recipes/train.py
 
-RUN = [
-    "modalities.image.config.preset=tiny",
-    "modalities.image.config.sample_steps=2",
-    "latent.dim=8",
-    "latent.bank_size=8",
-    "tasks.1.steps=10",
-    "train.batch_size=16",
-    "train.iterations=6",
-    "train.warmup=0",
-    "train.log_every=1",
-    "train.ckpt_every=0",
-    "train.eval_every=0",
-    "train.sample_every=0",
-    "eval.batch_size=16",
-]
+RUN = TWO_RANKS
 
 
 def _free_port() -> int:

@@ -25,7 +25,7 @@ import pytest
 import torch
 from paths import ROOT, with_support
 from rank_launch import free_port, logged, start_ranks, wait_ranks
-from tiny_runs import load_train_script
+from tiny_runs import TWO_RANKS, load_train_script
 
 OVERRIDES = [
     "modalities.image.config.preset=tiny",
@@ -221,24 +221,7 @@ def test_two_ranks_of_micro_batches_equal_one_rank_of_the_whole_batch(tmp_path: 
 
 # ----------------------------------------------------------------------------- bad data on 2 ranks
 
-FAULT_RUN = [
-    "modalities.image.config.preset=tiny",
-    "modalities.image.config.sample_steps=2",
-    "latent.dim=8",
-    "latent.bank_size=8",
-    "tasks.1.steps=10",
-    "train.batch_size=16",
-    "train.iterations=6",
-    "train.warmup=0",
-    "train.log_every=1",
-    "train.ckpt_every=0",
-    "train.eval_every=0",
-    "train.sample_every=0",
-    "data.num_workers=0",
-    "eval.batch_size=16",
-    "eval.steps=4",
-    "eval.samples_per_class=1",
-]
+FAULT_RUN = [*TWO_RANKS, "data.num_workers=0", "eval.steps=4", "eval.samples_per_class=1"]
 
 
 def _digit_shards(out: Path, bad: bool) -> None:

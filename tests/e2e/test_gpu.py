@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 import torch
-from paths import ROOT, THIRDPARTY
+from paths import ROOT
 
 pytestmark = pytest.mark.gpu
 CPU = os.environ.get("LZN_GPU_TESTS_DEVICE") == "cpu"
@@ -137,19 +136,12 @@ def test_bf16_autocast_leaves_the_zoning_unchanged(device, record) -> None:
 
 
 def test_a_ragged_batch_steps_with_every_tensor_on_the_device(device, record, script) -> None:
+    from points_plugin import points_recipe, points_registered
+
     from lzn_core.model import LZNModel
-    from lzn_core.plugins import PluginRegistry, discover_entry_points, registry, reset_plugins
-    from lzn_core.recipe import Recipe
     from lzn_core.train.engine import Engine
     from lzn_core.train.passes import network_passes
 
-    sys.path.insert(0, str(THIRDPARTY / "lzn-points"))
-    import lzn_points
-
-    ep = type("EP", (), {"name": "points", "value": "lzn_points", "group": "lzn", "dist": None})()
-    ep.load = lambda: lzn_points  # type: ignore[attr-defined]
-    previous = registry()
-    reset_plugins(PluginRegistry([*discover_entry_points(), ep], environ={"LZN_PLUGINS": "label,points"}))
     seen: list[str] = []
 
     def on_device(where: str, batch: Any) -> None:
@@ -158,23 +150,11 @@ def test_a_ragged_batch_steps_with_every_tensor_on_the_device(device, record, sc
                 raise AssertionError(f"a tensor of the batch reached the {where} on {t.device}")
             seen.append(where)
 
-    try:
-        recipe = Recipe.model_validate(
-            {
-                "name": "points",
-                "latent": {"dim": 8, "steps": 4, "g": 1e-3},
-                "modalities": {
-                    "points": {"plugin": "points"},
-                    "label": {"plugin": "label", "config": {"num_classes": 3}},
-                },
-                "tasks": [
-                    {"kind": "generate", "target": "points", "condition": "label"},
-                    {"kind": "align", "source": "points", "target": "label", "steps": 4},
-                ],
-                "data": {"train": "unused-*.tar"},
-                "train": {"batch_size": 12, "iterations": 1, "micro_batch_size": 4},
-                "deepspeed": {"zero_optimization": {"stage": 0}},
-            }
+    with points_registered() as lzn_points:
+        recipe = points_recipe(
+            8,
+            {"batch_size": 12, "iterations": 1, "micro_batch_size": 4},
+            deepspeed={"zero_optimization": {"stage": 0}},
         )
         torch.manual_seed(0)
         model = LZNModel(recipe)
@@ -191,8 +171,6 @@ def test_a_ragged_batch_steps_with_every_tensor_on_the_device(device, record, sc
         batch = script.to_device(raw, engine.device)
         losses = script.task_losses(model, recipe, batch, 0, 0, 1, nets)
         assert engine.step(sum(losses.values()), nets) is True
-    finally:
-        reset_plugins(previous)
     assert {p.device.type for p in model.parameters()} == {device.type}
     record(passes=3, batch_tensors_checked=len(seen), where=sorted(set(seen)), device=str(device))
     assert "encoder" in seen and "loss" in seen

@@ -39,6 +39,19 @@ TEXT = [
     "modalities.text.config.vocab_size=64",
 ]
 DIGITS = COMMON + IMG8  # digits_joint, 2 iterations
+TWO_RANKS = [  # digits_joint for 6 iterations of batch 16 (8 rows a rank), nothing but training
+    *IMG8,
+    "latent.bank_size=8",
+    "tasks.1.steps=10",
+    "train.batch_size=16",
+    "train.iterations=6",
+    "train.warmup=0",
+    "train.log_every=1",
+    "train.ckpt_every=0",
+    "train.eval_every=0",
+    "train.sample_every=0",
+    "eval.batch_size=16",
+]
 
 
 def load_train_script(name: str = "lzn_train_script") -> ModuleType:
