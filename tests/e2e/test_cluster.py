@@ -166,12 +166,9 @@ def _stopped_at(run: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lzn_core.data.digits import write_digits
-
-    root = tmp_path_factory.mktemp("cluster")
-    write_digits(root / "data" / "digits", test_size=50, progress=False)
-    return root
+def work(digits_workdir: Path) -> Path:
+    """This module's working directory with data/digits (tests/conftest.py)."""
+    return digits_workdir
 
 
 @pytest.fixture(scope="module")

@@ -368,12 +368,9 @@ KILL_RUN = [
 
 
 @pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lzn_core.data.digits import write_digits
-
-    root = tmp_path_factory.mktemp("kill")
-    write_digits(root / "data" / "digits", test_size=50, progress=False)
-    return root
+def digits_dir(digits_workdir: Path) -> Path:
+    """This module's working directory with data/digits (tests/conftest.py)."""
+    return digits_workdir
 
 
 @pytest.mark.slow
