@@ -499,6 +499,9 @@ def test_deepspeed_config_errors(tmp_path) -> None:
         deepspeed_config(
             recipe, 1, tmp_path
         )  # the recipe loader's lookup: given folder, cwd, shipped recipes
+    recipe.deepspeed = 3  # neither a file name nor a mapping (a recipe built in Python)
+    with pytest.raises(LZNError, match=r"^deepspeed: expected a file name or a mapping, got 3$"):
+        deepspeed_config(recipe, 1)
 
 
 def test_train_help() -> None:
