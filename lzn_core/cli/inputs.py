@@ -29,6 +29,12 @@ MODEL_HELP = (
 )
 
 
+def add_recipe_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """A recipe and its ``key=value`` overrides (``example``: one override for the help)."""
+    parser.add_argument("recipe", help="recipe file or bare name (cwd first, then the shipped recipes)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"dotted overrides, e.g. {example}")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, examples: str, *, zoned: bool = True) -> None:
     """MODEL, --seed, --device, --batch-size (and --bank-size for commands that zone inputs)."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -20,15 +20,13 @@ from ..modality import move_batch
 from ..model import LZNModel
 from ..recipe import load_recipe, resolve_recipe_path
 from ..train.plan import HEADROOM, SIZES, device_budget, parse_bytes, step_memory
+from .inputs import add_recipe_arguments
 
 HELP = "the memory plan of a training step: rows per micro-batch, passes, predicted peak (train.micro_batch_size: auto)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe file or bare name (cwd first, then the shipped recipes)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.precision=bf16"
-    )
+    add_recipe_arguments(parser, "train.precision=bf16")
     parser.add_argument(
         "--device-memory",
         type=parse_bytes,

@@ -15,15 +15,13 @@ from ..data._remote import head, is_url
 from ..errors import DataError, RecipeError
 from ..recipe import Recipe, load_recipe, resolve_recipe_path
 from ..recipe.problems import format_problems
+from .inputs import add_recipe_arguments
 
 HELP = "check a recipe (and key=value overrides) without training"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe file or bare name (cwd first, then the shipped recipes)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.iterations=10"
-    )
+    add_recipe_arguments(parser, "train.iterations=10")
     parser.add_argument(
         "--skip-data",
         action="store_true",
